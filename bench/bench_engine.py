@@ -1,0 +1,154 @@
+"""Engine benchmark: per-stage milliseconds per image, fit time and peak memory, printed as tables.
+
+    python bench/bench_engine.py                 # bottle from $EDGE_DATA_ROOT/mvtec, else synthetic parts
+    python bench/bench_engine.py --skip-wrn      # EfficientNet-Lite0 only
+
+WideResNet50 runs on random weights unless --wrn-weights names the real file: its timings are
+real, its scores are not, and every row says so. The backbone-alone column is the trunk's forward
+pass on the same batch, timed in the same run, so the end-to-end overhead is a measured ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edge.engine.config import EngineConfig
+from edge.engine.model import PatchCore, StageTimer
+from edge.eval.mvtec import load_category
+from edge.eval.synthetic import SynthSpec, generate
+from edge.imageio import read_image
+from edge.memory import peak_rss_mb, reset_peak_rss
+
+STAGES = ("preprocess", "backbone", "aggregation", "search", "map")
+
+
+def load_images(args: argparse.Namespace) -> tuple[str, list[np.ndarray], list[np.ndarray]]:
+    root = os.environ.get("EDGE_DATA_ROOT")
+    if root and (Path(root) / "mvtec" / args.category).is_dir():
+        category = load_category(Path(root) / "mvtec", args.category)
+        label = f"MVTec {args.category}"
+    else:
+        folder = Path(tempfile.mkdtemp(prefix="edge-bench-"))
+        generate(
+            folder, "part", SynthSpec(size=320, train=209, test_good=20, test_per_defect=20), progress=False
+        )
+        category = load_category(folder, "part")
+        label = "synthetic parts (EDGE_DATA_ROOT unset)"
+    train = [read_image(p) for p in category.train]
+    test = [read_image(s.path) for s in category.test]
+    return label, train, test
+
+
+def time_scoring(model: PatchCore, images: list[np.ndarray], batch: int, repeats: int) -> dict[str, float]:
+    """ms per image per stage, end to end, and for the backbone's forward alone, on the same batches."""
+    batches = [images[i : i + batch] for i in range(0, len(images) - batch + 1, batch)]
+    model.score(batches[0])  # warm-up: kernel selection and caches
+    timer = StageTimer()
+    wall, alone = [], []
+    for _ in range(repeats):
+        for chunk in batches:
+            start = time.perf_counter()
+            model.score(chunk, timer)
+            wall.append(time.perf_counter() - start)
+            pixels = np.stack([model._prepare(image).pixels for image in chunk])
+            with torch.inference_mode():
+                x = model.embedder.normalise(torch.from_numpy(pixels).to(model.device))
+                start = time.perf_counter()
+                model.embedder.levels(x)
+                alone.append(time.perf_counter() - start)
+    count = len(wall) * batch
+    row = {stage: timer.seconds[stage] * 1000 / count for stage in STAGES}
+    row["e2e"] = sum(wall) * 1000 / count
+    row["backbone_alone"] = sum(alone) * 1000 / count
+    row["e2e_median_batch_ms"] = statistics.median(wall) * 1000
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--category", default="bottle")
+    parser.add_argument("--test-images", type=int, default=48, help="test images timed per setting")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--wrn-train", type=int, default=40, help="training images for WideResNet50 fits")
+    parser.add_argument("--wrn-weights", help="real wide_resnet50_2 weights (default: random, timing only)")
+    parser.add_argument("--skip-wrn", action="store_true")
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1])
+    args = parser.parse_args()
+
+    label, train, test = load_images(args)
+    test = test[: args.test_images]
+    print(
+        f"data: {label}; {len(train)} training images, {len(test)} timed test images; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    backbones = [("efficientnet_lite0", None, False, len(train))]
+    if not args.skip_wrn:
+        backbones.append(("wide_resnet50_2", args.wrn_weights, args.wrn_weights is None, args.wrn_train))
+
+    fit_rows, score_rows = [], []
+    for name, weights, random_weights, n_train in backbones:
+        for fraction in args.fractions:
+            reset_peak_rss()
+            start = time.perf_counter()
+            model = PatchCore.fit(
+                train[:n_train],
+                EngineConfig(backbone=name, coreset_fraction=fraction),
+                weights=weights,
+                random_weights=random_weights,
+            )
+            fit_s = time.perf_counter() - start
+            tag = f"{name}{' (RANDOM weights: timing only)' if random_weights else ''}"
+            fit_rows.append(
+                (
+                    tag,
+                    fraction,
+                    n_train,
+                    model.info["timings"]["extract_s"],
+                    model.info["timings"]["coreset_s"],
+                    fit_s,
+                    peak_rss_mb(),
+                    tuple(model.bank.shape),
+                )
+            )
+            for batch in (1, 8):
+                score_rows.append((tag, fraction, batch, time_scoring(model, test, batch, args.repeats)))
+            del model
+
+    print("\nFit (extraction includes reading nothing: images are decoded beforehand)")
+    print(
+        f"{'backbone':<52}{'coreset':>8}{'images':>8}{'extract s':>11}{'coreset s':>11}{'fit s':>8}"
+        f"{'peak MB':>9}  bank"
+    )
+    for tag, fraction, n, extract_s, coreset_s, fit_s, rss, shape in fit_rows:
+        print(
+            f"{tag:<52}{fraction:>8.0%}{n:>8}{extract_s:>11.2f}{coreset_s:>11.2f}{fit_s:>8.2f}{rss:>9.0f}  "
+            f"{shape[0]}x{shape[1]}"
+        )
+
+    print("\nScoring, ms per image (decoded image in, score and anomaly map out)")
+    header = (
+        f"{'backbone':<52}{'coreset':>8}{'batch':>6}"
+        + "".join(f"{s:>12}" for s in STAGES)
+        + f"{'end-to-end':>12}{'bb alone':>10}{'ratio':>7}{'img/s':>8}"
+    )
+    print(header)
+    for tag, fraction, batch, row in score_rows:
+        stages = "".join(f"{row[s]:>12.2f}" for s in STAGES)
+        print(
+            f"{tag:<52}{fraction:>8.0%}{batch:>6}{stages}{row['e2e']:>12.2f}{row['backbone_alone']:>10.2f}"
+            f"{row['e2e'] / row['backbone_alone']:>7.2f}{1000 / row['e2e']:>8.1f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluation of the engine on MVTec-format folders: data layout, metrics and the edge-eval CLI."""

@@ -1,0 +1,44 @@
+"""Reading image files into the engine's input form: uint8, greyscale HxW or RGB HxWx3."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.errors import ImageError
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Bring 16-bit and float images to uint8 (cameras deliver Mono12/16 and float stacks too)."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return (image >> 8).astype(np.uint8)
+    if np.issubdtype(image.dtype, np.floating):
+        return (np.clip(np.nan_to_num(image), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    raise ImageError(f"unsupported pixel type {image.dtype}")
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as uint8 greyscale (HxW) or RGB (HxWx3); alpha is dropped."""
+    data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if data is None:
+        raise ImageError(f"cannot read image {path}: missing, unreadable or not an image")
+    data = to_uint8(data)
+    if data.ndim == 3:
+        if data.shape[2] == 1:
+            return data[:, :, 0]
+        if data.shape[2] == 4:
+            return cv2.cvtColor(data, cv2.COLOR_BGRA2RGB)
+        return cv2.cvtColor(data, cv2.COLOR_BGR2RGB)
+    return data
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a ground-truth mask as a bool array (any non-zero pixel is defective)."""
+    data = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if data is None:
+        raise ImageError(f"cannot read mask {path}")
+    return data > 0

@@ -1,0 +1,49 @@
+"""Shared fixtures: a small synthetic data set, a model fitted on it, and the real-data location."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from edge.engine.config import EngineConfig
+from edge.engine.model import PatchCore
+from edge.eval.mvtec import load_category
+from edge.eval.synthetic import SynthSpec, generate
+from edge.imageio import read_image
+
+DATA_ENV = "EDGE_DATA_ROOT"
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    generate(
+        root, "part", SynthSpec(size=160, train=12, test_good=4, test_per_defect=3, seed=1), progress=False
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_category(synthetic_root: Path):
+    return load_category(synthetic_root, "part")
+
+
+@pytest.fixture(scope="session")
+def fitted_model(synthetic_category) -> PatchCore:
+    images = [read_image(p) for p in synthetic_category.train]
+    return PatchCore.fit(images, EngineConfig(coreset_fraction=0.1))
+
+
+@pytest.fixture(scope="session")
+def mvtec_root() -> Path:
+    value = os.environ.get(DATA_ENV)
+    if not value:
+        pytest.skip(
+            f"{DATA_ENV} is not set: real MVTec AD data unavailable (.ci/run sets it to ../shared/data)"
+        )
+    root = Path(value) / "mvtec"
+    if not root.is_dir():
+        pytest.skip(f"{root} does not exist: real MVTec AD data unavailable")
+    return root
