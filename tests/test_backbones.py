@@ -44,7 +44,46 @@ def test_lite0_trunk_levels_and_early_stop():
     levels = backbone.trunk(torch.zeros(1, 3, 224, 224))
     assert [tuple(level.shape[1:]) for level in levels] == [(40, 28, 28), (112, 14, 14)]
     assert backbone.spec == LITE0_SPEC
-    assert not hasattr(backbone.trunk, "conv_head")  # nothing after the deepest level is kept
+    assert len(backbone.trunk.blocks) == 11  # nothing after the deepest level (stage 4) is kept
+
+
+def test_lite0_equals_timm_tf_efficientnet_lite0():
+    """The hand-written network computes exactly what timm's faithful TF-padding variant does."""
+    timm = pytest.importorskip("timm")
+    ours, _ = build_lite0_classifier()
+    reference = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    stages = [(s, i) for s, blocks in enumerate(reference.blocks) for i in range(len(blocks))]
+    top = {
+        "_conv_stem": "conv_stem",
+        "_bn0": "bn1",
+        "_conv_head": "conv_head",
+        "_bn1": "bn2",
+        "_fc": "classifier",
+    }
+    first = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+    other = {
+        "_expand_conv": "conv_pw",
+        "_bn0": "bn1",
+        "_depthwise_conv": "conv_dw",
+        "_bn1": "bn2",
+        "_project_conv": "conv_pwl",
+        "_bn2": "bn3",
+    }
+    renamed = {}
+    for key, value in ours.state_dict().items():
+        head, _, rest = key.partition(".")
+        if head == "_blocks":
+            number, _, rest = rest.partition(".")
+            layer, _, leaf = rest.partition(".")
+            stage, index = stages[int(number)]
+            renamed[f"blocks.{stage}.{index}.{(first if stage == 0 else other)[layer]}.{leaf}"] = value
+        else:
+            renamed[f"{top[head]}.{rest}"] = value
+    reference.load_state_dict(renamed, strict=True)
+    for size in ((224, 224), (223, 301)):  # odd sizes exercise the asymmetric "same" padding
+        x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            torch.testing.assert_close(ours(x), reference(x), rtol=1e-5, atol=1e-5)
 
 
 def test_wide_resnet_missing_weights_names_the_file_and_place(tmp_path, monkeypatch):

