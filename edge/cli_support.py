@@ -7,11 +7,14 @@ import sys
 from collections.abc import Callable
 
 from edge.errors import EdgeError
+from edge.memory import return_large_blocks_to_os
 
 EXIT_INTERRUPTED = 130
 
 
 def setup_logging(verbose: bool = False) -> None:
+    """Process start-up for every command: allocator settings and journal-friendly logging."""
+    return_large_blocks_to_os()
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -291,7 +291,14 @@ def _coreset_bank(chunks: list[torch.Tensor], config: EngineConfig) -> torch.Ten
     if count >= total:
         return torch.cat(chunks)
     projection = random_projection(chunks[0].shape[1], config.projection_dim, config.seed)
-    projected = torch.cat([c if projection is None else c @ projection for c in chunks])
+    if projection is None:
+        projected = torch.cat(chunks)
+    else:  # filled in place: a list of projected chunks plus their concatenation would double it
+        projected = torch.empty(total, projection.shape[1])
+        start = 0
+        for chunk in chunks:
+            torch.mm(chunk, projection, out=projected[start : start + chunk.shape[0]])
+            start += chunk.shape[0]
     chosen = greedy_coreset(projected, count, config.seed)
     del projected
     offsets = np.cumsum([0] + [c.shape[0] for c in chunks])
