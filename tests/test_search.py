@@ -13,11 +13,18 @@ def data():
     return bank, queries, exact
 
 
-@pytest.mark.parametrize("index_type", [TorchIndex, FaissIndex])
+INDEXES = {
+    "torch-fp32": lambda bank: TorchIndex(bank, precision="fp32"),
+    "torch-bf16": lambda bank: TorchIndex(bank, precision="bf16"),
+    "faiss": FaissIndex,
+}
+
+
+@pytest.mark.parametrize("kind", list(INDEXES))
 @pytest.mark.parametrize("k", [1, 5])
-def test_matches_brute_force(data, index_type, k):
+def test_matches_brute_force(data, kind, k):
     bank, queries, exact = data
-    distances, rows = index_type(bank).search(queries, k=k)
+    distances, rows = INDEXES[kind](bank).search(queries, k=k)
     expected_d, expected_rows = torch.topk(exact, k, dim=1, largest=False)
     assert distances.shape == (queries.shape[0], k)
     # the rows found lie at the true k smallest distances (float32 may order near-ties differently)
@@ -26,8 +33,21 @@ def test_matches_brute_force(data, index_type, k):
     assert (rows[:, 0].long() == expected_rows[:, 0]).float().mean() > 0.999
 
 
-def test_distance_is_l2_not_squared():
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_distance_is_l2_not_squared(precision):
     bank = torch.tensor([[0.0, 0.0], [10.0, 0.0]])
-    distances, rows = TorchIndex(bank).search(torch.tensor([[3.0, 4.0]]))
+    distances, rows = TorchIndex(bank, precision=precision).search(torch.tensor([[3.0, 4.0]]))
     assert float(distances[0, 0]) == pytest.approx(5.0)
     assert int(rows[0, 0]) == 0
+
+
+def test_bf16_candidates_are_measured_exactly():
+    """Near-duplicates closer than bf16 can tell apart: the rescoring still returns the true nearest
+    row and its exact distance."""
+    generator = torch.Generator().manual_seed(1)
+    base = torch.randn(50, 32, generator=generator) * 100
+    bank = torch.cat([base, base + 1e-3])  # pairs 1e-3 apart on values of about 100
+    query = base[7:8] + 1e-3 + 1e-4
+    distances, rows = TorchIndex(bank, precision="bf16").search(query, k=1)
+    assert int(rows[0, 0]) == 57
+    assert float(distances[0, 0]) == pytest.approx(float((query - bank[57]).norm()), rel=1e-5)

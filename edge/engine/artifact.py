@@ -29,7 +29,12 @@ from edge.errors import ArtifactError, EdgeError
 FORMAT = "edge.patchcore"
 FORMAT_VERSION = 1
 TENSORS = ("bank", "level_scales")
-RUNTIME_SETTINGS = ("device", "search", "batch_size")  # may differ between fitting and scoring
+RUNTIME_SETTINGS = (
+    "device",
+    "search",
+    "search_precision",
+    "batch_size",
+)  # may differ between fitting and scoring
 
 
 def _checksum(tensors: dict[str, torch.Tensor]) -> str:

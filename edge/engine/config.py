@@ -8,6 +8,7 @@ from typing import Any
 from edge.errors import UsageError
 
 SEARCH_BACKENDS = ("torch", "faiss")
+SEARCH_PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class EngineConfig:
     reweight: bool = True
     reweight_neighbours: int = 9
     search: str = "torch"
+    search_precision: str = "auto"  # torch search: bf16 candidates + exact rescoring where the CPU has bf16
     device: str = "cpu"
     batch_size: int = 8
 
@@ -65,6 +67,10 @@ class EngineConfig:
             raise UsageError(f"eq. 7 needs at least 2 neighbours, got {self.reweight_neighbours}")
         if self.search not in SEARCH_BACKENDS:
             raise UsageError(f"unknown search backend {self.search!r}; choose {', '.join(SEARCH_BACKENDS)}")
+        if self.search_precision not in SEARCH_PRECISIONS:
+            raise UsageError(
+                f"unknown search precision {self.search_precision!r}; choose {', '.join(SEARCH_PRECISIONS)}"
+            )
         if self.batch_size < 1:
             raise UsageError(f"batch size must be positive, got {self.batch_size}")
 

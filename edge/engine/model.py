@@ -124,7 +124,7 @@ class PatchCore:
                 f"(embedding width {self.embedder.dim})"
             )
         self.bank = bank.to(self.device, torch.float32).contiguous()
-        self.index = build_index(self.bank, config.search, config.device)
+        self.index = build_index(self.bank, config.search, config.device, config.search_precision)
 
     # ---- fitting -------------------------------------------------------------------------------
     @classmethod

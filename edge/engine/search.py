@@ -1,12 +1,18 @@
-"""Exact nearest-neighbour search against the memory bank, behind one interface.
+"""Nearest-neighbour search against the memory bank, behind one interface.
 
-`TorchIndex` tiles the bank so each distance block stays in cache and keeps a running minimum;
-it runs unchanged on a GPU (pass a CUDA device). `FaissIndex` wraps faiss's flat L2 index.
-Both return L2 distances (not squared) and bank row indices.
+`TorchIndex` computes distances as tiled matrix products on centred data and keeps a running
+best per query; it runs unchanged on a GPU (pass a CUDA device). Its `bf16` precision, the CPU
+default where the processor multiplies bf16 natively, finds each query's few best candidates with
+bf16 products (2.5x faster than fp32 here) and then measures those candidates exactly in fp32,
+directly as ||q - b||: the reported distance is always exact, and on MVTec bottle the candidates
+always held the true nearest neighbour (docs/engine.md). `FaissIndex` wraps faiss's flat L2 index.
+All return L2 distances (not squared) and bank row indices.
 """
 
 from __future__ import annotations
 
+from functools import cache
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -14,6 +20,10 @@ import torch
 
 BANK_TILE = 1024
 QUERY_TILE = 1024
+# bf16 candidates measured exactly per query, beyond the k asked for: with 3 extra (4 for k = 1) every
+# bottle test patch found its exact nearest neighbour (docs/engine.md)
+EXTRA_CANDIDATES = 3
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 class NearestNeighbourIndex(Protocol):
@@ -22,53 +32,85 @@ class NearestNeighbourIndex(Protocol):
         ...
 
 
-class TorchIndex:
-    """Brute-force search as tiled matrix products (the CPU default by measurement; GPU-ready)."""
+@cache
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); elsewhere it is emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
 
-    def __init__(self, bank: torch.Tensor, device: str | torch.device = "cpu") -> None:
-        self.bank_t = bank.to(device=device, dtype=torch.float32).T.contiguous()
-        self.bank_norms = (self.bank_t * self.bank_t).sum(0)
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
+class TorchIndex:
+    """Brute-force search as tiled matrix products (the default by measurement; GPU-ready)."""
+
+    def __init__(
+        self, bank: torch.Tensor, device: str | torch.device = "cpu", precision: str = "auto"
+    ) -> None:
         self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.bank = bank.to(device=self.device, dtype=torch.float32).contiguous()
+        self.centre = self.bank.mean(0)  # centring shrinks the norms that cancel in |q|² + |b|² - 2q·b
+        centred = self.bank - self.centre
+        self.norms = (centred * centred).sum(1)
+        product_dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        self.bank_t = centred.T.contiguous().to(product_dtype)
 
     def search(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         queries = queries.to(device=self.device, dtype=torch.float32)
-        if queries.shape[0] <= QUERY_TILE:
-            return self._search_tile(queries, k)
+        k = min(k, self.bank.shape[0])
         parts = [
             self._search_tile(queries[s : s + QUERY_TILE], k) for s in range(0, queries.shape[0], QUERY_TILE)
         ]
+        if len(parts) == 1:
+            return parts[0]
         return torch.cat([d for d, _ in parts]), torch.cat([i for _, i in parts])
 
     def _search_tile(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        query_norms = (queries * queries).sum(1, keepdim=True)
-        best_d: torch.Tensor | None = None
+        centred = queries - self.centre
+        if self.precision == "fp32":
+            scores, rows = self._best(centred, k)
+            distances = (scores + (centred * centred).sum(1, keepdim=True)).clamp_(min=0).sqrt_()
+            return distances, rows
+        wanted = min(k + EXTRA_CANDIDATES, self.bank.shape[0])
+        _, candidates = self._best(centred.to(torch.bfloat16), wanted)
+        exact = torch.linalg.vector_norm(self.bank[candidates] - queries[:, None, :], dim=2)
+        distances, order = torch.topk(exact, k, dim=1, largest=False)
+        return distances, torch.gather(candidates, 1, order)
+
+    def _best(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k smallest |b|² - 2q·b per query (ascending) and their rows, tile by tile."""
+        best_s: torch.Tensor | None = None
         best_i: torch.Tensor | None = None
-        rows = self.bank_t.shape[1]
-        for start in range(0, rows, BANK_TILE):
-            block = torch.addmm(
-                self.bank_norms[None, start : start + BANK_TILE],
-                queries,
-                self.bank_t[:, start : start + BANK_TILE],
-                alpha=-2,
-            )
+        for start in range(0, self.bank_t.shape[1], BANK_TILE):
+            products = torch.mm(queries, self.bank_t[:, start : start + BANK_TILE]).float()
+            block = products.mul_(-2).add_(self.norms[None, start : start + BANK_TILE])
             if k == 1:
                 values, indices = block.min(1, keepdim=True)
             else:
                 values, indices = torch.topk(block, min(k, block.shape[1]), dim=1, largest=False)
-            indices = indices + start
-            if best_d is None:
-                best_d, best_i = values, indices
+            indices += start
+            if best_s is None:
+                best_s, best_i = values, indices
             elif k == 1:
-                better = values < best_d
-                best_d = torch.where(better, values, best_d)
+                better = values < best_s
+                best_s = torch.where(better, values, best_s)
                 best_i = torch.where(better, indices, best_i)
             else:
-                merged_d = torch.cat([best_d, values], 1)
-                merged_i = torch.cat([best_i, indices], 1)
-                best_d, order = torch.topk(merged_d, min(k, merged_d.shape[1]), dim=1, largest=False)
+                merged_s, merged_i = torch.cat([best_s, values], 1), torch.cat([best_i, indices], 1)
+                best_s, order = torch.topk(merged_s, min(k, merged_s.shape[1]), dim=1, largest=False)
                 best_i = torch.gather(merged_i, 1, order)
-        assert best_d is not None and best_i is not None
-        return (best_d + query_norms).clamp_(min=0).sqrt_(), best_i
+        assert best_s is not None and best_i is not None
+        return best_s, best_i
 
 
 class FaissIndex:
@@ -87,7 +129,9 @@ class FaissIndex:
         return torch.from_numpy(np.sqrt(np.maximum(distances, 0))), torch.from_numpy(indices)
 
 
-def build_index(bank: torch.Tensor, backend: str, device: str = "cpu") -> NearestNeighbourIndex:
+def build_index(
+    bank: torch.Tensor, backend: str, device: str = "cpu", precision: str = "auto"
+) -> NearestNeighbourIndex:
     if backend == "faiss":
         return FaissIndex(bank)
-    return TorchIndex(bank, device)
+    return TorchIndex(bank, device, precision)

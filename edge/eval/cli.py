@@ -14,7 +14,7 @@ from typing import Any
 
 from edge.cli_support import run_cli, setup_logging
 from edge.engine.backbones import BACKBONES
-from edge.engine.config import SEARCH_BACKENDS, EngineConfig, InputGeometry
+from edge.engine.config import SEARCH_BACKENDS, SEARCH_PRECISIONS, EngineConfig, InputGeometry
 from edge.errors import UsageError
 from edge.eval.mvtec import load_category
 
@@ -77,6 +77,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
     parser.add_argument("--search", default="torch", choices=SEARCH_BACKENDS)
+    parser.add_argument(
+        "--search-precision",
+        default="auto",
+        choices=SEARCH_PRECISIONS,
+        help="torch search products: bf16 finds candidates that fp32 then measures exactly "
+        "(auto: bf16 where the CPU has native bf16, else fp32)",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--no-reweight", action="store_true", help="image score without paper eq. 7")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -98,6 +105,7 @@ def build_config(args: argparse.Namespace) -> EngineConfig:
         seed=args.seed,
         reweight=not args.no_reweight,
         search=args.search,
+        search_precision=args.search_precision,
         device=args.device,
         batch_size=args.batch_size,
     )
