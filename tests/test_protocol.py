@@ -1,0 +1,154 @@
+import json
+import random
+
+import numpy as np
+import pytest
+
+from edge.protocol import (
+    FrameHeader,
+    ProtocolError,
+    Verdict,
+    VerdictMessage,
+    decode_frame,
+    decode_verdict,
+    encode_frame,
+    encode_verdict,
+)
+
+
+def header(**changes) -> FrameHeader:
+    fields = dict(
+        station="s1",
+        camera="cam0",
+        seq=7,
+        frame_id="f-7",
+        capture_utc="2026-11-29T02:00:00Z",
+        capture_monotonic_ns=123,
+        height=4,
+        width=5,
+        channels=3,
+    )
+    fields.update(changes)
+    return FrameHeader(**fields)
+
+
+def good_frame() -> tuple[FrameHeader, np.ndarray, list[bytes]]:
+    head = header()
+    pixels = np.arange(60, dtype=np.uint8).reshape(4, 5, 3)
+    return head, pixels, [bytes(p) for p in encode_frame(head, pixels)]
+
+
+def test_frame_round_trip_mono_and_16_bit():
+    head, pixels, parts = good_frame()
+    decoded, array = decode_frame(parts)
+    assert decoded == head and np.array_equal(array, pixels)
+    mono = header(channels=1, pixel_type="uint16", trigger="triggered", part_id="P-1", deadline_ms=250)
+    values = np.arange(20, dtype=np.uint16).reshape(4, 5) * 1000
+    decoded, array = decode_frame([bytes(p) for p in encode_frame(mono, values)])
+    assert decoded == mono and np.array_equal(array, values)
+
+
+def test_verdict_round_trip():
+    message = VerdictMessage(
+        station="s1",
+        camera="cam0",
+        frame_id="f-7",
+        verdict=Verdict.NOK,
+        capture_utc="2026-11-29T02:00:00Z",
+        capture_monotonic_ns=1,
+        part_id="P-1",
+        score=3.5,
+        threshold=2.0,
+        bank_id="b",
+        bank_version="3",
+        backend="torch-cpu",
+        latency_ms={"backbone": 10.0},
+        defect_area_px=40,
+        boxes=[[1, 2, 3, 4]],
+        seq=9,
+    )
+    assert decode_verdict(encode_verdict(message)) == message
+
+
+def _mutated_header(raw: dict, rng: random.Random) -> tuple[bytes, str]:
+    """A header with one defect, and the kind of error it must raise."""
+    choice = rng.randrange(12)
+    body = dict(raw)
+    if choice == 0:
+        body["schema"] = rng.choice([0, 2, 99, "1", None])
+        return json.dumps(body).encode(), "schema"
+    if choice == 1:
+        del body[rng.choice(["station", "camera", "capture_utc"])]
+        return json.dumps(body).encode(), "field"
+    if choice == 2:
+        body[rng.choice(["seq", "capture_monotonic_ns"])] = rng.choice([-1, 1.5, "7", None, True])
+        return json.dumps(body).encode(), "field"
+    if choice == 3:
+        body[rng.choice(["height", "width"])] = rng.choice([0, -3, 2.5, "4", None])
+        return json.dumps(body).encode(), "shape"
+    if choice == 4:
+        body["height"], body["width"] = rng.choice([(10**6, 10**6), (2**40, 1), (70_000, 1_000)])
+        return json.dumps(body).encode(), "shape"
+    if choice == 5:
+        body["pixel_type"] = rng.choice(["float32", "int8", "", 5])
+        return json.dumps(body).encode(), "dtype"
+    if choice == 6:
+        body["channels"] = rng.choice([0, 2, 4, "3"])
+        return json.dumps(body).encode(), "shape"
+    if choice == 7:
+        body[f"extra_{rng.randrange(100)}"] = 1
+        return json.dumps(body).encode(), "field"
+    if choice == 8:
+        text = json.dumps(body)
+        return text[: rng.randrange(1, len(text) - 1)].encode(), "json"
+    if choice == 9:
+        return rng.choice([b"", b"\xff\xfe\x00", b"[1, 2]", b"null", b'"text"']), "json"
+    if choice == 10:
+        body["deadline_ms"] = rng.choice([0, -5, "soon", float("inf")])
+        return json.dumps(body).encode(), "field"
+    body["trigger"] = rng.choice(["always", "", 3])
+    return json.dumps(body).encode(), "field"
+
+
+def test_a_thousand_malformed_frames_are_refused_by_kind():
+    """Truncated, wrong sizes, wrong types, bad JSON, unknown schemas, huge shapes, empty parts."""
+    rng = random.Random(0)
+    head, _, parts = good_frame()
+    raw = json.loads(parts[1])
+    kinds: dict[str, int] = {}
+    for _ in range(1500):
+        case = rng.randrange(5)
+        if case == 0:
+            message, kind = [p for p in parts[: rng.randrange(3)]] + ([b""] * rng.randrange(2)), "parts"
+            if len(message) == 3:
+                message.append(b"")
+        elif case == 1:
+            message, kind = [rng.choice([b"", b"frames", b"verdict.s1.cam0"]), parts[1], parts[2]], "topic"
+        elif case == 2:
+            cut = rng.choice([0, 1, len(parts[2]) - 1, len(parts[2]) + 1, len(parts[2]) * 4])
+            payload = (parts[2] * 5)[:cut]
+            message, kind = [parts[0], parts[1], payload], "size"
+        else:
+            body, kind = _mutated_header(raw, rng)
+            message = [parts[0], body, parts[2]]
+        with pytest.raises(ProtocolError) as error:
+            decode_frame(message)
+        assert error.value.kind == kind, (message[:2], error.value)
+        kinds[kind] = kinds.get(kind, 0) + 1
+    assert set(kinds) == {"parts", "topic", "size", "schema", "field", "shape", "dtype", "json"}
+    assert sum(kinds.values()) == 1500
+
+
+def test_errors_name_the_frame_when_the_header_did():
+    _, _, parts = good_frame()
+    with pytest.raises(ProtocolError) as error:
+        decode_frame([parts[0], parts[1], parts[2][:-1]])
+    assert error.value.frame_id == "f-7"
+    with pytest.raises(ProtocolError) as error:
+        decode_frame([parts[0], b"{not json", parts[2]])
+    assert error.value.frame_id is None
+
+
+def test_encoding_checks_pixels_against_header():
+    with pytest.raises(ValueError):
+        encode_frame(header(), np.zeros((4, 5), np.uint8))
