@@ -113,13 +113,13 @@ def _mutated_header(raw: dict, rng: random.Random) -> tuple[bytes, str]:
 def test_a_thousand_malformed_frames_are_refused_by_kind():
     """Truncated, wrong sizes, wrong types, bad JSON, unknown schemas, huge shapes, empty parts."""
     rng = random.Random(0)
-    head, _, parts = good_frame()
+    _, _, parts = good_frame()
     raw = json.loads(parts[1])
     kinds: dict[str, int] = {}
     for _ in range(1500):
         case = rng.randrange(5)
         if case == 0:
-            message, kind = [p for p in parts[: rng.randrange(3)]] + ([b""] * rng.randrange(2)), "parts"
+            message, kind = list(parts[: rng.randrange(3)]) + [b""] * rng.randrange(2), "parts"
             if len(message) == 3:
                 message.append(b"")
         elif case == 1:
