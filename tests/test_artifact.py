@@ -5,8 +5,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save, save_file
 
-from edge.engine.artifact import load_model, read_artifact, save_model, write_bytes_atomic
+from edge.engine.artifact import load_model, read_artifact, save_model
 from edge.errors import ArtifactError
+from edge.files import write_bytes_atomic
 from edge.imageio import read_image
 
 

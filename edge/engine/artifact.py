@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from edge.engine.backbones import build_backbone
 from edge.engine.config import EngineConfig, InputGeometry
 from edge.engine.model import PatchCore
 from edge.errors import ArtifactError, EdgeError
+from edge.files import write_bytes_atomic
 
 FORMAT = "edge.patchcore"
 FORMAT_VERSION = 1
@@ -43,26 +43,6 @@ def _checksum(tensors: dict[str, torch.Tensor]) -> str:
         digest.update(name.encode())
         digest.update(np.ascontiguousarray(tensors[name].detach().cpu().numpy()).tobytes())
     return digest.hexdigest()
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder, fsync, rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def save_model(model: PatchCore, path: str | os.PathLike) -> Path:

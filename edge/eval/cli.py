@@ -6,9 +6,7 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ from edge.engine.backbones import BACKBONES
 from edge.engine.config import SEARCH_BACKENDS, SEARCH_PRECISIONS, EngineConfig, InputGeometry
 from edge.errors import UsageError
 from edge.eval.mvtec import load_category
+from edge.files import write_bytes_atomic
 
 log = logging.getLogger("edge.eval")
 TABLE_COLUMNS = [
@@ -134,15 +133,6 @@ def mean_row(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     return row
 
 
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        json.dump(payload, tmp, indent=2, allow_nan=True)
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    os.replace(tmp.name, path)
-
-
 def _main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
@@ -183,7 +173,7 @@ def _main(argv: list[str] | None = None) -> int:
             "categories": results,
             "mean": mean_row(results),
         }
-        write_json_atomic(args.json, payload)
+        write_bytes_atomic(args.json, json.dumps(payload, indent=2).encode())
         log.info("wrote %s", args.json)
     return 0
 
