@@ -37,10 +37,13 @@ class Verdict(StrEnum):
 class ProtocolError(ValueError):
     """A received message that is not a valid version-1 message."""
 
-    def __init__(self, kind: str, detail: str, frame_id: str | None = None) -> None:
+    def __init__(
+        self, kind: str, detail: str, frame_id: str | None = None, camera: str | None = None
+    ) -> None:
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
         self.frame_id = frame_id
+        self.camera = camera
 
 
 @dataclass(frozen=True)
@@ -91,9 +94,9 @@ class VerdictMessage:
     schema: int = SCHEMA_VERSION
 
 
-def _check(condition: bool, kind: str, detail: str, frame_id: str | None = None) -> None:
+def _check(condition: bool, kind: str, detail: str) -> None:
     if not condition:
-        raise ProtocolError(kind, detail, frame_id)
+        raise ProtocolError(kind, detail)
 
 
 def _text(value: Any) -> bool:
@@ -123,65 +126,59 @@ def _parse_header(raw: bytes) -> dict[str, Any]:
     return header
 
 
-def decode_frame(parts: list[bytes] | list[memoryview]) -> tuple[FrameHeader, np.ndarray]:
-    """Validate a frame message and return its header and a (read-only) pixel array view."""
-    _check(len(parts) == 3, "parts", f"expected 3 parts [topic, header, pixels], got {len(parts)}")
-    _check(bytes(parts[0]) == FRAME_TOPIC, "topic", f"unexpected topic {bytes(parts[0])[:32]!r}")
-    raw = _parse_header(bytes(parts[1]))
-    frame_id = raw.get("frame_id") if _text(raw.get("frame_id")) else None
-    _check(
-        raw.get("schema") == SCHEMA_VERSION,
-        "schema",
-        f"unknown schema version {raw.get('schema')!r}",
-        frame_id,
-    )
+def _frame_header(raw: dict[str, Any]) -> FrameHeader:
+    _check(raw.get("schema") == SCHEMA_VERSION, "schema", f"unknown schema version {raw.get('schema')!r}")
     known = set(FrameHeader.__dataclass_fields__)
-    _check(not set(raw) - known, "field", f"unknown fields {sorted(set(raw) - known)[:5]}", frame_id)
+    _check(not set(raw) - known, "field", f"unknown fields {sorted(set(raw) - known)[:5]}")
     for name in ("station", "camera", "frame_id", "capture_utc"):
-        _check(_text(raw.get(name)), "field", f"{name} must be a non-empty string", frame_id)
+        _check(_text(raw.get(name)), "field", f"{name} must be a non-empty string")
     for name in ("seq", "capture_monotonic_ns"):
-        _check(_whole(raw.get(name)), "field", f"{name} must be a non-negative integer", frame_id)
+        _check(_whole(raw.get(name)), "field", f"{name} must be a non-negative integer")
     for name in ("height", "width"):
-        _check(_whole(raw.get(name), 1), "shape", f"{name} must be a positive integer", frame_id)
-    _check(raw.get("channels") in (1, 3), "shape", "channels must be 1 or 3", frame_id)
-    _check(
-        raw.get("pixel_type", "uint8") in PIXEL_TYPES,
-        "dtype",
-        f"pixel type {raw.get('pixel_type')!r}",
-        frame_id,
-    )
-    _check(
-        raw.get("trigger", "free_run") in TRIGGER_MODES, "field", f"trigger {raw.get('trigger')!r}", frame_id
-    )
+        _check(_whole(raw.get(name), 1), "shape", f"{name} must be a positive integer")
+    _check(raw.get("channels") in (1, 3), "shape", "channels must be 1 or 3")
+    _check(raw.get("pixel_type", "uint8") in PIXEL_TYPES, "dtype", f"pixel type {raw.get('pixel_type')!r}")
+    _check(raw.get("trigger", "free_run") in TRIGGER_MODES, "field", f"trigger {raw.get('trigger')!r}")
     part_id = raw.get("part_id")
-    _check(part_id is None or _text(part_id), "field", "part_id must be a string or null", frame_id)
+    _check(part_id is None or _text(part_id), "field", "part_id must be a string or null")
     deadline = raw.get("deadline_ms")
+    valid_deadline = (
+        isinstance(deadline, int | float) and not isinstance(deadline, bool) and math.isfinite(deadline)
+    )
     _check(
-        deadline is None
-        or (
-            isinstance(deadline, int | float)
-            and not isinstance(deadline, bool)
-            and math.isfinite(deadline)
-            and deadline > 0
-        ),
+        deadline is None or (valid_deadline and deadline > 0),
         "field",
-        "deadline_ms must be a positive number or null",
-        frame_id,
+        "deadline_ms must be a positive number",
     )
     _check(
         raw["height"] * raw["width"] * raw["channels"] <= MAX_FRAME_PIXELS,
         "shape",
         f"declared shape {raw['height']}x{raw['width']}x{raw['channels']} is too large",
-        frame_id,
     )
-    header = FrameHeader(**raw)
-    payload = memoryview(parts[2])
-    _check(
-        payload.nbytes == header.payload_bytes,
-        "size",
-        f"pixel part has {payload.nbytes} bytes, header declares {header.payload_bytes}",
-        frame_id,
-    )
+    return FrameHeader(**raw)
+
+
+def decode_frame(parts: list[bytes] | list[memoryview]) -> tuple[FrameHeader, np.ndarray]:
+    """Validate a frame message and return its header and a (read-only) pixel array view.
+
+    A ProtocolError carries the frame id and camera whenever the header named them validly, so the
+    frame can still be answered with an ERROR verdict.
+    """
+    _check(len(parts) == 3, "parts", f"expected 3 parts [topic, header, pixels], got {len(parts)}")
+    _check(bytes(parts[0]) == FRAME_TOPIC, "topic", f"unexpected topic {bytes(parts[0])[:32]!r}")
+    raw = _parse_header(bytes(parts[1]))
+    frame_id = raw.get("frame_id") if _text(raw.get("frame_id")) else None
+    camera = raw.get("camera") if _text(raw.get("camera")) else None
+    try:
+        header = _frame_header(raw)
+        payload = memoryview(parts[2])
+        _check(
+            payload.nbytes == header.payload_bytes,
+            "size",
+            f"pixel part has {payload.nbytes} bytes, header declares {header.payload_bytes}",
+        )
+    except ProtocolError as error:
+        raise ProtocolError(error.kind, str(error).partition(": ")[2], frame_id, camera) from None
     shape = (header.height, header.width) if header.channels == 1 else (header.height, header.width, 3)
     pixels = np.frombuffer(payload, dtype=PIXEL_TYPES[header.pixel_type]).reshape(shape)
     return header, pixels

@@ -1,0 +1,128 @@
+"""The publisher: takes results from workers (PULL) and publishes them (PUB) on
+`verdict.<station>.<camera>` and `mask.<station>.<camera>`, each topic with its own sequence
+number, plus `heartbeat.<station>` at a fixed rate; a REP endpoint answers the latest verdict per
+camera for late joiners."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+
+import zmq
+
+from edge.protocol import SCHEMA_VERSION, ProtocolError, decode_verdict, encode_verdict
+
+log = logging.getLogger("edge.publisher")
+
+
+@dataclass(frozen=True)
+class PublisherSettings:
+    station: str
+    results_endpoint: str  # bound PULL: workers connect here
+    publish_endpoint: str  # bound PUB: subscribers connect here
+    latest_endpoint: str | None = None  # bound REP: {"camera": name} → that camera's latest verdict
+    heartbeat_s: float = 1.0
+
+
+@dataclass
+class PublisherCounters:
+    published: int = 0
+    malformed: Counter = field(default_factory=Counter)
+
+
+class Publisher:
+    def __init__(self, settings: PublisherSettings, context: zmq.Context | None = None) -> None:
+        self.settings = settings
+        self.counters = PublisherCounters()
+        self.sequence: Counter = Counter()
+        self.latest: dict[str, bytes] = {}
+        context = context or zmq.Context.instance()
+        self.results = context.socket(zmq.PULL)
+        self.results.setsockopt(zmq.LINGER, 0)
+        self.results.bind(settings.results_endpoint)
+        self.pub = context.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 1000)
+        self.pub.bind(settings.publish_endpoint)
+        self.rep = None
+        if settings.latest_endpoint:
+            self.rep = context.socket(zmq.REP)
+            self.rep.setsockopt(zmq.LINGER, 0)
+            self.rep.bind(settings.latest_endpoint)
+        self.poller = zmq.Poller()
+        self.poller.register(self.results, zmq.POLLIN)
+        if self.rep is not None:
+            self.poller.register(self.rep, zmq.POLLIN)
+        self.next_heartbeat = 0.0
+
+    def _next_seq(self, topic: bytes) -> int:
+        self.sequence[topic] += 1
+        return self.sequence[topic]
+
+    def _publish_result(self, parts: list[bytes]) -> None:
+        try:
+            if len(parts) != 3:
+                raise ProtocolError("parts", f"expected 3 parts, got {len(parts)}")
+            message = decode_verdict(parts[:2])
+        except ProtocolError as error:
+            self.counters.malformed[error.kind] += 1
+            log.warning("malformed result from a worker: %s", error)
+            return
+        topic, body = encode_verdict(replace(message, seq=self._next_seq(parts[0])))
+        self.pub.send_multipart([topic, body])
+        self.latest[message.camera] = body
+        self.counters.published += 1
+        if parts[2]:
+            mask_topic = f"mask.{message.station}.{message.camera}".encode()
+            header = {
+                "schema": SCHEMA_VERSION,
+                "seq": self._next_seq(mask_topic),
+                "station": message.station,
+                "camera": message.camera,
+                "frame_id": message.frame_id,
+            }
+            self.pub.send_multipart([mask_topic, json.dumps(header).encode(), parts[2]])
+
+    def _answer_latest(self) -> None:
+        request = self.rep.recv()
+        try:
+            camera = json.loads(request).get("camera")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            camera = None
+        self.rep.send(self.latest.get(camera, b"null") if isinstance(camera, str) else b"null")
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        if now < self.next_heartbeat:
+            return
+        self.next_heartbeat = now + self.settings.heartbeat_s
+        topic = f"heartbeat.{self.settings.station}".encode()
+        body = {
+            "schema": SCHEMA_VERSION,
+            "seq": self._next_seq(topic),
+            "station": self.settings.station,
+            "published": self.counters.published,
+        }
+        self.pub.send_multipart([topic, json.dumps(body).encode()])
+
+    def step(self, timeout_ms: int = 100) -> None:
+        self._heartbeat()
+        ready = dict(self.poller.poll(timeout_ms))
+        if self.results in ready:
+            self._publish_result(self.results.recv_multipart())
+        if self.rep is not None and self.rep in ready:
+            self._answer_latest()
+
+    def run(self, stop: threading.Event) -> PublisherCounters:
+        while not stop.is_set():
+            self.step()
+        self.close()
+        return self.counters
+
+    def close(self) -> None:
+        for socket in (self.results, self.pub, self.rep):
+            if socket is not None:
+                socket.close()
