@@ -23,6 +23,7 @@ class Event:
     gap: int  # messages on this topic lost just before this one (PUB/SUB drops under load)
     verdict: VerdictMessage | None = None
     mask_png: bytes | None = None
+    frame_id: str | None = None  # for masks: the frame whose verdict came just before
     heartbeat: dict | None = None
 
 
@@ -76,7 +77,9 @@ class Subscriber:
         except (ProtocolError, ValueError, KeyError, TypeError, IndexError):
             return None
         if topic.startswith("mask.") and len(parts) == 3:
-            return Event(topic, seq, self._gap(topic, seq), mask_png=parts[2])
+            return Event(
+                topic, seq, self._gap(topic, seq), mask_png=parts[2], frame_id=str(header.get("frame_id"))
+            )
         return Event(topic, seq, self._gap(topic, seq), heartbeat=header)
 
     def events(self, timeout_s: float) -> Iterator[Event]:

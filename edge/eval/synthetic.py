@@ -34,7 +34,7 @@ class SynthSpec:
     greyscale: bool = False
 
 
-def _part(rng: np.random.Generator, size: int) -> np.ndarray:
+def make_part(rng: np.random.Generator, size: int) -> np.ndarray:
     """One good part: textured disc, jittered in place, angle and light, with sensor noise."""
     canvas = np.full((size, size, 3), (38, 42, 46), np.float32)
     centre = (size / 2 + rng.uniform(-0.04, 0.04) * size, size / 2 + rng.uniform(-0.04, 0.04) * size)
@@ -56,7 +56,7 @@ def _part(rng: np.random.Generator, size: int) -> np.ndarray:
     return canvas
 
 
-def _defect(rng: np.random.Generator, image: np.ndarray, kind: str) -> np.ndarray:
+def draw_defect(rng: np.random.Generator, image: np.ndarray, kind: str) -> np.ndarray:
     """Draw one defect on `image` in place; return its mask (uint8 0/255)."""
     size = image.shape[0]
     mask = np.zeros((size, size), np.uint8)
@@ -105,9 +105,9 @@ def generate(
     ]
     for path, kind in tqdm(jobs, desc="synthetic parts", unit="img", disable=not progress, leave=False):
         path.parent.mkdir(parents=True, exist_ok=True)
-        image = _part(rng, spec.size)
+        image = make_part(rng, spec.size)
         if kind != "good":
-            mask = _defect(rng, image, kind)
+            mask = draw_defect(rng, image, kind)
             mask_dir = base / "ground_truth" / kind
             mask_dir.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(mask_dir / f"{path.stem}_mask.png"), mask)

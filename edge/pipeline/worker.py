@@ -48,6 +48,9 @@ class Worker:
         context = context or zmq.Context.instance()
         self.frames = context.socket(zmq.PULL)
         self.frames.setsockopt(zmq.LINGER, 0)
+        # a short receive queue: backlog stays with capture, which keeps the newest (free run) or
+        # waits (triggered), instead of piling up stale frames here
+        self.frames.setsockopt(zmq.RCVHWM, 2 * settings.max_batch)
         self.frames.bind(settings.frames_endpoint)
         self.results = context.socket(zmq.PUSH)
         self.results.setsockopt(zmq.LINGER, 2000)

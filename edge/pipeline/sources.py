@@ -1,0 +1,163 @@
+"""Frame sources behind one interface: OpenCV cameras and streams, image-folder replay, synthetic parts.
+
+`read()` returns the next frame (uint8 or uint16, HxW or HxWx3 RGB) or None when the source has
+nothing now; `exhausted` says a finite source is done. A camera that fails is reopened with
+backoff; the reopen count and staleness are the capture process's to report.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from edge.errors import UsageError
+from edge.eval.mvtec import IMAGE_SUFFIXES
+from edge.eval.synthetic import DEFECT_TYPES, draw_defect, make_part
+from edge.imageio import read_image
+
+log = logging.getLogger("edge.capture")
+
+
+class FrameSource(Protocol):
+    exhausted: bool
+    reopens: int
+
+    def read(self) -> np.ndarray | None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class LabelledFrame:
+    """A synthetic frame and what it truly is, so a demo can measure its detection rate."""
+
+    pixels: np.ndarray
+    defect: str | None  # None for a good part
+
+
+class SyntheticSource:
+    """Endless (or `count`) synthetic parts; a `defect_rate` share carries a defect."""
+
+    def __init__(
+        self, size: int = 256, defect_rate: float = 0.2, count: int | None = None, seed: int = 0
+    ) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.size, self.defect_rate, self.remaining = size, defect_rate, count
+        self.exhausted = False
+        self.reopens = 0
+        self.last: LabelledFrame | None = None
+
+    def read(self) -> np.ndarray | None:
+        if self.remaining is not None:
+            if self.remaining <= 0:
+                self.exhausted = True
+                return None
+            self.remaining -= 1
+        image = make_part(self.rng, self.size)
+        defect = None
+        if self.rng.random() < self.defect_rate:
+            defect = str(self.rng.choice(DEFECT_TYPES))
+            draw_defect(self.rng, image, defect)
+        pixels = np.clip(image, 0, 255).astype(np.uint8)
+        self.last = LabelledFrame(pixels, defect)
+        return pixels
+
+    def close(self) -> None:
+        pass
+
+
+class FolderSource:
+    """Replays a folder's images in name order, at `rate_hz` (0: as fast as read), optionally looping."""
+
+    def __init__(self, folder: str | Path, rate_hz: float = 0.0, loop: bool = False) -> None:
+        self.paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.paths:
+            raise UsageError(f"{folder} holds no images to replay")
+        self.period = 1.0 / rate_hz if rate_hz > 0 else 0.0
+        self.loop = loop
+        self.position = 0
+        self.next_due = time.monotonic()
+        self.exhausted = False
+        self.reopens = 0
+
+    def read(self) -> np.ndarray | None:
+        if self.position >= len(self.paths):
+            if not self.loop:
+                self.exhausted = True
+                return None
+            self.position = 0
+        wait = self.next_due - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        self.next_due = max(self.next_due + self.period, time.monotonic())
+        path = self.paths[self.position]
+        self.position += 1
+        return read_image(path)
+
+    def close(self) -> None:
+        pass
+
+
+class OpenCVSource:
+    """A USB/V4L2 camera (index or device path), a video file or stream URL, or a GStreamer pipeline
+    where OpenCV has GStreamer. A failed read closes the device and reopens it with backoff."""
+
+    def __init__(self, uri: str | int, backoff_s: tuple[float, float] = (0.5, 10.0)) -> None:
+        self.uri = int(uri) if isinstance(uri, str) and uri.isdigit() else uri
+        self.backoff_min, self.backoff_max = backoff_s
+        self.backoff = self.backoff_min
+        self.capture: cv2.VideoCapture | None = None
+        self.retry_at = 0.0
+        self.exhausted = False
+        self.reopens = 0
+        self._open()
+
+    def _open(self) -> None:
+        self.capture = cv2.VideoCapture(self.uri)
+        if not self.capture.isOpened():
+            self.capture.release()
+            self.capture = None
+            self.retry_at = time.monotonic() + self.backoff
+            log.warning("camera %s did not open; retrying in %.1f s", self.uri, self.backoff)
+            self.backoff = min(self.backoff * 2, self.backoff_max)
+        else:
+            self.backoff = self.backoff_min
+
+    def read(self) -> np.ndarray | None:
+        if self.capture is None:
+            if time.monotonic() < self.retry_at:
+                return None
+            self.reopens += 1
+            self._open()
+            if self.capture is None:
+                return None
+        ok, frame = self.capture.read()
+        if not ok or frame is None:
+            log.warning("camera %s delivered no frame; reopening", self.uri)
+            self.capture.release()
+            self.capture = None
+            self.retry_at = time.monotonic() + self.backoff
+            return None
+        return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if frame.ndim == 3 else frame
+
+    def close(self) -> None:
+        if self.capture is not None:
+            self.capture.release()
+
+
+def frames(source: FrameSource, idle_sleep_s: float = 0.005) -> Iterator[np.ndarray]:
+    """Iterate a source until it is exhausted (forever for cameras)."""
+    while not source.exhausted:
+        pixels = source.read()
+        if pixels is None:
+            if not source.exhausted:
+                time.sleep(idle_sleep_s)
+            continue
+        yield pixels
