@@ -19,6 +19,7 @@ import numpy as np
 
 SCHEMA_VERSION = 1
 FRAME_TOPIC = b"frame"
+EXPECT_TOPIC = b"expect"
 MAX_FRAME_PIXELS = 64_000_000  # a 8K x 8K mono frame; larger declared shapes are refused unread
 MAX_HEADER_BYTES = 64 * 1024
 PIXEL_TYPES = {"uint8": np.uint8, "uint16": np.uint16}
@@ -182,6 +183,17 @@ def decode_frame(parts: list[bytes] | list[memoryview]) -> tuple[FrameHeader, np
     shape = (header.height, header.width) if header.channels == 1 else (header.height, header.width, 3)
     pixels = np.frombuffer(payload, dtype=PIXEL_TYPES[header.pixel_type]).reshape(shape)
     return header, pixels
+
+
+def encode_expect(header: FrameHeader) -> list[bytes]:
+    """Capture → publisher: a triggered frame was sent and must get exactly one verdict."""
+    return [EXPECT_TOPIC, json.dumps(asdict(header), separators=(",", ":")).encode()]
+
+
+def decode_expect(parts: list[bytes]) -> FrameHeader:
+    _check(len(parts) == 2, "parts", f"expected 2 parts [topic, header], got {len(parts)}")
+    _check(bytes(parts[0]) == EXPECT_TOPIC, "topic", f"unexpected topic {bytes(parts[0])[:32]!r}")
+    return _frame_header(_parse_header(bytes(parts[1])))
 
 
 def verdict_topic(station: str, camera: str) -> bytes:

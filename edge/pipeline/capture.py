@@ -20,7 +20,7 @@ import zmq
 
 from edge.imageio import to_uint8
 from edge.pipeline.sources import FrameSource
-from edge.protocol import FrameHeader, encode_frame
+from edge.protocol import FrameHeader, encode_expect, encode_frame
 
 log = logging.getLogger("edge.capture")
 
@@ -33,6 +33,7 @@ class CaptureSettings:
     trigger: str = "free_run"
     deadline_ms: float | None = None
     stale_after_s: float = 5.0
+    expect_endpoint: str | None = None  # the publisher's results PULL: triggered frames are announced there
 
 
 @dataclass
@@ -54,12 +55,17 @@ class Capture:
         self.socket.setsockopt(zmq.SNDHWM, 1 if settings.trigger == "free_run" else 10_000)
         self.socket.setsockopt(zmq.LINGER, 5000)
         self.socket.connect(settings.frames_endpoint)
+        self.announce = None
+        if settings.trigger == "triggered" and settings.expect_endpoint:
+            self.announce = (context or zmq.Context.instance()).socket(zmq.PUSH)
+            self.announce.setsockopt(zmq.LINGER, 5000)
+            self.announce.connect(settings.expect_endpoint)
         self.last_frame = time.monotonic()
 
     def frame_id(self, seq: int) -> str:
         return f"{self.settings.camera}-{self.run_id}-{seq}"
 
-    def stamp(self, pixels: np.ndarray, part_id: str | None = None) -> list:
+    def stamp(self, pixels: np.ndarray, part_id: str | None = None) -> tuple[FrameHeader, list]:
         pixels = to_uint8(pixels)
         header = FrameHeader(
             station=self.settings.station,
@@ -76,7 +82,7 @@ class Capture:
             deadline_ms=self.settings.deadline_ms,
         )
         self.seq += 1
-        return encode_frame(header, pixels)
+        return header, encode_frame(header, pixels)
 
     def _flush(self) -> None:
         if self.pending is None:
@@ -90,9 +96,11 @@ class Capture:
 
     def offer(self, pixels: np.ndarray, part_id: str | None = None) -> None:
         """Send one frame by the trigger mode's rule."""
-        message = self.stamp(pixels, part_id)
+        header, message = self.stamp(pixels, part_id)
         self.last_frame = time.monotonic()
         if self.settings.trigger == "triggered":
+            if self.announce is not None:
+                self.announce.send_multipart(encode_expect(header))
             self.socket.send_multipart(message, copy=False)  # blocks while the worker is behind
             self.counters.sent += 1
             return
@@ -125,3 +133,5 @@ class Capture:
     def close(self) -> None:
         self.source.close()
         self.socket.close()
+        if self.announce is not None:
+            self.announce.close()

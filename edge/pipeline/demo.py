@@ -43,14 +43,18 @@ def _publisher_process(endpoints: dict[str, str], stop: Any) -> None:
     ).run(stop)
 
 
-def _worker_process(bank_path: str, threshold: float, endpoints: dict[str, str], stop: Any) -> None:
+def _worker_process(
+    bank_path: str, threshold: float, endpoints: dict[str, str], ready: Any, stop: Any
+) -> None:
     from edge.engine.artifact import load_model
     from edge.pipeline.inspection import Bank
     from edge.pipeline.worker import Worker, WorkerSettings
 
     setup_logging()
     bank = Bank(load_model(bank_path), threshold, bank_id="demo", version="1")
-    Worker(bank, WorkerSettings(STATION, endpoints["frames"], endpoints["results"])).run(stop)
+    worker = Worker(bank, WorkerSettings(STATION, endpoints["frames"], endpoints["results"]))
+    ready.set()
+    worker.run(stop)
 
 
 def _capture_process(
@@ -67,8 +71,12 @@ def _capture_process(
 
     setup_logging()
     source = SyntheticSource(size, defect_rate, count=count, seed=STREAM_SEED)
-    capture = Capture(source, CaptureSettings(STATION, CAMERA, endpoints["frames"], trigger="triggered"))
-    ready.wait()
+    settings = CaptureSettings(
+        STATION, CAMERA, endpoints["frames"], trigger="triggered", expect_endpoint=endpoints["results"]
+    )
+    capture = Capture(source, settings)
+    for event in ready:  # the subscriber listens and the worker has its bank: parts may come
+        event.wait()
     period = 1.0 / rate_hz if rate_hz > 0 else 0.0
     for _ in range(count):
         if stop.is_set():
@@ -145,16 +153,26 @@ def _main(argv: list[str] | None) -> int:
         bank_path, threshold = _fit_bank(work, args.size, args.train, not args.quiet)
         endpoints = {name: f"ipc://{work}/{name}" for name in ("frames", "results", "pub", "latest")}
         spawn = mp.get_context("spawn")
-        stop, ready = spawn.Event(), spawn.Event()
+        stop, listening, worker_ready = spawn.Event(), spawn.Event(), spawn.Event()
         processes = [
             spawn.Process(target=_publisher_process, args=(endpoints, stop), name="publisher"),
             spawn.Process(
-                target=_worker_process, args=(str(bank_path), threshold, endpoints, stop), name="worker"
+                target=_worker_process,
+                args=(str(bank_path), threshold, endpoints, worker_ready, stop),
+                name="worker",
             ),
             spawn.Process(
                 target=_capture_process,
                 name="capture",
-                args=(args.frames, args.size, args.defect_rate, args.rate, endpoints, ready, stop),
+                args=(
+                    args.frames,
+                    args.size,
+                    args.defect_rate,
+                    args.rate,
+                    endpoints,
+                    [listening, worker_ready],
+                    stop,
+                ),
             ),
         ]
         for process in processes:
@@ -167,7 +185,7 @@ def _main(argv: list[str] | None) -> int:
             with Subscriber(endpoints["pub"], STATION) as subscriber:
                 if subscriber.receive(60) is None:
                     raise UsageError("the publisher did not start within 60 s")
-                ready.set()
+                listening.set()
                 started = time.monotonic()
                 while len(verdicts) < args.frames:
                     event = subscriber.receive(30)

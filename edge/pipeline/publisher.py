@@ -1,7 +1,8 @@
 """The publisher: takes results from workers (PULL) and publishes them (PUB) on
 `verdict.<station>.<camera>` and `mask.<station>.<camera>`, each topic with its own sequence
 number, plus `heartbeat.<station>` at a fixed rate; a REP endpoint answers the latest verdict per
-camera for late joiners."""
+camera for late joiners. It also keeps the ledger of triggered frames (edge.pipeline.ledger):
+a frame capture announced that no worker answers in time gets a TIMEOUT verdict from here."""
 
 from __future__ import annotations
 
@@ -14,7 +15,18 @@ from dataclasses import dataclass, field, replace
 
 import zmq
 
-from edge.protocol import SCHEMA_VERSION, ProtocolError, decode_verdict, encode_verdict
+from edge.pipeline.ledger import Ledger
+from edge.protocol import (
+    EXPECT_TOPIC,
+    SCHEMA_VERSION,
+    ProtocolError,
+    Verdict,
+    VerdictMessage,
+    decode_expect,
+    decode_verdict,
+    encode_verdict,
+    verdict_topic,
+)
 
 log = logging.getLogger("edge.publisher")
 
@@ -26,11 +38,14 @@ class PublisherSettings:
     publish_endpoint: str  # bound PUB: subscribers connect here
     latest_endpoint: str | None = None  # bound REP: {"camera": name} → that camera's latest verdict
     heartbeat_s: float = 1.0
+    default_deadline_ms: float = 5000.0  # for triggered frames that carry no deadline of their own
 
 
 @dataclass
 class PublisherCounters:
     published: int = 0
+    timeouts: int = 0
+    late: int = 0
     malformed: Counter = field(default_factory=Counter)
 
 
@@ -57,25 +72,38 @@ class Publisher:
         if self.rep is not None:
             self.poller.register(self.rep, zmq.POLLIN)
         self.next_heartbeat = 0.0
+        self.ledger = Ledger(settings.default_deadline_ms)
 
     def _next_seq(self, topic: bytes) -> int:
         self.sequence[topic] += 1
         return self.sequence[topic]
 
-    def _publish_result(self, parts: list[bytes]) -> None:
+    def _receive(self, parts: list[bytes]) -> None:
+        """A worker's result [verdict topic, verdict, mask PNG] or capture's [expect, frame header]."""
         try:
+            if bytes(parts[0]) == EXPECT_TOPIC:
+                self.ledger.expect(decode_expect(parts), time.monotonic())
+                return
             if len(parts) != 3:
                 raise ProtocolError("parts", f"expected 3 parts, got {len(parts)}")
             message = decode_verdict(parts[:2])
         except ProtocolError as error:
             self.counters.malformed[error.kind] += 1
-            log.warning("malformed result from a worker: %s", error)
+            log.warning("malformed message from a worker or capture: %s", error)
             return
-        topic, body = encode_verdict(replace(message, seq=self._next_seq(parts[0])))
+        if self.ledger.answer(message.frame_id):
+            self._publish(message, parts[2] or None)
+        else:
+            self.counters.late = self.ledger.late
+            log.warning("verdict for %s came after its frame was answered; dropped", message.frame_id)
+
+    def _publish(self, message: VerdictMessage, mask_png: bytes | None) -> None:
+        topic = verdict_topic(message.station, message.camera)
+        topic, body = encode_verdict(replace(message, seq=self._next_seq(topic)))
         self.pub.send_multipart([topic, body])
         self.latest[message.camera] = body
         self.counters.published += 1
-        if parts[2]:
+        if mask_png:
             mask_topic = f"mask.{message.station}.{message.camera}".encode()
             header = {
                 "schema": SCHEMA_VERSION,
@@ -84,7 +112,25 @@ class Publisher:
                 "camera": message.camera,
                 "frame_id": message.frame_id,
             }
-            self.pub.send_multipart([mask_topic, json.dumps(header).encode(), parts[2]])
+            self.pub.send_multipart([mask_topic, json.dumps(header).encode(), mask_png])
+
+    def _time_out_overdue(self) -> None:
+        for header in self.ledger.overdue(time.monotonic()):
+            deadline = header.deadline_ms or self.settings.default_deadline_ms
+            self.counters.timeouts += 1
+            self._publish(
+                VerdictMessage(
+                    station=header.station,
+                    camera=header.camera,
+                    frame_id=header.frame_id,
+                    part_id=header.part_id,
+                    verdict=Verdict.TIMEOUT,
+                    capture_utc=header.capture_utc,
+                    capture_monotonic_ns=header.capture_monotonic_ns,
+                    error=f"no verdict within {deadline:.0f} ms",
+                ),
+                None,
+            )
 
     def _answer_latest(self) -> None:
         request = self.rep.recv()
@@ -112,7 +158,8 @@ class Publisher:
         self._heartbeat()
         ready = dict(self.poller.poll(timeout_ms))
         if self.results in ready:
-            self._publish_result(self.results.recv_multipart())
+            self._receive(self.results.recv_multipart())
+        self._time_out_overdue()
         if self.rep is not None and self.rep in ready:
             self._answer_latest()
 

@@ -1,0 +1,113 @@
+import threading
+import time
+
+import zmq
+
+from edge.client import Subscriber
+from edge.imageio import read_image
+from edge.pipeline.capture import Capture, CaptureSettings
+from edge.pipeline.inspection import Bank
+from edge.pipeline.ledger import Ledger
+from edge.pipeline.publisher import Publisher, PublisherSettings
+from edge.pipeline.sources import SyntheticSource
+from edge.pipeline.worker import Worker, WorkerSettings
+from edge.protocol import FrameHeader, Verdict
+
+
+def header(frame_id: str, deadline_ms: float | None = 100) -> FrameHeader:
+    return FrameHeader(
+        station="s",
+        camera="c",
+        seq=0,
+        frame_id=frame_id,
+        capture_utc="t",
+        capture_monotonic_ns=0,
+        height=1,
+        width=1,
+        channels=1,
+        trigger="triggered",
+        deadline_ms=deadline_ms,
+    )
+
+
+def test_ledger_answers_each_frame_once():
+    ledger = Ledger(default_deadline_ms=1000, grace_ms=0)
+    ledger.expect(header("a"), now_s=0.0)
+    ledger.expect(header("b", None), now_s=0.0)
+    assert ledger.answer("a") is True
+    assert ledger.answer("a") is False  # a duplicate
+    assert [h.frame_id for h in ledger.overdue(0.5)] == []
+    assert [h.frame_id for h in ledger.overdue(1.01)] == ["b"]  # the default deadline applies
+    assert ledger.answer("b") is False and ledger.late == 2
+    assert ledger.answer("c") is True  # free-run frames are never announced
+    ledger.expect(header("c"), now_s=2.0)  # an announcement overtaken by its verdict
+    assert ledger.overdue(10.0) == []
+
+
+def test_a_lost_worker_turns_frames_in_flight_into_timeouts_and_nothing_twice(
+    tmp_path, fitted_model, synthetic_category
+):
+    """Triggered parts: the worker dies mid-stream and is restarted; every part gets exactly one
+    verdict, OK/NOK for those scored in time and TIMEOUT for the rest."""
+    context = zmq.Context()
+    endpoints = {name: f"ipc://{tmp_path}/{name}" for name in ("frames", "results", "pub")}
+    publisher = Publisher(
+        PublisherSettings("s", endpoints["results"], endpoints["pub"], heartbeat_s=0.1), context
+    )
+    stop_publisher = threading.Event()
+    threading.Thread(target=publisher.run, args=(stop_publisher,), daemon=True).start()
+    subscriber = Subscriber(endpoints["pub"], "s", context=context)
+    assert subscriber.receive(10) is not None
+    bank = Bank(fitted_model, threshold=1e9, bank_id="b", version="1")
+    image = read_image(synthetic_category.test[0].path)
+    capture = Capture(
+        SyntheticSource(count=0),
+        CaptureSettings(
+            "s",
+            "c",
+            endpoints["frames"],
+            trigger="triggered",
+            deadline_ms=400,
+            expect_endpoint=endpoints["results"],
+        ),
+        context,
+    )
+
+    worker = Worker(
+        bank, WorkerSettings("s", endpoints["frames"], endpoints["results"], max_batch=1), context
+    )
+    for _ in range(5):
+        capture.offer(image)
+    while worker.counters.verdicts_out < 5:
+        worker.step()
+    worker.close()  # the worker is gone: the next frames wait, unanswered, past their deadline
+    for _ in range(5):
+        capture.offer(image)
+    deadline = time.monotonic() + 10
+    while publisher.counters.timeouts < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the publisher answers the waiting frames TIMEOUT once their deadline passes
+    restarted = Worker(bank, WorkerSettings("s", endpoints["frames"], endpoints["results"]), context)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and restarted.counters.verdicts_out < 5:
+        restarted.step()  # frames that still reach it are scored too late: their verdicts must be dropped
+
+    verdicts: dict[str, list[Verdict]] = {}
+    end = time.monotonic() + 5
+    while time.monotonic() < end:
+        event = subscriber.receive(0.2)
+        if event is not None and event.verdict is not None:
+            verdicts.setdefault(event.verdict.frame_id, []).append(event.verdict.verdict)
+    stop_publisher.set()
+    time.sleep(0.3)
+    restarted.close()
+    capture.close()
+    subscriber.socket.close()
+    context.term()
+
+    sent = [capture.frame_id(seq) for seq in range(10)]
+    assert sorted(verdicts) == sorted(sent)
+    assert all(len(v) == 1 for v in verdicts.values())
+    assert [verdicts[f][0] for f in sent[:5]] == [Verdict.OK] * 5
+    assert [verdicts[f][0] for f in sent[5:]] == [Verdict.TIMEOUT] * 5
+    assert publisher.counters.timeouts == 5
+    assert publisher.ledger.late == restarted.counters.verdicts_out
