@@ -51,4 +51,4 @@ def test_free_run_keeps_only_the_newest_frame_and_counts_drops(tmp_path):
     assert received == [0, 9]
     capture.close()
     worker.close()
-    context.term()
+    context.destroy(linger=0)

@@ -102,7 +102,7 @@ def test_a_lost_worker_turns_frames_in_flight_into_timeouts_and_nothing_twice(
     restarted.close()
     capture.close()
     subscriber.socket.close()
-    context.term()
+    context.destroy(linger=0)
 
     sent = [capture.frame_id(seq) for seq in range(10)]
     assert sorted(verdicts) == sorted(sent)

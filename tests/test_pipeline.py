@@ -1,6 +1,8 @@
 """Worker and publisher over real ZeroMQ sockets (ipc), driven the way capture and an MES drive them."""
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -58,7 +60,7 @@ def pipeline(tmp_path, fitted_model, synthetic_category):
         thread.join(timeout=10)
     sender.close()
     subscriber.socket.close()
-    context.term()
+    context.destroy(linger=0)
 
 
 def _first(subscriber, wanted, timeout_s):
@@ -121,11 +123,35 @@ def test_every_frame_gets_exactly_its_engine_score(pipeline, fitted_model, synth
         verdicts[f"f-{i}"].verdict == Verdict.NOK for i, label in enumerate(labels) if label
     ) >= 0.8 * sum(labels)
 
+    tail = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edge.tail",
+            pipeline["endpoints"]["pub"],
+            "--station",
+            STATION,
+            "--count",
+            "2",
+            "--timeout",
+            "20",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert _first(pipeline["subscriber"], lambda e: e.heartbeat is not None, 10)
+    time.sleep(1.0)  # let edge-tail subscribe before the frames go out
+    for index in range(2):
+        pipeline["sender"].send_multipart(_frame(1000 + index, images[index]))
+    out, _ = tail.communicate(timeout=60)
+    assert tail.returncode == 0, out
+    assert [line.split()[2] for line in out.splitlines()] == ["f-1000", "f-1001"]
+
     request = pipeline["context"].socket(zmq.REQ)
     request.connect(pipeline["endpoints"]["latest"])
     request.send(json.dumps({"camera": "cam0"}).encode())
     assert request.poll(5000)
-    assert json.loads(request.recv())["frame_id"] in verdicts
+    assert json.loads(request.recv())["frame_id"] == "f-1001"  # the latest verdict of cam0
     request.close()
 
 

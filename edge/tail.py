@@ -1,0 +1,63 @@
+"""edge-tail: print a station's verdicts live, as an MES operator watches them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict
+
+from edge.cli_support import run_cli, setup_logging
+from edge.client import Subscriber
+
+log = logging.getLogger("edge.tail")
+EXIT_NO_TRAFFIC = 3
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = argparse.ArgumentParser(prog="edge-tail", description=__doc__.splitlines()[0])
+    parser.add_argument("endpoint", help="the publisher's PUB endpoint, e.g. tcp://station:5556")
+    parser.add_argument("--station", default="", help="only this station (default: all)")
+    parser.add_argument("--count", type=int, help="stop after this many verdicts")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="give up after this many seconds without any message, heartbeats included (default 10)",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per verdict instead of a line")
+    args = parser.parse_args(argv)
+    setup_logging()
+    shown = 0
+    with Subscriber(args.endpoint, args.station, topics=("verdict", "heartbeat")) as subscriber:
+        for event in subscriber.events(args.timeout):
+            if event.gap:
+                log.warning("%d message(s) lost on %s before seq %d", event.gap, event.topic, event.seq)
+            if event.verdict is None:
+                continue
+            verdict = event.verdict
+            if args.json:
+                print(json.dumps({**asdict(verdict), "verdict": verdict.verdict.value}), flush=True)
+            else:
+                score = "-" if verdict.score is None else f"{verdict.score:.3f}"
+                print(
+                    f"{verdict.capture_utc} {verdict.station}/{verdict.camera} {verdict.frame_id} "
+                    f"part={verdict.part_id or '-'} {verdict.verdict.value:<7} score={score} "
+                    f"threshold={verdict.threshold} regions={len(verdict.boxes)}"
+                    + (f" error={verdict.error}" if verdict.error else ""),
+                    flush=True,
+                )
+            shown += 1
+            if args.count is not None and shown >= args.count:
+                return 0
+        log.error("nothing heard from %s for %.0f s (lost: %d)", args.endpoint, args.timeout, subscriber.lost)
+    return EXIT_NO_TRAFFIC
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: _main(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
