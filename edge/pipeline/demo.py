@@ -33,7 +33,7 @@ VERDICT_SILENCE_S = 30.0  # give up when the pipeline has answered nothing for t
 THRESHOLD_MARGIN = 1.05  # provisional rule until edge-calibrate (issue 4): largest held-out good score + 5 %
 
 
-def _publisher_process(endpoints: dict[str, str], stop: Any) -> None:
+def publisher_process(endpoints: dict[str, str], stop: Any) -> None:
     from edge.pipeline.publisher import Publisher, PublisherSettings
 
     setup_logging()
@@ -44,7 +44,7 @@ def _publisher_process(endpoints: dict[str, str], stop: Any) -> None:
     ).run(stop)
 
 
-def _worker_process(
+def worker_process(
     bank_path: str, threshold: float, endpoints: dict[str, str], ready: Any, stop: Any
 ) -> None:
     from edge.engine.artifact import load_model
@@ -156,9 +156,9 @@ def _main(argv: list[str] | None) -> int:
         spawn = mp.get_context("spawn")
         stop, listening, worker_ready = spawn.Event(), spawn.Event(), spawn.Event()
         processes = [
-            spawn.Process(target=_publisher_process, args=(endpoints, stop), name="publisher"),
+            spawn.Process(target=publisher_process, args=(endpoints, stop), name="publisher"),
             spawn.Process(
-                target=_worker_process,
+                target=worker_process,
                 args=(str(bank_path), threshold, endpoints, worker_ready, stop),
                 name="worker",
             ),
