@@ -95,6 +95,20 @@ class VerdictMessage:
     schema: int = SCHEMA_VERSION
 
 
+def verdict_for(header: FrameHeader, verdict: Verdict, **fields: Any) -> VerdictMessage:
+    """A verdict about the frame `header` describes, with its identity and capture times copied."""
+    return VerdictMessage(
+        station=header.station,
+        camera=header.camera,
+        frame_id=header.frame_id,
+        part_id=header.part_id,
+        capture_utc=header.capture_utc,
+        capture_monotonic_ns=header.capture_monotonic_ns,
+        verdict=verdict,
+        **fields,
+    )
+
+
 def _check(condition: bool, kind: str, detail: str) -> None:
     if not condition:
         raise ProtocolError(kind, detail)

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from edge.engine.model import PatchCore, StageTimer
-from edge.protocol import FrameHeader, ProtocolError, Verdict, VerdictMessage, decode_frame
+from edge.protocol import FrameHeader, ProtocolError, Verdict, VerdictMessage, decode_frame, verdict_for
 
 
 @dataclass(frozen=True)
@@ -35,19 +35,13 @@ class Inspected:
     mask_png: bytes | None  # the thresholded mask in frame geometry, for OK/NOK frames
 
 
-def _base(header: FrameHeader, bank: Bank) -> dict:
-    return dict(
-        station=header.station,
-        camera=header.camera,
-        frame_id=header.frame_id,
-        part_id=header.part_id,
-        capture_utc=header.capture_utc,
-        capture_monotonic_ns=header.capture_monotonic_ns,
-        threshold=bank.threshold,
-        bank_id=bank.bank_id,
-        bank_version=bank.version,
-        backend=bank.backend,
-    )
+def _bank_fields(bank: Bank) -> dict:
+    return {
+        "threshold": bank.threshold,
+        "bank_id": bank.bank_id,
+        "bank_version": bank.version,
+        "backend": bank.backend,
+    }
 
 
 def error_verdict(error: ProtocolError, station: str, camera: str) -> VerdictMessage | None:
@@ -82,11 +76,8 @@ def inspect(
     for position, (header, _pixels) in enumerate(frames):
         waited_ms = (now_ns - header.capture_monotonic_ns) / 1e6
         if header.deadline_ms is not None and waited_ms > header.deadline_ms:
-            verdict = VerdictMessage(
-                **_base(header, bank),
-                verdict=Verdict.TIMEOUT,
-                error=f"deadline {header.deadline_ms} ms passed after {waited_ms:.1f} ms",
-            )
+            error = f"deadline {header.deadline_ms} ms passed after {waited_ms:.1f} ms"
+            verdict = verdict_for(header, Verdict.TIMEOUT, error=error, **_bank_fields(bank))
             outcomes[position] = Inspected(verdict, None)
         else:
             live.append(position)
@@ -100,9 +91,10 @@ def inspect(
             header = frames[position][0]
             mask = result.frame_map() > bank.threshold
             area, boxes = regions(mask)
-            verdict = VerdictMessage(
-                **_base(header, bank),
-                verdict=Verdict.NOK if result.score > bank.threshold else Verdict.OK,
+            verdict = verdict_for(
+                header,
+                Verdict.NOK if result.score > bank.threshold else Verdict.OK,
+                **_bank_fields(bank),
                 score=result.score,
                 latency_ms=per_frame,
                 defect_area_px=area,

@@ -25,6 +25,7 @@ from edge.protocol import (
     decode_expect,
     decode_verdict,
     encode_verdict,
+    verdict_for,
     verdict_topic,
 )
 
@@ -118,19 +119,8 @@ class Publisher:
         for header in self.ledger.overdue(time.monotonic()):
             deadline = header.deadline_ms or self.settings.default_deadline_ms
             self.counters.timeouts += 1
-            self._publish(
-                VerdictMessage(
-                    station=header.station,
-                    camera=header.camera,
-                    frame_id=header.frame_id,
-                    part_id=header.part_id,
-                    verdict=Verdict.TIMEOUT,
-                    capture_utc=header.capture_utc,
-                    capture_monotonic_ns=header.capture_monotonic_ns,
-                    error=f"no verdict within {deadline:.0f} ms",
-                ),
-                None,
-            )
+            error = f"no verdict within {deadline:.0f} ms"
+            self._publish(verdict_for(header, Verdict.TIMEOUT, error=error), None)
 
     def _answer_latest(self) -> None:
         request = self.rep.recv()
