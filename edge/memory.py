@@ -18,7 +18,7 @@ def return_large_blocks_to_os(threshold: int = LARGE_BLOCK_BYTES) -> bool:
 
     glibc raises the threshold each time a large block is freed, after which tens-of-MB
     temporaries (feature batches, distance blocks) stay in the heap: a bottle fit then peaked
-    between 1.3 and 1.6 GB from run to run; pinned at 16 MB it stays near 1.3 GB.
+    between 1.3 and 1.6 GB from run to run; pinned at 16 MB it stayed at 1.18-1.45 GB.
     Process-wide, so commands call it at start-up; the engine library never does.
     """
     name = ctypes.util.find_library("c")

@@ -194,6 +194,7 @@ def test_malformed_messages_are_answered_and_good_frames_still_pass(pipeline, sy
     assert gaps == 0
     assert all(verdicts[i].verdict in (Verdict.OK, Verdict.NOK) for i in good_ids)
     errors = Counter(v.verdict for k, v in verdicts.items() if k.startswith("bad-"))
+    assert all(v.camera == "cam0" for k, v in verdicts.items() if k.startswith("bad-"))
     assert errors == Counter({Verdict.ERROR: bad_with_id})
     counted = pipeline["worker"].counters
     assert sum(counted.malformed.values()) == 1200 - len(good_ids)

@@ -44,13 +44,14 @@ def _bank_fields(bank: Bank) -> dict:
     }
 
 
-def error_verdict(error: ProtocolError, station: str, camera: str) -> VerdictMessage | None:
-    """The ERROR verdict for a malformed frame, if it named a frame id; None otherwise."""
+def error_verdict(error: ProtocolError, station: str) -> VerdictMessage | None:
+    """The ERROR verdict for a malformed frame, if it named a frame id; None otherwise. The camera
+    is the header's when it named one validly."""
     if error.frame_id is None:
         return None
     return VerdictMessage(
         station=station,
-        camera=camera,
+        camera=error.camera or "unknown",
         frame_id=error.frame_id,
         verdict=Verdict.ERROR,
         capture_utc="",
@@ -106,10 +107,10 @@ def inspect(
 
 
 def decode_or_error(
-    parts: list, station: str, camera: str
+    parts: list, station: str
 ) -> tuple[tuple[FrameHeader, np.ndarray] | None, VerdictMessage | None, str | None]:
     """(frame, None, None) for a valid frame; (None, ERROR verdict or None, error kind) otherwise."""
     try:
         return decode_frame(parts), None, None
     except ProtocolError as error:
-        return None, error_verdict(error, station, camera), error.kind
+        return None, error_verdict(error, station), error.kind

@@ -84,7 +84,7 @@ class Worker:
         frames = []
         for parts in batch:
             self.counters.frames_in += 1
-            frame, error_verdict, kind = decode_or_error(parts, self.settings.station, "unknown")
+            frame, error_verdict, kind = decode_or_error(parts, self.settings.station)
             if frame is not None:
                 frames.append(frame)
                 continue
