@@ -29,3 +29,9 @@ class ImageError(EdgeError):
     """An image cannot be read or has an unsupported layout."""
 
     exit_code = 5
+
+
+class ConfigError(UsageError):
+    """The station configuration is invalid; the message names each key's path and what was expected."""
+
+    exit_code = 6

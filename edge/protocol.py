@@ -20,6 +20,7 @@ import numpy as np
 SCHEMA_VERSION = 1
 FRAME_TOPIC = b"frame"
 EXPECT_TOPIC = b"expect"
+TRIGGER_TOPIC = b"trigger"
 MAX_FRAME_PIXELS = 64_000_000  # a 8K x 8K mono frame; larger declared shapes are refused unread
 MAX_HEADER_BYTES = 64 * 1024
 PIXEL_TYPES = {"uint8": np.uint8, "uint16": np.uint16}
@@ -210,6 +211,26 @@ def decode_expect(parts: list[bytes]) -> FrameHeader:
     return _frame_header(_parse_header(bytes(parts[1])))
 
 
+def encode_trigger(part_id: str) -> list[bytes]:
+    """A software trigger (PLC bridge or MES → capture): take one frame of the part `part_id`."""
+    return [TRIGGER_TOPIC, json.dumps({"schema": SCHEMA_VERSION, "part_id": part_id}).encode()]
+
+
+def decode_trigger(parts: list[bytes]) -> str:
+    """The part id a valid trigger message names."""
+    _check(len(parts) == 2, "parts", f"expected 2 parts [topic, header], got {len(parts)}")
+    _check(bytes(parts[0]) == TRIGGER_TOPIC, "topic", f"unexpected topic {bytes(parts[0])[:32]!r}")
+    raw = _parse_header(bytes(parts[1]))
+    _check(raw.get("schema") == SCHEMA_VERSION, "schema", f"unknown schema version {raw.get('schema')!r}")
+    _check(
+        not set(raw) - {"schema", "part_id"},
+        "field",
+        f"unknown fields {sorted(set(raw) - {'schema', 'part_id'})[:5]}",
+    )
+    _check(_text(raw.get("part_id")), "field", "part_id must be a non-empty string of at most 256 characters")
+    return raw["part_id"]
+
+
 def verdict_topic(station: str, camera: str) -> bytes:
     return f"verdict.{station}.{camera}".encode()
 
@@ -218,6 +239,11 @@ def encode_verdict(message: VerdictMessage) -> list[bytes]:
     body = asdict(message)
     body["verdict"] = message.verdict.value
     return [verdict_topic(message.station, message.camera), json.dumps(body, separators=(",", ":")).encode()]
+
+
+def encode_result(verdict: VerdictMessage, mask_png: bytes | None) -> list[bytes]:
+    """Worker (or capture) → publisher: the verdict message's two parts, then the mask PNG (empty if none)."""
+    return [*encode_verdict(verdict), mask_png or b""]
 
 
 def decode_verdict(parts: list[bytes]) -> VerdictMessage:

@@ -47,3 +47,19 @@ def mvtec_root() -> Path:
     if not root.is_dir():
         pytest.skip(f"{root} does not exist: real MVTec AD data unavailable")
     return root
+
+
+@pytest.fixture(scope="session")
+def bank_store(tmp_path_factory: pytest.TempPathFactory, fitted_model: PatchCore, synthetic_category):
+    """A bank store whose active version is the fitted synthetic model with a threshold above its
+    held-out good scores (a copy: the shared model is left uncalibrated)."""
+    from edge.bankstore import BankStore
+    from edge.engine.artifact import load_model, save_model
+
+    root = tmp_path_factory.mktemp("banks")
+    copy = load_model(save_model(fitted_model, root / "fitted.edge"))
+    good = [read_image(s.path) for s in synthetic_category.test if s.label == 0]
+    copy.calibrate({"threshold": 1.02 * max(r.score for r in copy.score(good)), "version": "test"})
+    store = BankStore(root / "store")
+    store.publish(copy)
+    return store

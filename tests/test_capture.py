@@ -1,3 +1,5 @@
+import json
+import threading
 import time
 
 import cv2
@@ -6,7 +8,7 @@ import zmq
 
 from edge.pipeline.capture import Capture, CaptureSettings
 from edge.pipeline.sources import FolderSource, OpenCVSource, SyntheticSource, frames
-from edge.protocol import decode_frame
+from edge.protocol import Verdict, decode_expect, decode_frame, decode_verdict, encode_trigger
 
 
 def test_folder_replay_in_order_and_loop(tmp_path):
@@ -51,4 +53,75 @@ def test_free_run_keeps_only_the_newest_frame_and_counts_drops(tmp_path):
     assert received == [0, 9]
     capture.close()
     worker.close()
+    context.destroy(linger=0)
+
+
+def _drain(socket: zmq.Socket, wait_ms: int = 300) -> list[list[bytes]]:
+    messages = []
+    while socket.poll(wait_ms):
+        messages.append(socket.recv_multipart())
+    return messages
+
+
+def test_run_streams_a_finite_source_and_accounts_for_every_frame(tmp_path):
+    context = zmq.Context()
+    endpoint = f"ipc://{tmp_path}/frames"
+    worker = context.socket(zmq.PULL)
+    worker.bind(endpoint)
+    capture = Capture(SyntheticSource(64, count=25), CaptureSettings("s", "cam", endpoint), context)
+    counters = capture.run(threading.Event())  # returns when the source ends
+    received = [decode_frame(m)[0].seq for m in _drain(worker)]
+    assert counters.sent + counters.dropped == 25
+    assert len(received) == counters.sent and received == sorted(received) and received[-1] == 24
+    capture.close()
+    context.destroy(linger=0)
+
+
+def test_run_serves_triggers_and_answers_a_part_without_a_frame(tmp_path):
+    """Triggered: each valid trigger becomes one announced frame with its part id; malformed
+    triggers are counted; a part the camera gives no frame for gets an ERROR verdict."""
+    context = zmq.Context()
+    sockets = {}
+    for name in ("frames", "results"):
+        sockets[name] = context.socket(zmq.PULL)
+        sockets[name].bind(f"ipc://{tmp_path}/{name}")
+    settings = CaptureSettings(
+        "s",
+        "cam",
+        f"ipc://{tmp_path}/frames",
+        trigger="triggered",
+        deadline_ms=500,
+        stale_after_s=0.2,
+        expect_endpoint=f"ipc://{tmp_path}/results",
+        trigger_endpoint=f"ipc://{tmp_path}/trigger",
+    )
+    capture = Capture(SyntheticSource(64, count=2), settings, context)
+    stop = threading.Event()
+    running = threading.Thread(target=capture.run, args=(stop,))
+    running.start()
+    plc = context.socket(zmq.PUSH)
+    plc.connect(settings.trigger_endpoint)
+    for message in (
+        encode_trigger("P1"),
+        [b"trigger", b"{not json"],
+        encode_trigger("P2"),
+        [b"trigger", json.dumps({"schema": 1, "part_id": ""}).encode()],
+        [b"trigger"],
+        encode_trigger("P3"),  # the source has only two frames
+    ):
+        plc.send_multipart(message)
+    time.sleep(1.0)
+    stop.set()
+    running.join(5)
+    frames = [decode_frame(m)[0] for m in _drain(sockets["frames"])]
+    announced = _drain(sockets["results"])
+    assert [(f.part_id, f.seq) for f in frames] == [("P1", 0), ("P2", 1)]
+    assert [decode_expect(m).part_id for m in announced[:2]] == ["P1", "P2"]
+    error = decode_verdict(announced[2][:2])
+    assert (error.part_id, error.verdict) == ("P3", Verdict.ERROR) and "no frame" in error.error
+    assert len(announced) == 3 and capture.counters.failed == 1
+    assert capture.counters.malformed_triggers == {"json": 1, "field": 1, "parts": 1}
+    for socket in (*sockets.values(), plc):
+        socket.close()
+    capture.close()
     context.destroy(linger=0)

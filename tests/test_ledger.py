@@ -55,7 +55,8 @@ def test_a_lost_worker_turns_frames_in_flight_into_timeouts_and_nothing_twice(
         PublisherSettings("s", endpoints["results"], endpoints["pub"], heartbeat_s=0.1), context
     )
     stop_publisher = threading.Event()
-    threading.Thread(target=publisher.run, args=(stop_publisher,), daemon=True).start()
+    publishing = threading.Thread(target=publisher.run, args=(stop_publisher,), daemon=True)
+    publishing.start()
     subscriber = Subscriber(endpoints["pub"], "s", context=context)
     assert subscriber.receive(10) is not None
     bank = Bank(fitted_model, threshold=1e9, bank_id="b", version="1")
@@ -99,7 +100,7 @@ def test_a_lost_worker_turns_frames_in_flight_into_timeouts_and_nothing_twice(
         if event is not None and event.verdict is not None:
             verdicts.setdefault(event.verdict.frame_id, []).append(event.verdict.verdict)
     stop_publisher.set()
-    time.sleep(0.3)
+    publishing.join(5)
     restarted.close()
     capture.close()
     subscriber.socket.close()

@@ -129,7 +129,7 @@ def load_model(path: str | os.PathLike, weights: str | None = None, **runtime: A
         )
     info = {
         k: meta[k]
-        for k in ("edge_version", "created_utc", "training", "total_patches", "timings")
+        for k in ("edge_version", "created_utc", "training", "total_patches", "timings", "calibration")
         if k in meta
     }
     return PatchCore(config, backbone, tensors["bank"], tensors["level_scales"], info)

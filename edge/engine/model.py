@@ -126,6 +126,18 @@ class PatchCore:
         self.bank = bank.to(self.device, torch.float32).contiguous()
         self.index = build_index(self.bank, config.search, config.device, config.search_precision)
 
+    @property
+    def threshold(self) -> float | None:
+        """The verdict threshold chosen at calibration (stored with the bank), if any."""
+        value = self.info.get("calibration", {}).get("threshold")
+        return float(value) if value is not None else None
+
+    def calibrate(self, record: dict[str, Any]) -> None:
+        """Attach a calibration record (threshold and how it was chosen); saved with the bank."""
+        if not (isinstance(record.get("threshold"), float) and record["threshold"] > 0):
+            raise ValueError(f"a calibration record needs a positive float threshold, got {record}")
+        self.info["calibration"] = record
+
     # ---- fitting -------------------------------------------------------------------------------
     @classmethod
     @torch.inference_mode()

@@ -2,9 +2,10 @@
 
 free_run: the line does not wait for us. When the worker is behind, only the newest frame waits
 to be sent (besides the one the socket's one-slot queue may hold); each frame replaced unsent is
-counted as dropped. triggered: every frame is a part
-and is never dropped; it waits for the worker (and its deadline makes the worker answer TIMEOUT
-if it comes too late).
+counted as dropped. triggered: every frame is a part, taken when a trigger message names it
+(a PLC bridge or the MES sends them to `trigger_endpoint`). A part is never dropped: its frame
+waits for the worker, and it is announced to the publisher, which answers TIMEOUT if no verdict
+comes by its deadline; a part whose camera gives no frame gets an ERROR verdict from here.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
@@ -20,9 +22,20 @@ import zmq
 
 from edge.imageio import to_uint8
 from edge.pipeline.sources import FrameSource
-from edge.protocol import FrameHeader, encode_expect, encode_frame
+from edge.protocol import (
+    FrameHeader,
+    ProtocolError,
+    Verdict,
+    VerdictMessage,
+    decode_trigger,
+    encode_expect,
+    encode_frame,
+    encode_result,
+)
 
 log = logging.getLogger("edge.capture")
+IDLE_SLEEP_S = 0.002
+FLUSH_ON_STOP_S = 2.0  # free run: how long the last frame may wait for the worker at shutdown
 
 
 @dataclass(frozen=True)
@@ -34,6 +47,7 @@ class CaptureSettings:
     deadline_ms: float | None = None
     stale_after_s: float = 5.0
     expect_endpoint: str | None = None  # the publisher's results PULL: triggered frames are announced there
+    trigger_endpoint: str | None = None  # triggered: bound PULL for trigger messages
 
 
 @dataclass
@@ -41,25 +55,33 @@ class CaptureCounters:
     sent: int = 0
     dropped: int = 0
     stale: int = 0
+    failed: int = 0  # triggered parts answered ERROR here: the camera gave no frame
+    malformed_triggers: Counter = field(default_factory=Counter)
 
 
 class Capture:
     def __init__(self, source: FrameSource, settings: CaptureSettings, context: zmq.Context | None = None):
+        context = context or zmq.Context.instance()
         self.source = source
         self.settings = settings
         self.counters = CaptureCounters()
         self.seq = 0
         self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         self.pending: list | None = None
-        self.socket = (context or zmq.Context.instance()).socket(zmq.PUSH)
+        self.socket = context.socket(zmq.PUSH)
         self.socket.setsockopt(zmq.SNDHWM, 1 if settings.trigger == "free_run" else 10_000)
         self.socket.setsockopt(zmq.LINGER, 5000)
         self.socket.connect(settings.frames_endpoint)
         self.announce = None
         if settings.trigger == "triggered" and settings.expect_endpoint:
-            self.announce = (context or zmq.Context.instance()).socket(zmq.PUSH)
+            self.announce = context.socket(zmq.PUSH)
             self.announce.setsockopt(zmq.LINGER, 5000)
             self.announce.connect(settings.expect_endpoint)
+        self.triggers = None
+        if settings.trigger == "triggered" and settings.trigger_endpoint:
+            self.triggers = context.socket(zmq.PULL)
+            self.triggers.setsockopt(zmq.LINGER, 0)
+            self.triggers.bind(settings.trigger_endpoint)
         self.last_frame = time.monotonic()
 
     def frame_id(self, seq: int) -> str:
@@ -111,27 +133,92 @@ class Capture:
         self.pending = message
         self._flush()
 
-    def run(self, stop: threading.Event) -> CaptureCounters:
+    def fail(self, part_id: str, reason: str) -> None:
+        """A triggered part that cannot be inspected: its ERROR verdict goes straight to the publisher."""
+        self.counters.failed += 1
+        log.error("camera %s: part %s not inspected: %s", self.settings.camera, part_id, reason)
+        if self.announce is None:
+            return
+        verdict = VerdictMessage(
+            station=self.settings.station,
+            camera=self.settings.camera,
+            frame_id=self.frame_id(self.seq),
+            part_id=part_id,
+            verdict=Verdict.ERROR,
+            capture_utc=datetime.now(UTC).isoformat(),
+            capture_monotonic_ns=time.monotonic_ns(),
+            error=reason,
+        )
+        self.seq += 1
+        self.announce.send_multipart(encode_result(verdict, None))
+
+    def _check_stale(self) -> None:
+        if time.monotonic() - self.last_frame > self.settings.stale_after_s:
+            self.counters.stale += 1
+            log.warning("camera %s: no frame for %.1f s", self.settings.camera, self.settings.stale_after_s)
+            self.last_frame = time.monotonic()
+
+    def _grab(self) -> np.ndarray | None:
+        """The camera's next frame for a triggered part, waiting at most stale_after_s."""
+        give_up = time.monotonic() + self.settings.stale_after_s
+        while time.monotonic() < give_up and not self.source.exhausted:
+            pixels = self.source.read()
+            if pixels is not None:
+                return pixels
+            time.sleep(IDLE_SLEEP_S)
+        return None
+
+    def _take_trigger(self, timeout_ms: int) -> None:
+        if not self.triggers.poll(timeout_ms):
+            return
+        parts = self.triggers.recv_multipart()
+        try:
+            part_id = decode_trigger(parts)
+        except ProtocolError as error:
+            self.counters.malformed_triggers[error.kind] += 1
+            if self.counters.malformed_triggers[error.kind] % 1000 == 1:
+                log.warning("malformed trigger message (%s): %s", error.kind, error)
+            return
+        pixels = self._grab()
+        if pixels is None:
+            self.fail(part_id, f"camera gave no frame within {self.settings.stale_after_s:.1f} s")
+            self._check_stale()
+            return
+        self.offer(pixels, part_id)
+
+    def _stream(self, stop: threading.Event) -> None:
         while not stop.is_set() and not self.source.exhausted:
             pixels = self.source.read()
             if pixels is None:
                 self._flush()
-                if time.monotonic() - self.last_frame > self.settings.stale_after_s:
-                    self.counters.stale += 1
-                    log.warning(
-                        "camera %s: no frame for %.1f s", self.settings.camera, self.settings.stale_after_s
-                    )
-                    self.last_frame = time.monotonic()
-                time.sleep(0.002)
+                self._check_stale()
+                time.sleep(IDLE_SLEEP_S)
                 continue
             self.offer(pixels)
-        while self.pending is not None and not stop.is_set():
+
+    def _serve_triggers(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self._take_trigger(100)
+        while self.triggers.poll(0):  # parts already triggered when the stop came are still inspected
+            self._take_trigger(0)
+
+    def run(self, stop: threading.Event) -> CaptureCounters:
+        """Until `stop` (or a finite source's end): stream (free run) or serve triggers (triggered)."""
+        if self.triggers is not None:
+            self._serve_triggers(stop)
+        else:
+            self._stream(stop)
+        give_up = time.monotonic() + FLUSH_ON_STOP_S
+        while self.pending is not None and time.monotonic() < give_up:
             self._flush()
-            time.sleep(0.002)
+            time.sleep(IDLE_SLEEP_S)
+        if self.pending is not None:
+            self.counters.dropped += 1
+            self.pending = None
         return self.counters
 
     def close(self) -> None:
         self.source.close()
-        self.socket.close()
-        if self.announce is not None:
-            self.announce.close()
+        for socket in (self.socket, self.announce, self.triggers):
+            if socket is not None:
+                socket.close()

@@ -30,6 +30,7 @@ from edge.protocol import (
 )
 
 log = logging.getLogger("edge.publisher")
+DRAIN_IDLE_MS = 300  # at shutdown: publishing ends once no result came for this long
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,8 @@ class Publisher:
         }
         self.pub.send_multipart([topic, json.dumps(body).encode()])
 
-    def step(self, timeout_ms: int = 100) -> None:
+    def step(self, timeout_ms: int = 100) -> bool:
+        """Serve one message (or none within `timeout_ms`); True if a result or announcement came."""
         self._heartbeat()
         ready = dict(self.poller.poll(timeout_ms))
         if self.results in ready:
@@ -152,10 +154,20 @@ class Publisher:
         self._time_out_overdue()
         if self.rep is not None and self.rep in ready:
             self._answer_latest()
+        return self.results in ready
+
+    def _answer_unfinished(self) -> None:
+        """At shutdown, after the drain: announced frames no worker answered get ERROR, not silence."""
+        for header in self.ledger.overdue(float("inf")):
+            self._publish(verdict_for(header, Verdict.ERROR, error="not inspected: edge stopped"), None)
 
     def run(self, stop: threading.Event) -> PublisherCounters:
+        """Until `stop`; then results still arriving are published (drain) before closing."""
         while not stop.is_set():
             self.step()
+        while self.step(DRAIN_IDLE_MS):
+            pass
+        self._answer_unfinished()
         self.close()
         return self.counters
 

@@ -17,7 +17,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from edge.errors import UsageError
+from edge.errors import ImageError, UsageError
 from edge.eval.mvtec import IMAGE_SUFFIXES
 from edge.eval.synthetic import DEFECT_TYPES, draw_defect, make_part
 from edge.imageio import read_image
@@ -42,12 +42,32 @@ class LabelledFrame:
     defect: str | None  # None for a good part
 
 
+class Pacer:
+    """Holds a replayed source to `rate_hz` frames per second (0: as fast as read)."""
+
+    def __init__(self, rate_hz: float) -> None:
+        self.period = 1.0 / rate_hz if rate_hz > 0 else 0.0
+        self.next_due = time.monotonic()
+
+    def wait(self) -> None:
+        pause = self.next_due - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        self.next_due = max(self.next_due + self.period, time.monotonic())
+
+
 class SyntheticSource:
     """Endless (or `count`) synthetic parts; a `defect_rate` share carries a defect."""
 
     def __init__(
-        self, size: int = 256, defect_rate: float = 0.2, count: int | None = None, seed: int = 0
+        self,
+        size: int = 256,
+        defect_rate: float = 0.2,
+        count: int | None = None,
+        seed: int = 0,
+        rate_hz: float = 0.0,
     ) -> None:
+        self.pacer = Pacer(rate_hz)
         self.rng = np.random.default_rng(seed)
         self.size, self.defect_rate, self.remaining = size, defect_rate, count
         self.exhausted = False
@@ -60,6 +80,7 @@ class SyntheticSource:
                 self.exhausted = True
                 return None
             self.remaining -= 1
+        self.pacer.wait()
         image = make_part(self.rng, self.size)
         defect = None
         if self.rng.random() < self.defect_rate:
@@ -80,10 +101,10 @@ class FolderSource:
         self.paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.paths:
             raise UsageError(f"{folder} holds no images to replay")
-        self.period = 1.0 / rate_hz if rate_hz > 0 else 0.0
+        self.pacer = Pacer(rate_hz)
+        self.unreadable = 0
         self.loop = loop
         self.position = 0
-        self.next_due = time.monotonic()
         self.exhausted = False
         self.reopens = 0
 
@@ -93,13 +114,15 @@ class FolderSource:
                 self.exhausted = True
                 return None
             self.position = 0
-        wait = self.next_due - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
-        self.next_due = max(self.next_due + self.period, time.monotonic())
+        self.pacer.wait()
         path = self.paths[self.position]
         self.position += 1
-        return read_image(path)
+        try:
+            return read_image(path)
+        except ImageError as exc:  # one bad file must not stop a replay
+            self.unreadable += 1
+            log.error("skipping %s: %s", path, exc)
+            return None
 
     def close(self) -> None:
         pass

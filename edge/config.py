@@ -1,0 +1,290 @@
+"""The station's one configuration file: a typed tree, validated strictly before anything starts.
+
+Every process of a station (capture per camera, worker, publisher, the `edge-run` supervisor, and
+`edge-calibrate`) reads the same YAML file. Validation refuses an unknown key, a wrong type, a
+duplicate key, an impossible value, a missing bank or weights file and an endpoint that cannot be
+bound, and names the key's path and what was expected, so a plant engineer can fix the file from
+the message alone. Secrets never need to sit in the file: `EDGE_<PATH>` environment variables
+override string settings (for example `EDGE_PUBLISHER__SECRET_KEY`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edge.errors import ConfigError
+
+STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
+NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # station and camera names appear in topics and file names
+ENDPOINT_PATTERN = r"^(tcp://[^\s]+:(\d+|\*)|ipc://[^\s]+|inproc://[^\s]+)$"
+PATTERN_MEANINGS = {
+    NAME_PATTERN: "1 to 64 letters, digits, '_' or '-'",
+    ENDPOINT_PATTERN: "a ZeroMQ endpoint such as tcp://*:5556, tcp://10.0.0.5:5556 or ipc:///run/edge/x",
+}
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+Endpoint = Annotated[str, Field(pattern=ENDPOINT_PATTERN)]
+Positive = Annotated[float, Field(gt=0)]
+ENV_PREFIX = "EDGE_"
+
+
+class _Strict(BaseModel):
+    """No unknown keys, no coercion ("5" is not a number), immutable once loaded."""
+
+    model_config = STRICT
+
+
+class OpenCVSourceConfig(_Strict):
+    """A USB/V4L2 camera (index or /dev path), a video file or stream URL, or a GStreamer pipeline."""
+
+    kind: Literal["opencv"]
+    uri: str | int
+
+
+class FolderSourceConfig(_Strict):
+    """Replay of a folder's images in name order."""
+
+    kind: Literal["folder"]
+    path: str
+    rate_hz: Annotated[float, Field(ge=0)] = 0.0
+    loop: bool = False
+
+
+class SyntheticSourceConfig(_Strict):
+    """Synthetic parts (demos, tests, commissioning without a camera)."""
+
+    kind: Literal["synthetic"]
+    size: Annotated[int, Field(ge=64, le=4096)] = 256
+    defect_rate: Annotated[float, Field(ge=0, le=1)] = 0.2
+    seed: int = 0
+    count: Annotated[int, Field(ge=0)] | None = None  # None: endless
+    rate_hz: Annotated[float, Field(ge=0)] = 0.0
+
+
+SourceConfig = Annotated[
+    OpenCVSourceConfig | FolderSourceConfig | SyntheticSourceConfig, Field(discriminator="kind")
+]
+
+
+class CameraConfig(_Strict):
+    name: Name
+    source: SourceConfig
+    trigger: Literal["free_run", "triggered"] = "free_run"
+    trigger_endpoint: Endpoint | None = None  # triggered: capture binds a PULL for trigger messages here
+    deadline_ms: Positive | None = None  # triggered: a verdict is due this long after capture
+    stale_after_s: Positive = 5.0  # no frame for this long: the camera is reported stale
+
+    @model_validator(mode="after")
+    def _trigger_has_endpoint(self) -> CameraConfig:
+        if self.trigger == "triggered" and self.trigger_endpoint is None:
+            raise ValueError("a triggered camera needs trigger_endpoint (where trigger messages arrive)")
+        return self
+
+
+class BankConfig(_Strict):
+    path: str  # a bank version store (edge-calibrate's output folder) or one bank file
+    threshold: Positive | None = None  # overrides the threshold stored in the bank
+
+
+class EndpointsConfig(_Strict):
+    frames: Endpoint  # worker binds (PULL); captures connect
+    results: Endpoint  # publisher binds (PULL); workers and captures connect
+    publish: Endpoint  # publisher binds (PUB); subscribers connect
+    latest: Endpoint | None = None  # publisher binds (REP): the latest verdict per camera
+    control: Endpoint | None = None  # worker binds (REP): bank reload
+
+
+class WorkerConfig(_Strict):
+    device: Annotated[str, Field(pattern=r"^(cpu|cuda(:\d+)?)$")] = "cpu"
+    search: Literal["torch", "faiss"] = "torch"
+    max_batch: Annotated[int, Field(ge=1, le=256)] = 8
+    max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 5.0
+    torch_threads: Annotated[int, Field(ge=1, le=256)] | None = None  # None: torch's default
+
+
+class PublisherConfig(_Strict):
+    heartbeat_s: Positive = 1.0
+    default_deadline_ms: Positive = 5000.0  # for triggered frames that carry no deadline
+
+
+class SupervisorConfig(_Strict):
+    restart_burst: Annotated[int, Field(ge=0)] = 5  # restarts of one process allowed per interval
+    restart_interval_s: Positive = 60.0
+    drain_timeout_s: Positive = 10.0  # per process on SIGTERM, then SIGKILL
+
+
+class StationConfig(_Strict):
+    station: Name
+    bank: BankConfig
+    endpoints: EndpointsConfig
+    cameras: Annotated[list[CameraConfig], Field(min_length=1)]
+    weights: str | None = None  # WideResNet50 weights file; efficientnet_lite0 ships with edge
+    worker: WorkerConfig = WorkerConfig()
+    publisher: PublisherConfig = PublisherConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()
+
+    @model_validator(mode="after")
+    def _unique_cameras(self) -> StationConfig:
+        names = [camera.name for camera in self.cameras]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"camera names must be unique; repeated: {duplicates}")
+        return self
+
+    def camera(self, name: str) -> CameraConfig:
+        for camera in self.cameras:
+            if camera.name == name:
+                return camera
+        raise ConfigError(f"no camera named {name!r} in the configuration (cameras: {self.camera_names})")
+
+    @property
+    def camera_names(self) -> list[str]:
+        return [camera.name for camera in self.cameras]
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML (no tags that build objects) that also refuses a key given twice."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _key_path(location: tuple) -> str:
+    """('cameras', 0, 'source', 'folder', 'rate_hz') → 'cameras[0].source.rate_hz'."""
+    text = ""
+    for index, part in enumerate(location):
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part in ("opencv", "folder", "synthetic") and index > 0 and location[index - 1] == "source":
+            continue  # the union's tag, not a key
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "(top level)"
+
+
+def _describe(error: dict) -> str:
+    kind, given = error["type"], error.get("input")
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "union_tag_invalid":
+        tag = error.get("ctx", {}).get("tag")
+        return f"unknown source kind {tag!r}; expected one of 'opencv', 'folder', 'synthetic'"
+    if kind == "string_pattern_mismatch":
+        expected = PATTERN_MEANINGS.get(error.get("ctx", {}).get("pattern"), "a value of the documented form")
+        return f"expected {expected}, got {given!r}"
+    if kind == "union_tag_not_found":
+        return "needs 'kind': one of 'opencv', 'folder', 'synthetic'"
+    message = error["msg"].removeprefix("Value error, ")
+    if kind.endswith("_type") or kind == "literal_error":
+        message += f" (got {given!r})"
+    return message
+
+
+def _apply_environment(raw: dict, environ: dict[str, str]) -> None:
+    """EDGE_A__B=value sets raw['a']['b'] = value (strings only: secrets, paths, endpoints)."""
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        node = raw
+        for key in path[:-1]:
+            node = node.setdefault(key, {}) if isinstance(node, dict) else None
+            if not isinstance(node, dict):
+                raise ConfigError(f"environment variable {name} names no configuration section")
+        node[path[-1]] = value
+
+
+def parse_config(text: str, origin: str = "<config>", environ: dict[str, str] | None = None) -> StationConfig:
+    """Validate YAML text; every defect is a ConfigError naming the key's path."""
+    try:
+        raw = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no tags that build objects
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{origin}: not valid YAML: {where}{problem}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{origin}: expected a mapping of settings at the top level, got {type(raw).__name__}"
+        )
+    _apply_environment(raw, dict(os.environ) if environ is None else environ)
+    try:
+        return StationConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = [f"  {_key_path(e['loc'])}: {_describe(e)}" for e in exc.errors()]
+        raise ConfigError(f"{origin}: {len(problems)} problem(s):\n" + "\n".join(problems)) from None
+
+
+def load_config(path: str | os.PathLike, environ: dict[str, str] | None = None) -> StationConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read configuration {path}: {exc}") from None
+    return parse_config(text, str(path), environ)
+
+
+def bound_endpoints(config: StationConfig) -> dict[str, str]:
+    """Every endpoint a station binds, by its key path."""
+    endpoints = {f"endpoints.{key}": value for key, value in config.endpoints.model_dump().items() if value}
+    for index, camera in enumerate(config.cameras):
+        if camera.trigger_endpoint:
+            endpoints[f"cameras[{index}].trigger_endpoint"] = camera.trigger_endpoint
+    return endpoints
+
+
+def _bindable(endpoint: str) -> str | None:
+    """None if the endpoint can be bound now, else why not."""
+    import zmq
+
+    context = zmq.Context()
+    socket = context.socket(zmq.PULL)
+    try:
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.bind(endpoint)
+        return None
+    except zmq.ZMQError as exc:
+        return str(exc)
+    finally:
+        socket.close(linger=0)
+        context.term()
+
+
+def check_station(config: StationConfig, bind: bool = False) -> None:
+    """What the schema cannot see: files that must exist, endpoints that must differ and bind."""
+    problems = []
+    if not Path(config.bank.path).exists():
+        problems.append(f"bank.path: {config.bank.path} does not exist (run edge-calibrate to create a bank)")
+    if config.weights is not None and not Path(config.weights).is_file():
+        problems.append(f"weights: {config.weights} is not a file (the WideResNet50 weights file)")
+    for index, camera in enumerate(config.cameras):
+        if isinstance(camera.source, FolderSourceConfig) and not Path(camera.source.path).is_dir():
+            problems.append(f"cameras[{index}].source.path: {camera.source.path} is not a folder")
+    endpoints = bound_endpoints(config)
+    by_address: dict[str, list[str]] = {}
+    for key, address in endpoints.items():
+        by_address.setdefault(address, []).append(key)
+    for address, keys in by_address.items():
+        if len(keys) > 1:
+            problems.append(f"{', '.join(keys)}: the same endpoint {address} is bound twice")
+    if bind and not problems:
+        for key, address in endpoints.items():
+            reason = _bindable(address)
+            if reason:
+                problems.append(f"{key}: {address} cannot be bound ({reason})")
+    if problems:
+        raise ConfigError(f"{len(problems)} problem(s):\n" + "\n".join(f"  {p}" for p in problems))

@@ -1,0 +1,69 @@
+"""edge-capture: one camera's capture process (one per camera; systemd template unit edge-capture@)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from edge.cli_support import run_cli
+from edge.config import (
+    CameraConfig,
+    FolderSourceConfig,
+    OpenCVSourceConfig,
+    StationConfig,
+    SyntheticSourceConfig,
+)
+from edge.pipeline.capture import Capture, CaptureSettings
+from edge.pipeline.sources import FolderSource, FrameSource, OpenCVSource, SyntheticSource
+from edge.services.runtime import service_parser, start_service, stop_on_signals
+
+log = logging.getLogger("edge.capture")
+
+
+def open_source(camera: CameraConfig) -> FrameSource:
+    source = camera.source
+    if isinstance(source, OpenCVSourceConfig):
+        return OpenCVSource(source.uri)
+    if isinstance(source, FolderSourceConfig):
+        return FolderSource(source.path, source.rate_hz, source.loop)
+    if isinstance(source, SyntheticSourceConfig):
+        return SyntheticSource(source.size, source.defect_rate, source.count, source.seed, source.rate_hz)
+    raise TypeError(f"no source for {source!r}")
+
+
+def capture_settings(config: StationConfig, camera: CameraConfig) -> CaptureSettings:
+    return CaptureSettings(
+        station=config.station,
+        camera=camera.name,
+        frames_endpoint=config.endpoints.frames,
+        trigger=camera.trigger,
+        deadline_ms=camera.deadline_ms,
+        stale_after_s=camera.stale_after_s,
+        expect_endpoint=config.endpoints.results,
+        trigger_endpoint=camera.trigger_endpoint,
+    )
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = service_parser("edge-capture", __doc__.splitlines()[0])
+    parser.add_argument("--camera", required=True, help="the camera's name in the configuration")
+    args = parser.parse_args(argv)
+    config = start_service(args)
+    camera = config.camera(args.camera)
+    stop = stop_on_signals()
+    capture = Capture(open_source(camera), capture_settings(config, camera))
+    log.info("camera %s: %s, %s", camera.name, camera.source.kind, camera.trigger)
+    try:
+        counters = capture.run(stop)
+    finally:
+        capture.close()
+    log.info("camera %s stopped: %s", camera.name, counters)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: _main(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

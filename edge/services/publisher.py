@@ -1,0 +1,43 @@
+"""edge-publisher: publishes verdicts, masks and heartbeats; answers TIMEOUT for parts no worker answered."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from edge.cli_support import run_cli
+from edge.config import StationConfig
+from edge.pipeline.publisher import Publisher, PublisherSettings
+from edge.services.runtime import service_parser, start_service, stop_on_signals
+
+log = logging.getLogger("edge.publisher")
+
+
+def publisher_settings(config: StationConfig) -> PublisherSettings:
+    return PublisherSettings(
+        station=config.station,
+        results_endpoint=config.endpoints.results,
+        publish_endpoint=config.endpoints.publish,
+        latest_endpoint=config.endpoints.latest,
+        heartbeat_s=config.publisher.heartbeat_s,
+        default_deadline_ms=config.publisher.default_deadline_ms,
+    )
+
+
+def _main(argv: list[str] | None) -> int:
+    args = service_parser("edge-publisher", __doc__.splitlines()[0]).parse_args(argv)
+    config = start_service(args)
+    stop = stop_on_signals()
+    publisher = Publisher(publisher_settings(config))
+    log.info("publishing on %s", config.endpoints.publish)
+    counters = publisher.run(stop)
+    log.info("publisher stopped: %s", counters)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: _main(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

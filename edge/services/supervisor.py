@@ -1,0 +1,174 @@
+"""edge-run: a station on one host: publisher, worker and one capture per camera as separate processes.
+
+A process that fails is restarted, at most `supervisor.restart_burst` times per
+`supervisor.restart_interval_s` (then the station stops, as systemd's start limit would). SIGTERM
+stops the captures first, then the worker, then the publisher, each after it has drained what it
+holds, so every part already triggered still gets its verdict. When every camera's source has ended
+(a finite replay), the station drains and stops by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge.cli_support import run_cli, setup_logging
+from edge.config import StationConfig, check_station, load_config
+from edge.services.runtime import EXIT_CODES, service_parser, stop_on_signals
+
+log = logging.getLogger("edge.run")
+EXIT_RESTART_LIMIT = 7
+POLL_S = 0.2
+
+
+@dataclass
+class Child:
+    """One supervised process and its restart history."""
+
+    name: str
+    argv: list[str]
+    process: subprocess.Popen | None = None
+    restarts: deque[float] = field(default_factory=deque)
+    ended: bool = False  # a capture whose finite source ended (exit 0): not restarted
+
+    @property
+    def is_capture(self) -> bool:
+        return self.name.startswith("capture:")
+
+    def start(self, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(self.argv, env=env)
+        log.info("started %s (pid %d)", self.name, self.process.pid)
+
+    def stop(self, timeout_s: float) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            log.error("%s did not stop within %.0f s after SIGTERM; killing it", self.name, timeout_s)
+            self.process.kill()
+            self.process.wait()
+
+
+def _describe_exit(code: int) -> str:
+    return f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+
+
+class Supervisor:
+    def __init__(self, config_path: Path, config: StationConfig) -> None:
+        self.config = config
+        module = [sys.executable, "-m"]
+        path = str(config_path)
+        self.children = [
+            Child("publisher", [*module, "edge.services.publisher", path]),
+            Child("worker", [*module, "edge.services.worker", path]),
+            *(
+                Child(f"capture:{name}", [*module, "edge.services.capture", path, "--camera", name])
+                for name in config.camera_names
+            ),
+        ]
+        self.env = dict(os.environ)
+        self.env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        self.env.setdefault("PYTHONUNBUFFERED", "1")
+
+    def child(self, name: str) -> Child:
+        return next(child for child in self.children if child.name == name)
+
+    def _restart(self, child: Child, code: int) -> bool:
+        """Restart a failed child unless it failed too often; False when the limit is reached."""
+        limits = self.config.supervisor
+        now = time.monotonic()
+        while child.restarts and now - child.restarts[0] > limits.restart_interval_s:
+            child.restarts.popleft()
+        if len(child.restarts) >= limits.restart_burst:
+            log.error(
+                "%s failed (%s) after %d restarts within %.0f s: stopping the station",
+                child.name,
+                _describe_exit(code),
+                len(child.restarts),
+                limits.restart_interval_s,
+            )
+            return False
+        child.restarts.append(now)
+        log.warning("%s failed (%s); restarting it", child.name, _describe_exit(code))
+        child.start(self.env)
+        return True
+
+    def _check_children(self) -> bool:
+        for child in self.children:
+            code = None if child.process is None or child.ended else child.process.poll()
+            if code is None:
+                continue
+            if code == 0 and child.is_capture:
+                log.info("%s: its source has ended", child.name)
+                child.ended = True
+            elif not self._restart(child, code):
+                return False
+        return True
+
+    def run(self, stop: threading.Event) -> int:
+        for child in self.children:
+            child.start(self.env)
+        code = 0
+        while not stop.is_set():
+            if not self._check_children():
+                code = EXIT_RESTART_LIMIT
+                break
+            if all(child.ended for child in self.children if child.is_capture):
+                log.info("every camera's source has ended")
+                break
+            time.sleep(POLL_S)
+        self.shutdown()
+        return code
+
+    def shutdown(self) -> None:
+        """Data-flow order: captures, then the worker, then the publisher, each drained."""
+        timeout = self.config.supervisor.drain_timeout_s
+        for child in [c for c in self.children if c.is_capture] + [
+            self.child("worker"),
+            self.child("publisher"),
+        ]:
+            child.stop(timeout)
+        log.info("station %s stopped", self.config.station)
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = service_parser("edge-run", __doc__.splitlines()[0])
+    parser.epilog = f"{EXIT_CODES}; {EXIT_RESTART_LIMIT} a process failed more often than its restart limit"
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the configuration (keys, types, files, endpoints bindable) and exit",
+    )
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    config = load_config(args.config)
+    check_station(config, bind=args.check_config)
+    if args.check_config:
+        log.info(
+            "%s is valid: station %s, cameras %s, bank %s",
+            args.config,
+            config.station,
+            config.camera_names,
+            config.bank.path,
+        )
+        return 0
+    stop = stop_on_signals()
+    return Supervisor(args.config.resolve(), config).run(stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: _main(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""edge-worker: scores frames against the station's bank; SIGHUP or a control request reloads the bank."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+
+import numpy as np
+
+from edge.cli_support import run_cli
+from edge.config import StationConfig
+from edge.errors import ConfigError
+from edge.pipeline.inspection import Bank
+from edge.services.runtime import service_parser, start_service, stop_on_signals
+
+log = logging.getLogger("edge.worker")
+WARM_UP_SIDE = 256
+
+
+def load_station_bank(config: StationConfig) -> Bank:
+    """The active bank version with its threshold (the configuration's override, else the bank's own)."""
+    from edge.bankstore import resolve_bank
+    from edge.engine.artifact import load_model
+
+    ref = resolve_bank(config.bank.path)
+    model = load_model(ref.path, config.weights, device=config.worker.device, search=config.worker.search)
+    threshold = config.bank.threshold or model.threshold
+    if threshold is None:
+        raise ConfigError(
+            f"bank {ref.path} has no calibrated threshold: calibrate it with edge-calibrate "
+            "or set bank.threshold in the configuration"
+        )
+    backend = f"{config.worker.search}-{config.worker.device}"
+    model.score(
+        [np.zeros((WARM_UP_SIDE, WARM_UP_SIDE, 3), np.uint8)]
+    )  # first-call set-up, before any part waits
+    return Bank(model, threshold, ref.bank_id, ref.version, backend)
+
+
+def _main(argv: list[str] | None) -> int:
+    args = service_parser("edge-worker", __doc__.splitlines()[0]).parse_args(argv)
+    # torch's OpenMP threads spin while idle by default, which starves capture and publisher on a
+    # small CPU; passive waiting must be set before torch is imported
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    config = start_service(args)
+    import torch
+
+    from edge.pipeline.worker import Worker, WorkerSettings
+
+    if config.worker.torch_threads:
+        torch.set_num_threads(config.worker.torch_threads)
+    stop = stop_on_signals()
+    bank = load_station_bank(config)
+    settings = WorkerSettings(
+        station=config.station,
+        frames_endpoint=config.endpoints.frames,
+        results_endpoint=config.endpoints.results,
+        max_batch=config.worker.max_batch,
+        max_wait_ms=config.worker.max_wait_ms,
+        control_endpoint=config.endpoints.control,
+    )
+    worker = Worker(bank, settings, load_bank=lambda: load_station_bank(config))
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: worker.reload_requested.set())
+    log.info(
+        "bank %s %s, threshold %.4g; frames on %s",
+        bank.bank_id,
+        bank.version,
+        bank.threshold,
+        settings.frames_endpoint,
+    )
+    counters = worker.run(stop)
+    log.info("worker stopped: %s", counters)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: _main(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""The station configuration refuses every defect with a message naming the key's path."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from edge.config import check_station, load_config, parse_config
+from edge.errors import ConfigError
+
+
+@pytest.fixture
+def valid(tmp_path) -> dict:
+    (tmp_path / "bank.edge").write_bytes(b"placeholder")
+    (tmp_path / "replay").mkdir()
+    return {
+        "station": "line1",
+        "bank": {"path": str(tmp_path / "bank.edge")},
+        "endpoints": {
+            "frames": f"ipc://{tmp_path}/frames",
+            "results": f"ipc://{tmp_path}/results",
+            "publish": "tcp://127.0.0.1:*",
+        },
+        "cameras": [{"name": "cam0", "source": {"kind": "folder", "path": str(tmp_path / "replay")}}],
+    }
+
+
+def problems(raw: dict | str, bind: bool = False) -> str:
+    text = raw if isinstance(raw, str) else yaml.safe_dump(raw)
+    with pytest.raises(ConfigError) as caught:
+        check_station(parse_config(text, environ={}), bind=bind)
+    return str(caught.value)
+
+
+def test_a_valid_configuration_loads_with_defaults(valid, tmp_path):
+    path = tmp_path / "station.yaml"
+    path.write_text(yaml.safe_dump(valid))
+    config = load_config(path, environ={})
+    check_station(config, bind=True)
+    assert config.camera("cam0").trigger == "free_run" and config.worker.max_batch == 8
+    assert config.supervisor.restart_burst == 5
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c.update(colour="red"), "colour: unknown key"),
+        (
+            lambda c: c.update(worker={"max_batch": "8"}),
+            "worker.max_batch: Input should be a valid integer (got '8')",
+        ),
+        (lambda c: c.pop("bank"), "bank: required key is missing"),
+        (
+            lambda c: c["cameras"][0]["source"].update(kind="gige"),
+            "cameras[0].source: unknown source kind 'gige'",
+        ),
+        (lambda c: c["cameras"][0]["source"].update(rate=5), "cameras[0].source.rate: unknown key"),
+        (lambda c: c.update(station="line 1"), "station: expected 1 to 64 letters, digits"),
+        (lambda c: c["endpoints"].update(publish="5556"), "endpoints.publish: expected a ZeroMQ endpoint"),
+        (lambda c: c["bank"].update(threshold=-2.0), "bank.threshold: Input should be greater than 0"),
+        (
+            lambda c: c["cameras"][0].update(trigger="sometimes"),
+            "cameras[0].trigger: Input should be 'free_run' or 'triggered'",
+        ),
+        (
+            lambda c: c["cameras"][0].update(trigger="triggered"),
+            "cameras[0]: a triggered camera needs trigger_endpoint",
+        ),
+        (
+            lambda c: c["cameras"].append(dict(c["cameras"][0])),
+            "camera names must be unique; repeated: ['cam0']",
+        ),
+        (lambda c: c.update(cameras=[]), "cameras: List should have at least 1 item"),
+        (
+            lambda c: c.update(worker={"device": "gpu"}),
+            "worker.device: expected a value of the documented form",
+        ),
+    ],
+)
+def test_schema_errors_name_the_key_and_what_was_expected(valid, change, message):
+    change(valid)
+    assert message in problems(valid)
+
+
+def test_file_and_endpoint_errors(valid, tmp_path):
+    missing = dict(valid, bank={"path": str(tmp_path / "nowhere")}, weights=str(tmp_path / "wrn.pth"))
+    text = problems(missing)
+    assert "bank.path: " in text and "does not exist (run edge-calibrate" in text
+    assert "weights: " in text and "is not a file" in text
+    valid["cameras"][0]["source"]["path"] = str(tmp_path / "no-folder")
+    assert "cameras[0].source.path: " in problems(valid)
+
+
+def test_endpoints_bound_twice_or_unbindable(valid, tmp_path):
+    twice = dict(valid, endpoints=dict(valid["endpoints"], results=valid["endpoints"]["frames"]))
+    assert "endpoints.frames, endpoints.results: the same endpoint" in problems(twice)
+    unbindable = dict(valid, endpoints=dict(valid["endpoints"], frames=f"ipc://{tmp_path}/no/such/dir/f"))
+    assert "endpoints.frames: ipc://" in problems(unbindable, bind=True) and "cannot be bound" in problems(
+        unbindable, bind=True
+    )
+
+
+def test_yaml_level_errors():
+    assert "line 2, column" in problems("station: a\n  bad: [")
+    assert "key 'station' is given twice" in problems("station: a\nstation: b\n")
+    assert "expected a mapping of settings at the top level" in problems("- a\n")
+
+
+def test_yaml_tags_that_build_objects_are_refused():
+    assert "not valid YAML" in problems("station: !!python/object/apply:os.system ['true']\n")
+
+
+def test_environment_overrides_string_settings(valid):
+    config = parse_config(yaml.safe_dump(valid), environ={"EDGE_BANK__PATH": "/srv/banks", "HOME": "/root"})
+    assert config.bank.path == "/srv/banks"
