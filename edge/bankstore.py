@@ -76,7 +76,13 @@ class BankStore:
         """Write `model` as the next version and make it active; returns the version's name."""
         existing = self.versions()
         version = f"v{(int(existing[-1][1:]) + 1) if existing else 1:04d}"
-        save_model(model, self.path_of(version))
+        model.info.setdefault("calibration", {})["version"] = version
+        try:
+            save_model(model, self.path_of(version))
+        except OSError as exc:
+            raise ArtifactError(
+                f"cannot write {self.path_of(version)}: {exc}; the active version is unchanged"
+            ) from None
         self.activate(version)
         return version
 
@@ -85,7 +91,12 @@ class BankStore:
         if version not in self.versions():
             raise UsageError(f"{self.root} has no version {version!r}; it has {self.versions()}")
         read_artifact(self.path_of(version))
-        write_bytes_atomic(self.active_file, f"{version}\n".encode())
+        try:
+            write_bytes_atomic(self.active_file, f"{version}\n".encode())
+        except OSError as exc:
+            raise ArtifactError(
+                f"cannot write {self.active_file}: {exc}; the active version is unchanged"
+            ) from None
 
 
 def resolve_bank(path: str | Path) -> BankRef:

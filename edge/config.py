@@ -117,6 +117,19 @@ class SupervisorConfig(_Strict):
     drain_timeout_s: Positive = 10.0  # per process on SIGTERM, then SIGKILL
 
 
+class CalibrationConfig(_Strict):
+    """How edge-calibrate builds this station's banks (the recipe --add reuses)."""
+
+    frames: Annotated[int, Field(ge=1)] = 200  # good frames to collect
+    backbone: Literal["efficientnet_lite0", "wide_resnet50_2"] = "efficientnet_lite0"
+    coreset_fraction: Annotated[float, Field(gt=0, le=1)] = 0.01
+    target_frr: Annotated[float, Field(gt=0, lt=0.5)] = 0.01  # target false-reject rate on good parts
+    margin: Annotated[float, Field(ge=0, le=1)] = 0.0  # threshold raised by this share
+    folds: Annotated[int, Field(ge=2, le=20)] = 5
+    seed: int = 0
+    full_frame: bool = False  # score the whole frame at 224 px, not the paper's 256 → 224 centre crop
+
+
 class StationConfig(_Strict):
     station: Name
     bank: BankConfig
@@ -126,6 +139,7 @@ class StationConfig(_Strict):
     worker: WorkerConfig = WorkerConfig()
     publisher: PublisherConfig = PublisherConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
 
     @model_validator(mode="after")
     def _unique_cameras(self) -> StationConfig:

@@ -213,3 +213,55 @@ def test_every_station_command_has_help(command):
         timeout=60,
     )
     assert result.returncode == 0 and "exit codes" in result.stdout
+
+
+def test_calibrate_from_the_live_capture_then_reload_on_sighup(tmp_path):
+    """Cold start: capture runs, no bank yet; edge-calibrate --config collects frames through it and
+    writes v0001; the station starts on it; a rollback written later is taken on SIGHUP."""
+    from edge.bankstore import BankStore
+    from edge.calibration.cli import main as calibrate_main
+
+    store = BankStore(tmp_path / "banks")
+    store.root.mkdir()
+    config = station_config(tmp_path, store.root)
+    raw = yaml.safe_load(config.read_text())
+    raw["cameras"][0] = {
+        "name": "cam0",
+        "source": {"kind": "synthetic", "size": 160, "rate_hz": 20, "seed": 9},
+    }
+    raw["calibration"] = {"frames": 12, "coreset_fraction": 0.1, "folds": 3}
+    config.write_text(yaml.safe_dump(raw))
+    capture = subprocess.Popen(
+        [sys.executable, "-m", "edge.services.capture", str(config), "--camera", "cam0"]
+    )
+    try:
+        assert calibrate_main(["--config", str(config), "--quiet"]) == 0
+    finally:
+        capture.send_signal(signal.SIGTERM)
+        assert capture.wait(30) == 0
+    assert store.versions() == ["v0001"]
+    assert calibrate_main(["--config", str(config), "--wait", "1", "--quiet"]) == 2  # no capture: clear error
+    store.publish(load_model_copy(store))  # v0002, active
+    station = start_station(config)
+    context = zmq.Context()
+    try:
+        control = f"ipc://{tmp_path}/control"
+        assert wait_for_worker(context, control)["bank_version"] == "v0002"
+        assert calibrate_main(["--rollback", "v0001", "--out", str(store.root)]) == 0  # no one told
+        assert wait_for_worker(context, control)["bank_version"] == "v0002"
+        os.kill(child_pid(station.pid, "edge.services.worker"), signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while wait_for_worker(context, control)["bank_version"] != "v0001":
+            assert time.monotonic() < deadline, "the worker did not reload on SIGHUP"
+            time.sleep(0.2)
+    finally:
+        code, output = stop_station(station)
+        context.destroy(linger=0)
+    assert code == 0, output
+    assert "replaced by banks v0001" in output
+
+
+def load_model_copy(store):
+    from edge.engine.artifact import load_model
+
+    return load_model(store.active().path)

@@ -154,8 +154,7 @@ class PatchCore:
         `progress` is called with the number of images done after each batch.
         """
         backbone = build_backbone(config.backbone, weights, random_weights)
-        dim = sum(backbone.spec.level_widths)
-        model = cls(config, backbone, torch.zeros(1, dim), torch.ones(len(backbone.spec.level_widths)), {})
+        model = cls.extractor(config, backbone)
         summary = _TrainingSummary()
         started = time.perf_counter()
 
@@ -169,22 +168,36 @@ class PatchCore:
             chunks.extend(e.reshape(-1, e.shape[-1]).cpu() for e in embeddings)
             if progress is not None:
                 progress(len(embeddings))
+        extract_s = time.perf_counter() - started
+        fitted = cls.from_embeddings(chunks, config, backbone, {"training": summary.to_dict()})
+        fitted.info["timings"]["extract_s"] = extract_s
+        return fitted
+
+    @classmethod
+    def extractor(cls, config: EngineConfig, backbone: Backbone) -> PatchCore:
+        """A model with an empty bank: it embeds images (embed) but cannot score them."""
+        dim = sum(backbone.spec.level_widths)
+        return cls(config, backbone, torch.zeros(1, dim), torch.ones(len(backbone.spec.level_widths)), {})
+
+    @classmethod
+    @torch.inference_mode()
+    def from_embeddings(
+        cls, chunks: list[torch.Tensor], config: EngineConfig, backbone: Backbone, info: dict[str, Any]
+    ) -> PatchCore:
+        """Fit on unscaled patch embeddings (rows of width D; scaled in place): level scales, coreset."""
         if not chunks:
             raise UsageError("no training images: a bank needs at least one good image")
-        extract_s = time.perf_counter() - started
-
-        scales = equal_variance_scales(chunks, model.embedder.widths)
-        _scale_levels(chunks, scales, model.embedder.widths)
+        widths = tuple(backbone.spec.level_widths)
+        scales = equal_variance_scales(chunks, widths)
+        _scale_levels(chunks, scales, widths)
         started = time.perf_counter()
         bank = _coreset_bank(chunks, config)
-        coreset_s = time.perf_counter() - started
-        total_patches = sum(c.shape[0] for c in chunks)
         info = {
             "edge_version": __version__,
             "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-            "training": summary.to_dict(),
-            "total_patches": total_patches,
-            "timings": {"extract_s": extract_s, "coreset_s": coreset_s},
+            **info,
+            "total_patches": sum(c.shape[0] for c in chunks),
+            "timings": {"coreset_s": time.perf_counter() - started},
         }
         return cls(config, backbone, bank, scales, info)
 
@@ -208,7 +221,37 @@ class PatchCore:
 
     def _score_one(self, embedding: torch.Tensor, placement: Placement, timer: StageTimer) -> ImageResult:
         grid_h, grid_w, dim = embedding.shape
-        patches = embedding.reshape(-1, dim)
+        score, max_distance, distances = self._image_score(embedding.reshape(-1, dim), timer)
+        with timer.stage("map"):
+            amap = anomaly_map(distances.reshape(grid_h, grid_w).numpy(), placement.input_hw)
+        return ImageResult(score, max_distance, amap, placement)
+
+    @torch.inference_mode()
+    def embed(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """Unscaled (h, w, D) patch embeddings of each image, in input order, on the CPU: computed
+        once, they can fit several banks (calibration's folds) and be scored by each."""
+        prepared = [self._prepare(image) for image in images]
+        out: list[torch.Tensor | None] = [None] * len(prepared)
+        for positions in self._batches_by_shape(prepared):
+            embeddings = self._embed([prepared[p].pixels for p in positions], scaled=False).cpu()
+            for position, embedding in zip(positions, embeddings, strict=True):
+                out[position] = embedding
+        return [e for e in out if e is not None]
+
+    @torch.inference_mode()
+    def image_scores(self, embeddings: Sequence[torch.Tensor]) -> list[float]:
+        """Image scores (eq. 7) of unscaled embeddings from `embed`, without anomaly maps."""
+        column_scales = torch.repeat_interleave(
+            self.embedder.level_scales.cpu(), torch.tensor(self.embedder.widths)
+        )
+        scores = []
+        for embedding in embeddings:
+            patches = (embedding.reshape(-1, embedding.shape[-1]) * column_scales).to(self.device)
+            scores.append(self._image_score(patches, _NO_TIMER)[0])
+        return scores
+
+    def _image_score(self, patches: torch.Tensor, timer: StageTimer) -> tuple[float, float, torch.Tensor]:
+        """(image score, largest patch distance, every patch's distance) for one image's patches."""
         with timer.stage("search"):
             distances, rows = self.index.search(patches, k=1)
             distances = distances[:, 0].cpu()
@@ -223,9 +266,7 @@ class PatchCore:
                     self.index,
                     self.config.reweight_neighbours,
                 )
-        with timer.stage("map"):
-            amap = anomaly_map(distances.reshape(grid_h, grid_w).numpy(), placement.input_hw)
-        return ImageResult(score, max_distance, amap, placement)
+        return score, max_distance, distances
 
     # ---- shared plumbing -----------------------------------------------------------------------
     def _prepare(self, image: np.ndarray) -> _Prepared:

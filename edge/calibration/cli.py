@@ -1,0 +1,288 @@
+"""edge-calibrate: build a station's bank and threshold from good frames only, keep its versions.
+
+  edge-calibrate --config station.yaml                 collect good frames from the running capture
+  edge-calibrate --from-folder DIR --out BANK_DIR      the same from a folder of good images
+  edge-calibrate --add DIR --out BANK_DIR              add confirmed good frames, rebuild, new version
+  edge-calibrate --rollback v0003 --out BANK_DIR       make an older version active again
+  edge-calibrate --list --out BANK_DIR                 versions, thresholds, frame counts
+  ... --validate CATEGORY_DIR --json report.json       false rejects and recall on labelled images
+
+Every new version is written beside the old ones and made active only when complete; a worker
+is told to reload (the configuration's control endpoint, or --notify).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from edge.bankstore import BankStore
+from edge.cli_support import run_cli, setup_logging
+from edge.config import CalibrationConfig, StationConfig, load_config
+from edge.errors import UsageError
+from edge.eval.mvtec import image_files
+from edge.files import write_bytes_atomic
+from edge.imageio import read_image
+
+log = logging.getLogger("edge.calibrate")
+SILENCE_S = 30.0
+EPILOG = (
+    "exit codes: 0 done; 2 bad usage or no usable frames; 3 backbone weights missing or foreign; "
+    "4 a bank file is unusable; 5 an image cannot be read; 6 invalid configuration; 130 interrupted"
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="edge-calibrate",
+        description=__doc__.split("\n\n")[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--from-folder", type=Path, metavar="DIR", help="good images to calibrate on")
+    source.add_argument(
+        "--add", type=Path, metavar="DIR", help="confirmed good images to add to the active set"
+    )
+    source.add_argument("--rollback", metavar="VERSION", help="make this earlier version active again")
+    source.add_argument("--list", action="store_true", help="list the store's versions")
+    parser.add_argument("--config", type=Path, help="station configuration (bank store, recipe, endpoints)")
+    parser.add_argument("--out", type=Path, metavar="BANK_DIR", help="bank store folder (default: bank.path)")
+    parser.add_argument("--frames", type=int, help="frames to collect or read at most")
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=SILENCE_S,
+        help=f"live: give up after this many seconds without a frame (default {SILENCE_S:.0f})",
+    )
+    defaults = CalibrationConfig()
+    parser.add_argument("--backbone", help=f"default {defaults.backbone}")
+    parser.add_argument(
+        "--coreset", type=float, help=f"coreset fraction (default {defaults.coreset_fraction})"
+    )
+    parser.add_argument(
+        "--target-frr", type=float, help=f"target false-reject rate (default {defaults.target_frr})"
+    )
+    parser.add_argument(
+        "--margin", type=float, help=f"raise the threshold by this share (default {defaults.margin})"
+    )
+    parser.add_argument("--folds", type=int, help=f"held-out folds (default {defaults.folds})")
+    parser.add_argument("--seed", type=int, help=f"default {defaults.seed}")
+    parser.add_argument(
+        "--full-frame", action="store_true", default=None, help="score whole frames at 224 px"
+    )
+    parser.add_argument("--weights", help="WideResNet50 weights file")
+    parser.add_argument(
+        "--validate", type=Path, metavar="CATEGORY_DIR", help="labelled MVTec-format category"
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write the report as JSON here")
+    parser.add_argument("--notify", metavar="ENDPOINT", help="worker control endpoint to reload")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser.parse_args(argv)
+
+
+def _recipe(args: argparse.Namespace, station: StationConfig | None) -> CalibrationConfig:
+    base = station.calibration if station else CalibrationConfig()
+    overrides = {
+        "frames": args.frames,
+        "backbone": args.backbone,
+        "coreset_fraction": args.coreset,
+        "target_frr": args.target_frr,
+        "margin": args.margin,
+        "folds": args.folds,
+        "seed": args.seed,
+        "full_frame": args.full_frame,
+    }
+    merged = base.model_dump() | {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return CalibrationConfig.model_validate(merged)
+    except ValueError as exc:
+        raise UsageError(f"invalid calibration setting: {exc}") from None
+
+
+def _folder_frames(folder: Path, limit: int | None, quiet: bool) -> list:
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is not a folder of images")
+    paths = image_files(folder)[:limit]
+    if not paths:
+        raise UsageError(f"{folder} holds no images")
+    return [read_image(p) for p in tqdm(paths, desc="read frames", disable=quiet, leave=False)]
+
+
+def _progress_bars(quiet: bool):
+    bars: dict[str, tqdm] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if quiet:
+            return
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(total=total, desc=stage, leave=False)
+        bar.n = done
+        bar.refresh()
+
+    return update, bars
+
+
+def _live_frames(station: StationConfig, count: int, wait_s: float, quiet: bool) -> list:
+    from edge.calibration.live import collect_frames
+
+    bar = tqdm(total=count, desc="good frames", disable=quiet)
+
+    def show(collected: int, skipped: Counter) -> None:
+        bar.n = collected
+        bar.set_postfix(dict(skipped))
+
+    frames, skipped = collect_frames(station.endpoints.frames, count, wait_s, show)
+    bar.close()
+    log.info("collected %d frames from capture; skipped %s", len(frames), dict(skipped) or "none")
+    return frames
+
+
+def _versions(store: BankStore) -> list[dict[str, Any]]:
+    from edge.engine.artifact import read_artifact
+
+    active = store.active_version()
+    rows = []
+    for version in store.versions():
+        meta, _ = read_artifact(store.path_of(version))
+        record = meta.get("calibration", {})
+        rows.append(
+            {
+                "version": version,
+                "active": version == active,
+                "created_utc": meta.get("created_utc"),
+                "threshold": record.get("threshold"),
+                "frames": len(record.get("frames", [])),
+            }
+        )
+    return rows
+
+
+def _notify(endpoint: str | None, version: str) -> None:
+    if not endpoint:
+        return
+    from edge.calibration.live import request_reload
+
+    reply = request_reload(endpoint)
+    if reply is None:
+        log.info("no worker answered on %s; it loads %s when it starts", endpoint, version)
+    elif not reply.get("ok"):
+        log.error("the worker could not load %s: %s", version, reply.get("error"))
+
+
+def _main(argv: list[str] | None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    station = load_config(args.config) if args.config else None
+    root = args.out or (Path(station.bank.path) if station else None)
+    if root is None:
+        raise UsageError("say where the bank store is: --out BANK_DIR or --config CONFIG")
+    if root.is_file():
+        raise UsageError(f"{root} is a bank file, not a bank store folder")
+    store = BankStore(root)
+    notify = args.notify or (station.endpoints.control if station else None)
+    report: dict[str, Any] = {"store": str(root)}
+
+    if args.list:
+        print(json.dumps(_versions(store), indent=2))
+        return 0
+    if args.rollback:
+        store.activate(args.rollback)
+        log.info("%s is active again", args.rollback)
+        report["version"] = args.rollback
+        _notify(notify, args.rollback)
+    elif args.from_folder or args.add or (station and not args.validate):
+        from edge.calibration.procedure import calibrate
+
+        recipe = _recipe(args, station)
+        if args.add:
+            frames = _folder_frames(args.add, args.frames, args.quiet)
+        elif args.from_folder:
+            frames = _folder_frames(args.from_folder, args.frames, args.quiet)
+        else:
+            frames = _live_frames(station, recipe.frames, args.wait, args.quiet)
+        update, bars = _progress_bars(args.quiet)
+        result = calibrate(
+            store,
+            frames,
+            recipe,
+            args.weights or (station.weights if station else None),
+            bool(args.add),
+            update,
+        )
+        for bar in bars.values():
+            bar.close()
+        choice = result.record["choice"]
+        log.info(
+            "%s active: threshold %.4g from %d held-out good frames (%s); expected false-reject rate "
+            "%.1f%% (95%% bound %.1f%%), target %.1f%%, margin %.0f%%",
+            result.version,
+            result.record["threshold"],
+            choice["held_out"],
+            choice["method"],
+            100 * choice["expected_frr"],
+            100 * choice["frr_upper_95"],
+            100 * choice["target_frr"],
+            100 * choice["margin"],
+        )
+        report |= {
+            "version": result.version,
+            "threshold": result.record["threshold"],
+            "expected_false_reject_rate": choice["expected_frr"],
+            "false_reject_rate_upper_95": choice["frr_upper_95"],
+            "held_out": choice["held_out"],
+            "method": choice["method"],
+            "frames": len(result.record["frames"]),
+            "quality": result.record["quality"],
+            "warnings": result.warnings,
+        }
+        _notify(notify, result.version)
+    elif not args.validate:
+        raise UsageError(
+            "nothing to do: give --from-folder, --add, --rollback, --list, --validate or --config"
+        )
+
+    if args.validate:
+        from edge.calibration.validate import validate
+        from edge.engine.artifact import load_model
+
+        model = load_model(store.active().path, args.weights)
+        bar = tqdm(desc="validate", disable=args.quiet, leave=False)
+
+        def show(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        outcome = validate(model, args.validate, show)
+        bar.close()
+        log.info(
+            "%s: threshold %.4g, false-reject rate %.3f (%d of %d good), recall %.3f (%d defective)",
+            args.validate,
+            outcome["threshold"],
+            outcome["false_reject_rate"] or 0.0,
+            outcome["false_rejects"],
+            outcome["good_images"],
+            outcome["recall"] or 0.0,
+            outcome["defective_images"],
+        )
+        report |= outcome | {"version": store.active_version()}
+    if args.json:
+        write_bytes_atomic(args.json, json.dumps(report, indent=2).encode())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: _main(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Good frames from a running capture process, and the worker told to take the new bank.
+
+At cold start there is no bank, so no worker: edge-calibrate binds the frames endpoint in the
+worker's place and receives what the station's capture process sends (free run, or one frame per
+triggered part). A stopped line must not fill the collection: near-duplicates are dropped as they
+arrive and do not count towards the frames asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import numpy as np
+import zmq
+
+from edge.calibration.quality import DuplicateFilter, FrameStats
+from edge.errors import ConfigError, UsageError
+from edge.protocol import ProtocolError, decode_frame
+
+log = logging.getLogger("edge.calibrate")
+PROBE_S = 2.0  # a running worker answers a status request at once (between two micro-batches)
+
+
+def collect_frames(
+    endpoint: str, count: int, silence_s: float, progress: Callable[[int, Counter], None] | None = None
+) -> tuple[list[np.ndarray], Counter]:
+    """`count` distinct frames from capture (those skipped counted by reason)."""
+    context = zmq.Context()
+    socket = context.socket(zmq.PULL)
+    socket.setsockopt(zmq.LINGER, 0)
+    try:
+        socket.bind(endpoint)
+    except zmq.ZMQError as exc:
+        context.destroy(linger=0)
+        raise ConfigError(
+            f"endpoints.frames: cannot bind {endpoint} ({exc}); a worker still holds it: stop edge-worker "
+            "while calibrating from the live line"
+        ) from None
+    frames: list[np.ndarray] = []
+    skipped: Counter = Counter()
+    duplicates = DuplicateFilter()
+    try:
+        while len(frames) < count:
+            if not socket.poll(int(silence_s * 1000)):
+                raise UsageError(
+                    f"no frame from capture for {silence_s:.0f} s after {len(frames)} of {count}: is "
+                    "edge-capture running (and the line moving)?"
+                )
+            try:
+                _, pixels = decode_frame(socket.recv_multipart())
+            except ProtocolError as error:
+                skipped[f"malformed_{error.kind}"] += 1
+                continue
+            if duplicates.seen(FrameStats.of(pixels)):
+                skipped["near_duplicate"] += 1
+            else:
+                frames.append(np.array(pixels))
+            if progress is not None:
+                progress(len(frames), skipped)
+    finally:
+        socket.close(linger=0)
+        context.term()
+    return frames, skipped
+
+
+def ask_worker(endpoint: str, command: str, timeout_s: float) -> dict | None:
+    """One control request to a worker; its answer, or None if none came in time."""
+    context = zmq.Context()
+    socket = context.socket(zmq.REQ)
+    socket.setsockopt(zmq.LINGER, 0)
+    try:
+        socket.connect(endpoint)
+        socket.send(json.dumps({"command": command}).encode())
+        if not socket.poll(int(timeout_s * 1000)):
+            return None
+        return json.loads(socket.recv())
+    finally:
+        socket.close(linger=0)
+        context.term()
+
+
+def request_reload(endpoint: str, timeout_s: float = 60.0) -> dict | None:
+    """Ask a running worker to switch to the store's active bank; None if no worker answers."""
+    if ask_worker(endpoint, "status", PROBE_S) is None:
+        return None
+    started = time.monotonic()
+    reply = ask_worker(endpoint, "reload", timeout_s)
+    log.info("worker answered in %.1f s: %s", time.monotonic() - started, reply)
+    return reply

@@ -1,0 +1,144 @@
+"""Calibration from good frames: screen them, keep them, fit a bank, choose its threshold, publish.
+
+Frames are kept in the store under their content hash (frames/<sha256[:16]>.png, lossless) and
+each bank version records the names of the frames it was fitted on, so `--add` extends the
+active version's set without the line, and a calibration killed half-way leaves only unused
+frame files behind: the active version is never touched until the new one is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge.bankstore import BankStore
+from edge.calibration.quality import DuplicateFilter, FrameStats, screen
+from edge.calibration.threshold import choose_threshold, held_out_scores
+from edge.config import CalibrationConfig
+from edge.engine.artifact import read_artifact
+from edge.engine.backbones import build_backbone
+from edge.engine.config import EngineConfig, InputGeometry
+from edge.engine.model import PatchCore
+from edge.errors import ArtifactError, UsageError
+from edge.files import write_bytes_atomic
+from edge.imageio import read_image
+
+log = logging.getLogger("edge.calibrate")
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass
+class CalibrationResult:
+    version: str
+    record: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+
+def engine_config(recipe: CalibrationConfig) -> EngineConfig:
+    geometry = InputGeometry.full_frame(224) if recipe.full_frame else InputGeometry()
+    return EngineConfig(
+        backbone=recipe.backbone,
+        geometry=geometry,
+        coreset_fraction=recipe.coreset_fraction,
+        seed=recipe.seed,
+    )
+
+
+def frame_name(image: np.ndarray) -> str:
+    digest = hashlib.sha256(f"{image.shape}{image.dtype}".encode())
+    digest.update(np.ascontiguousarray(image).tobytes())
+    return f"{digest.hexdigest()[:16]}.png"
+
+
+def keep_frame(store: BankStore, image: np.ndarray) -> str:
+    """Store a frame losslessly under its content name (atomic; the same frame twice is one file)."""
+    name = frame_name(image)
+    path = store.frames_dir / name
+    if not path.exists():
+        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+        ok, png = cv2.imencode(".png", bgr)
+        if not ok:
+            raise UsageError(f"frame {name} could not be encoded")
+        try:
+            write_bytes_atomic(path, png.tobytes())
+        except OSError as exc:
+            raise ArtifactError(
+                f"cannot store frame {path}: {exc}; the active version is unchanged"
+            ) from None
+    return name
+
+
+def active_record(store: BankStore) -> dict[str, Any]:
+    """The active version's calibration record (frames, recipe, threshold)."""
+    meta, _ = read_artifact(store.active().path)
+    record = meta.get("calibration")
+    if not record or "frames" not in record:
+        raise ArtifactError(f"the active bank of {store.root} carries no calibration record to extend")
+    return record
+
+
+def calibrate(
+    store: BankStore,
+    frames: list[np.ndarray],
+    recipe: CalibrationConfig,
+    weights: str | None = None,
+    add: bool = False,
+    progress: Progress | None = None,
+) -> CalibrationResult:
+    """Screen `frames`, fit and publish a new version (fitted on the active version's frames too
+    when `add`), with its threshold chosen on held-out good frames. Returns what was done."""
+    progress = progress or (lambda stage, done, total: None)
+    kept: list[str] = []
+    kept_images: list[np.ndarray] = []
+    if add:
+        previous = active_record(store)
+        recipe = CalibrationConfig.model_validate(previous["recipe"])
+        kept = list(previous["frames"])
+        kept_images = [read_image(store.frames_dir / name) for name in kept]
+    reference = [FrameStats.of(image) for image in kept_images]
+    candidates = [FrameStats.of(image) for image in frames]
+    duplicates = DuplicateFilter()
+    for stats in reference:
+        duplicates.thumbnails.append(stats.thumbnail)
+    report = screen(candidates, reference, duplicates)
+    for done, index in enumerate(report.accepted, 1):
+        kept.append(keep_frame(store, frames[index]))
+        kept_images.append(frames[index])
+        progress("keep frames", done, len(report.accepted))
+    if not report.accepted and add:
+        raise UsageError(f"none of the {len(frames)} frames to add was accepted: {dict(report.rejected)}")
+    if not kept_images:
+        raise UsageError(f"no usable good frame among {len(frames)} collected: {dict(report.rejected)}")
+
+    config = engine_config(recipe)
+    extractor = PatchCore.extractor(config, build_backbone(config.backbone, weights))
+    embeddings = []
+    for start in range(0, len(kept_images), config.batch_size):
+        embeddings.extend(extractor.embed(kept_images[start : start + config.batch_size]))
+        progress("embed", len(embeddings), len(kept_images))
+    progress("held-out scores", 0, 1)
+    scores, method = held_out_scores(extractor, kept_images, embeddings, recipe.folds, recipe.seed)
+    choice = choose_threshold(scores, recipe.target_frr, recipe.margin, method)
+    progress("final bank", 0, 1)
+    chunks = [e.reshape(-1, e.shape[-1]) for e in embeddings]
+    model = PatchCore.from_embeddings(chunks, config, extractor.backbone, {})
+    record = {
+        "threshold": float(choice.threshold),
+        "choice": choice.to_dict(),
+        "held_out_scores": [round(float(s), 6) for s in scores],
+        "quality": report.to_dict(),
+        "recipe": recipe.model_dump(),
+        "frames": kept,
+        "added": len(report.accepted) if add else None,
+    }
+    model.calibrate(record)
+    version = store.publish(model)
+    for warning in choice.warnings:
+        log.warning("%s", warning)
+    return CalibrationResult(version, record, choice.warnings)

@@ -1,0 +1,279 @@
+"""edge-calibrate: frame screening, thresholds from good frames only, versions, --add, rollback,
+interrupted writes, and the worker switching banks mid-stream."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+import zmq
+
+from edge.bankstore import BankStore
+from edge.calibration.cli import main as calibrate_main
+from edge.calibration.quality import FrameStats, screen
+from edge.calibration.threshold import choose_threshold
+from edge.engine.artifact import load_model
+from edge.errors import ArtifactError
+from edge.imageio import read_image
+from edge.pipeline.inspection import Bank
+from edge.pipeline.publisher import Publisher, PublisherSettings
+from edge.pipeline.sources import SyntheticSource
+from edge.pipeline.worker import Worker, WorkerSettings
+from edge.protocol import FrameHeader, encode_frame
+
+
+@pytest.fixture(scope="module")
+def good_folder(tmp_path_factory, synthetic_category):
+    """The synthetic category's 12 training images as a folder of good frames."""
+    folder = tmp_path_factory.mktemp("good")
+    for path in synthetic_category.train:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+def test_screening_rejects_copies_blur_and_bad_exposure_and_nothing_else():
+    source = SyntheticSource(160, defect_rate=0.0, seed=7)
+    parts = [source.read() for _ in range(12)]
+    rng = np.random.default_rng(0)
+    noisy_copies = [
+        np.clip(parts[i] + rng.normal(0, 2, parts[i].shape), 0, 255).astype(np.uint8) for i in (0, 5, 9)
+    ]
+    blurred = [cv2.GaussianBlur(parts[i], (0, 0), 1.5) for i in (1, 2)]
+    over = [np.clip(parts[3].astype(np.int32) + 120, 0, 255).astype(np.uint8)]
+    under = [(parts[4] // 8).astype(np.uint8)]
+    frames = parts + noisy_copies + blurred + over + under
+    report = screen([FrameStats.of(f) for f in frames])
+    assert report.accepted == list(range(12))
+    assert report.rejected == {"near_duplicate": 3, "blurred": 2, "over_exposed": 1, "under_exposed": 1}
+
+
+def test_threshold_quantile_bound_and_warnings():
+    rng = np.random.default_rng(0)
+    scores = rng.lognormal(3.0, 0.1, 400)
+    choice = choose_threshold(scores, target_frr=0.01, margin=0.0, method="5-fold")
+    assert choice.threshold == max(choice.quantile_threshold, choice.tail_threshold)
+    assert choice.above == int((scores > choice.threshold).sum()) and choice.expected_frr <= 0.01
+    assert choice.frames_needed == 299 and not choice.warnings  # 400 frames can show 1 %
+    clear = choose_threshold(scores[:300], target_frr=0.01, margin=0.5, method="5-fold")
+    assert clear.above == 0  # Clopper-Pearson with none above has a closed form: 1 - 0.05^(1/n)
+    assert clear.frr_upper_95 == pytest.approx(1 - 0.05 ** (1 / 300), rel=1e-6)
+    few = choose_threshold(scores[:5], target_frr=0.01, margin=0.1, method="leave-one-out")
+    assert few.threshold == pytest.approx(1.1 * max(few.quantile_threshold, few.tail_threshold))
+    assert any("low-shot" in w for w in few.warnings) and any("collect about 299" in w for w in few.warnings)
+
+
+def report_of(path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_calibrate_add_rollback_and_list(tmp_path, good_folder, synthetic_category, capsys):
+    store = BankStore(tmp_path / "banks")
+    first = tmp_path / "first.json"
+    assert (
+        calibrate_main(
+            [
+                "--from-folder",
+                str(good_folder),
+                "--out",
+                str(store.root),
+                "--coreset",
+                "0.1",
+                "--json",
+                str(first),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    one = report_of(first)
+    assert (one["version"], one["frames"], one["method"]) == ("v0001", 12, "5-fold")
+    assert store.active_version() == "v0001" and load_model(store.active().path).threshold == one["threshold"]
+
+    extra = tmp_path / "cleared"
+    extra.mkdir()
+    for sample in [s for s in synthetic_category.test if s.label == 0]:
+        shutil.copy(sample.path, extra / sample.path.name)
+    shutil.copy(good_folder / sorted(p.name for p in good_folder.iterdir())[0], extra / "again.png")  # known
+    second = tmp_path / "second.json"
+    assert (
+        calibrate_main(["--add", str(extra), "--out", str(store.root), "--json", str(second), "--quiet"]) == 0
+    )
+    two = report_of(second)
+    assert two["version"] == "v0002" and two["frames"] == 12 + 4
+    assert two["quality"]["rejected"] == {"near_duplicate": 1}
+    assert store.versions() == ["v0001", "v0002"] and store.active_version() == "v0002"
+    assert load_model(store.active().path).info["calibration"]["recipe"]["coreset_fraction"] == 0.1  # reused
+
+    assert calibrate_main(["--rollback", "v0001", "--out", str(store.root)]) == 0
+    assert store.active_version() == "v0001" and store.active().path.name == "v0001.edge"
+    assert calibrate_main(["--list", "--out", str(store.root)]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(v["version"], v["active"], v["frames"]) for v in listed] == [
+        ("v0001", True, 12),
+        ("v0002", False, 16),
+    ]
+    assert calibrate_main(["--rollback", "v0007", "--out", str(store.root)]) == 2  # no such version
+    assert (
+        calibrate_main(["--add", str(good_folder), "--out", str(store.root), "--quiet"]) == 2
+    )  # only copies
+    assert store.active_version() == "v0001"
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_low_shot_calibration_works_and_warns(tmp_path, good_folder, count, caplog):
+    folder = tmp_path / "few"
+    folder.mkdir()
+    for path in sorted(good_folder.iterdir())[:count]:
+        shutil.copy(path, folder / path.name)
+    out = tmp_path / "report.json"
+    assert (
+        calibrate_main(
+            [
+                "--from-folder",
+                str(folder),
+                "--out",
+                str(tmp_path / "banks"),
+                "--coreset",
+                "0.1",
+                "--json",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    report = report_of(out)
+    assert report["method"] == ("augmented copies of one frame" if count == 1 else "leave-one-out")
+    assert any("low-shot" in w for w in report["warnings"]) and "low-shot" in caplog.text
+    assert report["threshold"] > 0
+
+
+@pytest.mark.parametrize("writes_before_full", [0, 24])  # 24: the 12 frames (file + folder each) fit
+def test_disk_full_while_writing_leaves_the_active_version(
+    tmp_path, bank_store, good_folder, monkeypatch, writes_before_full
+):
+    store = BankStore(tmp_path / "banks")
+    shutil.copytree(bank_store.root, store.root)
+    writes = []
+    real_fsync = os.fsync
+
+    def filling(fd):
+        writes.append(fd)
+        if len(writes) > writes_before_full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr("edge.files.os.fsync", filling)
+    code = calibrate_main(
+        ["--from-folder", str(good_folder), "--out", str(store.root), "--coreset", "0.1", "--quiet"]
+    )
+    monkeypatch.undo()
+    assert code == ArtifactError.exit_code
+    assert not [p for p in store.root.rglob("*") if p.name.endswith(".tmp")]  # no temporary file left
+    assert store.versions() == ["v0001"] and store.active_version() == "v0001"
+    assert load_model(store.active().path).threshold is not None
+    assert len(list(store.frames_dir.glob("*.png"))) == (12 if writes_before_full else 0)
+
+
+def test_killing_calibrate_at_any_moment_leaves_a_loadable_active_bank(tmp_path, bank_store, good_folder):
+    store = BankStore(tmp_path / "banks")
+    shutil.copytree(bank_store.root, store.root)
+    command = [
+        sys.executable,
+        "-m",
+        "edge.calibration.cli",
+        "--from-folder",
+        str(good_folder),
+        "--out",
+        str(store.root),
+        "--coreset",
+        "0.1",
+        "--quiet",
+    ]
+    started = time.monotonic()
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    full_run = time.monotonic() - started
+    store.activate("v0001")
+    for fraction in (0.3, 0.6, 0.8, 0.9, 0.95, 0.98):
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(fraction * full_run)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        active = store.active()  # always a complete version that loads
+        assert load_model(active.path).threshold is not None
+        assert all(load_model(store.path_of(v)).bank.shape[0] > 0 for v in store.versions())
+        store.activate("v0001")
+
+
+def test_worker_switches_banks_between_frames_on_reload(tmp_path, bank_store, synthetic_category):
+    """Hot reload mid-stream: no frame lost or scored twice; the bank version changes exactly once."""
+    store = BankStore(tmp_path / "banks")
+    shutil.copytree(bank_store.root, store.root)
+
+    def load() -> Bank:
+        ref = store.active()
+        model = load_model(ref.path)
+        return Bank(model, model.threshold, ref.bank_id, ref.version)
+
+    context = zmq.Context()
+    endpoints = {name: f"ipc://{tmp_path}/{name}" for name in ("frames", "results", "pub", "control")}
+    publisher = Publisher(
+        PublisherSettings("s", endpoints["results"], endpoints["pub"], heartbeat_s=0.1), context
+    )
+    worker = Worker(
+        load(),
+        WorkerSettings(
+            "s", endpoints["frames"], endpoints["results"], max_batch=4, control_endpoint=endpoints["control"]
+        ),
+        context,
+        load_bank=load,
+    )
+    stop = threading.Event()
+    threads = [threading.Thread(target=p.run, args=(stop,)) for p in (publisher, worker)]
+    for thread in threads:
+        thread.start()
+    results = context.socket(zmq.SUB)
+    results.setsockopt(zmq.SUBSCRIBE, b"verdict.")
+    results.connect(endpoints["pub"])
+    sender = context.socket(zmq.PUSH)
+    sender.connect(endpoints["frames"])
+    image = read_image(synthetic_category.test[0].path)
+    time.sleep(0.5)  # the subscription reaches the publisher
+    new = load_model(store.active().path)
+    new.calibrate({"threshold": 2.0 * new.threshold, "frames": [], "recipe": {}})
+    control = context.socket(zmq.REQ)
+    control.connect(endpoints["control"])
+    for seq in range(40):
+        header = FrameHeader("s", "c", seq, f"f{seq}", "t", time.monotonic_ns(), *image.shape[:2], 3)
+        sender.send_multipart(encode_frame(header, image))
+        if seq == 15:
+            store.publish(new)
+            control.send(json.dumps({"command": "reload"}).encode())
+        time.sleep(0.03)
+    assert control.poll(30_000), "the worker did not answer the reload request"
+    reply = json.loads(control.recv())
+    verdicts = {}
+    while len(verdicts) < 40 and results.poll(10_000):
+        body = json.loads(results.recv_multipart()[1])
+        assert body["frame_id"] not in verdicts
+        verdicts[body["frame_id"]] = body
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+    context.destroy(linger=0)
+    assert reply == {"ok": True, "bank_id": "banks", "bank_version": "v0002"}
+    assert sorted(verdicts) == sorted(f"f{i}" for i in range(40)) and worker.counters.frames_in == 40
+    versions = [verdicts[f"f{i}"]["bank_version"] for i in range(40)]
+    switch = versions.index("v0002")
+    assert 15 <= switch < 40 and versions == ["v0001"] * switch + ["v0002"] * (40 - switch)
+    assert {verdicts[f"f{i}"]["threshold"] for i in range(switch, 40)} == {new.threshold}
