@@ -86,3 +86,20 @@ class Subscriber:
         """Events until none arrives for `timeout_s`."""
         while (event := self.receive(timeout_s)) is not None:
             yield event
+
+
+def control_request(endpoint: str, command: str, timeout_s: float) -> dict | None:
+    """One request to a worker's control endpoint ("status" or "reload"); its JSON answer, or None
+    if none came within `timeout_s` (no worker, or one still starting)."""
+    context = zmq.Context()
+    socket = context.socket(zmq.REQ)
+    socket.setsockopt(zmq.LINGER, 0)
+    try:
+        socket.connect(endpoint)
+        socket.send(json.dumps({"command": command}).encode())
+        if not socket.poll(int(timeout_s * 1000)):
+            return None
+        return json.loads(socket.recv())
+    finally:
+        socket.close(linger=0)
+        context.term()

@@ -113,3 +113,11 @@ def test_yaml_tags_that_build_objects_are_refused():
 def test_environment_overrides_string_settings(valid):
     config = parse_config(yaml.safe_dump(valid), environ={"EDGE_BANK__PATH": "/srv/banks", "HOME": "/root"})
     assert config.bank.path == "/srv/banks"
+
+
+def test_the_example_station_configuration_is_valid():
+    from pathlib import Path
+
+    example = Path(__file__).parents[1] / "deploy" / "examples" / "station.yaml"
+    config = load_config(example, environ={})
+    assert config.camera_names == ["top", "side"] and config.camera("top").trigger == "triggered"

@@ -11,7 +11,7 @@ def test_demo_gives_every_part_a_verdict_and_finds_the_defects(tmp_path):
         [
             sys.executable,
             "-m",
-            "edge.pipeline.demo",
+            "edge.demo",
             "--frames",
             "40",
             "--train",
@@ -42,7 +42,7 @@ def test_demo_gives_every_part_a_verdict_and_finds_the_defects(tmp_path):
 
 def test_demo_refuses_bad_options_without_traceback():
     run = subprocess.run(
-        [sys.executable, "-m", "edge.pipeline.demo", "--frames", "0"],
+        [sys.executable, "-m", "edge.demo", "--frames", "0"],
         capture_output=True,
         text=True,
         timeout=60,

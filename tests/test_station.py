@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,7 +14,7 @@ import pytest
 import yaml
 import zmq
 
-from edge.client import Subscriber
+from edge.client import Subscriber, control_request
 from edge.protocol import Verdict, encode_trigger
 from edge.services.supervisor import EXIT_RESTART_LIMIT, main
 
@@ -70,17 +69,11 @@ def child_pid(parent: int, module: str) -> int | None:
     return None
 
 
-def wait_for_worker(context: zmq.Context, endpoint: str, timeout_s: float = 60) -> dict:
+def wait_for_worker(endpoint: str, timeout_s: float = 60) -> dict:
     """Ask the worker's control endpoint for its status until it answers (it binds once its bank loaded)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        request = context.socket(zmq.REQ)
-        request.setsockopt(zmq.LINGER, 0)
-        request.connect(endpoint)
-        request.send(json.dumps({"command": "status"}).encode())
-        answered = request.poll(1000)
-        reply = json.loads(request.recv()) if answered else None
-        request.close()
+        reply = control_request(endpoint, "status", 1.0)
         if reply is not None:
             return reply
     raise AssertionError(f"the worker did not answer on {endpoint} within {timeout_s} s")
@@ -132,14 +125,14 @@ def test_worker_killed_mid_stream_every_part_gets_exactly_one_verdict(tmp_path, 
     try:
         line = Line(context, tmp_path)
         line.wait_for_publisher()
-        first = wait_for_worker(context, f"ipc://{tmp_path}/control")
+        first = wait_for_worker(f"ipc://{tmp_path}/control")
         assert first["bank_version"] == "v0001"
         before = [f"A{i:03d}" for i in range(20)]
         line.trigger_parts(before[:10])
         worker = child_pid(station.pid, "edge.services.worker")
         os.kill(worker, signal.SIGKILL)  # mid-stream: parts are in the worker's hands and on the way
         line.trigger_parts(before[10:])
-        wait_for_worker(context, f"ipc://{tmp_path}/control")  # restarted by edge-run
+        wait_for_worker(f"ipc://{tmp_path}/control")  # restarted by edge-run
         assert child_pid(station.pid, "edge.services.worker") != worker
         after = [f"B{i:03d}" for i in range(10)]
         line.trigger_parts(after)
@@ -168,7 +161,7 @@ def test_sigterm_drains_triggered_parts_before_stopping(tmp_path, bank_store):
     try:
         line = Line(context, tmp_path)
         line.wait_for_publisher()
-        wait_for_worker(context, f"ipc://{tmp_path}/control")
+        wait_for_worker(f"ipc://{tmp_path}/control")
         parts = [f"P{i:03d}" for i in range(12)]
         line.trigger_parts(parts, period_s=0.0)
         time.sleep(0.2)  # the triggers have reached capture; most parts are not scored yet
@@ -246,12 +239,12 @@ def test_calibrate_from_the_live_capture_then_reload_on_sighup(tmp_path):
     context = zmq.Context()
     try:
         control = f"ipc://{tmp_path}/control"
-        assert wait_for_worker(context, control)["bank_version"] == "v0002"
+        assert wait_for_worker(control)["bank_version"] == "v0002"
         assert calibrate_main(["--rollback", "v0001", "--out", str(store.root)]) == 0  # no one told
-        assert wait_for_worker(context, control)["bank_version"] == "v0002"
+        assert wait_for_worker(control)["bank_version"] == "v0002"
         os.kill(child_pid(station.pid, "edge.services.worker"), signal.SIGHUP)
         deadline = time.monotonic() + 30
-        while wait_for_worker(context, control)["bank_version"] != "v0001":
+        while wait_for_worker(control)["bank_version"] != "v0001":
             assert time.monotonic() < deadline, "the worker did not reload on SIGHUP"
             time.sleep(0.2)
     finally:

@@ -180,7 +180,7 @@ def _notify(endpoint: str | None, version: str) -> None:
 
 def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
-    setup_logging()
+    setup_logging(fitting=True)
     station = load_config(args.config) if args.config else None
     root = args.out or (Path(station.bank.path) if station else None)
     if root is None:

@@ -8,7 +8,6 @@ arrive and do not count towards the frames asked for.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter
@@ -18,6 +17,7 @@ import numpy as np
 import zmq
 
 from edge.calibration.quality import DuplicateFilter, FrameStats
+from edge.client import control_request
 from edge.errors import ConfigError, UsageError
 from edge.protocol import ProtocolError, decode_frame
 
@@ -67,27 +67,11 @@ def collect_frames(
     return frames, skipped
 
 
-def ask_worker(endpoint: str, command: str, timeout_s: float) -> dict | None:
-    """One control request to a worker; its answer, or None if none came in time."""
-    context = zmq.Context()
-    socket = context.socket(zmq.REQ)
-    socket.setsockopt(zmq.LINGER, 0)
-    try:
-        socket.connect(endpoint)
-        socket.send(json.dumps({"command": command}).encode())
-        if not socket.poll(int(timeout_s * 1000)):
-            return None
-        return json.loads(socket.recv())
-    finally:
-        socket.close(linger=0)
-        context.term()
-
-
 def request_reload(endpoint: str, timeout_s: float = 60.0) -> dict | None:
     """Ask a running worker to switch to the store's active bank; None if no worker answers."""
-    if ask_worker(endpoint, "status", PROBE_S) is None:
+    if control_request(endpoint, "status", PROBE_S) is None:
         return None
     started = time.monotonic()
-    reply = ask_worker(endpoint, "reload", timeout_s)
+    reply = control_request(endpoint, "reload", timeout_s)
     log.info("worker answered in %.1f s: %s", time.monotonic() - started, reply)
     return reply

@@ -135,7 +135,7 @@ def mean_row(results: dict[str, dict[str, Any]]) -> dict[str, float]:
 
 def _main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging()
+    setup_logging(fitting=True)
     import torch
 
     from edge.eval.runner import EvalOptions, evaluate_category
