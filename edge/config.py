@@ -206,6 +206,11 @@ def _describe(error: dict) -> str:
     return message
 
 
+def describe_errors(error: ValidationError) -> list[str]:
+    """One line per problem: the key's path and what was expected."""
+    return [f"{_key_path(e['loc'])}: {_describe(e)}" for e in error.errors()]
+
+
 def _apply_environment(raw: dict, environ: dict[str, str]) -> None:
     """EDGE_A__B=value sets raw['a']['b'] = value (strings only: secrets, paths, endpoints)."""
     for name, value in environ.items():
@@ -239,7 +244,7 @@ def parse_config(text: str, origin: str = "<config>", environ: dict[str, str] | 
     try:
         return StationConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = [f"  {_key_path(e['loc'])}: {_describe(e)}" for e in exc.errors()]
+        problems = [f"  {p}" for p in describe_errors(exc)]
         raise ConfigError(f"{origin}: {len(problems)} problem(s):\n" + "\n".join(problems)) from None
 
 

@@ -21,11 +21,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from tqdm import tqdm
 
 from edge.bankstore import BankStore
 from edge.cli_support import run_cli, setup_logging
-from edge.config import CalibrationConfig, StationConfig, load_config
+from edge.config import CalibrationConfig, StationConfig, describe_errors, load_config
 from edge.errors import UsageError
 from edge.eval.mvtec import image_files
 from edge.files import write_bytes_atomic
@@ -103,8 +104,8 @@ def _recipe(args: argparse.Namespace, station: StationConfig | None) -> Calibrat
     merged = base.model_dump() | {k: v for k, v in overrides.items() if v is not None}
     try:
         return CalibrationConfig.model_validate(merged)
-    except ValueError as exc:
-        raise UsageError(f"invalid calibration setting: {exc}") from None
+    except ValidationError as exc:
+        raise UsageError(f"invalid calibration setting: {'; '.join(describe_errors(exc))}") from None
 
 
 def _folder_frames(folder: Path, limit: int | None, quiet: bool) -> list:

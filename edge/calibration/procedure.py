@@ -94,11 +94,14 @@ def calibrate(
     """Screen `frames`, fit and publish a new version (fitted on the active version's frames too
     when `add`), with its threshold chosen on held-out good frames. Returns what was done."""
     progress = progress or (lambda stage, done, total: None)
-    kept: list[str] = []
-    kept_images: list[np.ndarray] = []
     if add:
         previous = active_record(store)
         recipe = CalibrationConfig.model_validate(previous["recipe"])
+    config = engine_config(recipe)
+    backbone = build_backbone(config.backbone, weights)  # missing weights: said before any work
+    kept: list[str] = []
+    kept_images: list[np.ndarray] = []
+    if add:
         kept = list(previous["frames"])
         kept_images = [read_image(store.frames_dir / name) for name in kept]
     reference = [FrameStats.of(image) for image in kept_images]
@@ -116,8 +119,7 @@ def calibrate(
     if not kept_images:
         raise UsageError(f"no usable good frame among {len(frames)} collected: {dict(report.rejected)}")
 
-    config = engine_config(recipe)
-    extractor = PatchCore.extractor(config, build_backbone(config.backbone, weights))
+    extractor = PatchCore.extractor(config, backbone)
     embeddings = []
     for start in range(0, len(kept_images), config.batch_size):
         embeddings.extend(extractor.embed(kept_images[start : start + config.batch_size]))
