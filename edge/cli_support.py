@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -10,6 +11,13 @@ from edge.errors import EdgeError
 from edge.memory import return_large_blocks_to_os
 
 EXIT_INTERRUPTED = 130
+JOURNAL_PRIORITIES = {
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
+    logging.DEBUG: 7,
+}
 
 
 def setup_logging(verbose: bool = False, fitting: bool = False) -> None:
@@ -19,11 +27,24 @@ def setup_logging(verbose: bool = False, fitting: bool = False) -> None:
     of its throughput in page faults."""
     if fitting:
         return_large_blocks_to_os()
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):  # under systemd: the journal stamps time and unit itself
+        handler.setFormatter(JournalFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+
+
+class JournalFormatter(logging.Formatter):
+    """`<priority>logger: message`, the prefix by which journald records each line's syslog level
+    (sd-daemon(3)), so `journalctl -p warning -u edge-worker` filters by severity."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = JOURNAL_PRIORITIES.get(record.levelno, 6)
+        text = f"{record.name}: {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return "\n".join(f"<{priority}>{line}" for line in text.splitlines())
 
 
 def run_cli(main: Callable[[], int]) -> int:

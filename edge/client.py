@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import zmq
 
 from edge.protocol import ProtocolError, VerdictMessage, decode_verdict
+from edge.security import CurveClient
 
 
 @dataclass
@@ -34,9 +35,12 @@ class Subscriber:
         station: str = "",
         topics: tuple[str, ...] = ("verdict", "mask", "heartbeat"),
         context: zmq.Context | None = None,
+        curve: CurveClient | None = None,
     ) -> None:
         self.socket = (context or zmq.Context.instance()).socket(zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
+        if curve is not None:  # a station with CURVE admits only clients on its allow-list
+            curve.secure(self.socket)
         for topic in topics:
             self.socket.setsockopt(zmq.SUBSCRIBE, f"{topic}.{station}".encode())
         self.socket.connect(endpoint)

@@ -29,6 +29,7 @@ PATTERN_MEANINGS = {
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 Endpoint = Annotated[str, Field(pattern=ENDPOINT_PATTERN)]
 Positive = Annotated[float, Field(gt=0)]
+Port = Annotated[int, Field(ge=0, le=65535)]
 ENV_PREFIX = "EDGE_"
 
 
@@ -43,6 +44,13 @@ class OpenCVSourceConfig(_Strict):
 
     kind: Literal["opencv"]
     uri: str | int
+
+
+class AravisSourceConfig(_Strict):
+    """A GigE Vision / USB3 Vision camera through Aravis (system packages; see deploy/)."""
+
+    kind: Literal["aravis"]
+    camera_id: str | None = None  # Aravis device id, e.g. "Basler-21234567"; None: the first camera
 
 
 class FolderSourceConfig(_Strict):
@@ -66,8 +74,10 @@ class SyntheticSourceConfig(_Strict):
 
 
 SourceConfig = Annotated[
-    OpenCVSourceConfig | FolderSourceConfig | SyntheticSourceConfig, Field(discriminator="kind")
+    OpenCVSourceConfig | AravisSourceConfig | FolderSourceConfig | SyntheticSourceConfig,
+    Field(discriminator="kind"),
 ]
+SOURCE_KINDS = ("opencv", "aravis", "folder", "synthetic")
 
 
 class CameraConfig(_Strict):
@@ -77,6 +87,7 @@ class CameraConfig(_Strict):
     trigger_endpoint: Endpoint | None = None  # triggered: capture binds a PULL for trigger messages here
     deadline_ms: Positive | None = None  # triggered: a verdict is due this long after capture
     stale_after_s: Positive = 5.0  # no frame for this long: the camera is reported stale
+    metrics_port: Port | None = None  # Prometheus /metrics of this camera's capture process
 
     @model_validator(mode="after")
     def _trigger_has_endpoint(self) -> CameraConfig:
@@ -104,17 +115,41 @@ class WorkerConfig(_Strict):
     max_batch: Annotated[int, Field(ge=1, le=256)] = 8
     max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 5.0
     torch_threads: Annotated[int, Field(ge=1, le=256)] | None = None  # None: torch's default
+    metrics_port: Port | None = None  # Prometheus /metrics
 
 
 class PublisherConfig(_Strict):
     heartbeat_s: Positive = 1.0
     default_deadline_ms: Positive = 5000.0  # for triggered frames that carry no deadline
+    metrics_port: Port | None = None  # Prometheus /metrics
 
 
 class SupervisorConfig(_Strict):
     restart_burst: Annotated[int, Field(ge=0)] = 5  # restarts of one process allowed per interval
     restart_interval_s: Positive = 60.0
     drain_timeout_s: Positive = 10.0  # per process on SIGTERM, then SIGKILL
+
+
+class CurveServerConfig(_Strict):
+    secret_key: str  # this server's .key_secret (edge-keys)
+    allowed_clients: str  # folder of the public .key files of the clients allowed to connect
+
+
+class CurveClientConfig(_Strict):
+    secret_key: str  # this client's .key_secret
+    server_key: str  # the server's public .key
+
+
+class FramesSecurityConfig(_Strict):
+    """capture → worker across hosts: the worker is the CURVE server, each capture a client."""
+
+    worker: CurveServerConfig
+    capture: CurveClientConfig
+
+
+class SecurityConfig(_Strict):
+    publisher: CurveServerConfig | None = None  # CURVE and an allow-list on the PUB and latest endpoints
+    frames: FramesSecurityConfig | None = None
 
 
 class CalibrationConfig(_Strict):
@@ -140,6 +175,7 @@ class StationConfig(_Strict):
     publisher: PublisherConfig = PublisherConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
     calibration: CalibrationConfig = CalibrationConfig()
+    security: SecurityConfig = SecurityConfig()
 
     @model_validator(mode="after")
     def _unique_cameras(self) -> StationConfig:
@@ -179,7 +215,7 @@ def _key_path(location: tuple) -> str:
     for index, part in enumerate(location):
         if isinstance(part, int):
             text += f"[{part}]"
-        elif part in ("opencv", "folder", "synthetic") and index > 0 and location[index - 1] == "source":
+        elif part in SOURCE_KINDS and index > 0 and location[index - 1] == "source":
             continue  # the union's tag, not a key
         else:
             text += f".{part}" if text else str(part)
@@ -194,12 +230,12 @@ def _describe(error: dict) -> str:
         return "required key is missing"
     if kind == "union_tag_invalid":
         tag = error.get("ctx", {}).get("tag")
-        return f"unknown source kind {tag!r}; expected one of 'opencv', 'folder', 'synthetic'"
+        return f"unknown source kind {tag!r}; expected one of {', '.join(SOURCE_KINDS)}"
     if kind == "string_pattern_mismatch":
         expected = PATTERN_MEANINGS.get(error.get("ctx", {}).get("pattern"), "a value of the documented form")
         return f"expected {expected}, got {given!r}"
     if kind == "union_tag_not_found":
-        return "needs 'kind': one of 'opencv', 'folder', 'synthetic'"
+        return f"needs 'kind': one of {', '.join(SOURCE_KINDS)}"
     message = error["msg"].removeprefix("Value error, ")
     if kind.endswith("_type") or kind == "literal_error":
         message += f" (got {given!r})"
@@ -283,6 +319,25 @@ def _bindable(endpoint: str) -> str | None:
         context.term()
 
 
+def _key_problems(security: SecurityConfig) -> list[str]:
+    keys = {}
+    if security.publisher:
+        keys["security.publisher"] = security.publisher
+    if security.frames:
+        keys["security.frames.worker"] = security.frames.worker
+        keys["security.frames.capture"] = security.frames.capture
+    problems = []
+    for section, keyset in keys.items():
+        for name, value in keyset.model_dump().items():
+            exists = Path(value).is_dir() if name == "allowed_clients" else Path(value).is_file()
+            if not exists:
+                kind = (
+                    "folder of public keys" if name == "allowed_clients" else "key file (edge-keys makes it)"
+                )
+                problems.append(f"{section}.{name}: {value} is not a {kind}")
+    return problems
+
+
 def check_station(config: StationConfig, bind: bool = False) -> None:
     """What the schema cannot see: files that must exist, endpoints that must differ and bind."""
     problems = []
@@ -290,6 +345,7 @@ def check_station(config: StationConfig, bind: bool = False) -> None:
         problems.append(f"bank.path: {config.bank.path} does not exist (run edge-calibrate to create a bank)")
     if config.weights is not None and not Path(config.weights).is_file():
         problems.append(f"weights: {config.weights} is not a file (the WideResNet50 weights file)")
+    problems += _key_problems(config.security)
     for index, camera in enumerate(config.cameras):
         if isinstance(camera.source, FolderSourceConfig) and not Path(camera.source.path).is_dir():
             problems.append(f"cameras[{index}].source.path: {camera.source.path} is not a folder")

@@ -10,13 +10,19 @@ from dataclasses import asdict
 
 from edge.cli_support import run_cli, setup_logging
 from edge.client import Subscriber
+from edge.errors import UsageError
+from edge.security import CurveClient
 
 log = logging.getLogger("edge.tail")
 EXIT_NO_TRAFFIC = 3
 
 
 def _main(argv: list[str] | None) -> int:
-    parser = argparse.ArgumentParser(prog="edge-tail", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="edge-tail",
+        description=__doc__.splitlines()[0],
+        epilog=f"exit codes: 0 done; 2 bad usage; {EXIT_NO_TRAFFIC} silence; 6 bad key file",
+    )
     parser.add_argument("endpoint", help="the publisher's PUB endpoint, e.g. tcp://station:5556")
     parser.add_argument("--station", default="", help="only this station (default: all)")
     parser.add_argument("--count", type=int, help="stop after this many verdicts")
@@ -27,10 +33,15 @@ def _main(argv: list[str] | None) -> int:
         help="give up after this many seconds without any message, heartbeats included (default 10)",
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per verdict instead of a line")
+    parser.add_argument("--client-key", help="CURVE: this subscriber's .key_secret (edge-keys)")
+    parser.add_argument("--server-key", help="CURVE: the publisher's public .key")
     args = parser.parse_args(argv)
     setup_logging()
+    if (args.client_key is None) != (args.server_key is None):
+        raise UsageError("CURVE needs both --client-key and --server-key")
+    curve = CurveClient(args.client_key, args.server_key) if args.client_key else None
     shown = 0
-    with Subscriber(args.endpoint, args.station, topics=("verdict", "heartbeat")) as subscriber:
+    with Subscriber(args.endpoint, args.station, topics=("verdict", "heartbeat"), curve=curve) as subscriber:
         for event in subscriber.events(args.timeout):
             if event.gap:
                 log.warning("%d message(s) lost on %s before seq %d", event.gap, event.topic, event.seq)

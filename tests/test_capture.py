@@ -1,13 +1,16 @@
+import importlib.util
 import json
 import threading
 import time
 
 import cv2
 import numpy as np
+import pytest
 import zmq
 
+from edge.errors import UsageError
 from edge.pipeline.capture import Capture, CaptureSettings
-from edge.pipeline.sources import FolderSource, OpenCVSource, SyntheticSource, frames
+from edge.pipeline.sources import AravisSource, FolderSource, OpenCVSource, SyntheticSource, frames
 from edge.protocol import Verdict, decode_expect, decode_frame, decode_verdict, encode_trigger
 
 
@@ -125,3 +128,10 @@ def test_run_serves_triggers_and_answers_a_part_without_a_frame(tmp_path):
         socket.close()
     capture.close()
     context.destroy(linger=0)
+
+
+def test_gige_camera_without_aravis_says_what_to_install():
+    if importlib.util.find_spec("gi") is not None:
+        pytest.skip("python3-gi is installed here: the import guard cannot be shown")
+    with pytest.raises(UsageError, match=r"gir1\.2-aravis-0\.8"):
+        AravisSource("any")

@@ -115,9 +115,10 @@ def test_environment_overrides_string_settings(valid):
     assert config.bank.path == "/srv/banks"
 
 
-def test_the_example_station_configuration_is_valid():
+@pytest.mark.parametrize("example", ["station", "usb-camera", "gige-camera", "folder-replay"])
+def test_the_example_configurations_are_valid(example):
     from pathlib import Path
 
-    example = Path(__file__).parents[1] / "deploy" / "examples" / "station.yaml"
-    config = load_config(example, environ={})
-    assert config.camera_names == ["top", "side"] and config.camera("top").trigger == "triggered"
+    path = Path(__file__).parents[1] / "deploy" / "examples" / f"{example}.yaml"
+    config = load_config(path, environ={})
+    assert config.station and config.cameras

@@ -11,7 +11,7 @@ from edge.pipeline.ledger import Ledger
 from edge.pipeline.publisher import Publisher, PublisherSettings
 from edge.pipeline.sources import SyntheticSource
 from edge.pipeline.worker import Worker, WorkerSettings
-from edge.protocol import FrameHeader, Verdict
+from edge.protocol import FrameHeader, Verdict, encode_expect
 
 
 def header(frame_id: str, deadline_ms: float | None = 100) -> FrameHeader:
@@ -113,3 +113,28 @@ def test_a_lost_worker_turns_frames_in_flight_into_timeouts_and_nothing_twice(
     assert [verdicts[f][0] for f in sent[5:]] == [Verdict.TIMEOUT] * 5
     assert publisher.counters.timeouts == 5
     assert publisher.ledger.late == restarted.counters.verdicts_out
+
+
+def test_stopping_publisher_answers_announced_parts_it_never_got_a_verdict_for(tmp_path):
+    """Shutdown with a part announced but unanswered (its worker gone): ERROR, not silence."""
+    context = zmq.Context()
+    endpoints = {name: f"ipc://{tmp_path}/{name}" for name in ("results", "pub")}
+    publisher = Publisher(
+        PublisherSettings("s", endpoints["results"], endpoints["pub"], default_deadline_ms=60_000), context
+    )
+    subscriber = Subscriber(endpoints["pub"], "s", topics=("verdict",), context=context)
+    announce = context.socket(zmq.PUSH)
+    announce.connect(endpoints["results"])
+    announce.send_multipart(encode_expect(header("part-1", deadline_ms=None)))
+    stop = threading.Event()
+    running = threading.Thread(target=publisher.run, args=(stop,))
+    running.start()
+    time.sleep(0.5)  # announced, subscribed; the deadline is a minute away
+    stop.set()
+    running.join(10)
+    event = subscriber.receive(2)
+    announce.close()
+    subscriber.socket.close()
+    context.destroy(linger=0)
+    assert event is not None and event.verdict.frame_id == "part-1"
+    assert event.verdict.verdict == Verdict.ERROR and "edge stopped" in event.verdict.error

@@ -258,3 +258,21 @@ def load_model_copy(store):
     from edge.engine.artifact import load_model
 
     return load_model(store.active().path)
+
+
+def test_station_stops_by_itself_when_every_source_has_ended(tmp_path, bank_store):
+    config = station_config(tmp_path, bank_store.root)
+    raw = yaml.safe_load(config.read_text())
+    raw["cameras"][0] = {"name": "cam0", "source": {"kind": "synthetic", "size": 160, "count": 6, "seed": 2}}
+    config.write_text(yaml.safe_dump(raw))
+    context = zmq.Context()
+    subscriber = Subscriber(f"ipc://{tmp_path}/pub", STATION, topics=("verdict",), context=context)
+    station = start_station(config)
+    output, _ = station.communicate(timeout=120)
+    received = []
+    while (event := subscriber.receive(0.5)) is not None:
+        received.append(event.verdict.frame_id)
+    context.destroy(linger=0)
+    assert station.returncode == 0, output
+    assert "every camera's source has ended" in output
+    assert 1 <= len(received) <= 6 and len(set(received)) == len(received)  # free run: newest kept

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -32,6 +33,7 @@ from edge.protocol import (
     encode_frame,
     encode_result,
 )
+from edge.security import CurveClient
 
 log = logging.getLogger("edge.capture")
 IDLE_SLEEP_S = 0.002
@@ -48,6 +50,7 @@ class CaptureSettings:
     stale_after_s: float = 5.0
     expect_endpoint: str | None = None  # the publisher's results PULL: triggered frames are announced there
     trigger_endpoint: str | None = None  # triggered: bound PULL for trigger messages
+    curve: CurveClient | None = None  # when the worker is on another host
 
 
 @dataclass
@@ -71,6 +74,8 @@ class Capture:
         self.socket = context.socket(zmq.PUSH)
         self.socket.setsockopt(zmq.SNDHWM, 1 if settings.trigger == "free_run" else 10_000)
         self.socket.setsockopt(zmq.LINGER, 5000)
+        if settings.curve:
+            settings.curve.secure(self.socket)
         self.socket.connect(settings.frames_endpoint)
         self.announce = None
         if settings.trigger == "triggered" and settings.expect_endpoint:
@@ -168,9 +173,10 @@ class Capture:
             time.sleep(IDLE_SLEEP_S)
         return None
 
-    def _take_trigger(self, timeout_ms: int) -> None:
+    def _take_trigger(self, timeout_ms: int) -> bool:
+        """Serve one trigger (if one comes within `timeout_ms`); False if its part got no frame."""
         if not self.triggers.poll(timeout_ms):
-            return
+            return True
         parts = self.triggers.recv_multipart()
         try:
             part_id = decode_trigger(parts)
@@ -178,15 +184,16 @@ class Capture:
             self.counters.malformed_triggers[error.kind] += 1
             if self.counters.malformed_triggers[error.kind] % 1000 == 1:
                 log.warning("malformed trigger message (%s): %s", error.kind, error)
-            return
+            return True
         pixels = self._grab()
         if pixels is None:
             self.fail(part_id, f"camera gave no frame within {self.settings.stale_after_s:.1f} s")
             self._check_stale()
-            return
+            return False
         self.offer(pixels, part_id)
+        return True
 
-    def _stream(self, stop: threading.Event) -> None:
+    def _stream(self, stop: threading.Event, progress: Callable[[], None]) -> None:
         while not stop.is_set() and not self.source.exhausted:
             pixels = self.source.read()
             if pixels is None:
@@ -195,19 +202,23 @@ class Capture:
                 time.sleep(IDLE_SLEEP_S)
                 continue
             self.offer(pixels)
+            progress()
 
-    def _serve_triggers(self, stop: threading.Event) -> None:
+    def _serve_triggers(self, stop: threading.Event, progress: Callable[[], None]) -> None:
         while not stop.is_set():
-            self._take_trigger(100)
+            if self._take_trigger(100):
+                progress()
         while self.triggers.poll(0):  # parts already triggered when the stop came are still inspected
             self._take_trigger(0)
 
-    def run(self, stop: threading.Event) -> CaptureCounters:
-        """Until `stop` (or a finite source's end): stream (free run) or serve triggers (triggered)."""
+    def run(self, stop: threading.Event, progress: Callable[[], None] = lambda: None) -> CaptureCounters:
+        """Until `stop` (or a finite source's end): stream (free run) or serve triggers (triggered).
+        `progress` is called for every frame sent, and while waiting for triggers; not while the
+        camera gives nothing."""
         if self.triggers is not None:
-            self._serve_triggers(stop)
+            self._serve_triggers(stop, progress)
         else:
-            self._stream(stop)
+            self._stream(stop, progress)
         give_up = time.monotonic() + FLUSH_ON_STOP_S
         while self.pending is not None and time.monotonic() < give_up:
             self._flush()

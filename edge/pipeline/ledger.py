@@ -12,7 +12,9 @@ from collections import OrderedDict, deque
 
 from edge.protocol import FrameHeader
 
-REMEMBERED = 100_000  # answered frame ids kept to recognise late or duplicate verdicts
+# answered frame ids kept to recognise late or duplicate verdicts: 16 minutes at 10 parts/s, far
+# longer than any backlog a restarted worker works through, and about 1 MB of memory at most
+REMEMBERED = 10_000
 
 
 class Ledger:

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import zmq
@@ -28,6 +29,7 @@ from edge.protocol import (
     verdict_for,
     verdict_topic,
 )
+from edge.security import CurveServer, stop_authenticator
 
 log = logging.getLogger("edge.publisher")
 DRAIN_IDLE_MS = 300  # at shutdown: publishing ends once no result came for this long
@@ -41,6 +43,7 @@ class PublisherSettings:
     latest_endpoint: str | None = None  # bound REP: {"camera": name} → that camera's latest verdict
     heartbeat_s: float = 1.0
     default_deadline_ms: float = 5000.0  # for triggered frames that carry no deadline of their own
+    curve: CurveServer | None = None  # encryption and client allow-list on the PUB and REP endpoints
 
 
 @dataclass
@@ -61,13 +64,18 @@ class Publisher:
         self.results = context.socket(zmq.PULL)
         self.results.setsockopt(zmq.LINGER, 0)
         self.results.bind(settings.results_endpoint)
+        self.context = context
         self.pub = context.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 1000)
+        if settings.curve:
+            settings.curve.secure(self.pub, context)
         self.pub.bind(settings.publish_endpoint)
         self.rep = None
         if settings.latest_endpoint:
             self.rep = context.socket(zmq.REP)
             self.rep.setsockopt(zmq.LINGER, 0)
+            if settings.curve:
+                settings.curve.secure(self.rep, context)
             self.rep.bind(settings.latest_endpoint)
         self.poller = zmq.Poller()
         self.poller.register(self.results, zmq.POLLIN)
@@ -161,10 +169,12 @@ class Publisher:
         for header in self.ledger.overdue(float("inf")):
             self._publish(verdict_for(header, Verdict.ERROR, error="not inspected: edge stopped"), None)
 
-    def run(self, stop: threading.Event) -> PublisherCounters:
-        """Until `stop`; then results still arriving are published (drain) before closing."""
+    def run(self, stop: threading.Event, progress: Callable[[], None] = lambda: None) -> PublisherCounters:
+        """Until `stop`; then results still arriving are published (drain) before closing.
+        `progress` is called after every step."""
         while not stop.is_set():
             self.step()
+            progress()
         while self.step(DRAIN_IDLE_MS):
             pass
         self._answer_unfinished()
@@ -175,3 +185,5 @@ class Publisher:
         for socket in (self.results, self.pub, self.rep):
             if socket is not None:
                 socket.close()
+        if self.settings.curve:
+            stop_authenticator(self.context)

@@ -22,6 +22,7 @@ import zmq
 from edge.errors import EdgeError
 from edge.pipeline.inspection import Bank, decode_or_error, inspect
 from edge.protocol import VerdictMessage, encode_result
+from edge.security import CurveServer, stop_authenticator
 
 log = logging.getLogger("edge.worker")
 POLL_MS = 100
@@ -36,6 +37,7 @@ class WorkerSettings:
     max_batch: int = 8
     max_wait_ms: float = 5.0
     control_endpoint: str | None = None  # bound REP: reload requests
+    curve: CurveServer | None = None  # on the frames PULL, when captures connect from other hosts
 
 
 @dataclass
@@ -78,6 +80,8 @@ class Worker:
         self.settings = settings
         self.counters = WorkerCounters()
         self.load_bank = load_bank
+        self.observers: list[Callable[[VerdictMessage], None]] = []  # e.g. metrics, per verdict sent
+        self.last_batch = 0  # frames taken in the latest micro-batch: how far behind the worker is
         self.reload: _Reload | None = None
         self.reload_requested = threading.Event()  # set from a signal handler (SIGHUP)
         context = context or zmq.Context.instance()
@@ -86,6 +90,9 @@ class Worker:
         # a short receive queue: backlog stays with capture, which keeps the newest (free run) or
         # waits (triggered), instead of piling up stale frames here
         self.frames.setsockopt(zmq.RCVHWM, 2 * settings.max_batch)
+        self.context = context
+        if settings.curve:
+            settings.curve.secure(self.frames, context)
         self.frames.bind(settings.frames_endpoint)
         self.results = context.socket(zmq.PUSH)
         self.results.setsockopt(zmq.LINGER, 2000)
@@ -117,6 +124,8 @@ class Worker:
     def _send(self, verdict: VerdictMessage, mask_png: bytes | None) -> None:
         self.results.send_multipart(encode_result(verdict, mask_png))
         self.counters.verdicts_out += 1
+        for observe in self.observers:
+            observe(verdict)
 
     # ---- bank reload ---------------------------------------------------------------------------
     def _start_reload(self) -> bool:
@@ -176,6 +185,7 @@ class Worker:
         self._serve_control()
         self._swap_if_loaded()
         batch = self._collect()
+        self.last_batch = len(batch)
         frames = []
         for parts in batch:
             self.counters.frames_in += 1
@@ -190,10 +200,12 @@ class Worker:
             self._send(inspected.verdict, inspected.mask_png)
         return len(batch)
 
-    def run(self, stop: threading.Event) -> WorkerCounters:
-        """Until `stop`; then the frames already queued are still answered (drain) before closing."""
+    def run(self, stop: threading.Event, progress: Callable[[], None] = lambda: None) -> WorkerCounters:
+        """Until `stop`; then the frames already queued are still answered (drain) before closing.
+        `progress` is called after every completed step (a stuck inference stops the calls)."""
         while not stop.is_set():
             self.step()
+            progress()
         while self.step():
             pass
         self.close()
@@ -203,3 +215,5 @@ class Worker:
         for socket in (self.frames, self.results, self.control):
             if socket is not None:
                 socket.close()
+        if self.settings.curve:
+            stop_authenticator(self.context)

@@ -7,15 +7,25 @@ import sys
 
 from edge.cli_support import run_cli
 from edge.config import (
+    AravisSourceConfig,
     CameraConfig,
     FolderSourceConfig,
     OpenCVSourceConfig,
     StationConfig,
     SyntheticSourceConfig,
 )
+from edge.metrics import for_capture
 from edge.pipeline.capture import Capture, CaptureSettings
-from edge.pipeline.sources import FolderSource, FrameSource, OpenCVSource, SyntheticSource
-from edge.services.runtime import service_parser, start_service, stop_on_signals
+from edge.pipeline.sources import AravisSource, FolderSource, FrameSource, OpenCVSource, SyntheticSource
+from edge.services.runtime import (
+    curve_client,
+    ready,
+    serve_metrics,
+    service_parser,
+    start_service,
+    stop_on_signals,
+)
+from edge.services.sdnotify import Watchdog
 
 log = logging.getLogger("edge.capture")
 
@@ -24,6 +34,8 @@ def open_source(camera: CameraConfig) -> FrameSource:
     source = camera.source
     if isinstance(source, OpenCVSourceConfig):
         return OpenCVSource(source.uri)
+    if isinstance(source, AravisSourceConfig):
+        return AravisSource(source.camera_id)
     if isinstance(source, FolderSourceConfig):
         return FolderSource(source.path, source.rate_hz, source.loop)
     if isinstance(source, SyntheticSourceConfig):
@@ -41,6 +53,7 @@ def capture_settings(config: StationConfig, camera: CameraConfig) -> CaptureSett
         stale_after_s=camera.stale_after_s,
         expect_endpoint=config.endpoints.results,
         trigger_endpoint=camera.trigger_endpoint,
+        curve=curve_client(config.security.frames.capture if config.security.frames else None),
     )
 
 
@@ -52,11 +65,14 @@ def _main(argv: list[str] | None) -> int:
     camera = config.camera(args.camera)
     stop = stop_on_signals()
     capture = Capture(open_source(camera), capture_settings(config, camera))
-    log.info("camera %s: %s, %s", camera.name, camera.source.kind, camera.trigger)
+    metrics = for_capture(capture, config.station)
+    serve_metrics(metrics, camera.metrics_port)
+    ready(f"camera {camera.name}: {camera.source.kind}, {camera.trigger}")
     try:
-        counters = capture.run(stop)
+        counters = capture.run(stop, Watchdog().progress)
     finally:
         capture.close()
+        metrics.close()
     log.info("camera %s stopped: %s", camera.name, counters)
     return 0
 

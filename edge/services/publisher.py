@@ -7,8 +7,17 @@ import sys
 
 from edge.cli_support import run_cli
 from edge.config import StationConfig
+from edge.metrics import for_publisher
 from edge.pipeline.publisher import Publisher, PublisherSettings
-from edge.services.runtime import service_parser, start_service, stop_on_signals
+from edge.services.runtime import (
+    curve_server,
+    ready,
+    serve_metrics,
+    service_parser,
+    start_service,
+    stop_on_signals,
+)
+from edge.services.sdnotify import Watchdog
 
 log = logging.getLogger("edge.publisher")
 
@@ -21,6 +30,7 @@ def publisher_settings(config: StationConfig) -> PublisherSettings:
         latest_endpoint=config.endpoints.latest,
         heartbeat_s=config.publisher.heartbeat_s,
         default_deadline_ms=config.publisher.default_deadline_ms,
+        curve=curve_server(config.security.publisher),
     )
 
 
@@ -29,8 +39,11 @@ def _main(argv: list[str] | None) -> int:
     config = start_service(args)
     stop = stop_on_signals()
     publisher = Publisher(publisher_settings(config))
-    log.info("publishing on %s", config.endpoints.publish)
-    counters = publisher.run(stop)
+    metrics = for_publisher(publisher, config.station)
+    serve_metrics(metrics, config.publisher.metrics_port)
+    ready(f"publishing on {config.endpoints.publish}")
+    counters = publisher.run(stop, Watchdog().progress)
+    metrics.close()
     log.info("publisher stopped: %s", counters)
     return 0
 

@@ -7,9 +7,15 @@ import logging
 import signal
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.cli_support import setup_logging
-from edge.config import StationConfig, check_station, load_config
+from edge.config import CurveClientConfig, CurveServerConfig, StationConfig, check_station, load_config
+from edge.security import CurveClient, CurveServer
+from edge.services.sdnotify import notify
+
+if TYPE_CHECKING:
+    from edge.metrics import ProcessMetrics
 
 log = logging.getLogger("edge.service")
 EXIT_CODES = (
@@ -39,8 +45,29 @@ def stop_on_signals() -> threading.Event:
 
     def request_stop(signum: int, _frame: object) -> None:
         log.info("%s: draining and stopping", signal.Signals(signum).name)
+        notify("STOPPING=1", "STATUS=draining")
         stop.set()
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     return stop
+
+
+def serve_metrics(metrics: ProcessMetrics, port: int | None) -> None:
+    if port is not None:
+        bound = metrics.serve(port)
+        log.info("metrics on :%d/metrics", bound)
+
+
+def ready(status: str) -> None:
+    """Tell systemd (Type=notify) the process can work now."""
+    log.info("%s", status)
+    notify("READY=1", f"STATUS={status}")
+
+
+def curve_server(keys: CurveServerConfig | None, domain: str = "edge") -> CurveServer | None:
+    return CurveServer(keys.secret_key, keys.allowed_clients, domain) if keys else None
+
+
+def curve_client(keys: CurveClientConfig | None) -> CurveClient | None:
+    return CurveClient(keys.secret_key, keys.server_key) if keys else None

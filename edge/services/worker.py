@@ -13,7 +13,15 @@ from edge.cli_support import run_cli
 from edge.config import StationConfig
 from edge.errors import ConfigError
 from edge.pipeline.inspection import Bank
-from edge.services.runtime import service_parser, start_service, stop_on_signals
+from edge.services.runtime import (
+    curve_server,
+    ready,
+    serve_metrics,
+    service_parser,
+    start_service,
+    stop_on_signals,
+)
+from edge.services.sdnotify import Watchdog
 
 log = logging.getLogger("edge.worker")
 WARM_UP_SIDE = 256
@@ -47,6 +55,7 @@ def _main(argv: list[str] | None) -> int:
     config = start_service(args)
     import torch
 
+    from edge.metrics import for_worker
     from edge.pipeline.worker import Worker, WorkerSettings
 
     if config.worker.torch_threads:
@@ -60,17 +69,18 @@ def _main(argv: list[str] | None) -> int:
         max_batch=config.worker.max_batch,
         max_wait_ms=config.worker.max_wait_ms,
         control_endpoint=config.endpoints.control,
+        curve=curve_server(config.security.frames.worker if config.security.frames else None, "frames"),
     )
     worker = Worker(bank, settings, load_bank=lambda: load_station_bank(config))
     signal.signal(signal.SIGHUP, lambda _signum, _frame: worker.reload_requested.set())
-    log.info(
-        "bank %s %s, threshold %.4g; frames on %s",
-        bank.bank_id,
-        bank.version,
-        bank.threshold,
-        settings.frames_endpoint,
+    metrics = for_worker(worker, config.station)
+    serve_metrics(metrics, config.worker.metrics_port)
+    ready(
+        f"bank {bank.bank_id} {bank.version}, threshold {bank.threshold:.4g}; "
+        f"frames on {settings.frames_endpoint}"
     )
-    counters = worker.run(stop)
+    counters = worker.run(stop, Watchdog().progress)
+    metrics.close()
     log.info("worker stopped: %s", counters)
     return 0
 

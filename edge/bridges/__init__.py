@@ -1,0 +1,1 @@
+"""Clients that carry verdicts from a station's publisher into plant systems (PLC registers)."""

@@ -1,0 +1,37 @@
+"""deploy/install.sh: valid shell, a dry run that shows every step, and bad weights refused."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+INSTALL = Path(__file__).parents[1] / "deploy" / "install.sh"
+
+
+def install(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(INSTALL), *arguments], capture_output=True, text=True, timeout=60)
+
+
+def test_install_script_parses_and_dry_runs():
+    assert subprocess.run(["bash", "-n", str(INSTALL)]).returncode == 0
+    result = install("--dry-run", "--prefix", "/srv/edge", "--aravis")
+    assert result.returncode == 0, result.stderr
+    for expected in (
+        "useradd --system",
+        "install -d -o root -g edge -m 0750 /etc/edge",
+        "python3 -m venv --system-site-packages /srv/edge/venv",
+        "gir1.2-aravis-0.8",
+        "/etc/systemd/system/edge-worker.service",
+        "70-edge-cameras.rules",
+        "systemctl enable edge.target",
+        "--check-config",
+    ):
+        assert expected in result.stdout, expected
+
+
+def test_install_refuses_foreign_weights_and_unknown_options(tmp_path):
+    wrong = tmp_path / "wide_resnet50_2-9ba9bcbe.pth"
+    wrong.write_bytes(b"not the V1 weights")
+    result = install("--dry-run", "--weights", str(wrong))
+    assert result.returncode == 3 and "not torchvision's wide_resnet50_2 IMAGENET1K_V1" in result.stderr
+    assert install("--dry-run", "--colour", "red").returncode == 2

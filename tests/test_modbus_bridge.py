@@ -1,0 +1,119 @@
+"""The PLC bridge end to end: publisher → edge-modbus-bridge → pymodbus's own Modbus TCP server on
+loopback; the registers hold each verdict, and the alive bit drops when the station's heartbeats stop."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import pytest
+import zmq
+from pymodbus.client import ModbusTcpClient
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from edge.bridges.modbus import ALIVE_OFFSET, Bridge, BridgeSettings, decode_registers
+from edge.pipeline.publisher import Publisher, PublisherSettings
+from edge.protocol import Verdict, VerdictMessage, encode_result
+
+BASE = 100
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def plc():
+    """pymodbus's Modbus TCP server on loopback, in its own event loop thread."""
+    port = free_port()
+    device = SimDevice(id=1, simdata=[SimData(0, count=200, values=0, datatype=DataType.REGISTERS)])
+    loop = asyncio.new_event_loop()
+    servers = []
+
+    async def serve() -> None:
+        servers.append(ModbusTcpServer(device, address=("127.0.0.1", port)))
+        await servers[0].serve_forever()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    reader = ModbusTcpClient("127.0.0.1", port=port)
+    deadline = time.monotonic() + 10
+    while not reader.connect():
+        assert time.monotonic() < deadline, "the Modbus server did not start"
+        time.sleep(0.1)
+
+    def registers() -> list[int]:
+        return reader.read_holding_registers(BASE, count=ALIVE_OFFSET + 1).registers
+
+    yield port, registers
+    reader.close()
+    asyncio.run_coroutine_threadsafe(servers[0].shutdown(), loop).result(10)
+    thread.join(10)
+
+
+def verdict(part: str, outcome: Verdict, score: float | None) -> VerdictMessage:
+    return VerdictMessage(
+        "s", "cam", f"frame-{part}", outcome, "t", 0, part_id=part, score=score, threshold=1.0
+    )
+
+
+def test_verdicts_reach_the_plc_registers_and_alive_drops(tmp_path, plc):
+    port, registers = plc
+    context = zmq.Context()
+    publisher = Publisher(
+        PublisherSettings("s", f"ipc://{tmp_path}/results", f"ipc://{tmp_path}/pub", heartbeat_s=0.2), context
+    )
+    stop_publisher = threading.Event()
+    publishing = threading.Thread(target=publisher.run, args=(stop_publisher,))
+    publishing.start()
+    bridge = Bridge(
+        BridgeSettings(f"ipc://{tmp_path}/pub", "s", "127.0.0.1", port, base=BASE, alive_timeout_s=1.0)
+    )
+    stop_bridge = threading.Event()
+    bridging = threading.Thread(target=bridge.run, args=(stop_bridge,))
+    bridging.start()
+    worker = context.socket(zmq.PUSH)
+    worker.connect(f"ipc://{tmp_path}/results")
+
+    deadline = time.monotonic() + 10
+    while registers()[ALIVE_OFFSET] != 1:  # heartbeats heard: vision alive
+        assert time.monotonic() < deadline, "the alive bit never rose"
+        time.sleep(0.05)
+    seen = []
+    for part, outcome, score in (
+        ("P-0001", Verdict.OK, 0.42),
+        ("P-0002", Verdict.NOK, 3.5),
+        ("P-0003", Verdict.TIMEOUT, None),
+    ):
+        worker.send_multipart(encode_result(verdict(part, outcome, score), None))
+        deadline = time.monotonic() + 10
+        while decode_registers(registers())["part_id"] != part:
+            assert time.monotonic() < deadline, f"{part} never reached the PLC"
+            time.sleep(0.02)
+        seen.append(decode_registers(registers()))
+    stop_publisher.set()  # the station goes quiet: no more heartbeats
+    publishing.join(10)
+    silent_at = time.monotonic()
+    while registers()[ALIVE_OFFSET] != 0:
+        assert time.monotonic() - silent_at < 5, "the alive bit did not drop"
+        time.sleep(0.05)
+    dropped_after = time.monotonic() - silent_at
+    stop_bridge.set()
+    bridging.join(10)
+    worker.close()
+    context.destroy(linger=0)
+
+    assert [(s["code"], s["seq"], s["part_id"]) for s in seen] == [
+        (1, 1, "P-0001"),
+        (2, 2, "P-0002"),
+        (4, 3, "P-0003"),
+    ]
+    assert seen[0]["score"] == pytest.approx(0.42, rel=1e-6) and seen[1]["score"] == pytest.approx(3.5)
+    assert seen[2]["score"] is None
+    assert 0.5 < dropped_after < 3.0  # alive timeout 1 s after the last heartbeat (0.2 s period)
+    assert bridge.written == 3

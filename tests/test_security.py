@@ -1,0 +1,104 @@
+"""CURVE on the publisher: allowed subscribers hear it, others hear nothing; key generation; and no
+file edge loads (configuration, bank, weights) can run code."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+import threading
+
+import pytest
+import zmq
+
+from edge.client import Subscriber
+from edge.engine.artifact import load_model
+from edge.engine.weights import load_state_dict
+from edge.errors import ArtifactError, WeightsError
+from edge.keys import main as keys_main
+from edge.pipeline.publisher import Publisher, PublisherSettings
+from edge.security import CurveClient, CurveServer
+
+
+@pytest.fixture
+def keys(tmp_path):
+    folder = tmp_path / "keys"
+    for name in ("publisher", "mes", "intruder"):
+        assert keys_main([name, "--dir", str(folder)]) == 0
+    allowed = folder / "allowed"
+    allowed.mkdir()
+    shutil.copy(folder / "mes.key", allowed / "mes.key")
+    return folder
+
+
+def test_edge_keys_refuses_to_overwrite_or_misname(keys):
+    assert (keys / "mes.key_secret").stat().st_mode & 0o777 == 0o600
+    assert keys_main(["mes", "--dir", str(keys)]) == 2
+    assert keys_main(["../etc/x", "--dir", str(keys)]) == 2
+
+
+def test_only_allowed_subscribers_hear_a_curve_publisher(tmp_path, keys):
+    context = zmq.Context()
+    curve = CurveServer(str(keys / "publisher.key_secret"), str(keys / "allowed"))
+    publisher = Publisher(
+        PublisherSettings(
+            "s",
+            f"ipc://{tmp_path}/results",
+            f"ipc://{tmp_path}/pub",
+            f"ipc://{tmp_path}/latest",
+            heartbeat_s=0.1,
+            curve=curve,
+        ),
+        context,
+    )
+    stop = threading.Event()
+    running = threading.Thread(target=publisher.run, args=(stop,))
+    running.start()
+
+    def client(name: str) -> CurveClient:
+        return CurveClient(str(keys / f"{name}.key_secret"), str(keys / "publisher.key"))
+
+    endpoint = f"ipc://{tmp_path}/pub"
+    allowed = Subscriber(endpoint, "s", context=context, curve=client("mes"))
+    intruder = Subscriber(endpoint, "s", context=context, curve=client("intruder"))
+    plaintext = Subscriber(endpoint, "s", context=context)
+    heard = allowed.receive(5)
+    others = [intruder.receive(2), plaintext.receive(0.1)]
+
+    answers = []
+    for curve_client in (client("mes"), None):
+        request = context.socket(zmq.REQ)
+        request.setsockopt(zmq.LINGER, 0)
+        if curve_client:
+            curve_client.secure(request)
+        request.connect(f"ipc://{tmp_path}/latest")
+        request.send(json.dumps({"camera": "c"}).encode())
+        answers.append(request.recv() if request.poll(2000) else None)
+        request.close()
+    stop.set()
+    running.join(10)
+    for subscriber in (allowed, intruder, plaintext):
+        subscriber.socket.close()
+    context.destroy(linger=0)
+    assert heard is not None and heard.heartbeat is not None
+    assert others == [None, None]
+    assert answers == [b"null", None]  # the allowed client is answered; plaintext is not
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_loaded_files_cannot_run_code(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(pickle.dumps({"conv.weight": Exploit()}))
+    with pytest.raises(WeightsError):
+        load_state_dict(weights)
+    bank = tmp_path / "bank.edge"
+    bank.write_bytes(pickle.dumps(Exploit()))
+    with pytest.raises(ArtifactError):
+        load_model(bank)
+    assert not marker.exists()
