@@ -102,3 +102,44 @@ def test_loaded_files_cannot_run_code(tmp_path):
     with pytest.raises(ArtifactError):
         load_model(bank)
     assert not marker.exists()
+
+
+def test_capture_to_worker_link_admits_only_allowed_captures(tmp_path, keys, fitted_model):
+    from edge.pipeline.capture import Capture, CaptureSettings
+    from edge.pipeline.inspection import Bank
+    from edge.pipeline.sources import SyntheticSource
+    from edge.pipeline.worker import Worker, WorkerSettings
+
+    context = zmq.Context()
+    results = context.socket(zmq.PULL)
+    results.bind(f"ipc://{tmp_path}/results")
+    frames = f"ipc://{tmp_path}/frames"
+    server = CurveServer(str(keys / "publisher.key_secret"), str(keys / "allowed"), domain="frames")
+    worker = Worker(
+        Bank(fitted_model, 1e9, "b", "1"),
+        WorkerSettings("s", frames, f"ipc://{tmp_path}/results", curve=server),
+        context,
+    )
+    stop = threading.Event()
+    running = threading.Thread(target=worker.run, args=(stop,))
+    running.start()
+    image = SyntheticSource(160, seed=1).read()
+    counts = {}
+    for name in ("mes", "intruder"):
+        curve = CurveClient(str(keys / f"{name}.key_secret"), str(keys / "publisher.key"))
+        capture = Capture(
+            SyntheticSource(160, count=0), CaptureSettings("s", name, frames, curve=curve), context
+        )
+        for _ in range(3):
+            capture.offer(image)
+            threading.Event().wait(0.3)
+        threading.Event().wait(1.0)
+        counts[name] = worker.counters.frames_in  # frames received so far, all captures together
+        capture.socket.setsockopt(zmq.LINGER, 0)
+        capture.close()
+    stop.set()
+    running.join(10)
+    results.close()
+    context.destroy(linger=0)
+    assert counts["mes"] >= 1  # the allowed capture's frames reach the worker
+    assert counts["intruder"] == counts["mes"]  # the other capture's never do

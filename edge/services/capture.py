@@ -19,13 +19,11 @@ from edge.pipeline.capture import Capture, CaptureSettings
 from edge.pipeline.sources import AravisSource, FolderSource, FrameSource, OpenCVSource, SyntheticSource
 from edge.services.runtime import (
     curve_client,
-    ready,
-    serve_metrics,
+    operate,
     service_parser,
     start_service,
     stop_on_signals,
 )
-from edge.services.sdnotify import Watchdog
 
 log = logging.getLogger("edge.capture")
 
@@ -66,15 +64,11 @@ def _main(argv: list[str] | None) -> int:
     stop = stop_on_signals()
     capture = Capture(open_source(camera), capture_settings(config, camera))
     metrics = for_capture(capture, config.station)
-    serve_metrics(metrics, camera.metrics_port)
-    ready(f"camera {camera.name}: {camera.source.kind}, {camera.trigger}")
+    status = f"camera {camera.name}: {camera.source.kind}, {camera.trigger}"
     try:
-        counters = capture.run(stop, Watchdog().progress)
+        return operate(f"camera {camera.name}", capture.run, stop, metrics, camera.metrics_port, status)
     finally:
         capture.close()
-        metrics.close()
-    log.info("camera %s stopped: %s", camera.name, counters)
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

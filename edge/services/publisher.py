@@ -11,13 +11,11 @@ from edge.metrics import for_publisher
 from edge.pipeline.publisher import Publisher, PublisherSettings
 from edge.services.runtime import (
     curve_server,
-    ready,
-    serve_metrics,
+    operate,
     service_parser,
     start_service,
     stop_on_signals,
 )
-from edge.services.sdnotify import Watchdog
 
 log = logging.getLogger("edge.publisher")
 
@@ -40,12 +38,8 @@ def _main(argv: list[str] | None) -> int:
     stop = stop_on_signals()
     publisher = Publisher(publisher_settings(config))
     metrics = for_publisher(publisher, config.station)
-    serve_metrics(metrics, config.publisher.metrics_port)
-    ready(f"publishing on {config.endpoints.publish}")
-    counters = publisher.run(stop, Watchdog().progress)
-    metrics.close()
-    log.info("publisher stopped: %s", counters)
-    return 0
+    status = f"publishing on {config.endpoints.publish}"
+    return operate("publisher", publisher.run, stop, metrics, config.publisher.metrics_port, status)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,13 +6,14 @@ import argparse
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge.cli_support import setup_logging
 from edge.config import CurveClientConfig, CurveServerConfig, StationConfig, check_station, load_config
 from edge.security import CurveClient, CurveServer
-from edge.services.sdnotify import notify
+from edge.services.sdnotify import Watchdog, notify
 
 if TYPE_CHECKING:
     from edge.metrics import ProcessMetrics
@@ -53,16 +54,26 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-def serve_metrics(metrics: ProcessMetrics, port: int | None) -> None:
-    if port is not None:
-        bound = metrics.serve(port)
-        log.info("metrics on :%d/metrics", bound)
-
-
-def ready(status: str) -> None:
-    """Tell systemd (Type=notify) the process can work now."""
+def operate(
+    name: str,
+    run: Callable[[threading.Event, Callable[[], None]], object],
+    stop: threading.Event,
+    metrics: ProcessMetrics,
+    metrics_port: int | None,
+    status: str,
+) -> int:
+    """A process's working life: metrics served, READY told to systemd, its loop run with the
+    watchdog fed by that loop, until `stop` and the drain that follows."""
+    if metrics_port is not None:
+        log.info("metrics on :%d/metrics", metrics.serve(metrics_port))
     log.info("%s", status)
     notify("READY=1", f"STATUS={status}")
+    try:
+        counters = run(stop, Watchdog().progress)
+    finally:
+        metrics.close()
+    log.info("%s stopped: %s", name, counters)
+    return 0
 
 
 def curve_server(keys: CurveServerConfig | None, domain: str = "edge") -> CurveServer | None:

@@ -15,13 +15,11 @@ from edge.errors import ConfigError
 from edge.pipeline.inspection import Bank
 from edge.services.runtime import (
     curve_server,
-    ready,
-    serve_metrics,
+    operate,
     service_parser,
     start_service,
     stop_on_signals,
 )
-from edge.services.sdnotify import Watchdog
 
 log = logging.getLogger("edge.worker")
 WARM_UP_SIDE = 256
@@ -74,15 +72,8 @@ def _main(argv: list[str] | None) -> int:
     worker = Worker(bank, settings, load_bank=lambda: load_station_bank(config))
     signal.signal(signal.SIGHUP, lambda _signum, _frame: worker.reload_requested.set())
     metrics = for_worker(worker, config.station)
-    serve_metrics(metrics, config.worker.metrics_port)
-    ready(
-        f"bank {bank.bank_id} {bank.version}, threshold {bank.threshold:.4g}; "
-        f"frames on {settings.frames_endpoint}"
-    )
-    counters = worker.run(stop, Watchdog().progress)
-    metrics.close()
-    log.info("worker stopped: %s", counters)
-    return 0
+    status = f"bank {bank.bank_id} {bank.version}, threshold {bank.threshold:.4g}"
+    return operate("worker", worker.run, stop, metrics, config.worker.metrics_port, status)
 
 
 def main(argv: list[str] | None = None) -> int:
