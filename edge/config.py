@@ -5,7 +5,7 @@ Every process of a station (capture per camera, worker, publisher, the `edge-run
 duplicate key, an impossible value, a missing bank or weights file and an endpoint that cannot be
 bound, and names the key's path and what was expected, so a plant engineer can fix the file from
 the message alone. Secrets never need to sit in the file: `EDGE_<PATH>` environment variables
-override string settings (for example `EDGE_PUBLISHER__SECRET_KEY`).
+override string settings (for example `EDGE_SECURITY__PUBLISHER__SECRET_KEY`).
 """
 
 from __future__ import annotations
