@@ -100,7 +100,8 @@ class BankStore:
 
 
 def resolve_bank(path: str | Path) -> BankRef:
-    """A store folder means its active version; a file means itself (versioned by its checksum)."""
+    """A store folder means its active version; a file means itself (versioned by its calibration
+    record's version, else its creation time)."""
     path = Path(path)
     if path.is_dir():
         return BankStore(path).active()

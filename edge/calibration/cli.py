@@ -101,6 +101,11 @@ def _recipe(args: argparse.Namespace, station: StationConfig | None) -> Calibrat
         "seed": args.seed,
         "full_frame": args.full_frame,
     }
+    given = {k: v for k, v in overrides.items() if v is not None and k != "frames"}
+    if args.add and given:
+        raise UsageError(
+            f"--add rebuilds with the active version's own recipe; it does not take {sorted(given)}"
+        )
     merged = base.model_dump() | {k: v for k, v in overrides.items() if v is not None}
     try:
         return CalibrationConfig.model_validate(merged)

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from edge.bankstore import BankStore
-from edge.calibration.quality import DuplicateFilter, FrameStats, screen
+from edge.calibration.quality import FrameStats, screen
 from edge.calibration.threshold import choose_threshold, held_out_scores
 from edge.config import CalibrationConfig
 from edge.engine.artifact import read_artifact
@@ -94,22 +94,16 @@ def calibrate(
     """Screen `frames`, fit and publish a new version (fitted on the active version's frames too
     when `add`), with its threshold chosen on held-out good frames. Returns what was done."""
     progress = progress or (lambda stage, done, total: None)
+    kept: list[str] = []
     if add:
         previous = active_record(store)
         recipe = CalibrationConfig.model_validate(previous["recipe"])
+        kept = list(previous["frames"])
     config = engine_config(recipe)
     backbone = build_backbone(config.backbone, weights)  # missing weights: said before any work
-    kept: list[str] = []
-    kept_images: list[np.ndarray] = []
-    if add:
-        kept = list(previous["frames"])
-        kept_images = [read_image(store.frames_dir / name) for name in kept]
+    kept_images = [read_image(store.frames_dir / name) for name in kept]
     reference = [FrameStats.of(image) for image in kept_images]
-    candidates = [FrameStats.of(image) for image in frames]
-    duplicates = DuplicateFilter()
-    for stats in reference:
-        duplicates.thumbnails.append(stats.thumbnail)
-    report = screen(candidates, reference, duplicates)
+    report = screen([FrameStats.of(image) for image in frames], reference)
     for done, index in enumerate(report.accepted, 1):
         kept.append(keep_frame(store, frames[index]))
         kept_images.append(frames[index])

@@ -76,16 +76,15 @@ class DuplicateFilter:
         return False
 
 
-def screen(
-    stats: list[FrameStats], reference: list[FrameStats] = (), duplicates: DuplicateFilter | None = None
-) -> QualityReport:
+def screen(stats: list[FrameStats], reference: list[FrameStats] = ()) -> QualityReport:
     """Accept or reject each frame of `stats`. `reference`: frames accepted before (--add), which
-    count towards the medians; `duplicates` may already hold their thumbnails."""
+    count towards the medians and which a new frame must not duplicate."""
     everything = [*reference, *stats]
     report = QualityReport(relative_checks=len(everything) >= MIN_FOR_RELATIVE)
     sharpness = float(np.median([s.sharpness for s in everything])) if everything else 0.0
     brightness = float(np.median([s.brightness for s in everything])) if everything else 0.0
-    duplicates = duplicates or DuplicateFilter()
+    duplicates = DuplicateFilter()
+    duplicates.thumbnails.extend(s.thumbnail for s in reference)
     for index, frame in enumerate(stats):
         reason = None
         if frame.brightness < EXPOSURE_LIMITS[0]:
