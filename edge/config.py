@@ -18,14 +18,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge.errors import ConfigError
+from edge.protocol import NAME_MEANING, NAME_PATTERN
+from edge.sockets import ENDPOINT_MEANING, ENDPOINT_PATTERN
 
 STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
-NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # station and camera names appear in topics and file names
-ENDPOINT_PATTERN = r"^(tcp://[^\s]+:(\d+|\*)|ipc://[^\s]+|inproc://[^\s]+)$"
-PATTERN_MEANINGS = {
-    NAME_PATTERN: "1 to 64 letters, digits, '_' or '-'",
-    ENDPOINT_PATTERN: "a ZeroMQ endpoint such as tcp://*:5556, tcp://10.0.0.5:5556 or ipc:///run/edge/x",
-}
+# station and camera names appear in topics and file names: the wire protocol's rule
+PATTERN_MEANINGS = {NAME_PATTERN: NAME_MEANING, ENDPOINT_PATTERN: ENDPOINT_MEANING}
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 Endpoint = Annotated[str, Field(pattern=ENDPOINT_PATTERN)]
 Positive = Annotated[float, Field(gt=0)]
@@ -121,6 +119,11 @@ class WorkerConfig(_Strict):
 class PublisherConfig(_Strict):
     heartbeat_s: Positive = 1.0
     default_deadline_ms: Positive = 5000.0  # for triggered frames that carry no deadline
+    # after a (re)start, only heartbeats go out this long, so subscribers reconnect before verdicts do
+    startup_hold_s: Annotated[float, Field(ge=0, le=60)] = 1.0
+    # the ledger's journal (a restarted publisher takes over the parts it awaited); None: in
+    # $STATE_DIRECTORY under systemd, in edge-run's run folder under edge-run
+    journal: str | None = None
     metrics_port: Port | None = None  # Prometheus /metrics
 
 
@@ -338,8 +341,22 @@ def _key_problems(security: SecurityConfig) -> list[str]:
     return problems
 
 
+def _device_problems(config: StationConfig) -> list[str]:
+    """OpenCV cameras named by index or /dev path whose device node is not there."""
+    problems = []
+    for index, camera in enumerate(config.cameras):
+        source = camera.source
+        if not isinstance(source, OpenCVSourceConfig):
+            continue
+        device = f"/dev/video{source.uri}" if isinstance(source.uri, int) else source.uri
+        if device.startswith("/dev/") and not Path(device).exists():
+            problems.append(f"cameras[{index}].source.uri: {device} does not exist (camera unplugged?)")
+    return problems
+
+
 def check_station(config: StationConfig, bind: bool = False) -> None:
-    """What the schema cannot see: files that must exist, endpoints that must differ and bind."""
+    """What the schema cannot see: files that must exist, endpoints that must differ; with `bind`
+    (edge-run --check-config), also camera devices present and endpoints bindable."""
     problems = []
     if not Path(config.bank.path).exists():
         problems.append(f"bank.path: {config.bank.path} does not exist (run edge-calibrate to create a bank)")
@@ -356,6 +373,8 @@ def check_station(config: StationConfig, bind: bool = False) -> None:
     for address, keys in by_address.items():
         if len(keys) > 1:
             problems.append(f"{', '.join(keys)}: the same endpoint {address} is bound twice")
+    if bind:  # what exists only on the station itself, at run time
+        problems += _device_problems(config)
     if bind and not problems:
         for key, address in endpoints.items():
             reason = _bindable(address)

@@ -1,30 +1,45 @@
-"""The wire protocol between edge processes and their clients (docs/protocol.md), version 1.
+"""The wire protocol between edge processes and their clients (docs/protocol.md), version 2.
 
 Every message is a ZeroMQ multipart message `[topic, JSON header, payload parts...]`. This module
-turns messages into typed values and back, and validates everything it receives: whatever the
-bytes, `decode_*` either returns a valid value or raises `ProtocolError` naming the kind of defect
-(and the frame id, when the header carried one, so that the frame still gets an ERROR verdict).
-It knows nothing of sockets.
+turns every kind of message into typed values and back — frame, trigger, expect, result, verdict,
+mask, heartbeat, the latest/replay query and worker control — and both ends use it. Decoding is
+total: whatever the bytes, `decode_*` either returns a valid value or raises `ProtocolError` naming
+the kind of defect (and the frame id, when the header carried one, so that the frame still gets an
+ERROR verdict). Encoding refuses what a decoder would refuse (NaN, wrong types, bad names), so a
+process never puts on the wire what its peer must reject. It needs numpy and nothing of the
+station: clients (MES, PLC bridges) install it without torch.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+import re
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FRAME_TOPIC = b"frame"
 EXPECT_TOPIC = b"expect"
 TRIGGER_TOPIC = b"trigger"
-MAX_FRAME_PIXELS = 64_000_000  # a 8K x 8K mono frame; larger declared shapes are refused unread
+NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # station and camera names: topics, file names, metric labels
+NAME_MEANING = "1 to 64 letters, digits, '_' or '-'"
+MAX_PIXEL_BYTES = 64 * 1024 * 1024  # a frame's pixel part: 8K x 8K mono; larger declared shapes are refused
 MAX_HEADER_BYTES = 64 * 1024
+MAX_TEXT = 256  # ids, versions, backend names
+MAX_ERROR_TEXT = 2048
+MAX_BOXES = 256  # regions listed in a verdict; the largest ones when a mask has more
+MAX_LATENCY_STAGES = 32
 PIXEL_TYPES = {"uint8": np.uint8, "uint16": np.uint16}
 TRIGGER_MODES = ("free_run", "triggered")
+CONTROL_COMMANDS = ("status", "reload")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_NAME = re.compile(NAME_PATTERN)
 
 
 class Verdict(StrEnum):
@@ -36,18 +51,120 @@ class Verdict(StrEnum):
     TIMEOUT = "TIMEOUT"
 
 
+# verdicts that come with a mask message (the thresholded anomaly map); ERROR and TIMEOUT have none
+MASKED_VERDICTS = (Verdict.OK, Verdict.NOK)
+
+
 class ProtocolError(ValueError):
-    """A received message that is not a valid version-1 message."""
+    """A message that is not a valid version-2 message (received, or about to be sent)."""
 
     def __init__(
         self, kind: str, detail: str, frame_id: str | None = None, camera: str | None = None
     ) -> None:
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
+        self.detail = detail
         self.frame_id = frame_id
         self.camera = camera
 
 
+# ---- value checks ---------------------------------------------------------------------------------
+def is_name(value: Any) -> bool:
+    return isinstance(value, str) and _NAME.fullmatch(value) is not None
+
+
+def _text(value: Any, limit: int = MAX_TEXT) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= limit and value.isprintable()
+
+
+def _whole(value: Any, low: int = 0) -> bool:
+    return type(value) is int and value >= low  # not bool, not 1.0
+
+
+def _finite(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: value is None or check(value)
+
+
+def _box(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 4 and all(_whole(v) for v in value)
+
+
+def _boxes(value: Any) -> bool:
+    return isinstance(value, list) and len(value) <= MAX_BOXES and all(_box(b) for b in value)
+
+
+def _latency(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and len(value) <= MAX_LATENCY_STAGES
+        and all(_text(k, 64) and _finite(v) and v >= 0 for k, v in value.items())
+    )
+
+
+@dataclass(frozen=True)
+class _Rule:
+    check: Callable[[Any], bool]
+    meaning: str
+    kind: str = "field"
+
+
+def _check(condition: bool, kind: str, detail: str) -> None:
+    if not condition:
+        raise ProtocolError(kind, detail)
+
+
+def _validate(raw: dict[str, Any], rules: dict[str, _Rule], required: Sequence[str]) -> None:
+    """Schema first, then unknown fields, then every field present (and every required one)."""
+    schema = raw.get("schema")
+    _check(_whole(schema) and schema == SCHEMA_VERSION, "schema", f"unknown schema version {schema!r}")
+    unknown = set(raw) - set(rules) - {"schema"}
+    _check(not unknown, "field", f"unknown fields {sorted(unknown)[:5]}")
+    for name in required:
+        _check(name in raw, rules[name].kind, f"{name} is missing")
+    for name, value in raw.items():
+        if name != "schema":
+            rule = rules[name]
+            _check(rule.check(value), rule.kind, f"{name} must be {rule.meaning}, got {_show(value)}")
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 48 else text[:45] + "..."
+
+
+def _parse_header(raw: bytes | memoryview) -> dict[str, Any]:
+    _check(len(raw) <= MAX_HEADER_BYTES, "header", f"header of {len(raw)} bytes is too large")
+    try:
+        header = json.loads(bytes(raw), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError, RecursionError) as exc:
+        raise ProtocolError("json", f"header is not JSON: {exc}") from None
+    _check(isinstance(header, dict), "json", "header is not a JSON object")
+    return header
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def dump_json(value: Any) -> bytes:
+    """Strict JSON (no NaN or infinity: strict parsers in other languages reject the whole message)."""
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError as exc:
+        raise ProtocolError("field", f"not encodable as strict JSON: {exc}") from None
+
+
+def _parts(parts: Sequence[Any], count: int, topic: bytes | None) -> None:
+    _check(len(parts) == count, "parts", f"expected {count} parts, got {len(parts)}")
+    if topic is not None:
+        _check(bytes(parts[0]) == topic, "topic", f"unexpected topic {bytes(parts[0])[:32]!r}")
+
+
+# ---- frame (capture → worker), expect (capture → publisher) ---------------------------------------
 @dataclass(frozen=True)
 class FrameHeader:
     """One camera frame, as capture sends it to a worker."""
@@ -68,13 +185,125 @@ class FrameHeader:
     schema: int = SCHEMA_VERSION
 
     @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.height, self.width) if self.channels == 1 else (self.height, self.width, 3)
+
+    @property
     def payload_bytes(self) -> int:
         return self.height * self.width * self.channels * np.dtype(PIXEL_TYPES[self.pixel_type]).itemsize
 
 
+_FRAME_RULES = {
+    "station": _Rule(is_name, NAME_MEANING),
+    "camera": _Rule(is_name, NAME_MEANING),
+    "seq": _Rule(_whole, "a non-negative integer"),
+    "frame_id": _Rule(_text, "printable text of 1-256 characters"),
+    "capture_utc": _Rule(lambda v: _text(v, 64), "an ISO 8601 time"),
+    "capture_monotonic_ns": _Rule(_whole, "a non-negative integer"),
+    "height": _Rule(lambda v: _whole(v, 1), "a positive integer", "shape"),
+    "width": _Rule(lambda v: _whole(v, 1), "a positive integer", "shape"),
+    "channels": _Rule(lambda v: _whole(v) and v in (1, 3), "1 or 3", "shape"),
+    "pixel_type": _Rule(lambda v: isinstance(v, str) and v in PIXEL_TYPES, "uint8 or uint16", "dtype"),
+    "trigger": _Rule(lambda v: isinstance(v, str) and v in TRIGGER_MODES, "free_run or triggered"),
+    "part_id": _Rule(_optional(_text), "printable text of 1-256 characters or null"),
+    "deadline_ms": _Rule(_optional(lambda v: _finite(v) and v > 0), "a positive number or null"),
+}
+_FRAME_REQUIRED = [
+    "station", "camera", "seq", "frame_id", "capture_utc", "capture_monotonic_ns", "height", "width",
+    "channels",
+]  # fmt: skip
+
+
+def _frame_header(raw: dict[str, Any]) -> FrameHeader:
+    _validate(raw, _FRAME_RULES, _FRAME_REQUIRED)
+    header = FrameHeader(**raw)
+    _check(
+        header.payload_bytes <= MAX_PIXEL_BYTES,
+        "shape",
+        f"declared frame {header.height}x{header.width}x{header.channels} {header.pixel_type} is larger "
+        f"than {MAX_PIXEL_BYTES >> 20} MiB",
+    )
+    return header
+
+
+def _identity(raw: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The frame id and camera of a header that may be invalid otherwise, for its ERROR verdict."""
+    frame_id = raw.get("frame_id") if _text(raw.get("frame_id")) else None
+    camera = raw.get("camera") if is_name(raw.get("camera")) else None
+    return frame_id, camera
+
+
+def _encode_header(header: FrameHeader) -> bytes:
+    raw = asdict(header)
+    _frame_header(raw)  # what the receiver would refuse is refused here
+    return dump_json(raw)
+
+
+def encode_frame(header: FrameHeader, pixels: np.ndarray) -> list[Any]:
+    """Multipart frame message; the pixel part is a buffer view of `pixels` (no copy)."""
+    if pixels.shape != header.shape or pixels.dtype != PIXEL_TYPES[header.pixel_type]:
+        raise ValueError(f"pixels {pixels.shape} {pixels.dtype} do not match the header {header.shape}")
+    return [FRAME_TOPIC, _encode_header(header), memoryview(np.ascontiguousarray(pixels)).cast("B")]
+
+
+def decode_frame(parts: Sequence[Any]) -> tuple[FrameHeader, np.ndarray]:
+    """Validate a frame message and return its header and a (read-only) pixel array view.
+
+    A ProtocolError carries the frame id and camera whenever the header named them validly, so the
+    frame can still be answered with an ERROR verdict.
+    """
+    _parts(parts, 3, FRAME_TOPIC)
+    raw = _parse_header(parts[1])
+    frame_id, camera = _identity(raw)
+    try:
+        header = _frame_header(raw)
+        payload = memoryview(parts[2])
+        _check(
+            payload.nbytes == header.payload_bytes,
+            "size",
+            f"pixel part has {payload.nbytes} bytes, header declares {header.payload_bytes}",
+        )
+    except ProtocolError as error:
+        raise ProtocolError(error.kind, error.detail, frame_id, camera) from None
+    pixels = np.frombuffer(payload, dtype=PIXEL_TYPES[header.pixel_type]).reshape(header.shape)
+    return header, pixels
+
+
+def encode_expect(header: FrameHeader) -> list[bytes]:
+    """Capture → publisher: a triggered frame was sent and must get exactly one verdict."""
+    return [EXPECT_TOPIC, _encode_header(header)]
+
+
+def decode_expect(parts: Sequence[Any]) -> FrameHeader:
+    _parts(parts, 2, EXPECT_TOPIC)
+    header = _frame_header(_parse_header(parts[1]))
+    _check(header.trigger == "triggered", "field", "only triggered frames are announced")
+    return header
+
+
+# ---- trigger (PLC bridge or MES → capture) --------------------------------------------------------
+_TRIGGER_RULES = {"part_id": _Rule(_text, "printable text of 1-256 characters")}
+
+
+def encode_trigger(part_id: str) -> list[bytes]:
+    """A software trigger: take one frame of the part `part_id`."""
+    body = {"schema": SCHEMA_VERSION, "part_id": part_id}
+    _validate(body, _TRIGGER_RULES, ["part_id"])
+    return [TRIGGER_TOPIC, dump_json(body)]
+
+
+def decode_trigger(parts: Sequence[Any]) -> str:
+    """The part id a valid trigger message names."""
+    _parts(parts, 2, TRIGGER_TOPIC)
+    raw = _parse_header(parts[1])
+    _validate(raw, _TRIGGER_RULES, ["part_id"])
+    return raw["part_id"]
+
+
+# ---- verdict (publisher → subscribers) and result (worker or capture → publisher) -----------------
 @dataclass(frozen=True)
 class VerdictMessage:
-    """One frame's outcome, published on `verdict.<station>.<camera>`."""
+    """One frame's outcome, published on `verdict.<station>.<camera>.`."""
 
     station: str
     camera: str
@@ -92,8 +321,34 @@ class VerdictMessage:
     defect_area_px: int = 0
     boxes: list[list[int]] = field(default_factory=list)  # [x, y, width, height] in frame pixels
     error: str | None = None
-    seq: int = 0  # per topic, set by the publisher
+    has_mask: bool = False  # a mask message for this frame follows on mask.<station>.<camera>.
+    epoch: int = 0  # the publisher's start, set by the publisher: a new epoch means it restarted
+    seq: int = 0  # per topic and epoch, set by the publisher
     schema: int = SCHEMA_VERSION
+
+
+_VERDICT_RULES = {
+    "station": _Rule(is_name, NAME_MEANING),
+    "camera": _Rule(is_name, NAME_MEANING),
+    "frame_id": _Rule(_text, "printable text of 1-256 characters"),
+    "verdict": _Rule(lambda v: isinstance(v, str) and v in Verdict.__members__, "OK, NOK, ERROR or TIMEOUT"),
+    "capture_utc": _Rule(lambda v: _text(v, 64), "an ISO 8601 time"),
+    "capture_monotonic_ns": _Rule(_whole, "a non-negative integer"),
+    "part_id": _Rule(_optional(_text), "printable text of 1-256 characters or null"),
+    "score": _Rule(_optional(_finite), "a finite number or null"),
+    "threshold": _Rule(_optional(_finite), "a finite number or null"),
+    "bank_id": _Rule(_optional(_text), "printable text or null"),
+    "bank_version": _Rule(_optional(_text), "printable text or null"),
+    "backend": _Rule(_optional(_text), "printable text or null"),
+    "latency_ms": _Rule(_latency, "an object of stage names to non-negative numbers"),
+    "defect_area_px": _Rule(_whole, "a non-negative integer"),
+    "boxes": _Rule(_boxes, f"a list of at most {MAX_BOXES} [x, y, width, height] lists of integers"),
+    "error": _Rule(_optional(lambda v: isinstance(v, str) and len(v) <= MAX_ERROR_TEXT), "text or null"),
+    "has_mask": _Rule(lambda v: isinstance(v, bool), "true or false"),
+    "epoch": _Rule(_whole, "a non-negative integer"),
+    "seq": _Rule(_whole, "a non-negative integer"),
+}
+_VERDICT_REQUIRED = ["station", "camera", "frame_id", "verdict", "capture_utc", "capture_monotonic_ns"]
 
 
 def verdict_for(header: FrameHeader, verdict: Verdict, **fields: Any) -> VerdictMessage:
@@ -110,157 +365,212 @@ def verdict_for(header: FrameHeader, verdict: Verdict, **fields: Any) -> Verdict
     )
 
 
-def _check(condition: bool, kind: str, detail: str) -> None:
-    if not condition:
-        raise ProtocolError(kind, detail)
-
-
-def _text(value: Any) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= 256
-
-
-def _whole(value: Any, low: int = 0) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-
-def encode_frame(header: FrameHeader, pixels: np.ndarray) -> list[Any]:
-    """Multipart frame message; the pixel part is a buffer view of `pixels` (no copy)."""
-    expected = (header.height, header.width) if header.channels == 1 else (header.height, header.width, 3)
-    if pixels.shape != expected or pixels.dtype != PIXEL_TYPES[header.pixel_type]:
-        raise ValueError(f"pixels {pixels.shape} {pixels.dtype} do not match the header {expected}")
-    body = json.dumps(asdict(header), separators=(",", ":")).encode()
-    return [FRAME_TOPIC, body, memoryview(np.ascontiguousarray(pixels)).cast("B")]
-
-
-def _parse_header(raw: bytes) -> dict[str, Any]:
-    _check(len(raw) <= MAX_HEADER_BYTES, "header", f"header of {len(raw)} bytes is too large")
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError("json", f"header is not JSON: {exc}") from None
-    _check(isinstance(header, dict), "json", "header is not a JSON object")
-    return header
-
-
-def _frame_header(raw: dict[str, Any]) -> FrameHeader:
-    _check(raw.get("schema") == SCHEMA_VERSION, "schema", f"unknown schema version {raw.get('schema')!r}")
-    known = set(FrameHeader.__dataclass_fields__)
-    _check(not set(raw) - known, "field", f"unknown fields {sorted(set(raw) - known)[:5]}")
-    for name in ("station", "camera", "frame_id", "capture_utc"):
-        _check(_text(raw.get(name)), "field", f"{name} must be a non-empty string")
-    for name in ("seq", "capture_monotonic_ns"):
-        _check(_whole(raw.get(name)), "field", f"{name} must be a non-negative integer")
-    for name in ("height", "width"):
-        _check(_whole(raw.get(name), 1), "shape", f"{name} must be a positive integer")
-    _check(raw.get("channels") in (1, 3), "shape", "channels must be 1 or 3")
-    _check(raw.get("pixel_type", "uint8") in PIXEL_TYPES, "dtype", f"pixel type {raw.get('pixel_type')!r}")
-    _check(raw.get("trigger", "free_run") in TRIGGER_MODES, "field", f"trigger {raw.get('trigger')!r}")
-    part_id = raw.get("part_id")
-    _check(part_id is None or _text(part_id), "field", "part_id must be a string or null")
-    deadline = raw.get("deadline_ms")
-    valid_deadline = (
-        isinstance(deadline, int | float) and not isinstance(deadline, bool) and math.isfinite(deadline)
-    )
-    _check(
-        deadline is None or (valid_deadline and deadline > 0),
-        "field",
-        "deadline_ms must be a positive number",
-    )
-    _check(
-        raw["height"] * raw["width"] * raw["channels"] <= MAX_FRAME_PIXELS,
-        "shape",
-        f"declared shape {raw['height']}x{raw['width']}x{raw['channels']} is too large",
-    )
-    return FrameHeader(**raw)
-
-
-def decode_frame(parts: list[bytes] | list[memoryview]) -> tuple[FrameHeader, np.ndarray]:
-    """Validate a frame message and return its header and a (read-only) pixel array view.
-
-    A ProtocolError carries the frame id and camera whenever the header named them validly, so the
-    frame can still be answered with an ERROR verdict.
-    """
-    _check(len(parts) == 3, "parts", f"expected 3 parts [topic, header, pixels], got {len(parts)}")
-    _check(bytes(parts[0]) == FRAME_TOPIC, "topic", f"unexpected topic {bytes(parts[0])[:32]!r}")
-    raw = _parse_header(bytes(parts[1]))
-    frame_id = raw.get("frame_id") if _text(raw.get("frame_id")) else None
-    camera = raw.get("camera") if _text(raw.get("camera")) else None
-    try:
-        header = _frame_header(raw)
-        payload = memoryview(parts[2])
-        _check(
-            payload.nbytes == header.payload_bytes,
-            "size",
-            f"pixel part has {payload.nbytes} bytes, header declares {header.payload_bytes}",
-        )
-    except ProtocolError as error:
-        raise ProtocolError(error.kind, str(error).partition(": ")[2], frame_id, camera) from None
-    shape = (header.height, header.width) if header.channels == 1 else (header.height, header.width, 3)
-    pixels = np.frombuffer(payload, dtype=PIXEL_TYPES[header.pixel_type]).reshape(shape)
-    return header, pixels
-
-
-def encode_expect(header: FrameHeader) -> list[bytes]:
-    """Capture → publisher: a triggered frame was sent and must get exactly one verdict."""
-    return [EXPECT_TOPIC, json.dumps(asdict(header), separators=(",", ":")).encode()]
-
-
-def decode_expect(parts: list[bytes]) -> FrameHeader:
-    _check(len(parts) == 2, "parts", f"expected 2 parts [topic, header], got {len(parts)}")
-    _check(bytes(parts[0]) == EXPECT_TOPIC, "topic", f"unexpected topic {bytes(parts[0])[:32]!r}")
-    return _frame_header(_parse_header(bytes(parts[1])))
-
-
-def encode_trigger(part_id: str) -> list[bytes]:
-    """A software trigger (PLC bridge or MES → capture): take one frame of the part `part_id`."""
-    return [TRIGGER_TOPIC, json.dumps({"schema": SCHEMA_VERSION, "part_id": part_id}).encode()]
-
-
-def decode_trigger(parts: list[bytes]) -> str:
-    """The part id a valid trigger message names."""
-    _check(len(parts) == 2, "parts", f"expected 2 parts [topic, header], got {len(parts)}")
-    _check(bytes(parts[0]) == TRIGGER_TOPIC, "topic", f"unexpected topic {bytes(parts[0])[:32]!r}")
-    raw = _parse_header(bytes(parts[1]))
-    _check(raw.get("schema") == SCHEMA_VERSION, "schema", f"unknown schema version {raw.get('schema')!r}")
-    _check(
-        not set(raw) - {"schema", "part_id"},
-        "field",
-        f"unknown fields {sorted(set(raw) - {'schema', 'part_id'})[:5]}",
-    )
-    _check(_text(raw.get("part_id")), "field", "part_id must be a non-empty string of at most 256 characters")
-    return raw["part_id"]
+def topic(kind: str, station: str, camera: str | None = None) -> bytes:
+    """`kind.station.camera.` (or `kind.station.`): every topic ends with a dot, so that a
+    subscription prefix such as `verdict.line1.cam1.` never also matches camera `cam10`."""
+    return f"{kind}.{station}.{camera}.".encode() if camera else f"{kind}.{station}.".encode()
 
 
 def verdict_topic(station: str, camera: str) -> bytes:
-    return f"verdict.{station}.{camera}".encode()
+    return topic("verdict", station, camera)
+
+
+def verdict_body(message: VerdictMessage) -> dict[str, Any]:
+    body = asdict(message)
+    body["verdict"] = Verdict(message.verdict).value
+    return body
 
 
 def encode_verdict(message: VerdictMessage) -> list[bytes]:
-    body = asdict(message)
-    body["verdict"] = message.verdict.value
-    return [verdict_topic(message.station, message.camera), json.dumps(body, separators=(",", ":")).encode()]
+    body = verdict_body(message)
+    _validate(body, _VERDICT_RULES, _VERDICT_REQUIRED)
+    return [verdict_topic(message.station, message.camera), dump_json(body)]
 
 
-def encode_result(verdict: VerdictMessage, mask_png: bytes | None) -> list[bytes]:
-    """Worker (or capture) → publisher: the verdict message's two parts, then the mask PNG (empty if none)."""
-    return [*encode_verdict(verdict), mask_png or b""]
+def verdict_from_body(raw: dict[str, Any]) -> VerdictMessage:
+    """A verdict from its decoded JSON header (as in a replay reply), validated."""
+    _validate(raw, _VERDICT_RULES, _VERDICT_REQUIRED)
+    return VerdictMessage(**{**raw, "verdict": Verdict(raw["verdict"])})
 
 
-def decode_verdict(parts: list[bytes]) -> VerdictMessage:
+def decode_verdict(parts: Sequence[Any]) -> VerdictMessage:
     """Validate a verdict message (what subscribers receive)."""
-    _check(len(parts) == 2, "parts", f"expected 2 parts [topic, header], got {len(parts)}")
-    raw = _parse_header(bytes(parts[1]))
-    _check(raw.get("schema") == SCHEMA_VERSION, "schema", f"unknown schema version {raw.get('schema')!r}")
-    known = set(VerdictMessage.__dataclass_fields__)
-    _check(not set(raw) - known, "field", f"unknown fields {sorted(set(raw) - known)[:5]}")
-    try:
-        raw["verdict"] = Verdict(raw.get("verdict"))
-        message = VerdictMessage(**raw)
-    except (TypeError, ValueError) as exc:
-        raise ProtocolError("field", str(exc)) from None
+    _parts(parts, 2, None)
+    message = verdict_from_body(_parse_header(parts[1]))
     _check(
         bytes(parts[0]) == verdict_topic(message.station, message.camera),
         "topic",
         f"topic {bytes(parts[0])[:64]!r} does not match station and camera",
     )
     return message
+
+
+def check_png(data: bytes | memoryview) -> tuple[int, int]:
+    """Width and height of an 8-bit greyscale PNG, checked from its signature and header chunk."""
+    head = bytes(data[:33])
+    _check(
+        len(head) == 33 and head[:8] == PNG_SIGNATURE and head[12:16] == b"IHDR",
+        "mask",
+        "the mask is not a PNG",
+    )
+    width, height, depth, colour = struct.unpack(">IIBB", head[16:26])
+    _check(width > 0 and height > 0, "mask", "the mask PNG has no pixels")
+    _check(depth == 8 and colour == 0, "mask", "the mask PNG must be 8-bit greyscale")
+    return width, height
+
+
+def encode_result(verdict: VerdictMessage, mask_png: bytes | None) -> list[bytes]:
+    """Worker (or capture) → publisher: the verdict's two parts, then the mask PNG (empty if none)."""
+    if mask_png and verdict.verdict not in MASKED_VERDICTS:
+        raise ProtocolError("mask", f"a {verdict.verdict} verdict carries no mask")
+    return [*encode_verdict(_with_mask_flag(verdict, bool(mask_png))), mask_png or b""]
+
+
+def _with_mask_flag(verdict: VerdictMessage, has_mask: bool) -> VerdictMessage:
+    return verdict if verdict.has_mask == has_mask else replace(verdict, has_mask=has_mask)
+
+
+def decode_result(parts: Sequence[Any]) -> tuple[VerdictMessage, bytes | None]:
+    """A worker's or capture's result: the typed verdict and its checked mask PNG (or None)."""
+    _parts(parts, 3, None)
+    message = decode_verdict(parts[:2])
+    mask = bytes(parts[2]) or None
+    _check(message.has_mask == (mask is not None), "mask", "has_mask does not match the mask part")
+    if mask is not None:
+        _check(message.verdict in MASKED_VERDICTS, "mask", f"a {message.verdict} verdict carries no mask")
+        check_png(mask)
+    return message, mask
+
+
+# ---- mask and heartbeat (publisher → subscribers) -------------------------------------------------
+@dataclass(frozen=True)
+class MaskHeader:
+    station: str
+    camera: str
+    frame_id: str
+    epoch: int = 0
+    seq: int = 0
+    schema: int = SCHEMA_VERSION
+
+
+_MASK_RULES = {
+    "station": _Rule(is_name, NAME_MEANING),
+    "camera": _Rule(is_name, NAME_MEANING),
+    "frame_id": _Rule(_text, "printable text of 1-256 characters"),
+    "epoch": _Rule(_whole, "a non-negative integer"),
+    "seq": _Rule(_whole, "a non-negative integer"),
+}
+
+
+def encode_mask(header: MaskHeader, png: bytes) -> list[bytes]:
+    body = asdict(header)
+    _validate(body, _MASK_RULES, list(_MASK_RULES))
+    check_png(png)
+    return [topic("mask", header.station, header.camera), dump_json(body), png]
+
+
+def decode_mask(parts: Sequence[Any]) -> tuple[MaskHeader, bytes]:
+    _parts(parts, 3, None)
+    raw = _parse_header(parts[1])
+    _validate(raw, _MASK_RULES, list(_MASK_RULES))
+    header = MaskHeader(**raw)
+    _check(bytes(parts[0]) == topic("mask", header.station, header.camera), "topic", "topic mismatch")
+    png = bytes(parts[2])
+    check_png(png)
+    return header, png
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    station: str
+    published: int  # verdicts published in this epoch
+    epoch: int = 0
+    seq: int = 0
+    schema: int = SCHEMA_VERSION
+
+
+_HEARTBEAT_RULES = {
+    "station": _Rule(is_name, NAME_MEANING),
+    "published": _Rule(_whole, "a non-negative integer"),
+    "epoch": _Rule(_whole, "a non-negative integer"),
+    "seq": _Rule(_whole, "a non-negative integer"),
+}
+
+
+def encode_heartbeat(beat: Heartbeat) -> list[bytes]:
+    body = asdict(beat)
+    _validate(body, _HEARTBEAT_RULES, list(_HEARTBEAT_RULES))
+    return [topic("heartbeat", beat.station), dump_json(body)]
+
+
+def decode_heartbeat(parts: Sequence[Any]) -> Heartbeat:
+    _parts(parts, 2, None)
+    raw = _parse_header(parts[1])
+    _validate(raw, _HEARTBEAT_RULES, list(_HEARTBEAT_RULES))
+    beat = Heartbeat(**raw)
+    _check(bytes(parts[0]) == topic("heartbeat", beat.station), "topic", "topic mismatch")
+    return beat
+
+
+# ---- requests and replies (REQ/REP: the publisher's latest/replay query, worker control) -----------
+@dataclass(frozen=True)
+class Query:
+    """To the publisher's query endpoint: a camera's latest verdict, or (with `after_seq`) the
+    verdicts it published for that camera after `after_seq` of `epoch` (what a subscriber missed)."""
+
+    camera: str
+    epoch: int | None = None
+    after_seq: int | None = None
+
+
+_QUERY_RULES = {
+    "camera": _Rule(is_name, NAME_MEANING),
+    "epoch": _Rule(_optional(_whole), "a non-negative integer or null"),
+    "after_seq": _Rule(_optional(_whole), "a non-negative integer or null"),
+}
+_CONTROL_RULES = {
+    "command": _Rule(lambda v: isinstance(v, str) and v in CONTROL_COMMANDS, "status or reload")
+}
+
+
+def _single(parts: Sequence[Any]) -> dict[str, Any]:
+    _parts(parts, 1, None)
+    return _parse_header(parts[0])
+
+
+def encode_query(query: Query) -> list[bytes]:
+    body = {"schema": SCHEMA_VERSION, **{k: v for k, v in asdict(query).items() if v is not None}}
+    _validate(body, _QUERY_RULES, ["camera"])
+    return [dump_json(body)]
+
+
+def decode_query(parts: Sequence[Any]) -> Query:
+    raw = _single(parts)
+    _validate(raw, _QUERY_RULES, ["camera"])
+    query = Query(**{k: v for k, v in raw.items() if k != "schema"})
+    _check((query.epoch is None) == (query.after_seq is None), "field", "epoch and after_seq go together")
+    return query
+
+
+def encode_control(command: str) -> list[bytes]:
+    body = {"schema": SCHEMA_VERSION, "command": command}
+    _validate(body, _CONTROL_RULES, ["command"])
+    return [dump_json(body)]
+
+
+def decode_control(parts: Sequence[Any]) -> str:
+    raw = _single(parts)
+    _validate(raw, _CONTROL_RULES, ["command"])
+    return raw["command"]
+
+
+def encode_reply(ok: bool, **fields: Any) -> list[bytes]:
+    """Every REP answer: `{"schema", "ok", ...}`; `ok: false` comes with `error` (and `kind`)."""
+    return [dump_json({"schema": SCHEMA_VERSION, "ok": ok, **fields})]
+
+
+def decode_reply(parts: Sequence[Any]) -> dict[str, Any]:
+    raw = _single(parts)
+    _check(raw.get("schema") == SCHEMA_VERSION and _whole(raw.get("schema")), "schema", "unknown schema")
+    _check(isinstance(raw.get("ok"), bool), "field", "ok must be true or false")
+    return raw

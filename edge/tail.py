@@ -33,6 +33,11 @@ def _main(argv: list[str] | None) -> int:
         help="give up after this many seconds without any message, heartbeats included (default 10)",
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per verdict instead of a line")
+    parser.add_argument(
+        "--query",
+        metavar="ENDPOINT",
+        help="the publisher's latest/replay endpoint: verdicts missed in a gap or a restart are fetched",
+    )
     parser.add_argument("--client-key", help="CURVE: this subscriber's .key_secret (edge-keys)")
     parser.add_argument("--server-key", help="CURVE: the publisher's public .key")
     args = parser.parse_args(argv)
@@ -41,15 +46,29 @@ def _main(argv: list[str] | None) -> int:
         raise UsageError("CURVE needs both --client-key and --server-key")
     curve = CurveClient(args.client_key, args.server_key) if args.client_key else None
     shown = 0
-    with Subscriber(args.endpoint, args.station, topics=("verdict", "heartbeat"), curve=curve) as subscriber:
+    subscriber = Subscriber(
+        args.endpoint, args.station, topics=("verdict", "heartbeat"), curve=curve, query_endpoint=args.query
+    )
+    restarts = 0
+    with subscriber:
         for event in subscriber.events(args.timeout):
+            if subscriber.restarts > restarts:  # reported once, on whichever topic shows it first
+                restarts = subscriber.restarts
+                log.warning(
+                    "publisher restarted (epoch %d, restart %d seen); verdicts published while this "
+                    "client reconnected are %s",
+                    event.epoch,
+                    restarts,
+                    "fetched (--query)" if args.query else "lost unless fetched (--query)",
+                )
             if event.gap:
                 log.warning("%d message(s) lost on %s before seq %d", event.gap, event.topic, event.seq)
             if event.verdict is None:
                 continue
             verdict = event.verdict
             if args.json:
-                print(json.dumps({**asdict(verdict), "verdict": verdict.verdict.value}), flush=True)
+                record = {**asdict(verdict), "verdict": verdict.verdict.value, "replayed": event.replayed}
+                print(json.dumps(record), flush=True)
             else:
                 score = "-" if verdict.score is None else f"{verdict.score:.3f}"
                 print(
@@ -62,7 +81,13 @@ def _main(argv: list[str] | None) -> int:
             shown += 1
             if args.count is not None and shown >= args.count:
                 return 0
-        log.error("nothing heard from %s for %.0f s (lost: %d)", args.endpoint, args.timeout, subscriber.lost)
+        log.error(
+            "nothing heard from %s for %.0f s (lost: %d, restarts: %d)",
+            args.endpoint,
+            args.timeout,
+            subscriber.lost,
+            subscriber.restarts,
+        )
     return EXIT_NO_TRAFFIC
 
 

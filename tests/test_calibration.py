@@ -29,7 +29,7 @@ from edge.pipeline.inspection import Bank
 from edge.pipeline.publisher import Publisher, PublisherSettings
 from edge.pipeline.sources import SyntheticSource
 from edge.pipeline.worker import Worker, WorkerSettings
-from edge.protocol import FrameHeader, encode_frame
+from edge.protocol import FrameHeader, decode_reply, encode_control, encode_frame
 
 
 @pytest.fixture(scope="module")
@@ -258,10 +258,10 @@ def test_worker_switches_banks_between_frames_on_reload(tmp_path, bank_store, sy
         sender.send_multipart(encode_frame(header, image))
         if seq == 15:
             store.publish(new)
-            control.send(json.dumps({"command": "reload"}).encode())
+            control.send_multipart(encode_control("reload"))
         time.sleep(0.03)
     assert control.poll(30_000), "the worker did not answer the reload request"
-    reply = json.loads(control.recv())
+    reply = decode_reply(control.recv_multipart())
     verdicts = {}
     while len(verdicts) < 40 and results.poll(10_000):
         body = json.loads(results.recv_multipart()[1])
@@ -271,7 +271,7 @@ def test_worker_switches_banks_between_frames_on_reload(tmp_path, bank_store, sy
     for thread in threads:
         thread.join(10)
     context.destroy(linger=0)
-    assert reply == {"ok": True, "bank_id": "banks", "bank_version": "v0002"}
+    assert reply == {"schema": 2, "ok": True, "bank_id": "banks", "bank_version": "v0002"}
     assert sorted(verdicts) == sorted(f"f{i}" for i in range(40)) and worker.counters.frames_in == 40
     versions = [verdicts[f"f{i}"]["bank_version"] for i in range(40)]
     switch = versions.index("v0002")

@@ -35,11 +35,14 @@ def test_ledger_answers_each_frame_once():
     ledger.expect(header("a"), now_s=0.0)
     ledger.expect(header("b", None), now_s=0.0)
     assert ledger.answer("a") is True
+    ledger.published("a", triggered=True)
     assert ledger.answer("a") is False  # a duplicate
     assert [h.frame_id for h in ledger.overdue(0.5)] == []
     assert [h.frame_id for h in ledger.overdue(1.01)] == ["b"]  # the default deadline applies
+    ledger.published("b", triggered=True)  # its TIMEOUT went out
     assert ledger.answer("b") is False and ledger.late == 2
     assert ledger.answer("c") is True  # free-run frames are never announced
+    ledger.published("c", triggered=False)
     ledger.expect(header("c"), now_s=2.0)  # an announcement overtaken by its verdict
     assert ledger.overdue(10.0) == []
 
@@ -138,3 +141,24 @@ def test_stopping_publisher_answers_announced_parts_it_never_got_a_verdict_for(t
     context.destroy(linger=0)
     assert event is not None and event.verdict.frame_id == "part-1"
     assert event.verdict.verdict == Verdict.ERROR and "edge stopped" in event.verdict.error
+
+
+def test_a_restarted_publisher_takes_over_the_ledger_from_its_journal(tmp_path):
+    """Parts announced to a publisher that is then killed (no clean close) are awaited by the next
+    one; parts it answered are not answered again; a line torn by the kill is skipped."""
+    journal = tmp_path / "ledger.journal"
+    first = Ledger(default_deadline_ms=1000, grace_ms=0, journal=journal)
+    for name in ("a", "b", "c"):
+        first.expect(header(name, deadline_ms=60_000), now_s=time.monotonic())
+    first.published("a", triggered=True)
+    with journal.open("ab") as torn:
+        torn.write(b'{"expect": {"station": "s", "cam')  # what a kill mid-write leaves
+    second = Ledger(default_deadline_ms=1000, grace_ms=0, journal=journal)
+    assert second.recovered == 2 and sorted(second.outstanding) == ["b", "c"]
+    assert second.answer("a") is False  # answered by the first publisher
+    assert second.answer("b") is True
+    second.published("b", triggered=True)
+    assert [h.frame_id for h in second.overdue(time.monotonic() + 61)] == ["c"]
+    second.close()
+    third = Ledger(journal=journal)  # the journal was rewritten whole: nothing torn is left
+    assert sorted(third.outstanding) == ["c"] and b"cam\n" not in journal.read_bytes()

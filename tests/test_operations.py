@@ -93,6 +93,8 @@ def test_the_watchdog_stops_while_inference_is_stuck(tmp_path, systemd_socket, m
     gate = threading.Event()
 
     class StuckModel:
+        placement = fitted_model.placement
+
         def score(self, images, timer=None):
             gate.wait()
             return fitted_model.score(images, timer)

@@ -17,7 +17,7 @@ from edge.imageio import read_image
 from edge.pipeline.inspection import Bank
 from edge.pipeline.publisher import Publisher, PublisherSettings
 from edge.pipeline.worker import Worker, WorkerSettings
-from edge.protocol import FrameHeader, Verdict, encode_frame
+from edge.protocol import FrameHeader, Query, Verdict, decode_reply, encode_frame, encode_query
 
 STATION = "line1"
 
@@ -149,9 +149,9 @@ def test_every_frame_gets_exactly_its_engine_score(pipeline, fitted_model, synth
 
     request = pipeline["context"].socket(zmq.REQ)
     request.connect(pipeline["endpoints"]["latest"])
-    request.send(json.dumps({"camera": "cam0"}).encode())
+    request.send_multipart(encode_query(Query("cam0")))
     assert request.poll(5000)
-    assert json.loads(request.recv())["frame_id"] == "f-1001"  # the latest verdict of cam0
+    assert decode_reply(request.recv_multipart())["verdict"]["frame_id"] == "f-1001"  # cam0's latest
     request.close()
 
 
@@ -164,7 +164,7 @@ def _malformed(rng: np.random.Generator, good: list, index: int) -> list:
     if kind == 1:
         return [good[0], b'{"schema": 1, "frame_id": ', bytes(good[2])]  # bad JSON
     if kind == 2:
-        header["schema"] = 2
+        header["schema"] = 1  # the previous version
     elif kind == 3:
         header["height"] = 1_000_000  # declares 480 million values
     elif kind == 4:

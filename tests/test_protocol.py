@@ -1,18 +1,38 @@
 import json
 import random
 
+import cv2
 import numpy as np
 import pytest
 
+from edge.client import subscription
 from edge.protocol import (
     FrameHeader,
+    Heartbeat,
+    MaskHeader,
     ProtocolError,
+    Query,
     Verdict,
     VerdictMessage,
+    decode_control,
     decode_frame,
+    decode_heartbeat,
+    decode_mask,
+    decode_query,
+    decode_reply,
+    decode_result,
+    decode_trigger,
     decode_verdict,
+    encode_control,
     encode_frame,
+    encode_heartbeat,
+    encode_mask,
+    encode_query,
+    encode_reply,
+    encode_result,
+    encode_trigger,
     encode_verdict,
+    verdict_topic,
 )
 
 
@@ -66,16 +86,18 @@ def test_verdict_round_trip():
         defect_area_px=40,
         boxes=[[1, 2, 3, 4]],
         seq=9,
+        epoch=1234,
     )
     assert decode_verdict(encode_verdict(message)) == message
+    assert encode_verdict(message)[0] == b"verdict.s1.cam0."
 
 
 def _mutated_header(raw: dict, rng: random.Random) -> tuple[bytes, str]:
     """A header with one defect, and the kind of error it must raise."""
-    choice = rng.randrange(12)
+    choice = rng.randrange(13)
     body = dict(raw)
     if choice == 0:
-        body["schema"] = rng.choice([0, 2, 99, "1", None])
+        body["schema"] = rng.choice([0, 1, 99, "2", None, True, 2.0])
         return json.dumps(body).encode(), "schema"
     if choice == 1:
         del body[rng.choice(["station", "camera", "capture_utc"])]
@@ -90,7 +112,7 @@ def _mutated_header(raw: dict, rng: random.Random) -> tuple[bytes, str]:
         body["height"], body["width"] = rng.choice([(10**6, 10**6), (2**40, 1), (70_000, 1_000)])
         return json.dumps(body).encode(), "shape"
     if choice == 5:
-        body["pixel_type"] = rng.choice(["float32", "int8", "", 5])
+        body["pixel_type"] = rng.choice(["float32", "int8", "", 5, [], {}, None])
         return json.dumps(body).encode(), "dtype"
     if choice == 6:
         body["channels"] = rng.choice([0, 2, 4, "3"])
@@ -104,9 +126,12 @@ def _mutated_header(raw: dict, rng: random.Random) -> tuple[bytes, str]:
     if choice == 9:
         return rng.choice([b"", b"\xff\xfe\x00", b"[1, 2]", b"null", b'"text"']), "json"
     if choice == 10:
-        body["deadline_ms"] = rng.choice([0, -5, "soon", float("inf")])
+        body["deadline_ms"] = rng.choice([0, -5, "soon", True, [1]])
         return json.dumps(body).encode(), "field"
-    body["trigger"] = rng.choice(["always", "", 3])
+    if choice == 11:
+        body["camera"] = rng.choice(["cam.1", "κάμερα", "", "a" * 65, "line 1", ["c"], {"c": 1}])
+        return json.dumps(body).encode(), "field"
+    body["trigger"] = rng.choice(["always", "", 3, []])
     return json.dumps(body).encode(), "field"
 
 
@@ -152,3 +177,100 @@ def test_errors_name_the_frame_when_the_header_did():
 def test_encoding_checks_pixels_against_header():
     with pytest.raises(ValueError):
         encode_frame(header(), np.zeros((4, 5), np.uint8))
+
+
+def verdict(**changes) -> VerdictMessage:
+    fields = dict(
+        station="s1",
+        camera="cam0",
+        frame_id="f-1",
+        verdict=Verdict.OK,
+        capture_utc="t",
+        capture_monotonic_ns=1,
+    )
+    return VerdictMessage(**{**fields, **changes})
+
+
+PNG = cv2.imencode(".png", np.zeros((4, 5), np.uint8))[1].tobytes()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "kind"),
+    [
+        ("score", "high", "field"),
+        ("score", True, "field"),
+        ("defect_area_px", -5, "field"),
+        ("frame_id", ["unhashable"], "field"),
+        ("camera", {"a": 1}, "field"),
+        ("camera", "line1.cam1", "field"),
+        ("boxes", [[1, 2, 3]], "field"),
+        ("boxes", [[0, 0, 1, 1]] * 300, "field"),
+        ("latency_ms", {"total": -1}, "field"),
+        ("verdict", "MAYBE", "field"),
+        ("has_mask", 1, "field"),
+        ("schema", True, "schema"),
+        ("schema", 2.0, "schema"),
+        ("unknown_field", 1, "field"),
+    ],
+)
+def test_results_are_typed_before_publishing(field, value, kind):
+    topic, body = encode_verdict(verdict())
+    raw = json.loads(body)
+    raw[field] = value
+    with pytest.raises(ProtocolError) as error:
+        decode_result([topic, json.dumps(raw).encode(), b""])
+    assert error.value.kind == kind
+
+
+def test_non_finite_numbers_never_reach_the_wire():
+    for value in (float("nan"), float("inf")):
+        with pytest.raises(ProtocolError):
+            encode_verdict(verdict(score=value))
+    topic, body = encode_verdict(verdict(score=1.0))
+    for token in (b"NaN", b"Infinity", b"-Infinity"):
+        with pytest.raises(ProtocolError) as error:
+            decode_verdict([topic, body.replace(b'"score":1.0', b'"score":' + token)])
+        assert error.value.kind == "json"
+
+
+def test_results_carry_a_png_mask_exactly_when_they_say_so():
+    message, mask = decode_result(encode_result(verdict(verdict=Verdict.NOK), PNG))
+    assert message.has_mask and mask == PNG
+    message, mask = decode_result(encode_result(verdict(), None))
+    assert not message.has_mask and mask is None
+    topic, body = encode_verdict(verdict(has_mask=True))
+    for mask, kind in ((b"not a png", "mask"), (b"", "mask"), (PNG[:20], "mask")):
+        with pytest.raises(ProtocolError) as error:
+            decode_result([topic, body, mask])
+        assert error.value.kind == kind
+    with pytest.raises(ProtocolError):  # ERROR and TIMEOUT verdicts have no mask
+        encode_result(verdict(verdict=Verdict.ERROR), PNG)
+
+
+def test_every_other_message_kind_round_trips_and_refuses_garbage():
+    header_ = MaskHeader("s1", "cam0", "f-1", epoch=5, seq=2)
+    assert decode_mask(encode_mask(header_, PNG)) == (header_, PNG)
+    beat = Heartbeat("s1", published=3, epoch=5, seq=9)
+    assert decode_heartbeat(encode_heartbeat(beat)) == beat
+    assert decode_query(encode_query(Query("cam0"))) == Query("cam0")
+    assert decode_query(encode_query(Query("cam0", 5, 10))) == Query("cam0", 5, 10)
+    assert decode_control(encode_control("reload")) == "reload"
+    assert decode_trigger(encode_trigger("P-1")) == "P-1"
+    assert decode_reply(encode_reply(False, error="x")) == {"schema": 2, "ok": False, "error": "x"}
+    garbage = [[], [b""], [b"{}"], [b"[]"], [b'{"schema": 2}'], [b'{"schema": 2}', b"x"], [b"\xff"]]
+    for decode in (decode_query, decode_control, decode_reply, decode_trigger, decode_heartbeat, decode_mask):
+        for parts in garbage:
+            with pytest.raises(ProtocolError):
+                decode(parts)
+    with pytest.raises(ProtocolError):
+        decode_control([json.dumps({"schema": 2, "command": "shutdown"}).encode()])
+    with pytest.raises(ProtocolError):
+        decode_query([json.dumps({"schema": 2, "camera": "cam0", "epoch": 1}).encode()])
+
+
+def test_topics_end_with_a_dot_so_prefixes_name_one_camera():
+    assert subscription("verdict", "line1", "cam1") == b"verdict.line1.cam1."
+    assert not verdict_topic("line1", "cam10").startswith(subscription("verdict", "line1", "cam1"))
+    assert verdict_topic("line1", "cam1").startswith(subscription("verdict", "line1"))
+    with pytest.raises(ValueError):
+        subscription("verdict", "line.1")

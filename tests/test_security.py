@@ -3,7 +3,6 @@ file edge loads (configuration, bank, weights) can run code."""
 
 from __future__ import annotations
 
-import json
 import pickle
 import shutil
 import threading
@@ -17,6 +16,7 @@ from edge.engine.weights import load_state_dict
 from edge.errors import ArtifactError, WeightsError
 from edge.keys import main as keys_main
 from edge.pipeline.publisher import Publisher, PublisherSettings
+from edge.protocol import Query, decode_reply, encode_query
 from edge.security import CurveClient, CurveServer
 
 
@@ -72,8 +72,8 @@ def test_only_allowed_subscribers_hear_a_curve_publisher(tmp_path, keys):
         if curve_client:
             curve_client.secure(request)
         request.connect(f"ipc://{tmp_path}/latest")
-        request.send(json.dumps({"camera": "c"}).encode())
-        answers.append(request.recv() if request.poll(2000) else None)
+        request.send_multipart(encode_query(Query("c")))
+        answers.append(decode_reply(request.recv_multipart())["verdict"] if request.poll(2000) else False)
         request.close()
     stop.set()
     running.join(10)
@@ -82,7 +82,7 @@ def test_only_allowed_subscribers_hear_a_curve_publisher(tmp_path, keys):
     context.destroy(linger=0)
     assert heard is not None and heard.heartbeat is not None
     assert others == [None, None]
-    assert answers == [b"null", None]  # the allowed client is answered; plaintext is not
+    assert answers == [None, False]  # the allowed client is answered (no verdict yet); plaintext is not
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")

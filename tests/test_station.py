@@ -7,115 +7,23 @@ import signal
 import subprocess
 import sys
 import time
-from collections import defaultdict
-from pathlib import Path
 
 import pytest
 import yaml
 import zmq
+from station_kit import (
+    STATION,
+    Line,
+    child_pid,
+    start_station,
+    station_config,
+    stop_station,
+    wait_for_worker,
+)
 
-from edge.client import Subscriber, control_request
-from edge.protocol import Verdict, encode_trigger
+from edge.client import Subscriber
+from edge.protocol import Verdict
 from edge.services.supervisor import EXIT_RESTART_LIMIT, main
-
-STATION = "st1"
-
-
-def station_config(folder: Path, bank: Path, **supervisor: float) -> Path:
-    ipc = {
-        name: f"ipc://{folder}/{name}" for name in ("frames", "results", "pub", "latest", "control", "trig")
-    }
-    config = {
-        "station": STATION,
-        "bank": {"path": str(bank)},
-        "endpoints": {k: ipc[k] for k in ("frames", "results", "latest", "control")}
-        | {"publish": ipc["pub"]},
-        "cameras": [
-            {
-                "name": "cam0",
-                "source": {"kind": "synthetic", "size": 160, "defect_rate": 0.3, "seed": 5},
-                "trigger": "triggered",
-                "trigger_endpoint": ipc["trig"],
-                "deadline_ms": 3000,
-            }
-        ],
-        "worker": {"max_batch": 4, "max_wait_ms": 5},
-        "publisher": {"heartbeat_s": 0.2, "default_deadline_ms": 3000},
-        "supervisor": {"restart_burst": 3, "restart_interval_s": 60, "drain_timeout_s": 20, **supervisor},
-    }
-    path = folder / "station.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def start_station(config: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "edge.services.supervisor", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def child_pid(parent: int, module: str) -> int | None:
-    """The pid of `parent`'s child running `python -m module` (Linux /proc)."""
-    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-    for pid in children:
-        try:
-            if module in Path(f"/proc/{pid}/cmdline").read_bytes().decode().replace("\0", " "):
-                return int(pid)
-        except FileNotFoundError:
-            continue
-    return None
-
-
-def wait_for_worker(endpoint: str, timeout_s: float = 60) -> dict:
-    """Ask the worker's control endpoint for its status until it answers (it binds once its bank loaded)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        reply = control_request(endpoint, "status", 1.0)
-        if reply is not None:
-            return reply
-    raise AssertionError(f"the worker did not answer on {endpoint} within {timeout_s} s")
-
-
-class Line:
-    """Sends triggers to the station and collects what its publisher says about each part."""
-
-    def __init__(self, context: zmq.Context, folder: Path) -> None:
-        self.trigger = context.socket(zmq.PUSH)
-        self.trigger.setsockopt(zmq.LINGER, 1000)
-        self.trigger.connect(f"ipc://{folder}/trig")
-        self.subscriber = Subscriber(
-            f"ipc://{folder}/pub", STATION, topics=("verdict", "heartbeat"), context=context
-        )
-        self.verdicts: dict[str, list] = defaultdict(list)
-
-    def wait_for_publisher(self) -> None:
-        assert self.subscriber.receive(30) is not None, "the publisher did not start"
-
-    def trigger_parts(self, names: list[str], period_s: float = 0.05) -> None:
-        for name in names:
-            self.trigger.send_multipart(encode_trigger(name))
-            self.collect(period_s)
-
-    def collect(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while (remaining := end - time.monotonic()) > 0:
-            event = self.subscriber.receive(remaining)
-            if event is not None and event.verdict is not None:
-                self.verdicts[event.verdict.part_id].append(event.verdict)
-
-    def collect_until_answered(self, parts: list[str], timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not all(self.verdicts.get(p) for p in parts):
-            self.collect(0.2)
-
-
-def stop_station(station: subprocess.Popen) -> tuple[int, str]:
-    station.send_signal(signal.SIGTERM)
-    output, _ = station.communicate(timeout=60)
-    return station.returncode, output
 
 
 def test_worker_killed_mid_stream_every_part_gets_exactly_one_verdict(tmp_path, bank_store):

@@ -33,12 +33,14 @@ from edge.client import Subscriber
 from edge.errors import UsageError
 from edge.protocol import Verdict, VerdictMessage
 from edge.security import CurveClient
+from edge.services.sdnotify import stop_on_signals
 
 log = logging.getLogger("edge.modbus")
 VERDICT_CODES = {Verdict.OK: 1, Verdict.NOK: 2, Verdict.ERROR: 3, Verdict.TIMEOUT: 4}
 PART_ID_CHARS = 16
 ALIVE_OFFSET = 12
 RECONNECT_S = 1.0
+SILENCE_LOG_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ class Bridge:
         self.last_heard = -math.inf
         self.alive: bool | None = None
         self.written = 0
+        self.next_alive_write = 0.0
+        self.next_silence_log = time.monotonic() + self.settings.alive_timeout_s
 
     def _write(self, offset: int, words: list[int]) -> bool:
         try:
@@ -100,11 +104,23 @@ class Bridge:
             self.plc.close()
             return False
 
-    def _set_alive(self, alive: bool) -> None:
-        if alive != self.alive and self._write(ALIVE_OFFSET, [int(alive)]):
-            if self.alive is not None or not alive:
+    def _set_alive(self, alive: bool, now: float) -> None:
+        """Write the alive word when it changes, and again every --alive-timeout seconds (a PLC
+        restarted meanwhile gets the truth back); while the station is silent, say so every minute."""
+        due = now >= self.next_alive_write
+        if (alive != self.alive or due) and self._write(ALIVE_OFFSET, [int(alive)]):
+            if alive != self.alive and (self.alive is not None or not alive):
                 log.log(logging.INFO if alive else logging.WARNING, "vision alive: %s", alive)
             self.alive = alive
+            self.next_alive_write = now + self.settings.alive_timeout_s
+        if not alive and now >= self.next_silence_log:
+            silent = (
+                "since the bridge started"
+                if math.isinf(self.last_heard)
+                else f"for {now - self.last_heard:.0f} s"
+            )
+            log.warning("nothing heard from station %s %s", self.settings.station, silent)
+            self.next_silence_log = now + SILENCE_LOG_S
 
     def step(self, timeout_s: float = 0.2) -> None:
         event = self.subscriber.receive(timeout_s)
@@ -115,15 +131,17 @@ class Bridge:
             if verdict is not None and self.settings.camera in (None, verdict.camera):
                 if event.gap:
                     log.warning("%d verdict(s) lost on %s before seq %d", event.gap, event.topic, event.seq)
+                if event.restart:
+                    log.warning("the station's publisher restarted (epoch %d)", event.epoch)
                 while not self._write(0, verdict_registers(verdict)):
                     time.sleep(RECONNECT_S)  # a verdict is never skipped: the PLC waits for this part
                 self.written += 1
-        self._set_alive(now - self.last_heard < self.settings.alive_timeout_s)
+        self._set_alive(now - self.last_heard < self.settings.alive_timeout_s, now)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             self.step()
-        self._set_alive(False)
+        self._set_alive(False, time.monotonic())
         self.close()
 
     def close(self) -> None:
@@ -168,8 +186,6 @@ def _main(argv: list[str] | None) -> int:
         alive_timeout_s=args.alive_timeout,
         curve=CurveClient(args.client_key, args.server_key) if args.client_key else None,
     )
-    from edge.services.runtime import stop_on_signals
-
     stop = stop_on_signals()
     Bridge(settings).run(stop)
     return 0

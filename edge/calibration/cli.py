@@ -198,6 +198,8 @@ def _main(argv: list[str] | None) -> int:
     report: dict[str, Any] = {"store": str(root)}
 
     if args.list:
+        if not store.versions():
+            raise UsageError(f"{root} holds no bank versions: is it the folder edge-calibrate --out wrote?")
         print(json.dumps(_versions(store), indent=2))
         return 0
     if args.rollback:

@@ -19,7 +19,9 @@ import zmq
 from edge.calibration.quality import DuplicateFilter, FrameStats
 from edge.client import control_request
 from edge.errors import ConfigError, UsageError
+from edge.imageio import to_uint8
 from edge.protocol import ProtocolError, decode_frame
+from edge.sockets import FRAME_BYTES, open_socket
 
 log = logging.getLogger("edge.calibrate")
 PROBE_S = 2.0  # a running worker answers a status request at once (between two micro-batches)
@@ -30,10 +32,8 @@ def collect_frames(
 ) -> tuple[list[np.ndarray], Counter]:
     """`count` distinct frames from capture (those skipped counted by reason)."""
     context = zmq.Context()
-    socket = context.socket(zmq.PULL)
-    socket.setsockopt(zmq.LINGER, 0)
     try:
-        socket.bind(endpoint)
+        socket = open_socket(context, zmq.PULL, endpoint, bind=True, max_message_bytes=FRAME_BYTES)
     except zmq.ZMQError as exc:
         context.destroy(linger=0)
         raise ConfigError(
@@ -58,7 +58,7 @@ def collect_frames(
             if duplicates.seen(FrameStats.of(pixels)):
                 skipped["near_duplicate"] += 1
             else:
-                frames.append(np.array(pixels))
+                frames.append(to_uint8(np.array(pixels)))
             if progress is not None:
                 progress(len(frames), skipped)
     finally:

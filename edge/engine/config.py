@@ -26,8 +26,8 @@ class InputGeometry:
     roi: tuple[int, int, int, int] | None = None
 
     def __post_init__(self) -> None:
-        if self.resize < 32:
-            raise UsageError(f"input resize must be at least 32 pixels, got {self.resize}")
+        if not 32 <= self.resize <= 1024:
+            raise UsageError(f"input resize must lie in [32, 1024] pixels, got {self.resize}")
         if self.crop is not None and not 32 <= self.crop <= self.resize:
             raise UsageError(f"crop must lie in [32, resize={self.resize}], got {self.crop}")
         if self.roi is not None and (len(self.roi) != 4 or min(self.roi[2:]) <= 0 or min(self.roi[:2]) < 0):

@@ -14,6 +14,13 @@ import numpy as np
 from edge.engine.config import InputGeometry
 from edge.errors import ImageError
 
+# Bounds on what one frame can cost, whatever its header says: a 1 x 20000 frame would otherwise be
+# enlarged to 256 x 5,120,000 before the crop (gigabytes). Line-scan frames up to 32:1 are scored
+# whole; longer ones through an roi. Enlarging more than 16 times invents the detail it inspects.
+MAX_ASPECT_RATIO = 32
+MAX_UPSCALE = 16
+MAX_INPUT_PIXELS = 2048 * 2048  # the whole-frame network input (7168 x 224 at 32:1 is 1.6 M)
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -29,17 +36,21 @@ class Placement:
         return self.crop_box[2], self.crop_box[3]
 
 
-def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """Accept HxW, HxWx1 or HxWx3 uint8 (greyscale is replicated to three channels)."""
+def _check_layout(image: np.ndarray) -> np.ndarray:
+    """HxW, HxWx1 or HxWx3 uint8 → HxW or HxWx3 (a view), or ImageError."""
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
         raise ImageError(f"images must be uint8 numpy arrays, got {getattr(image, 'dtype', type(image))}")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
-    if image.ndim == 2:
-        return np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim == 3 and image.shape[2] == 3:
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3):
         return image
     raise ImageError(f"images must be HxW, HxWx1 or HxWx3, got shape {image.shape}")
+
+
+def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Accept HxW, HxWx1 or HxWx3 uint8 (greyscale is replicated to three channels)."""
+    image = _check_layout(image)
+    return np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
 
 
 def _resize(image: np.ndarray, hw: tuple[int, int], nearest: bool = False) -> np.ndarray:
@@ -51,14 +62,30 @@ def _resize(image: np.ndarray, hw: tuple[int, int], nearest: bool = False) -> np
 
 
 def place(frame_hw: tuple[int, int], geometry: InputGeometry) -> Placement:
-    """Compute where the network input comes from; raises ImageError if the ROI leaves the frame."""
+    """Compute where the network input comes from; raises ImageError (`shape: ...`) if the ROI
+    leaves the frame or the frame's shape would cost unbounded work (see MAX_ASPECT_RATIO)."""
     height, width = frame_hw
     x, y, roi_w, roi_h = geometry.roi if geometry.roi is not None else (0, 0, width, height)
     if x + roi_w > width or y + roi_h > height:
-        raise ImageError(f"roi {geometry.roi} does not fit a {width}x{height} frame")
+        raise ImageError(f"shape: roi {geometry.roi} does not fit a {width}x{height} frame")
+    if max(roi_h, roi_w) > MAX_ASPECT_RATIO * min(roi_h, roi_w):
+        raise ImageError(
+            f"shape: a {roi_w}x{roi_h} frame (or roi) is longer than {MAX_ASPECT_RATIO}:1; "
+            "inspect it through an roi or in sections"
+        )
+    if geometry.resize > MAX_UPSCALE * min(roi_h, roi_w):
+        raise ImageError(
+            f"shape: a {roi_w}x{roi_h} frame (or roi) is too small for a {geometry.resize}-pixel input "
+            f"(it would be enlarged more than {MAX_UPSCALE} times)"
+        )
     scale = geometry.resize / min(roi_h, roi_w)
     resized = (max(1, round(roi_h * scale)), max(1, round(roi_w * scale)))
     if geometry.crop is None:
+        if resized[0] * resized[1] > MAX_INPUT_PIXELS:
+            raise ImageError(
+                f"shape: a {roi_w}x{roi_h} frame at {geometry.resize} px is a network input of "
+                f"{resized[1]}x{resized[0]}, more than {MAX_INPUT_PIXELS} pixels"
+            )
         crop_box = (0, 0, *resized)
     else:
         crop = geometry.crop
@@ -75,24 +102,46 @@ def _to_input(image: np.ndarray, placement: Placement, nearest: bool) -> np.ndar
 
 def prepare(image: np.ndarray, geometry: InputGeometry) -> tuple[np.ndarray, Placement]:
     """Frame → HxWx3 uint8 network input and its placement."""
-    rgb = as_rgb_uint8(image)
-    placement = place(rgb.shape[:2], geometry)
-    return _to_input(rgb, placement, nearest=False), placement
+    image = _check_layout(image)
+    placement = place(image.shape[:2], geometry)
+    pixels = _to_input(image, placement, nearest=False)  # resized first: a large mono frame is
+    return as_rgb_uint8(pixels), placement  # never replicated to three channels at full size
+
+
+def mask_to_frame(mask: np.ndarray, placement: Placement) -> np.ndarray:
+    """A boolean input-geometry mask laid back on the original frame as uint8 0/255, smoothly
+    (linear interpolation, then halfway), using memory of the frame's size in uint8 only."""
+    frame = map_to_frame(mask.astype(np.uint8) * 255, placement)
+    cv2.threshold(frame, 127, 255, cv2.THRESH_BINARY, dst=frame)
+    return frame
+
+
+def box_to_frame(box: tuple[int, int, int, int], placement: Placement) -> list[int]:
+    """An [x, y, width, height] box in input pixels → the frame pixels it covers."""
+    top, left, _, _ = placement.crop_box
+    x, y, w, h = placement.roi
+    scale_y, scale_x = h / placement.resized_hw[0], w / placement.resized_hw[1]
+    x0, y0 = x + int((box[0] + left) * scale_x), y + int((box[1] + top) * scale_y)
+    x1 = min(x + w, x + int(np.ceil((box[0] + box[2] + left) * scale_x)))
+    y1 = min(y + h, y + int(np.ceil((box[1] + box[3] + top) * scale_y)))
+    return [x0, y0, max(1, x1 - x0), max(1, y1 - y0)]
 
 
 def mask_to_input(mask: np.ndarray, placement: Placement) -> np.ndarray:
     """Apply a frame's placement to its ground-truth mask (nearest neighbour, stays binary)."""
     if mask.shape[:2] != placement.frame_hw:
-        mask = cv2.resize(mask, placement.frame_hw[::-1], interpolation=cv2.INTER_NEAREST)
+        raise ImageError(f"a {mask.shape[1]}x{mask.shape[0]} mask does not fit a {placement.frame_hw[1]}x"
+                         f"{placement.frame_hw[0]} frame")  # fmt: skip
     return _to_input(mask, placement, nearest=True)
 
 
 def map_to_frame(anomaly_map: np.ndarray, placement: Placement, fill: float = 0.0) -> np.ndarray:
-    """Lay an input-geometry map back on the original frame; pixels never inspected get `fill`."""
+    """Lay an input-geometry map (float32, or uint8 for masks) back on the original frame; pixels
+    never inspected get `fill`."""
     top, left, ch, cw = placement.crop_box
-    resized = np.full(placement.resized_hw, fill, dtype=np.float32)
+    resized = np.full(placement.resized_hw, fill, dtype=anomaly_map.dtype)
     resized[top : top + ch, left : left + cw] = anomaly_map
     x, y, w, h = placement.roi
-    frame = np.full(placement.frame_hw, fill, dtype=np.float32)
+    frame = np.full(placement.frame_hw, fill, dtype=anomaly_map.dtype)
     frame[y : y + h, x : x + w] = cv2.resize(resized, (w, h), interpolation=cv2.INTER_LINEAR)
     return frame

@@ -23,7 +23,7 @@ from edge.engine.backbones import Backbone, build_backbone
 from edge.engine.config import EngineConfig
 from edge.engine.coreset import greedy_coreset, random_projection
 from edge.engine.features import PatchEmbedder, equal_variance_scales
-from edge.engine.geometry import Placement, map_to_frame, prepare
+from edge.engine.geometry import Placement, map_to_frame, place, prepare
 from edge.engine.scoring import anomaly_map, reweighting_factor
 from edge.engine.search import build_index
 from edge.errors import UsageError
@@ -102,6 +102,25 @@ class _TrainingSummary:
         }
 
 
+def torch_device(name: str) -> torch.device:
+    """The torch device `name` names, or UsageError when it cannot run here (no traceback)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"unsupported device {name!r}; use cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(
+                f"device {name!r} asked for, but no CUDA GPU is usable here (no NVIDIA driver or GPU, "
+                "or a CPU build of torch); use --device cpu"
+            )
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise UsageError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return device
+
+
 class PatchCore:
     """A fitted PatchCore model: backbone, memory bank and everything needed to score."""
 
@@ -116,7 +135,7 @@ class PatchCore:
         self.config = config
         self.backbone = backbone
         self.info = info
-        self.device = torch.device(config.device)
+        self.device = torch_device(config.device)
         self.embedder = PatchEmbedder(backbone, level_scales).to(self.device).eval()
         if bank.ndim != 2 or bank.shape[1] != self.embedder.dim:
             raise UsageError(
@@ -153,6 +172,7 @@ class PatchCore:
 
         `progress` is called with the number of images done after each batch.
         """
+        torch_device(config.device)
         backbone = build_backbone(config.backbone, weights, random_weights)
         model = cls.extractor(config, backbone)
         summary = _TrainingSummary()
@@ -267,6 +287,11 @@ class PatchCore:
                     self.config.reweight_neighbours,
                 )
         return score, max_distance, distances
+
+    def placement(self, frame_hw: tuple[int, int]) -> Placement:
+        """Where a frame of this size goes in; ImageError (`shape: ...`) for a frame this model
+        refuses (ROI outside it, or a shape whose cost is unbounded). Cheap: no pixels are read."""
+        return place(frame_hw, self.config.geometry)
 
     # ---- shared plumbing -----------------------------------------------------------------------
     def _prepare(self, image: np.ndarray) -> _Prepared:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import UsageError
+from edge.errors import ImageError, UsageError
 from edge.imageio import read_mask
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,13 @@ class TestSample:
         """The ground-truth mask (all False for good images and for defects without a mask file)."""
         if self.mask_path is None:
             return np.zeros(shape, dtype=bool)
-        return read_mask(self.mask_path)
+        mask = read_mask(self.mask_path)
+        if mask.shape != tuple(shape):
+            raise ImageError(
+                f"mask {self.mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image {self.path} is "
+                f"{shape[1]}x{shape[0]}: a ground-truth mask must have its image's size"
+            )
+        return mask
 
 
 @dataclass(frozen=True)

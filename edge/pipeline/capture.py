@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +33,7 @@ from edge.protocol import (
     encode_result,
 )
 from edge.security import CurveClient
+from edge.sockets import REQUEST_BYTES, ErrorTally, open_socket
 
 log = logging.getLogger("edge.capture")
 IDLE_SLEEP_S = 0.002
@@ -59,7 +59,7 @@ class CaptureCounters:
     dropped: int = 0
     stale: int = 0
     failed: int = 0  # triggered parts answered ERROR here: the camera gave no frame
-    malformed_triggers: Counter = field(default_factory=Counter)
+    malformed_triggers: ErrorTally = field(default_factory=lambda: ErrorTally("trigger", log))
 
 
 class Capture:
@@ -71,22 +71,31 @@ class Capture:
         self.seq = 0
         self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         self.pending: list | None = None
-        self.socket = context.socket(zmq.PUSH)
-        self.socket.setsockopt(zmq.SNDHWM, 1 if settings.trigger == "free_run" else 10_000)
-        self.socket.setsockopt(zmq.LINGER, 5000)
-        if settings.curve:
-            settings.curve.secure(self.socket)
-        self.socket.connect(settings.frames_endpoint)
+        self.socket = open_socket(
+            context,
+            zmq.PUSH,
+            settings.frames_endpoint,
+            bind=False,
+            max_message_bytes=None,
+            linger_ms=5000,
+            send_hwm=1 if settings.trigger == "free_run" else 10_000,
+            curve=settings.curve,
+        )
         self.announce = None
         if settings.trigger == "triggered" and settings.expect_endpoint:
-            self.announce = context.socket(zmq.PUSH)
-            self.announce.setsockopt(zmq.LINGER, 5000)
-            self.announce.connect(settings.expect_endpoint)
+            self.announce = open_socket(
+                context,
+                zmq.PUSH,
+                settings.expect_endpoint,
+                bind=False,
+                max_message_bytes=None,
+                linger_ms=5000,
+            )
         self.triggers = None
         if settings.trigger == "triggered" and settings.trigger_endpoint:
-            self.triggers = context.socket(zmq.PULL)
-            self.triggers.setsockopt(zmq.LINGER, 0)
-            self.triggers.bind(settings.trigger_endpoint)
+            self.triggers = open_socket(
+                context, zmq.PULL, settings.trigger_endpoint, bind=True, max_message_bytes=REQUEST_BYTES
+            )
         self.last_frame = time.monotonic()
 
     def frame_id(self, seq: int) -> str:
@@ -181,9 +190,7 @@ class Capture:
         try:
             part_id = decode_trigger(parts)
         except ProtocolError as error:
-            self.counters.malformed_triggers[error.kind] += 1
-            if self.counters.malformed_triggers[error.kind] % 1000 == 1:
-                log.warning("malformed trigger message (%s): %s", error.kind, error)
+            self.counters.malformed_triggers.count(error)
             return True
         pixels = self._grab()
         if pixels is None:

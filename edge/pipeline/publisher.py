@@ -1,38 +1,53 @@
 """The publisher: takes results from workers (PULL) and publishes them (PUB) on
-`verdict.<station>.<camera>` and `mask.<station>.<camera>`, each topic with its own sequence
-number, plus `heartbeat.<station>` at a fixed rate; a REP endpoint answers the latest verdict per
-camera for late joiners. It also keeps the ledger of triggered frames (edge.pipeline.ledger):
-a frame capture announced that no worker answers in time gets a TIMEOUT verdict from here."""
+`verdict.<station>.<camera>.` and `mask.<station>.<camera>.`, each topic with its own sequence
+number, plus `heartbeat.<station>.` at a fixed rate; a REP endpoint answers the latest verdict per
+camera, and the recent verdicts a subscriber missed. It also keeps the ledger of triggered frames
+(edge.pipeline.ledger): a frame capture announced that no worker answers in time gets a TIMEOUT
+verdict from here.
+
+Every message names the publisher's `epoch` (its start, in microseconds since 1970), and sequence
+numbers restart at 1 with each epoch, so a subscriber tells a restart from a loss. A new publisher
+holds what it has to publish for `startup_hold_s`, long enough for subscribers to reconnect, so the
+results that waited for it in the workers' queues are not published to nobody.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import zmq
 
 from edge.pipeline.ledger import Ledger
 from edge.protocol import (
     EXPECT_TOPIC,
-    SCHEMA_VERSION,
+    Heartbeat,
+    MaskHeader,
     ProtocolError,
     Verdict,
     VerdictMessage,
     decode_expect,
-    decode_verdict,
+    decode_query,
+    decode_result,
+    encode_heartbeat,
+    encode_mask,
+    encode_reply,
     encode_verdict,
+    topic,
+    verdict_body,
     verdict_for,
-    verdict_topic,
 )
 from edge.security import CurveServer, stop_authenticator
+from edge.sockets import FRAME_BYTES, REQUEST_BYTES, ErrorTally, answer, open_socket
 
 log = logging.getLogger("edge.publisher")
 DRAIN_IDLE_MS = 300  # at shutdown: publishing ends once no result came for this long
+REPLAY_DEPTH = 1000  # recent verdicts per camera a subscriber can fetch after missing them
 
 
 @dataclass(frozen=True)
@@ -40,10 +55,15 @@ class PublisherSettings:
     station: str
     results_endpoint: str  # bound PULL: workers connect here
     publish_endpoint: str  # bound PUB: subscribers connect here
-    latest_endpoint: str | None = None  # bound REP: {"camera": name} → that camera's latest verdict
+    latest_endpoint: str | None = None  # bound REP: latest verdict per camera, and replays
     heartbeat_s: float = 1.0
     default_deadline_ms: float = 5000.0  # for triggered frames that carry no deadline of their own
     curve: CurveServer | None = None  # encryption and client allow-list on the PUB and REP endpoints
+    # nothing but heartbeats is published this long after start (the station's setting, 1 s by
+    # default, is for restarts under edge-run or systemd; a publisher in a test starts at once)
+    startup_hold_s: float = 0.0
+    journal: Path | None = None  # the ledger's journal: a restarted publisher takes over its parts
+    cameras: tuple[str, ...] = ()  # results for other cameras are refused (empty: any camera)
 
 
 @dataclass
@@ -51,107 +71,137 @@ class PublisherCounters:
     published: int = 0
     timeouts: int = 0
     late: int = 0
-    malformed: Counter = field(default_factory=Counter)
+    malformed: ErrorTally = field(default_factory=lambda: ErrorTally("result or request", log))
 
 
 class Publisher:
     def __init__(self, settings: PublisherSettings, context: zmq.Context | None = None) -> None:
         self.settings = settings
         self.counters = PublisherCounters()
+        self.epoch = time.time_ns() // 1000
         self.sequence: Counter = Counter()
-        self.latest: dict[str, bytes] = {}
+        self.latest: dict[str, dict] = {}
+        self.recent: dict[str, deque[dict]] = {}
+        self.held: list[tuple[VerdictMessage, bytes | None]] = []
+        self.ledger = Ledger(settings.default_deadline_ms, journal=settings.journal)
         context = context or zmq.Context.instance()
-        self.results = context.socket(zmq.PULL)
-        self.results.setsockopt(zmq.LINGER, 0)
-        self.results.bind(settings.results_endpoint)
         self.context = context
-        self.pub = context.socket(zmq.PUB)
-        self.pub.setsockopt(zmq.LINGER, 1000)
-        if settings.curve:
-            settings.curve.secure(self.pub, context)
-        self.pub.bind(settings.publish_endpoint)
+        self.results = open_socket(
+            context, zmq.PULL, settings.results_endpoint, bind=True, max_message_bytes=FRAME_BYTES
+        )
+        # a PUB socket receives only subscriptions: they are capped like requests
+        self.pub = open_socket(
+            context,
+            zmq.PUB,
+            settings.publish_endpoint,
+            bind=True,
+            max_message_bytes=REQUEST_BYTES,
+            linger_ms=1000,
+            curve=settings.curve,
+        )
         self.rep = None
         if settings.latest_endpoint:
-            self.rep = context.socket(zmq.REP)
-            self.rep.setsockopt(zmq.LINGER, 0)
-            if settings.curve:
-                settings.curve.secure(self.rep, context)
-            self.rep.bind(settings.latest_endpoint)
+            self.rep = open_socket(
+                context,
+                zmq.REP,
+                settings.latest_endpoint,
+                bind=True,
+                max_message_bytes=REQUEST_BYTES,
+                curve=settings.curve,
+            )
         self.poller = zmq.Poller()
         self.poller.register(self.results, zmq.POLLIN)
         if self.rep is not None:
             self.poller.register(self.rep, zmq.POLLIN)
         self.next_heartbeat = 0.0
-        self.ledger = Ledger(settings.default_deadline_ms)
+        self.publish_from = time.monotonic() + settings.startup_hold_s
 
     def _next_seq(self, topic: bytes) -> int:
         self.sequence[topic] += 1
         return self.sequence[topic]
 
-    def _receive(self, parts: list[bytes]) -> None:
+    def _receive(self, parts: Sequence[bytes]) -> None:
         """A worker's result [verdict topic, verdict, mask PNG] or capture's [expect, frame header]."""
         try:
             if bytes(parts[0]) == EXPECT_TOPIC:
-                self.ledger.expect(decode_expect(parts), time.monotonic())
+                header = decode_expect(parts)
+                self._check_source(header.station, header.camera)
+                self.ledger.expect(header, time.monotonic())
                 return
-            if len(parts) != 3:
-                raise ProtocolError("parts", f"expected 3 parts, got {len(parts)}")
-            message = decode_verdict(parts[:2])
+            message, mask_png = decode_result(parts)
+            self._check_source(message.station, message.camera)
         except ProtocolError as error:
-            self.counters.malformed[error.kind] += 1
-            log.warning("malformed message from a worker or capture: %s", error)
+            self.counters.malformed.count(error)
             return
-        if self.ledger.answer(message.frame_id):
-            self._publish(message, parts[2] or None)
-        else:
+        if not self.ledger.answer(message.frame_id):
             self.counters.late = self.ledger.late
             log.warning("verdict for %s came after its frame was answered; dropped", message.frame_id)
+        elif time.monotonic() < self.publish_from:
+            self.held.append((message, mask_png))
+        else:
+            self._publish(message, mask_png)
+
+    def _check_source(self, station: str, camera: str) -> None:
+        if station != self.settings.station:
+            raise ProtocolError(
+                "station", f"a result for station {station!r} reached {self.settings.station!r}"
+            )
+        if self.settings.cameras and camera not in (*self.settings.cameras, "unknown"):
+            raise ProtocolError("camera", f"camera {camera!r} is not in this station's configuration")
 
     def _publish(self, message: VerdictMessage, mask_png: bytes | None) -> None:
-        topic = verdict_topic(message.station, message.camera)
-        topic, body = encode_verdict(replace(message, seq=self._next_seq(topic)))
-        self.pub.send_multipart([topic, body])
+        verdict_topic = topic("verdict", message.station, message.camera)
+        message = replace(message, epoch=self.epoch, seq=self._next_seq(verdict_topic))
+        self.pub.send_multipart(encode_verdict(message))
+        body = verdict_body(message)
         self.latest[message.camera] = body
+        self.recent.setdefault(message.camera, deque(maxlen=REPLAY_DEPTH)).append(body)
         self.counters.published += 1
+        self.ledger.published(message.frame_id, triggered=message.part_id is not None)
         if mask_png:
-            mask_topic = f"mask.{message.station}.{message.camera}".encode()
-            header = {
-                "schema": SCHEMA_VERSION,
-                "seq": self._next_seq(mask_topic),
-                "station": message.station,
-                "camera": message.camera,
-                "frame_id": message.frame_id,
-            }
-            self.pub.send_multipart([mask_topic, json.dumps(header).encode(), mask_png])
+            mask_topic = topic("mask", message.station, message.camera)
+            header = MaskHeader(
+                message.station, message.camera, message.frame_id, self.epoch, self._next_seq(mask_topic)
+            )
+            self.pub.send_multipart(encode_mask(header, mask_png))
+
+    def _release_held(self) -> None:
+        if self.held and time.monotonic() >= self.publish_from:
+            held, self.held = self.held, []
+            for message, mask_png in held:
+                self._publish(message, mask_png)
 
     def _time_out_overdue(self) -> None:
+        if time.monotonic() < self.publish_from:
+            return
         for header in self.ledger.overdue(time.monotonic()):
             deadline = header.deadline_ms or self.settings.default_deadline_ms
             self.counters.timeouts += 1
             error = f"no verdict within {deadline:.0f} ms"
             self._publish(verdict_for(header, Verdict.TIMEOUT, error=error), None)
 
-    def _answer_latest(self) -> None:
-        request = self.rep.recv()
-        try:
-            camera = json.loads(request).get("camera")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            camera = None
-        self.rep.send(self.latest.get(camera, b"null") if isinstance(camera, str) else b"null")
+    def _query(self, parts: Sequence[bytes]) -> list[bytes]:
+        query = decode_query(parts)
+        if query.after_seq is None:
+            return encode_reply(True, epoch=self.epoch, verdict=self.latest.get(query.camera))
+        recent = list(self.recent.get(query.camera, ()))
+        after = query.after_seq if query.epoch == self.epoch else 0
+        verdicts = [v for v in recent if v["seq"] > after]
+        complete = not recent or recent[0]["seq"] <= after + 1
+        if query.epoch != self.epoch:
+            complete = False  # what an earlier publisher sent after that seq is not kept
+        return encode_reply(True, epoch=self.epoch, verdicts=verdicts, complete=complete)
 
     def _heartbeat(self) -> None:
         now = time.monotonic()
         if now < self.next_heartbeat:
             return
         self.next_heartbeat = now + self.settings.heartbeat_s
-        topic = f"heartbeat.{self.settings.station}".encode()
-        body = {
-            "schema": SCHEMA_VERSION,
-            "seq": self._next_seq(topic),
-            "station": self.settings.station,
-            "published": self.counters.published,
-        }
-        self.pub.send_multipart([topic, json.dumps(body).encode()])
+        beat_topic = topic("heartbeat", self.settings.station)
+        beat = Heartbeat(
+            self.settings.station, self.counters.published, self.epoch, self._next_seq(beat_topic)
+        )
+        self.pub.send_multipart(encode_heartbeat(beat))
 
     def step(self, timeout_ms: int = 100) -> bool:
         """Serve one message (or none within `timeout_ms`); True if a result or announcement came."""
@@ -159,13 +209,16 @@ class Publisher:
         ready = dict(self.poller.poll(timeout_ms))
         if self.results in ready:
             self._receive(self.results.recv_multipart())
+        self._release_held()
         self._time_out_overdue()
         if self.rep is not None and self.rep in ready:
-            self._answer_latest()
+            answer(self.rep, self._query, self.counters.malformed)
         return self.results in ready
 
     def _answer_unfinished(self) -> None:
         """At shutdown, after the drain: announced frames no worker answered get ERROR, not silence."""
+        self.publish_from = 0.0
+        self._release_held()
         for header in self.ledger.overdue(float("inf")):
             self._publish(verdict_for(header, Verdict.ERROR, error="not inspected: edge stopped"), None)
 
@@ -182,6 +235,7 @@ class Publisher:
         return self.counters
 
     def close(self) -> None:
+        self.ledger.close()
         for socket in (self.results, self.pub, self.rep):
             if socket is not None:
                 socket.close()

@@ -9,24 +9,27 @@ none twice, and each verdict names the bank version that scored it.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import zmq
 
 from edge.errors import EdgeError
 from edge.pipeline.inspection import Bank, decode_or_error, inspect
-from edge.protocol import VerdictMessage, encode_result
+from edge.protocol import MAX_PIXEL_BYTES, VerdictMessage, decode_control, encode_reply, encode_result
 from edge.security import CurveServer, stop_authenticator
+from edge.sockets import FRAME_BYTES, REQUEST_BYTES, ErrorTally, answer, open_socket
 
 log = logging.getLogger("edge.worker")
 POLL_MS = 100
-LOG_EVERY = 1000  # a malformed-message kind is logged the first time, then once per this many
+# Frames waiting in the worker, in bytes: a micro-batch holds at most one largest frame's worth of
+# pixels, and the receive queue at most QUEUE_BYTES of largest frames; together with the model this
+# keeps the worker's memory bounded whatever headers arrive (tests/test_hostile.py measures it).
+BATCH_BYTES = MAX_PIXEL_BYTES
+QUEUE_BYTES = 4 * MAX_PIXEL_BYTES
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,8 @@ class WorkerCounters:
     frames_in: int = 0
     verdicts_out: int = 0
     reloads: int = 0
-    malformed: Counter = field(default_factory=Counter)
+    # malformed frames and requests, and frames that could not be scored, by kind
+    malformed: ErrorTally = field(default_factory=lambda: ErrorTally("frame or request", log))
 
 
 class _Reload:
@@ -84,42 +88,48 @@ class Worker:
         self.last_batch = 0  # frames taken in the latest micro-batch: how far behind the worker is
         self.reload: _Reload | None = None
         self.reload_requested = threading.Event()  # set from a signal handler (SIGHUP)
+        self.held: list[zmq.Frame] | None = None  # received, but over the last batch's byte budget
         context = context or zmq.Context.instance()
-        self.frames = context.socket(zmq.PULL)
-        self.frames.setsockopt(zmq.LINGER, 0)
+        self.context = context
         # a short receive queue: backlog stays with capture, which keeps the newest (free run) or
         # waits (triggered), instead of piling up stale frames here
-        self.frames.setsockopt(zmq.RCVHWM, 2 * settings.max_batch)
-        self.context = context
-        if settings.curve:
-            settings.curve.secure(self.frames, context)
-        self.frames.bind(settings.frames_endpoint)
-        self.results = context.socket(zmq.PUSH)
-        self.results.setsockopt(zmq.LINGER, 2000)
-        self.results.connect(settings.results_endpoint)
+        self.frames = open_socket(
+            context,
+            zmq.PULL,
+            settings.frames_endpoint,
+            bind=True,
+            max_message_bytes=FRAME_BYTES,
+            receive_hwm=max(1, min(2 * settings.max_batch, QUEUE_BYTES // MAX_PIXEL_BYTES)),
+            curve=settings.curve,
+        )
+        self.results = open_socket(
+            context, zmq.PUSH, settings.results_endpoint, bind=False, max_message_bytes=None, linger_ms=2000
+        )
         self.control = None
         if settings.control_endpoint:
-            self.control = context.socket(zmq.REP)
-            self.control.setsockopt(zmq.LINGER, 0)
-            self.control.bind(settings.control_endpoint)
+            self.control = open_socket(
+                context, zmq.REP, settings.control_endpoint, bind=True, max_message_bytes=REQUEST_BYTES
+            )
 
     def _collect(self) -> list[list[zmq.Frame]]:
-        """One micro-batch: the first waiting frame, then more until max_batch or max_wait."""
-        if not self.frames.poll(POLL_MS):
+        """One micro-batch: the first waiting frame, then more until max_batch, max_wait or the
+        batch's byte budget (a frame over it waits for the next batch)."""
+        if self.held is None and not self.frames.poll(POLL_MS):
             return []
-        batch = [self.frames.recv_multipart(copy=False)]
+        first, self.held = self.held or self.frames.recv_multipart(copy=False), None
+        batch, size = [first], _bytes(first)
         deadline = time.monotonic() + self.settings.max_wait_ms / 1000
         while len(batch) < self.settings.max_batch:
             remaining_ms = (deadline - time.monotonic()) * 1000
             if remaining_ms <= 0 or not self.frames.poll(remaining_ms):
                 break
-            batch.append(self.frames.recv_multipart(copy=False))
+            parts = self.frames.recv_multipart(copy=False)
+            if size + _bytes(parts) > BATCH_BYTES:
+                self.held = parts
+                break
+            batch.append(parts)
+            size += _bytes(parts)
         return batch
-
-    def _malformed(self, kind: str) -> None:
-        self.counters.malformed[kind] += 1
-        if self.counters.malformed[kind] % LOG_EVERY == 1:
-            log.warning("malformed frame message (%s), %d so far", kind, self.counters.malformed[kind])
 
     def _send(self, verdict: VerdictMessage, mask_png: bytes | None) -> None:
         self.results.send_multipart(encode_result(verdict, mask_png))
@@ -137,24 +147,24 @@ class Worker:
         self.reload = _Reload(self.load_bank)
         return True
 
+    def _bank_identity(self) -> dict[str, str]:
+        return {"bank_id": self.bank.bank_id, "bank_version": self.bank.version}
+
+    def _control(self, parts: Sequence[bytes]) -> list[bytes] | None:
+        """A control request's answer, or None when a reload will answer it once swapped in."""
+        command = decode_control(parts)
+        if command == "status":
+            return encode_reply(True, **self._bank_identity())
+        if not self._start_reload():
+            return encode_reply(False, error="this worker has no bank store to reload from", kind="reload")
+        self.reload.reply_owed = True
+        return None
+
     def _serve_control(self) -> None:
         if self.control is None or (self.reload is not None and self.reload.reply_owed):
-            return
-        if not self.control.poll(0):
-            return
-        request = self.control.recv()
-        try:
-            command = json.loads(request).get("command")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            command = None
-        if command == "reload" and self._start_reload():
-            self.reload.reply_owed = True
-            return
-        if command == "status":
-            reply = {"ok": True, "bank_id": self.bank.bank_id, "bank_version": self.bank.version}
-        else:
-            reply = {"ok": False, "error": f"unknown or impossible command {command!r}"}
-        self.control.send(json.dumps(reply).encode())
+            return  # a REP socket answers the request it holds before it takes another
+        if self.control.poll(0):
+            answer(self.control, self._control, self.counters.malformed)
 
     def _swap_if_loaded(self) -> None:
         """Between micro-batches: take the newly loaded bank, and answer whoever asked for it."""
@@ -167,14 +177,14 @@ class Worker:
             log.info(
                 "bank %s %s replaced by %s %s", old.bank_id, old.version, self.bank.bank_id, self.bank.version
             )
-            reply = {"ok": True, "bank_id": self.bank.bank_id, "bank_version": self.bank.version}
+            reply = encode_reply(True, **self._bank_identity())
         else:
             error = reload.result
             message = str(error) if isinstance(error, EdgeError) else f"{type(error).__name__}: {error}"
             log.error("bank reload failed; bank %s stays: %s", self.bank.version, message)
-            reply = {"ok": False, "error": message, "bank_version": self.bank.version}
+            reply = encode_reply(False, error=message, kind="reload", bank_version=self.bank.version)
         if reload.reply_owed:
-            self.control.send(json.dumps(reply).encode())
+            self.control.send_multipart(reply)
 
     # ---- the loop ------------------------------------------------------------------------------
     def step(self) -> int:
@@ -189,14 +199,16 @@ class Worker:
         frames = []
         for parts in batch:
             self.counters.frames_in += 1
-            frame, error_verdict, kind = decode_or_error(parts, self.settings.station)
+            frame, error_verdict, error = decode_or_error(parts, self.settings.station)
             if frame is not None:
                 frames.append(frame)
                 continue
-            self._malformed(kind or "unknown")
+            self.counters.malformed.count(error)
             if error_verdict is not None:
                 self._send(error_verdict, None)
         for inspected in inspect(frames, self.bank) if frames else []:
+            if inspected.failure is not None:
+                self.counters.malformed.count(inspected.failure)
             self._send(inspected.verdict, inspected.mask_png)
         return len(batch)
 
@@ -217,3 +229,7 @@ class Worker:
                 socket.close()
         if self.settings.curve:
             stop_authenticator(self.context)
+
+
+def _bytes(parts: list[zmq.Frame]) -> int:
+    return sum(len(part) for part in parts)

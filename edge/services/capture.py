@@ -22,8 +22,8 @@ from edge.services.runtime import (
     operate,
     service_parser,
     start_service,
-    stop_on_signals,
 )
+from edge.services.sdnotify import stop_on_signals
 
 log = logging.getLogger("edge.capture")
 

@@ -3,21 +3,40 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from pathlib import Path
 
 from edge.cli_support import run_cli
 from edge.config import StationConfig
 from edge.metrics import for_publisher
 from edge.pipeline.publisher import Publisher, PublisherSettings
 from edge.services.runtime import (
+    RUN_DIR_VARIABLE,
     curve_server,
     operate,
     service_parser,
     start_service,
-    stop_on_signals,
 )
+from edge.services.sdnotify import stop_on_signals
 
 log = logging.getLogger("edge.publisher")
+
+
+def journal_path(config: StationConfig) -> Path | None:
+    """The ledger's journal: the configured file, else one in systemd's StateDirectory or in
+    edge-run's run folder; None (with a warning) for a publisher started by hand without either."""
+    if config.publisher.journal:
+        return Path(config.publisher.journal)
+    for variable in ("STATE_DIRECTORY", RUN_DIR_VARIABLE):
+        folder = os.environ.get(variable)
+        if folder:
+            return Path(folder.split(":")[0]) / f"publisher-{config.station}.journal"
+    log.warning(
+        "no journal (publisher.journal, or STATE_DIRECTORY under systemd): a restart of this "
+        "publisher forgets the parts it was waiting for"
+    )
+    return None
 
 
 def publisher_settings(config: StationConfig) -> PublisherSettings:
@@ -29,6 +48,9 @@ def publisher_settings(config: StationConfig) -> PublisherSettings:
         heartbeat_s=config.publisher.heartbeat_s,
         default_deadline_ms=config.publisher.default_deadline_ms,
         curve=curve_server(config.security.publisher),
+        startup_hold_s=config.publisher.startup_hold_s,
+        journal=journal_path(config),
+        cameras=tuple(config.camera_names),
     )
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ if TYPE_CHECKING:
     from edge.metrics import ProcessMetrics
 
 log = logging.getLogger("edge.service")
+RUN_DIR_VARIABLE = "EDGE_RUN_DIR"  # edge-run's folder for state that outlives one of its processes
 EXIT_CODES = (
     "exit codes: 0 stopped cleanly; 2 bad usage; 3 weights missing or foreign; 4 bank file unusable; "
     "6 invalid configuration; 130 interrupted"
@@ -38,20 +38,6 @@ def start_service(args: argparse.Namespace) -> StationConfig:
     config = load_config(args.config)
     check_station(config, bind=False)
     return config
-
-
-def stop_on_signals() -> threading.Event:
-    """An event set by SIGTERM or SIGINT: the process finishes its in-flight work and exits 0."""
-    stop = threading.Event()
-
-    def request_stop(signum: int, _frame: object) -> None:
-        log.info("%s: draining and stopping", signal.Signals(signum).name)
-        notify("STOPPING=1", "STATUS=draining")
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    return stop
 
 
 def operate(

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 
 log = logging.getLogger("edge.systemd")
@@ -56,3 +58,18 @@ class Watchdog:
         if now - self.last >= self.interval_s:
             self.last = now
             notify("WATCHDOG=1")
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT: the process finishes its in-flight work and exits 0
+    (and tells systemd it is stopping)."""
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        log.info("%s: draining and stopping", signal.Signals(signum).name)
+        notify("STOPPING=1", "STATUS=draining")
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return stop

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -22,7 +23,8 @@ from pathlib import Path
 
 from edge.cli_support import run_cli, setup_logging
 from edge.config import StationConfig, check_station, load_config
-from edge.services.runtime import EXIT_CODES, service_parser, stop_on_signals
+from edge.services.runtime import EXIT_CODES, RUN_DIR_VARIABLE, service_parser
+from edge.services.sdnotify import stop_on_signals
 
 log = logging.getLogger("edge.run")
 EXIT_RESTART_LIMIT = 7
@@ -79,6 +81,9 @@ class Supervisor:
         self.env = dict(os.environ)
         self.env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         self.env.setdefault("PYTHONUNBUFFERED", "1")
+        # state that must outlive one child (the publisher's journal), for this run of the station
+        self.run_dir = tempfile.TemporaryDirectory(prefix=f"edge-run-{config.station}-")
+        self.env.setdefault(RUN_DIR_VARIABLE, self.run_dir.name)
 
     def child(self, name: str) -> Child:
         return next(child for child in self.children if child.name == name)
@@ -138,6 +143,7 @@ class Supervisor:
             self.child("publisher"),
         ]:
             child.stop(timeout)
+        self.run_dir.cleanup()
         log.info("station %s stopped", self.config.station)
 
 

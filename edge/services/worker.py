@@ -18,8 +18,8 @@ from edge.services.runtime import (
     operate,
     service_parser,
     start_service,
-    stop_on_signals,
 )
+from edge.services.sdnotify import stop_on_signals
 
 log = logging.getLogger("edge.worker")
 WARM_UP_SIDE = 256

@@ -1,0 +1,99 @@
+"""A plant's MES or PLC gateway installs `pip install edge` (no extras): pyzmq and numpy, no torch.
+
+A fresh venv, the project installed from this checkout as a user would, and its edge-tail
+listening to a real publisher (run by this test from the full install)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from edge.pipeline.publisher import Publisher, PublisherSettings
+from edge.protocol import Verdict, VerdictMessage, encode_result
+
+REPO = Path(__file__).resolve().parents[1]
+LIMIT_MB = 150
+
+
+def folder_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink()) / 1e6
+
+
+@pytest.fixture(scope="module")
+def light_venv(tmp_path_factory) -> Path:
+    venv = tmp_path_factory.mktemp("light") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    install = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "--quiet", "--no-cache-dir", str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+    return venv
+
+
+def test_the_base_install_is_small_and_has_no_ml_stack(light_venv):
+    size = folder_mb(light_venv)
+    print(f"venv with `pip install edge` (no extras): {size:.0f} MB")
+    assert size < LIMIT_MB
+    python = str(light_venv / "bin" / "python")
+    check = "import sys, edge.client, edge.tail, edge.keys, edge.protocol; print(sorted(sys.modules))"
+    modules = subprocess.run([python, "-c", check], capture_output=True, text=True, timeout=60, check=True)
+    for heavy in ("torch", "cv2", "pydantic", "yaml", "scipy"):
+        assert f"'{heavy}'" not in modules.stdout
+    for module in ("torch", "cv2", "sklearn"):
+        found = subprocess.run([python, "-c", f"import {module}"], capture_output=True, timeout=60)
+        assert found.returncode != 0, f"{module} should not be installed"
+
+
+def test_light_commands_run_and_station_commands_say_which_extra(light_venv):
+    bin_ = light_venv / "bin"
+    for command in ("edge-tail", "edge-keys"):
+        result = subprocess.run([str(bin_ / command), "--help"], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and "usage" in result.stdout
+    for command, extra in (("edge-eval", "eval"), ("edge-run", "station"), ("edge-modbus-bridge", "plc")):
+        result = subprocess.run([str(bin_ / command), "--help"], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert f"pip install 'edge[{extra}]'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_light_edge_tail_hears_a_real_publisher(light_venv, tmp_path):
+    settings = PublisherSettings("s", f"ipc://{tmp_path}/results", f"ipc://{tmp_path}/pub", startup_hold_s=0)
+    publisher = Publisher(settings)
+    stop = threading.Event()
+    running = threading.Thread(target=publisher.run, args=(stop,))
+    running.start()
+    tail = subprocess.Popen(
+        [str(light_venv / "bin" / "edge-tail"), settings.publish_endpoint, "--json", "--count", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    import zmq
+
+    context = zmq.Context()
+    worker = context.socket(zmq.PUSH)
+    worker.connect(settings.results_endpoint)
+    try:
+        for number in range(100):  # until the subscription has reached the publisher
+            verdict = VerdictMessage("s", "cam0", f"f{number}", Verdict.NOK, "t", 1, score=3.0, threshold=1.0)
+            worker.send_multipart(encode_result(verdict, None))
+            if tail.poll() is not None:
+                break
+            time.sleep(0.2)
+        out, err = tail.communicate(timeout=30)
+    finally:
+        stop.set()
+        running.join(10)
+        worker.close(linger=0)
+        context.term()
+    assert tail.returncode == 0, err
+    assert '"verdict": "NOK"' in out and '"camera": "cam0"' in out
