@@ -77,11 +77,13 @@ class ErrorTally(Counter):
         self.what = what
         self.logger = logger
 
-    def count(self, error: ProtocolError | str) -> None:
+    def count(self, error: ProtocolError | str, detail: str = "") -> None:
+        """Count one message refused (a ProtocolError, or a kind with its detail)."""
         kind = error.kind if isinstance(error, ProtocolError) else error
         self[kind] += 1
         if self[kind] % LOG_EVERY == 1:
-            self.logger.warning("malformed %s (%s), %d so far: %s", self.what, kind, self[kind], error)
+            why = error.detail if isinstance(error, ProtocolError) else detail
+            self.logger.warning("refused %s (%s), %d so far: %s", self.what, kind, self[kind], why)
 
 
 def answer(

@@ -97,7 +97,7 @@ def station(tmp_path_factory, bank_store):
     yield running
     output = running.stop()
     assert "Traceback" not in output, output
-    assert "failed" not in output, output  # no process died and was restarted
+    assert "restarting it" not in output, output  # no process died and was restarted
 
 
 def verdicts_by_frame(subscriber: Subscriber, frame_ids: set[str], timeout_s: float) -> dict[str, list]:
@@ -133,13 +133,16 @@ def test_requests_of_any_shape_are_answered_and_kill_nothing(station):
         [b"\xff\xfe garbage"],
         [b'{"schema": 2, "camera": "cam0", "epoch": 1}'],
         [b'{"schema": 2, "command": "shutdown"}'],
-        [json.dumps({"schema": 2, "camera": "x" * 100_000}).encode()],
+        [json.dumps({"schema": 2, "camera": "x" * 60_000}).encode()],
     ]
     for name in ("latest", "control"):
         for _ in range(3):  # six two-part requests a minute took the whole station down
             for parts in hostile:
                 reply = request(station.endpoint(name), parts, timeout_s=5, context=station.context)
                 assert reply is not None and reply["ok"] is False and reply["kind"], (name, parts[:1])
+    for name in ("latest", "control"):  # over the 64 KiB cap: the sender is cut off, unanswered
+        oversized = [json.dumps({"schema": 2, "camera": "x" * 100_000}).encode()]
+        assert request(station.endpoint(name), oversized, timeout_s=1, context=station.context) is None
     status = request(station.endpoint("control"), encode_control("status"), 5, station.context)
     assert status["ok"] and status["bank_version"] == "v0001"
     latest = request(station.endpoint("latest"), encode_query(Query("cam0")), 5, station.context)
@@ -239,7 +242,7 @@ def test_worker_memory_stays_bounded_whatever_the_headers_say(station):
     frames = {
         "mono8k": np.full((8192, 8192), 100, np.uint8),
         "rgb": np.full((4729, 4729, 3), 100, np.uint8),
-        "u16": np.full((5792, 5792), 100 << 8, np.uint16),
+        "big16": np.full((5792, 5792), 100 << 8, np.uint16),
         "long": np.full((64, 2048), 100, np.uint8),  # 32:1, the longest scored whole
         "wide": np.full((1, 65536), 100, np.uint8),
         "tall": np.full((65536, 1), 100, np.uint8),
@@ -257,7 +260,7 @@ def test_worker_memory_stays_bounded_whatever_the_headers_say(station):
     print(f"worker peak RSS after the largest frames: {peak:.0f} MB")
     assert set(found) == sent and all(len(v) == 1 for v in found.values())
     outcome = {f: v[0].verdict for f, v in found.items()}
-    for name in ("mono8k", "rgb", "u16", "long"):
+    for name in ("mono8k", "rgb", "big16", "long"):
         assert outcome[f"{name}-0"] in (Verdict.OK, Verdict.NOK), found[f"{name}-0"][0].error
     for name in ("wide", "tall", "tiny"):
         assert outcome[f"{name}-0"] == Verdict.ERROR
@@ -291,11 +294,12 @@ def test_publisher_killed_three_times_no_part_goes_without_a_verdict(tmp_path, b
     station = start_station(config)
     context = zmq.Context()
     pub, query = f"ipc://{tmp_path}/pub", f"ipc://{tmp_path}/latest"
+    tailed_file, tail_log = (tmp_path / "tail.jsonl").open("w"), (tmp_path / "tail.log").open("w")
     tail = subprocess.Popen(
         [sys.executable, "-m", "edge.tail", pub, "--station", STATION, "--json", "--timeout", "30",
          "--query", query],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=tailed_file,
+        stderr=tail_log,
         text=True,
     )  # fmt: skip
     line = Line(context, tmp_path)
@@ -319,8 +323,11 @@ def test_publisher_killed_three_times_no_part_goes_without_a_verdict(tmp_path, b
     finally:
         code, output = stop_station(station)
         tail.send_signal(signal.SIGINT)
-        tail_out, tail_err = tail.communicate(timeout=30)
+        tail.wait(timeout=30)
+        tailed_file.close()
+        tail_log.close()
         context.destroy(linger=0)
+    tail_out, tail_err = (tmp_path / "tail.jsonl").read_text(), (tmp_path / "tail.log").read_text()
     assert code == 0, output
     assert output.count("publisher failed (signal SIGKILL); restarting it") == 3, output
     missing = [p for p in parts if not line.verdicts.get(p)]

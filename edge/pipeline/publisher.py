@@ -43,7 +43,7 @@ from edge.protocol import (
     verdict_for,
 )
 from edge.security import CurveServer, stop_authenticator
-from edge.sockets import FRAME_BYTES, REQUEST_BYTES, ErrorTally, answer, open_socket
+from edge.sockets import FRAME_BYTES, LOG_EVERY, REQUEST_BYTES, ErrorTally, answer, open_socket
 
 log = logging.getLogger("edge.publisher")
 DRAIN_IDLE_MS = 300  # at shutdown: publishing ends once no result came for this long
@@ -135,7 +135,12 @@ class Publisher:
             return
         if not self.ledger.answer(message.frame_id):
             self.counters.late = self.ledger.late
-            log.warning("verdict for %s came after its frame was answered; dropped", message.frame_id)
+            if self.counters.late % LOG_EVERY == 1:  # a peer repeating ids must not flood the log
+                log.warning(
+                    "verdict for %s came after its frame was answered; dropped (%d so far)",
+                    message.frame_id,
+                    self.counters.late,
+                )
         elif time.monotonic() < self.publish_from:
             self.held.append((message, mask_png))
         else:

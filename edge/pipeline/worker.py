@@ -208,7 +208,7 @@ class Worker:
                 self._send(error_verdict, None)
         for inspected in inspect(frames, self.bank) if frames else []:
             if inspected.failure is not None:
-                self.counters.malformed.count(inspected.failure)
+                self.counters.malformed.count(inspected.failure, inspected.verdict.error or "")
             self._send(inspected.verdict, inspected.mask_png)
         return len(batch)
 
