@@ -129,13 +129,14 @@ class _Line:
 
         from edge.client import Subscriber
         from edge.protocol import encode_trigger
+        from edge.sockets import open_socket
 
         self.encode_trigger = encode_trigger
 
         self.context = zmq.Context()
-        self.trigger = self.context.socket(zmq.PUSH)
-        self.trigger.setsockopt(zmq.LINGER, 1000)
-        self.trigger.connect(endpoints["trigger"])
+        self.trigger = open_socket(
+            self.context, zmq.PUSH, endpoints["trigger"], bind=False, max_message_bytes=None, linger_ms=1000
+        )
         self.subscriber = Subscriber(endpoints["publish"], STATION, context=self.context)
         self.parts, self.quiet = parts, quiet
         self.verdicts: dict[int, Any] = {}

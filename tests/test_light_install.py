@@ -58,8 +58,13 @@ def test_light_commands_run_and_station_commands_say_which_extra(light_venv):
     for command in ("edge-tail", "edge-keys"):
         result = subprocess.run([str(bin_ / command), "--help"], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0 and "usage" in result.stdout
-    for command, extra in (("edge-eval", "eval"), ("edge-run", "station"), ("edge-modbus-bridge", "plc")):
-        result = subprocess.run([str(bin_ / command), "--help"], capture_output=True, text=True, timeout=60)
+    bridge = ["tcp://127.0.0.1:5556", "--station", "s", "--plc", "127.0.0.1"]
+    for command, args, extra in (
+        ("edge-eval", ["--help"], "eval"),
+        ("edge-run", ["--help"], "station"),
+        ("edge-modbus-bridge", bridge, "plc"),
+    ):
+        result = subprocess.run([str(bin_ / command), *args], capture_output=True, text=True, timeout=60)
         assert result.returncode == 2, result.stderr
         assert f"pip install 'edge[{extra}]'" in result.stderr and "Traceback" not in result.stderr
 
