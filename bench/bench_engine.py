@@ -2,10 +2,12 @@
 
     python bench/bench_engine.py                 # bottle from $EDGE_DATA_ROOT/mvtec, else synthetic parts
     python bench/bench_engine.py --skip-wrn      # EfficientNet-Lite0 only
+    python bench/bench_engine.py --extractors torch onnxruntime   # the runtimes side by side
 
 WideResNet50 runs on random weights unless --wrn-weights names the real file: its timings are
-real, its scores are not, and every row says so. The backbone-alone column is the trunk's forward
-pass on the same batch, timed in the same run, so the end-to-end overhead is a measured ratio.
+real, its scores are not, and every row says so. The extractor-alone column is the extractor's
+call (network and aggregation) on the same batch, timed in the same run, so the end-to-end
+overhead (search, eq. 7, maps) is a measured ratio.
 """
 
 from __future__ import annotations
@@ -16,19 +18,21 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from edge.engine.backbones import Backbone, build_backbone
 from edge.engine.config import EngineConfig
-from edge.engine.model import PatchCore, StageTimer
+from edge.engine.model import PatchCore, StageTimer, model_extractor
 from edge.eval.mvtec import load_category
 from edge.eval.synthetic import SynthSpec, generate
 from edge.imageio import read_image
 from edge.memory import peak_rss_mb, reset_peak_rss
 
-STAGES = ("preprocess", "backbone", "aggregation", "search", "map")
+STAGES = ("preprocess", "extract", "search", "map")
 
 
 def load_images(args: argparse.Namespace) -> tuple[str, list[np.ndarray], list[np.ndarray]]:
@@ -49,10 +53,10 @@ def load_images(args: argparse.Namespace) -> tuple[str, list[np.ndarray], list[n
 
 
 def time_scoring(model: PatchCore, images: list[np.ndarray], batch: int, repeats: int) -> dict[str, float]:
-    """ms per image per stage, end to end, and for the backbone's forward alone, on the same batches."""
+    """ms per image per stage, end to end, and for the extractor alone, on the same batches."""
     batches = [images[i : i + batch] for i in range(0, len(images) - batch + 1, batch)]
     model.score(batches[0])  # warm-up: kernel selection and caches
-    timer = StageTimer()
+    timer = StageTimer(model.device)
     wall, alone = [], []
     for _ in range(repeats):
         for chunk in batches:
@@ -60,17 +64,19 @@ def time_scoring(model: PatchCore, images: list[np.ndarray], batch: int, repeats
             model.score(chunk, timer)
             wall.append(time.perf_counter() - start)
             pixels = np.stack([model._prepare(image).pixels for image in chunk])
-            with torch.inference_mode():
-                x = model.embedder.normalise(torch.from_numpy(pixels).to(model.device))
-                start = time.perf_counter()
-                model.embedder.levels(x)
-                alone.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            model.extractor(pixels)
+            alone.append(time.perf_counter() - start)
     count = len(wall) * batch
     row = {stage: timer.seconds[stage] * 1000 / count for stage in STAGES}
     row["e2e"] = sum(wall) * 1000 / count
-    row["backbone_alone"] = sum(alone) * 1000 / count
+    row["extractor_alone"] = sum(alone) * 1000 / count
     row["e2e_median_batch_ms"] = statistics.median(wall) * 1000
     return row
+
+
+def backbone_of(model: PatchCore, weights: str | None) -> Backbone:
+    return build_backbone(model.config.backbone, weights, model.extractor.random_weights)
 
 
 def main() -> int:
@@ -82,6 +88,9 @@ def main() -> int:
     parser.add_argument("--wrn-weights", help="real wide_resnet50_2 weights (default: random, timing only)")
     parser.add_argument("--skip-wrn", action="store_true")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1])
+    parser.add_argument(
+        "--extractors", nargs="+", default=["torch", "onnxruntime"], choices=["torch", "onnxruntime"]
+    )
     args = parser.parse_args()
 
     label, train, test = load_images(args)
@@ -119,8 +128,14 @@ def main() -> int:
                     tuple(model.bank.shape),
                 )
             )
-            for batch in (1, 8):
-                score_rows.append((tag, fraction, batch, time_scoring(model, test, batch, args.repeats)))
+            for kind in args.extractors:
+                extractor = model_extractor(
+                    replace(model.config, extractor=kind), backbone_of(model, weights)
+                )
+                variant = PatchCore(model.config, extractor, model.bank, model.level_scales, model.info)
+                for batch in (1, 8):
+                    row = time_scoring(variant, test, batch, args.repeats)
+                    score_rows.append((f"{tag} {extractor.name}", fraction, batch, row))
             del model
 
     print("\nFit (extraction includes reading nothing: images are decoded beforehand)")
@@ -134,18 +149,19 @@ def main() -> int:
             f"{shape[0]}x{shape[1]}"
         )
 
-    print("\nScoring, ms per image (decoded image in, score and anomaly map out)")
+    print("\nScoring, ms per image (decoded image in, score and anomaly map out; 2-core VM: compare rows")
+    print("of one run, or medians of three)")
     header = (
         f"{'backbone':<52}{'coreset':>8}{'batch':>6}"
         + "".join(f"{s:>12}" for s in STAGES)
-        + f"{'end-to-end':>12}{'bb alone':>10}{'ratio':>7}{'img/s':>8}"
+        + f"{'end-to-end':>12}{'extr alone':>11}{'ratio':>7}{'img/s':>8}"
     )
     print(header)
     for tag, fraction, batch, row in score_rows:
         stages = "".join(f"{row[s]:>12.2f}" for s in STAGES)
         print(
-            f"{tag:<52}{fraction:>8.0%}{batch:>6}{stages}{row['e2e']:>12.2f}{row['backbone_alone']:>10.2f}"
-            f"{row['e2e'] / row['backbone_alone']:>7.2f}{1000 / row['e2e']:>8.1f}"
+            f"{tag:<52}{fraction:>8.0%}{batch:>6}{stages}{row['e2e']:>12.2f}{row['extractor_alone']:>11.2f}"
+            f"{row['e2e'] / row['extractor_alone']:>7.2f}{1000 / row['e2e']:>8.1f}"
         )
     return 0
 

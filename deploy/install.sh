@@ -73,11 +73,11 @@ venv_options=()
 [ "$ARAVIS" = 1 ] && venv_options+=(--system-site-packages)
 run python3 -m venv "${venv_options[@]}" "$PREFIX/venv"
 run "$PREFIX/venv/bin/pip" install --quiet --upgrade pip
-run "$PREFIX/venv/bin/pip" install --quiet "$SOURCE[plc]"
+run "$PREFIX/venv/bin/pip" install --quiet "$SOURCE[station,plc]"
 if [ "$TENSORRT" = 1 ]; then
     step "TensorRT (optional; needs the GPU vendor's package index)"
-    run "$PREFIX/venv/bin/pip" install --quiet "$SOURCE[tensorrt]" \
-        || echo "TensorRT could not be installed: the worker runs on plain torch (fp16 on the GPU)"
+    run "$PREFIX/venv/bin/pip" install --quiet "$SOURCE[gpu]" onnxruntime-gpu \
+        || echo "TensorRT could not be installed: use worker.extractor torch (fp16 on the GPU)"
 fi
 
 step "backbone weights"

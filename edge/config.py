@@ -110,6 +110,9 @@ class EndpointsConfig(_Strict):
 class WorkerConfig(_Strict):
     device: Annotated[str, Field(pattern=r"^(cpu|cuda(:\d+)?)$")] = "cpu"
     search: Literal["torch", "faiss"] = "torch"
+    # auto: ONNX Runtime on the CPU for centre-crop banks where installed, else torch
+    extractor: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
+    extractor_precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # fp16/bf16: torch on CUDA
     max_batch: Annotated[int, Field(ge=1, le=256)] = 8
     max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 5.0
     torch_threads: Annotated[int, Field(ge=1, le=256)] | None = None  # None: torch's default

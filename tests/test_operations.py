@@ -94,6 +94,7 @@ def test_the_watchdog_stops_while_inference_is_stuck(tmp_path, systemd_socket, m
 
     class StuckModel:
         placement = fitted_model.placement
+        device = fitted_model.device
 
         def score(self, images, timer=None):
             gate.wait()
@@ -187,7 +188,7 @@ def test_metrics_endpoints_count_a_streamed_run(tmp_path, fitted_model, syntheti
     assert worker_metrics[("edge_errors_total", (("kind", "json"),))] == 3
     verdicts = sum(v for (name, _), v in worker_metrics.items() if name == "edge_verdicts_total")
     assert verdicts == sent == worker_metrics[("edge_frames_out_total", ())]
-    assert worker_metrics[("edge_stage_latency_seconds_count", (("stage", "backbone"),))] == sent
+    assert worker_metrics[("edge_stage_latency_seconds_count", (("stage", "extract"),))] == sent
     assert worker_metrics[("edge_score_ratio_count", ())] == sent
     assert worker_metrics[("edge_bank", (("bank", "synthetic/v7"),))] == 1
     assert publisher_metrics[("edge_frames_out_total", ())] == sent

@@ -24,7 +24,7 @@ from edge.config import CalibrationConfig
 from edge.engine.artifact import read_artifact
 from edge.engine.backbones import build_backbone
 from edge.engine.config import EngineConfig, InputGeometry
-from edge.engine.model import PatchCore
+from edge.engine.model import PatchCore, embed_images, model_extractor
 from edge.errors import ArtifactError, UsageError
 from edge.files import write_bytes_atomic
 from edge.imageio import read_image
@@ -113,17 +113,17 @@ def calibrate(
     if not kept_images:
         raise UsageError(f"no usable good frame among {len(frames)} collected: {dict(report.rejected)}")
 
-    extractor = PatchCore.extractor(config, backbone)
+    extractor = model_extractor(config, backbone)
     embeddings = []
     for start in range(0, len(kept_images), config.batch_size):
-        embeddings.extend(extractor.embed(kept_images[start : start + config.batch_size]))
+        embeddings.extend(embed_images(extractor, config, kept_images[start : start + config.batch_size]))
         progress("embed", len(embeddings), len(kept_images))
     progress("held-out scores", 0, 1)
-    scores, method = held_out_scores(extractor, kept_images, embeddings, recipe.folds, recipe.seed)
+    scores, method = held_out_scores(extractor, config, kept_images, embeddings, recipe.folds, recipe.seed)
     choice = choose_threshold(scores, recipe.target_frr, recipe.margin, method)
     progress("final bank", 0, 1)
     chunks = [e.reshape(-1, e.shape[-1]) for e in embeddings]
-    model = PatchCore.from_embeddings(chunks, config, extractor.backbone, {})
+    model = PatchCore.from_embeddings(chunks, config, extractor, {})
     record = {
         "threshold": float(choice.threshold),
         "choice": choice.to_dict(),

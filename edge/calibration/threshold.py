@@ -23,7 +23,9 @@ import numpy as np
 import torch
 from scipy.stats import beta, norm
 
-from edge.engine.model import PatchCore
+from edge.engine.config import EngineConfig
+from edge.engine.extractors import Extractor
+from edge.engine.model import PatchCore, embed_images
 
 LOW_SHOT = 10  # up to this many frames: leave-one-out, and a low-shot warning
 CONFIDENCE = 0.95
@@ -111,22 +113,26 @@ def folds_for(count: int, folds: int, seed: int) -> list[np.ndarray]:
 
 
 def held_out_scores(
-    extractor: PatchCore, images: list[np.ndarray], embeddings: list[torch.Tensor], folds: int, seed: int
+    extractor: Extractor,
+    config: EngineConfig,
+    images: list[np.ndarray],
+    embeddings: list[torch.Tensor],
+    folds: int,
+    seed: int,
 ) -> tuple[np.ndarray, str]:
     """One score per frame from a bank that did not see it (or, for one frame, of its variants)."""
-    config, backbone = extractor.config, extractor.backbone
     if len(images) == 1:
         bank = PatchCore.from_embeddings(
-            [embeddings[0].reshape(-1, embeddings[0].shape[-1]).clone()], config, backbone, {}
+            [embeddings[0].reshape(-1, embeddings[0].shape[-1]).clone()], config, extractor, {}
         )
-        variants = extractor.embed(_augmented(images[0], seed))
+        variants = embed_images(extractor, config, _augmented(images[0], seed))
         return np.array(bank.image_scores(variants)), "augmented copies of one frame"
     scores = np.zeros(len(images))
     parts = folds_for(len(images), folds, seed)
     for held in parts:
         kept = np.setdiff1d(np.arange(len(images)), held)
         chunks = [embeddings[i].reshape(-1, embeddings[i].shape[-1]).clone() for i in kept]
-        bank = PatchCore.from_embeddings(chunks, config, backbone, {})
+        bank = PatchCore.from_embeddings(chunks, config, extractor, {})
         scores[held] = bank.image_scores([embeddings[i] for i in held])
     method = "leave-one-out" if len(parts) == len(images) else f"{len(parts)}-fold"
     return scores, method

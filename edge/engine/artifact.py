@@ -22,7 +22,8 @@ from safetensors.torch import save
 
 from edge.engine.backbones import build_backbone
 from edge.engine.config import EngineConfig, InputGeometry
-from edge.engine.model import PatchCore
+from edge.engine.extractors import default_cache_dir
+from edge.engine.model import PatchCore, model_extractor
 from edge.errors import ArtifactError, EdgeError
 from edge.files import write_bytes_atomic
 
@@ -34,6 +35,8 @@ RUNTIME_SETTINGS = (
     "search",
     "search_precision",
     "batch_size",
+    "extractor",
+    "extractor_precision",
 )  # may differ between fitting and scoring
 
 
@@ -49,7 +52,7 @@ def save_model(model: PatchCore, path: str | os.PathLike) -> Path:
     """Write `model` to `path` atomically; returns the path."""
     tensors = {
         "bank": model.bank.detach().cpu().contiguous(),
-        "level_scales": model.embedder.level_scales.detach().cpu().contiguous(),
+        "level_scales": model.level_scales.detach().cpu().contiguous(),
     }
     metadata = {
         "format": FORMAT,
@@ -132,4 +135,15 @@ def load_model(path: str | os.PathLike, weights: str | None = None, **runtime: A
         for k in ("edge_version", "created_utc", "training", "total_patches", "timings", "calibration")
         if k in meta
     }
-    return PatchCore(config, backbone, tensors["bank"], tensors["level_scales"], info)
+    extractor = model_extractor(config, backbone, extractor_cache(Path(path)))
+    return PatchCore(config, extractor, tensors["bank"], tensors["level_scales"], info)
+
+
+def extractor_cache(path: Path) -> Path:
+    """Exported extractor graphs: beside the banks in a bank store (`<store>/extractors/`, next to
+    `versions/`) where it is writable, else the user's cache folder (EDGE_CACHE_DIR, systemd's
+    CACHE_DIRECTORY or ~/.cache/edge). A loose model file never gets a folder beside it."""
+    store = path.resolve().parent.parent
+    if path.resolve().parent.name == "versions" and os.access(store, os.W_OK):
+        return store / "extractors"
+    return default_cache_dir()

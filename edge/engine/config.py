@@ -9,6 +9,7 @@ from edge.errors import UsageError
 
 SEARCH_BACKENDS = ("torch", "faiss")
 SEARCH_PRECISIONS = ("auto", "fp32", "bf16")
+EXTRACTORS = ("auto", "torch", "onnxruntime", "tensorrt")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ class EngineConfig:
     search_precision: str = "auto"  # torch search: bf16 candidates + exact rescoring where the CPU has bf16
     device: str = "cpu"
     batch_size: int = 8
+    extractor: str = "auto"  # auto, torch, onnxruntime, tensorrt (edge.engine.extractors)
+    extractor_precision: str = "fp32"  # torch on CUDA: fp16 or bf16 too
 
     def __post_init__(self) -> None:
         if not 0.0 < self.coreset_fraction <= 1.0:
@@ -70,6 +73,12 @@ class EngineConfig:
         if self.search_precision not in SEARCH_PRECISIONS:
             raise UsageError(
                 f"unknown search precision {self.search_precision!r}; choose {', '.join(SEARCH_PRECISIONS)}"
+            )
+        if self.extractor not in EXTRACTORS:
+            raise UsageError(f"unknown extractor {self.extractor!r}; choose one of {', '.join(EXTRACTORS)}")
+        if self.extractor_precision not in ("fp32", "fp16", "bf16"):
+            raise UsageError(
+                f"extractor precision must be fp32, fp16 or bf16, got {self.extractor_precision!r}"
             )
         if self.batch_size < 1:
             raise UsageError(f"batch size must be positive, got {self.batch_size}")

@@ -11,6 +11,7 @@ and the levels are concatenated. docs/engine.md gives the figures behind these c
 
 from __future__ import annotations
 
+import math
 from itertools import pairwise
 
 import torch
@@ -23,19 +24,77 @@ NEIGHBOURHOOD = 3
 AREA = NEIGHBOURHOOD * NEIGHBOURHOOD
 
 
-class PatchEmbedder(nn.Module):
-    """uint8 NHWC images → (N, h, w, D) float32 patch embeddings on the stride-8 grid."""
+def pooling_matrix(inputs: int, outputs: int) -> torch.Tensor:
+    """(outputs, inputs): the linear map of F.adaptive_avg_pool1d from `inputs` to `outputs` values."""
+    matrix = torch.zeros(outputs, inputs, dtype=torch.float64)
+    for row in range(outputs):
+        start, end = (row * inputs) // outputs, -((-(row + 1) * inputs) // outputs)
+        matrix[row, start:end] = 1.0 / (end - start)
+    return matrix
 
-    def __init__(self, backbone: Backbone, level_scales: torch.Tensor | None = None) -> None:
+
+class LocalAggregation(nn.Module):
+    """A level's 3x3 neighbourhoods pooled to `width` values, as one fixed-weight grouped (for
+    Lite0 and WideResNet50: depthwise) convolution: the same numbers as unfolding the zero-padded
+    neighbourhoods and adaptively average-pooling them (`unfold_neighbourhoods`), without
+    materialising C·9 values per position, and exportable to ONNX and TensorRT as a plain conv."""
+
+    def __init__(self, channels: int, width: int) -> None:
+        super().__init__()
+        dense = pooling_matrix(channels * AREA, width).reshape(width, channels, NEIGHBOURHOOD, NEIGHBOURHOOD)
+        self.groups = _groups(dense)
+        per_group, outs = channels // self.groups, width // self.groups
+        weight = torch.stack(
+            [dense[j, (j // outs) * per_group : (j // outs + 1) * per_group] for j in range(width)]
+        )
+        self.register_buffer("weight", weight.float())
+
+    def forward(self, level: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(level, self.weight, padding=NEIGHBOURHOOD // 2, groups=self.groups)
+
+
+def _groups(dense: torch.Tensor) -> int:
+    """The most groups a conv with these (width, C, 3, 3) weights splits into: each output's
+    non-zero inputs within its own group's channels."""
+    width, channels = dense.shape[:2]
+    used = dense.abs().sum((2, 3)) > 0  # (width, C)
+    common = math.gcd(width, channels)
+    for groups in (g for g in range(common, 0, -1) if common % g == 0):
+        per_group, outs = channels // groups, width // groups
+        if all(
+            used[j].nonzero().min() >= (j // outs) * per_group
+            and used[j].nonzero().max() < (j // outs + 1) * per_group
+            for j in range(width)
+        ):
+            return groups
+    return 1
+
+
+def unfold_neighbourhoods(level: torch.Tensor, width: int) -> torch.Tensor:
+    """The definition (the reference implementation's): each position's zero-padded 3x3xC
+    neighbourhood, flattened channel-major, adaptively average-pooled to `width` values."""
+    n, channels, h, w = level.shape
+    whole = F.unfold(level, NEIGHBOURHOOD, padding=NEIGHBOURHOOD // 2)  # (n, C·9, h·w)
+    if width != channels * AREA:
+        whole = F.adaptive_avg_pool1d(whole.transpose(1, 2), width).transpose(1, 2)
+    return whole.reshape(n, width, h, w)
+
+
+class PatchEmbedder(nn.Module):
+    """uint8 NHWC images → (N, h, w, D) float32 unscaled patch embeddings on the stride-8 grid;
+    the whole graph from pixels to embeddings, so it exports to ONNX as one piece."""
+
+    def __init__(self, backbone: Backbone) -> None:
         super().__init__()
         self.trunk = backbone.trunk.to(memory_format=torch.channels_last)
         spec = backbone.spec
         self.channels = spec.level_channels
         self.widths = spec.level_widths
+        self.aggregations = nn.ModuleList(
+            LocalAggregation(c, w) for c, w in zip(self.channels, self.widths, strict=True)
+        )
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1) * 255.0)
-        scales = torch.ones(len(self.widths)) if level_scales is None else level_scales.float()
-        self.register_buffer("level_scales", scales)
 
     @property
     def dim(self) -> int:
@@ -46,34 +105,24 @@ class PatchEmbedder(nn.Module):
         x = images.permute(0, 3, 1, 2).float()
         return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
 
-    def levels(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.trunk(x)
-
-    @staticmethod
-    def neighbourhoods(level: torch.Tensor, width: int) -> torch.Tensor:
-        """Each position's zero-padded 3x3xC neighbourhood, flattened channel-major and adaptively
-        average-pooled to `width` values (C·9: kept whole; C: each channel's 3x3 mean)."""
-        n, channels, h, w = level.shape
-        if width == channels:  # the same numbers as pooling the flattened vector, computed directly
-            return F.avg_pool2d(level, NEIGHBOURHOOD, stride=1, padding=NEIGHBOURHOOD // 2)
-        whole = F.unfold(level, NEIGHBOURHOOD, padding=NEIGHBOURHOOD // 2)  # (n, C·9, h·w)
-        if width != channels * AREA:
-            whole = F.adaptive_avg_pool1d(whole.transpose(1, 2), width).transpose(1, 2)
-        return whole.reshape(n, width, h, w)
-
-    def aggregate(self, levels: list[torch.Tensor], scaled: bool = True) -> torch.Tensor:
+    def aggregate(self, levels: list[torch.Tensor]) -> torch.Tensor:
         """Aggregate each level's neighbourhoods, resize onto the first level's grid, concatenate."""
         grid = levels[0].shape[-2:]
         parts = []
-        for index, (level, width) in enumerate(zip(levels, self.widths, strict=True)):
-            part = self.neighbourhoods(level, width)
+        for level, aggregation in zip(levels, self.aggregations, strict=True):
+            part = aggregation(level)
             if part.shape[-2:] != grid:
                 part = F.interpolate(part, size=grid, mode="bilinear", align_corners=False)
-            parts.append(part * self.level_scales[index] if scaled else part)
+            parts.append(part)
         return torch.cat(parts, dim=1).permute(0, 2, 3, 1).contiguous()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.aggregate(self.levels(self.normalise(images)))
+        return self.aggregate(self.trunk(self.normalise(images)))
+
+
+def column_scales(level_scales: torch.Tensor, widths: tuple[int, ...]) -> torch.Tensor:
+    """Per-level scales repeated over each level's columns (multiplied onto unscaled embeddings)."""
+    return torch.repeat_interleave(level_scales.float(), torch.tensor(widths))
 
 
 def equal_variance_scales(chunks: list[torch.Tensor], widths: tuple[int, ...]) -> torch.Tensor:

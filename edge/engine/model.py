@@ -1,7 +1,11 @@
 """PatchCore orchestration: fitting a memory bank from good images and scoring new ones.
 
-The pure compute lives in features / coreset / search / scoring; this module batches images,
-keeps results in input order, and records what the fitted model is (for the artifact).
+The pure compute lives in extractors / features / coreset / search / scoring; this module batches
+images, keeps results in input order, and records what the fitted model is (for the artifact).
+Scoring is batched on the model's device: per micro-batch of same-size inputs one upload (uint8
+pixels), one search over all their patches, eq. 7 from a neighbour table built once per bank, and
+one download (image scores and patch-grid distances); the maps are then made on the host at the
+network input's size.
 """
 
 from __future__ import annotations
@@ -22,26 +26,36 @@ from edge import __version__
 from edge.engine.backbones import Backbone, build_backbone
 from edge.engine.config import EngineConfig
 from edge.engine.coreset import greedy_coreset, random_projection
-from edge.engine.features import PatchEmbedder, equal_variance_scales
+from edge.engine.extractors import Extractor, build_extractor, synchronize, torch_device
+from edge.engine.features import column_scales, equal_variance_scales
 from edge.engine.geometry import Placement, map_to_frame, place, prepare
-from edge.engine.scoring import anomaly_map, reweighting_factor
+from edge.engine.scoring import anomaly_map, neighbour_table, reweighting_factors
 from edge.engine.search import build_index
 from edge.errors import UsageError
 
 
 class StageTimer:
-    """Accumulates wall time per named stage (for benchmarks and the eval report)."""
+    """Accumulates wall time per named stage (for benchmarks and the eval report). With a CUDA
+    device it synchronises before each reading, so a stage's time is its own and not the queue's;
+    the timer that does nothing (the default) never synchronises."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device | None = None) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self.device = device
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
+        self._sync()
         start = time.perf_counter()
         try:
             yield
         finally:
+            self._sync()
             self.seconds[name] += time.perf_counter() - start
+
+    def _sync(self) -> None:
+        if self.device is not None:
+            synchronize(self.device)
 
 
 _NO_TIMER = StageTimer()
@@ -102,48 +116,31 @@ class _TrainingSummary:
         }
 
 
-def torch_device(name: str) -> torch.device:
-    """The torch device `name` names, or UsageError when it cannot run here (no traceback)."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise UsageError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise UsageError(f"unsupported device {name!r}; use cpu, cuda or cuda:N")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(
-                f"device {name!r} asked for, but no CUDA GPU is usable here (no NVIDIA driver or GPU, "
-                "or a CPU build of torch); use --device cpu"
-            )
-        if (device.index or 0) >= torch.cuda.device_count():
-            raise UsageError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
-    return device
-
-
 class PatchCore:
     """A fitted PatchCore model: backbone, memory bank and everything needed to score."""
 
     def __init__(
         self,
         config: EngineConfig,
-        backbone: Backbone,
+        extractor: Extractor,
         bank: torch.Tensor,
         level_scales: torch.Tensor,
         info: dict[str, Any],
     ):
         self.config = config
-        self.backbone = backbone
+        self.extractor = extractor
         self.info = info
-        self.device = torch_device(config.device)
-        self.embedder = PatchEmbedder(backbone, level_scales).to(self.device).eval()
-        if bank.ndim != 2 or bank.shape[1] != self.embedder.dim:
+        self.device = extractor.device
+        if bank.ndim != 2 or bank.shape[1] != extractor.dim:
             raise UsageError(
-                f"bank of shape {tuple(bank.shape)} does not fit backbone {backbone.spec.name} "
-                f"(embedding width {self.embedder.dim})"
+                f"bank of shape {tuple(bank.shape)} does not fit backbone {extractor.spec.name} "
+                f"(embedding width {extractor.dim})"
             )
+        self.level_scales = level_scales.float().cpu()
+        self.column_scales = column_scales(self.level_scales, extractor.widths).to(self.device)
         self.bank = bank.to(self.device, torch.float32).contiguous()
-        self.index = build_index(self.bank, config.search, config.device, config.search_precision)
+        self.index = build_index(self.bank, config.search, str(self.device), config.search_precision)
+        self._neighbours: torch.Tensor | None = None  # eq. 7's support rows per bank row, on first use
 
     @property
     def threshold(self) -> float | None:
@@ -173,8 +170,7 @@ class PatchCore:
         `progress` is called with the number of images done after each batch.
         """
         torch_device(config.device)
-        backbone = build_backbone(config.backbone, weights, random_weights)
-        model = cls.extractor(config, backbone)
+        extractor = model_extractor(config, build_backbone(config.backbone, weights, random_weights))
         summary = _TrainingSummary()
         started = time.perf_counter()
 
@@ -184,30 +180,24 @@ class PatchCore:
                 yield image
 
         chunks: list[torch.Tensor] = []
-        for embeddings in model._embed_batches(counted()):
+        for embeddings in _embed_batches(extractor, config, counted()):
             chunks.extend(e.reshape(-1, e.shape[-1]).cpu() for e in embeddings)
             if progress is not None:
                 progress(len(embeddings))
         extract_s = time.perf_counter() - started
-        fitted = cls.from_embeddings(chunks, config, backbone, {"training": summary.to_dict()})
+        fitted = cls.from_embeddings(chunks, config, extractor, {"training": summary.to_dict()})
         fitted.info["timings"]["extract_s"] = extract_s
         return fitted
 
     @classmethod
-    def extractor(cls, config: EngineConfig, backbone: Backbone) -> PatchCore:
-        """A model with an empty bank: it embeds images (embed) but cannot score them."""
-        dim = sum(backbone.spec.level_widths)
-        return cls(config, backbone, torch.zeros(1, dim), torch.ones(len(backbone.spec.level_widths)), {})
-
-    @classmethod
     @torch.inference_mode()
     def from_embeddings(
-        cls, chunks: list[torch.Tensor], config: EngineConfig, backbone: Backbone, info: dict[str, Any]
+        cls, chunks: list[torch.Tensor], config: EngineConfig, extractor: Extractor, info: dict[str, Any]
     ) -> PatchCore:
         """Fit on unscaled patch embeddings (rows of width D; scaled in place): level scales, coreset."""
         if not chunks:
             raise UsageError("no training images: a bank needs at least one good image")
-        widths = tuple(backbone.spec.level_widths)
+        widths = extractor.widths
         scales = equal_variance_scales(chunks, widths)
         _scale_levels(chunks, scales, widths)
         started = time.perf_counter()
@@ -219,74 +209,93 @@ class PatchCore:
             "total_patches": sum(c.shape[0] for c in chunks),
             "timings": {"coreset_s": time.perf_counter() - started},
         }
-        return cls(config, backbone, bank, scales, info)
+        return cls(config, extractor, bank, scales, info)
 
     # ---- scoring -------------------------------------------------------------------------------
     @torch.inference_mode()
     def score(self, images: Sequence[np.ndarray], timer: StageTimer | None = None) -> list[ImageResult]:
         """Score images (any sizes, any mix); results come back in input order.
 
-        An image's numbers do not depend on the batch it came in: images are only batched with
-        others of the same input size, and every image is searched on its own.
+        An image's numbers do not depend on the batch it came in: images are batched only with
+        others of the same input size, and every patch is searched on its own.
         """
         timer = timer or _NO_TIMER
         with timer.stage("preprocess"):
             prepared = [self._prepare(image) for image in images]
         results: list[ImageResult | None] = [None] * len(prepared)
         for positions in self._batches_by_shape(prepared):
-            embeddings = self._embed([prepared[p].pixels for p in positions], timer)
-            for position, embedding in zip(positions, embeddings, strict=True):
-                results[position] = self._score_one(embedding, prepared[position].placement, timer)
+            with timer.stage("extract"):
+                embeddings = self.extractor(np.stack([prepared[p].pixels for p in positions]))
+            scores, max_distances, grids = self._score_batch(embeddings * self.column_scales, timer)
+            with timer.stage("map"):
+                for row, position in enumerate(positions):
+                    placement = prepared[position].placement
+                    amap = anomaly_map(grids[row], placement.input_hw)
+                    results[position] = ImageResult(
+                        float(scores[row]), float(max_distances[row]), amap, placement
+                    )
         return [r for r in results if r is not None]
 
-    def _score_one(self, embedding: torch.Tensor, placement: Placement, timer: StageTimer) -> ImageResult:
-        grid_h, grid_w, dim = embedding.shape
-        score, max_distance, distances = self._image_score(embedding.reshape(-1, dim), timer)
-        with timer.stage("map"):
-            amap = anomaly_map(distances.reshape(grid_h, grid_w).numpy(), placement.input_hw)
-        return ImageResult(score, max_distance, amap, placement)
+    def _score_batch(
+        self, embeddings: torch.Tensor, timer: StageTimer
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(n, h, w, D) scaled embeddings on the device → image scores, largest patch distances
+        and (n, h, w) patch distances, brought to the host in one transfer."""
+        n, grid_h, grid_w, dim = embeddings.shape
+        patches = embeddings.reshape(n, grid_h * grid_w, dim)
+        with timer.stage("search"):
+            distances, rows = self.index.search(patches.reshape(-1, dim), k=1)
+            distances = distances[:, 0].to(self.device).reshape(n, -1)
+            rows = rows[:, 0].to(self.device).reshape(n, -1)
+            max_distances, worst = distances.max(1)
+            scores = max_distances.double()
+            if self.config.reweight:
+                nearest = rows.gather(1, worst[:, None])[:, 0]
+                worst_patches = patches[torch.arange(n, device=self.device), worst]
+                scores = scores * reweighting_factors(worst_patches, self.neighbours[nearest], self.bank)
+            packed = torch.cat([scores[:, None], max_distances.double()[:, None], distances.double()], 1)
+            packed = packed.cpu().numpy()  # the batch's one device → host transfer
+        return packed[:, 0], packed[:, 1], packed[:, 2:].astype(np.float32).reshape(n, grid_h, grid_w)
+
+    @property
+    def neighbours(self) -> torch.Tensor:
+        """(rows, k) eq. 7 support per bank row: itself, then its k - 1 nearest other bank rows."""
+        if self._neighbours is None:
+            self._neighbours = neighbour_table(self.bank, self.index, self.config.reweight_neighbours)
+        return self._neighbours
 
     @torch.inference_mode()
     def embed(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
         """Unscaled (h, w, D) patch embeddings of each image, in input order, on the CPU: computed
         once, they can fit several banks (calibration's folds) and be scored by each."""
-        prepared = [self._prepare(image) for image in images]
-        out: list[torch.Tensor | None] = [None] * len(prepared)
-        for positions in self._batches_by_shape(prepared):
-            embeddings = self._embed([prepared[p].pixels for p in positions], scaled=False).cpu()
-            for position, embedding in zip(positions, embeddings, strict=True):
-                out[position] = embedding
-        return [e for e in out if e is not None]
+        return embed_images(self.extractor, self.config, images)
 
     @torch.inference_mode()
     def image_scores(self, embeddings: Sequence[torch.Tensor]) -> list[float]:
         """Image scores (eq. 7) of unscaled embeddings from `embed`, without anomaly maps."""
-        column_scales = torch.repeat_interleave(
-            self.embedder.level_scales.cpu(), torch.tensor(self.embedder.widths)
-        )
-        scores = []
-        for embedding in embeddings:
-            patches = (embedding.reshape(-1, embedding.shape[-1]) * column_scales).to(self.device)
-            scores.append(self._image_score(patches, _NO_TIMER)[0])
-        return scores
+        scores: list[float | None] = [None] * len(embeddings)
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for position, embedding in enumerate(embeddings):
+            groups[tuple(embedding.shape)].append(position)
+        for positions in groups.values():
+            for start in range(0, len(positions), self.config.batch_size):
+                chunk = positions[start : start + self.config.batch_size]
+                batch = torch.stack([embeddings[p] for p in chunk]).to(self.device) * self.column_scales
+                for position, value in zip(chunk, self._score_batch(batch, _NO_TIMER)[0], strict=True):
+                    scores[position] = float(value)
+        return [s for s in scores if s is not None]
 
-    def _image_score(self, patches: torch.Tensor, timer: StageTimer) -> tuple[float, float, torch.Tensor]:
-        """(image score, largest patch distance, every patch's distance) for one image's patches."""
-        with timer.stage("search"):
-            distances, rows = self.index.search(patches, k=1)
-            distances = distances[:, 0].cpu()
-            worst = int(torch.argmax(distances))
-            max_distance = float(distances[worst])
-            score = max_distance
-            if self.config.reweight:
-                score *= reweighting_factor(
-                    patches[worst],
-                    int(rows[worst, 0]),
-                    self.bank,
-                    self.index,
-                    self.config.reweight_neighbours,
-                )
-        return score, max_distance, distances
+    def warm_up(self, input_hw: tuple[int, int] | None = None, batches: Sequence[int] = (1,)) -> None:
+        """First-call set-up before any part waits: the extractor's batch buckets, the search and
+        eq. 7's table, on the input size this model's geometry gives (or `input_hw`)."""
+        geometry = self.config.geometry
+        if input_hw is None:
+            side = geometry.crop or geometry.resize
+            input_hw = (side, side)
+        for batch in batches:
+            embeddings = self.extractor(np.zeros((batch, *input_hw, 3), np.uint8))
+            self._score_batch(embeddings * self.column_scales, _NO_TIMER)
+        synchronize(self.device)
 
     def placement(self, frame_hw: tuple[int, int]) -> Placement:
         """Where a frame of this size goes in; ImageError (`shape: ...`) for a frame this model
@@ -307,50 +316,23 @@ class PatchCore:
             for start in range(0, len(positions), size):
                 yield positions[start : start + size]
 
-    @torch.inference_mode()
-    def _embed(
-        self, pixels: Sequence[np.ndarray], timer: StageTimer = _NO_TIMER, scaled: bool = True
-    ) -> torch.Tensor:
-        """Same-size uint8 HxWx3 inputs → (n, h, w, D) patch embeddings."""
-        with timer.stage("preprocess"):
-            batch = torch.from_numpy(np.stack(pixels)).to(self.device)
-            x = self.embedder.normalise(batch)
-        with timer.stage("backbone"):
-            levels = self.embedder.levels(x)
-        with timer.stage("aggregation"):
-            return self.embedder.aggregate(levels, scaled=scaled)
-
-    def _embed_batches(self, images: Iterable[np.ndarray]) -> Iterator[torch.Tensor]:
-        """Embed a stream of images in same-size batches without holding the stream in memory."""
-        pending: dict[tuple[int, ...], list[np.ndarray]] = defaultdict(list)
-        for image in images:
-            pixels = self._prepare(image).pixels
-            group = pending[pixels.shape]
-            group.append(pixels)
-            if len(group) == self.config.batch_size:
-                yield self._embed(group, scaled=False)
-                group.clear()
-        for group in pending.values():
-            if group:
-                yield self._embed(group, scaled=False)
-
     def metadata(self) -> dict[str, Any]:
         """What the model is, for the artifact and reports."""
-        spec = self.backbone.spec
+        spec = self.extractor.spec
         return {
             "config": self.config.to_dict(),
             "backbone": {
                 "name": spec.name,
-                "weights_id": self.backbone.weights_id,
-                "random_weights": self.backbone.random_weights,
+                "weights_id": self.extractor.weights_id,
+                "random_weights": self.extractor.random_weights,
                 "level_channels": list(spec.level_channels),
                 "level_strides": list(spec.level_strides),
                 "mean": list(spec.mean),
                 "std": list(spec.std),
             },
             "embedding_dim": int(self.bank.shape[1]),
-            "level_widths": list(self.embedder.widths),
-            "level_scales": self.embedder.level_scales.tolist(),
+            "level_widths": list(self.extractor.widths),
+            "level_scales": self.level_scales.tolist(),
             "bank_shape": list(self.bank.shape),
             **self.info,
         }
@@ -382,3 +364,51 @@ def _coreset_bank(chunks: list[torch.Tensor], config: EngineConfig) -> torch.Ten
     offsets = np.cumsum([0] + [c.shape[0] for c in chunks])
     owner = np.searchsorted(offsets, chosen.numpy(), side="right") - 1
     return torch.stack([chunks[o][i - offsets[o]] for o, i in zip(owner, chosen.tolist(), strict=True)])
+
+
+def model_extractor(config: EngineConfig, backbone: Backbone, cache_dir: Any = None) -> Extractor:
+    """The extractor a model of this configuration runs: fixed input size in centre-crop mode."""
+    crop = config.geometry.crop
+    return build_extractor(
+        backbone,
+        config.extractor,
+        config.device,
+        input_hw=(crop, crop) if crop is not None else None,
+        cache_dir=cache_dir,
+        precision=config.extractor_precision,
+    )
+
+
+def embed_images(
+    extractor: Extractor, config: EngineConfig, images: Sequence[np.ndarray]
+) -> list[torch.Tensor]:
+    """Unscaled (h, w, D) embeddings of each image on the CPU, in input order."""
+    out: list[torch.Tensor | None] = [None] * len(images)
+    prepared = [prepare(image, config.geometry)[0] for image in images]
+    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for position, pixels in enumerate(prepared):
+        groups[pixels.shape].append(position)
+    for positions in groups.values():
+        for start in range(0, len(positions), config.batch_size):
+            chunk = positions[start : start + config.batch_size]
+            embeddings = extractor(np.stack([prepared[p] for p in chunk])).cpu()
+            for position, embedding in zip(chunk, embeddings, strict=True):
+                out[position] = embedding
+    return [e for e in out if e is not None]
+
+
+def _embed_batches(
+    extractor: Extractor, config: EngineConfig, images: Iterable[np.ndarray]
+) -> Iterator[torch.Tensor]:
+    """Embed a stream of images in same-size batches without holding the stream in memory."""
+    pending: dict[tuple[int, ...], list[np.ndarray]] = defaultdict(list)
+    for image in images:
+        pixels = prepare(image, config.geometry)[0]
+        group = pending[pixels.shape]
+        group.append(pixels)
+        if len(group) == config.batch_size:
+            yield extractor(np.stack(group))
+            group.clear()
+    for group in pending.values():
+        if group:
+            yield extractor(np.stack(group))

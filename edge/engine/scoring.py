@@ -12,20 +12,26 @@ MAP_SIGMA = 4.0
 GAUSSIAN_TRUNCATE = 4.0  # kernel radius in sigmas, as scipy.ndimage's default
 
 
-def reweighting_factor(
-    patch: torch.Tensor, nearest_row: int, bank: torch.Tensor, index: NearestNeighbourIndex, neighbours: int
-) -> float:
-    """Paper eq. 7: 1 - softmax over the patch's distances to m* and m*'s nearest bank neighbours.
+def neighbour_table(bank: torch.Tensor, index: NearestNeighbourIndex, neighbours: int) -> torch.Tensor:
+    """(rows, neighbours) bank rows: each row itself, then its `neighbours` - 1 nearest other rows
+    (as the search finds them): the support of eq. 7, built once per bank."""
+    _, rows = index.search(bank, k=neighbours)
+    rows = rows.to(bank.device)
+    own = torch.arange(bank.shape[0], device=bank.device)[:, None]
+    order = torch.sort((rows == own).to(torch.int8), dim=1, stable=True).indices  # others first, in order
+    return torch.cat([own, rows.gather(1, order)[:, : neighbours - 1]], 1)
 
-    An anomalous patch whose nearest bank feature m* sits in a sparse part of the bank (far from
-    its own neighbours) keeps its score; one near a dense cluster is scaled down. The softmax is
-    computed by torch (max-shifted), so large distances cannot overflow.
+
+def reweighting_factors(patches: torch.Tensor, support: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """Paper eq. 7 for a batch: 1 - softmax over each patch's distances to its nearest bank feature
+    m* (support[:, 0]) and m*'s nearest bank neighbours (the rest of its support row).
+
+    An anomalous patch whose m* sits in a sparse part of the bank (far from its own neighbours)
+    keeps its score; one near a dense cluster is scaled down. The softmax is max-shifted by torch
+    and computed in float64, so large distances cannot overflow.
     """
-    _, rows = index.search(bank[nearest_row : nearest_row + 1], k=neighbours)
-    others = [int(r) for r in rows[0].tolist() if int(r) != nearest_row]
-    support = torch.tensor([nearest_row, *others[: neighbours - 1]], dtype=torch.long)
-    distances = torch.linalg.vector_norm(bank[support] - patch.to(bank.device)[None, :], dim=1)
-    return float(1.0 - torch.softmax(distances.double(), dim=0)[0])
+    distances = torch.linalg.vector_norm(bank[support] - patches[:, None, :], dim=2)
+    return 1.0 - torch.softmax(distances.double(), dim=1)[:, 0]
 
 
 def anomaly_map(patch_scores: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:

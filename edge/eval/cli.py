@@ -12,7 +12,7 @@ from typing import Any
 
 from edge.cli_support import run_cli, setup_logging
 from edge.engine.backbones import BACKBONES
-from edge.engine.config import SEARCH_BACKENDS, SEARCH_PRECISIONS, EngineConfig, InputGeometry
+from edge.engine.config import EXTRACTORS, SEARCH_BACKENDS, SEARCH_PRECISIONS, EngineConfig, InputGeometry
 from edge.errors import UsageError
 from edge.eval.mvtec import load_category
 from edge.files import write_bytes_atomic
@@ -83,6 +83,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="torch search products: bf16 finds candidates that fp32 then measures exactly "
         "(auto: bf16 where the CPU has native bf16, else fp32)",
     )
+    parser.add_argument(
+        "--extractor",
+        default="auto",
+        choices=EXTRACTORS,
+        help="feature extraction runtime (auto: ONNX Runtime on the CPU for centre crops where "
+        "installed, else torch; tensorrt needs a GPU and edge[gpu])",
+    )
+    parser.add_argument(
+        "--extractor-precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="fp16/bf16: CUDA only"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--no-reweight", action="store_true", help="image score without paper eq. 7")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -107,6 +117,8 @@ def build_config(args: argparse.Namespace) -> EngineConfig:
         search_precision=args.search_precision,
         device=args.device,
         batch_size=args.batch_size,
+        extractor=args.extractor,
+        extractor_precision=args.extractor_precision,
     )
 
 

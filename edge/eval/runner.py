@@ -101,5 +101,6 @@ def evaluate_category(category: Category, options: EvalOptions) -> dict[str, Any
         "bank_dim": int(model.bank.shape[1]),
         "train_images": len(category.train),
         "test_images": len(category.test),
-        "random_weights": model.backbone.random_weights,
+        "random_weights": model.extractor.random_weights,
+        "extractor": model.extractor.name,
     }

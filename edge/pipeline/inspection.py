@@ -143,7 +143,7 @@ def inspect(
             continue
         live.append(position)
     if live:
-        timer = StageTimer()
+        timer = StageTimer(bank.model.device)  # synchronised readings on a GPU
         started = time.perf_counter()
         results = _score(bank, pixels, timer)
         if isinstance(results, Exception):

@@ -31,17 +31,24 @@ def load_station_bank(config: StationConfig) -> Bank:
     from edge.engine.artifact import load_model
 
     ref = resolve_bank(config.bank.path)
-    model = load_model(ref.path, config.weights, device=config.worker.device, search=config.worker.search)
+    model = load_model(
+        ref.path,
+        config.weights,
+        device=config.worker.device,
+        search=config.worker.search,
+        extractor=config.worker.extractor,
+        extractor_precision=config.worker.extractor_precision,
+    )
     threshold = config.bank.threshold or model.threshold
     if threshold is None:
         raise ConfigError(
             f"bank {ref.path} has no calibrated threshold: calibrate it with edge-calibrate "
             "or set bank.threshold in the configuration"
         )
-    backend = f"{config.worker.search}-{config.worker.device}"
-    model.score(
-        [np.zeros((WARM_UP_SIDE, WARM_UP_SIDE, 3), np.uint8)]
-    )  # first-call set-up, before any part waits
+    backend = f"{model.extractor.name}+{config.worker.search}"
+    # first-call set-up of every batch size a micro-batch can have, before any part waits
+    model.warm_up(batches=sorted({1, config.worker.max_batch}))
+    model.score([np.zeros((WARM_UP_SIDE, WARM_UP_SIDE, 3), np.uint8)])  # the host side too
     return Bank(model, threshold, ref.bank_id, ref.version, backend)
 
 
