@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-BANK_TILE = 1024
+BANK_TILE = 4096  # bank rows per product: a 1 % bottle bank in one tile (no merging of candidates)
 QUERY_TILE = 1024
 # bf16 candidates measured exactly per query, beyond the k asked for: with 3 extra (4 for k = 1) every
 # bottle test patch found its exact nearest neighbour (docs/engine.md)
@@ -84,7 +84,8 @@ class TorchIndex:
             return distances, rows
         wanted = min(k + EXTRA_CANDIDATES, self.bank.shape[0])
         _, candidates = self._best(centred.to(torch.bfloat16), wanted)
-        exact = torch.linalg.vector_norm(self.bank[candidates] - queries[:, None, :], dim=2)
+        rows = self.bank.index_select(0, candidates.reshape(-1)).view(*candidates.shape, -1)  # 3x faster
+        exact = torch.linalg.vector_norm(rows.sub_(queries[:, None, :]), dim=2)  # than bank[candidates]
         distances, order = torch.topk(exact, k, dim=1, largest=False)
         return distances, torch.gather(candidates, 1, order)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -26,10 +27,65 @@ from edge.sockets import FRAME_BYTES, REQUEST_BYTES, ErrorTally, answer, open_so
 log = logging.getLogger("edge.worker")
 POLL_MS = 100
 # Frames waiting in the worker, in bytes: a micro-batch holds at most one largest frame's worth of
-# pixels, and the receive queue at most QUEUE_BYTES of largest frames; together with the model this
-# keeps the worker's memory bounded whatever headers arrive (tests/test_hostile.py measures it).
+# pixels (or several smaller frames), the inbox at most QUEUE_BYTES (plus the frame that crossed
+# it) and ZeroMQ's own queue two frames; with the model this keeps the worker's memory bounded
+# whatever headers arrive (tests/test_hostile.py measures it), while small frames still queue
+# two micro-batches deep, so the next batch is ready when the last one is scored.
 BATCH_BYTES = MAX_PIXEL_BYTES
 QUEUE_BYTES = 4 * MAX_PIXEL_BYTES
+
+
+class Inbox:
+    """Frames received ahead of scoring, by a thread of their own that reads the socket while the
+    model scores; what waits is bounded in frames and in bytes, and past that bound the frames
+    wait in the sender's queue (ZeroMQ's backpressure). Only this thread touches the socket."""
+
+    def __init__(self, socket: zmq.Socket, max_frames: int, max_bytes: int) -> None:
+        self.socket = socket
+        self.max_frames, self.max_bytes = max_frames, max_bytes
+        self.queue: deque[list[zmq.Frame]] = deque()
+        self.bytes = 0
+        self.changed = threading.Condition()
+        self.closing = threading.Event()
+        self.thread = threading.Thread(target=self._receive, name="frames-in", daemon=True)
+        self.thread.start()
+
+    def _full(self) -> bool:
+        return len(self.queue) >= self.max_frames or self.bytes >= self.max_bytes
+
+    def _receive(self) -> None:
+        while not self.closing.is_set():
+            with self.changed:
+                while self._full() and not self.closing.is_set():
+                    self.changed.wait(POLL_MS / 1000)
+            if self.closing.is_set() or not self.socket.poll(POLL_MS):
+                continue
+            parts = self.socket.recv_multipart(copy=False)
+            with self.changed:
+                self.queue.append(parts)
+                self.bytes += _bytes(parts)
+                self.changed.notify_all()
+
+    def take(self, timeout_s: float, budget: int | None = None) -> list[zmq.Frame] | None:
+        """The next frame within `timeout_s`, or None; with `budget`, only a frame of at most that
+        many bytes (a larger one stays first in line)."""
+        deadline = time.monotonic() + timeout_s
+        with self.changed:
+            while not self.queue:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self.changed.wait(remaining)
+            if budget is not None and _bytes(self.queue[0]) > budget:
+                return None
+            parts = self.queue.popleft()
+            self.bytes -= _bytes(parts)
+            self.changed.notify_all()
+            return parts
+
+    def close(self) -> None:
+        self.closing.set()
+        self.thread.join()
 
 
 @dataclass(frozen=True)
@@ -88,7 +144,6 @@ class Worker:
         self.last_batch = 0  # frames taken in the latest micro-batch: how far behind the worker is
         self.reload: _Reload | None = None
         self.reload_requested = threading.Event()  # set from a signal handler (SIGHUP)
-        self.held: list[zmq.Frame] | None = None  # received, but over the last batch's byte budget
         context = context or zmq.Context.instance()
         self.context = context
         # a short receive queue: backlog stays with capture, which keeps the newest (free run) or
@@ -99,9 +154,10 @@ class Worker:
             settings.frames_endpoint,
             bind=True,
             max_message_bytes=FRAME_BYTES,
-            receive_hwm=max(1, min(2 * settings.max_batch, QUEUE_BYTES // MAX_PIXEL_BYTES)),
+            receive_hwm=2,
             curve=settings.curve,
         )
+        self.inbox = Inbox(self.frames, max_frames=2 * settings.max_batch, max_bytes=QUEUE_BYTES)
         self.results = open_socket(
             context, zmq.PUSH, settings.results_endpoint, bind=False, max_message_bytes=None, linger_ms=2000
         )
@@ -114,18 +170,14 @@ class Worker:
     def _collect(self) -> list[list[zmq.Frame]]:
         """One micro-batch: the first waiting frame, then more until max_batch, max_wait or the
         batch's byte budget (a frame over it waits for the next batch)."""
-        if self.held is None and not self.frames.poll(POLL_MS):
+        first = self.inbox.take(POLL_MS / 1000)
+        if first is None:
             return []
-        first, self.held = self.held or self.frames.recv_multipart(copy=False), None
         batch, size = [first], _bytes(first)
         deadline = time.monotonic() + self.settings.max_wait_ms / 1000
         while len(batch) < self.settings.max_batch:
-            remaining_ms = (deadline - time.monotonic()) * 1000
-            if remaining_ms <= 0 or not self.frames.poll(remaining_ms):
-                break
-            parts = self.frames.recv_multipart(copy=False)
-            if size + _bytes(parts) > BATCH_BYTES:
-                self.held = parts
+            parts = self.inbox.take(max(deadline - time.monotonic(), 0), budget=BATCH_BYTES - size)
+            if parts is None:
                 break
             batch.append(parts)
             size += _bytes(parts)
@@ -224,6 +276,7 @@ class Worker:
         return self.counters
 
     def close(self) -> None:
+        self.inbox.close()
         for socket in (self.frames, self.results, self.control):
             if socket is not None:
                 socket.close()
