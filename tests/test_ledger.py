@@ -11,7 +11,7 @@ from edge.pipeline.ledger import Ledger
 from edge.pipeline.publisher import Publisher, PublisherSettings
 from edge.pipeline.sources import SyntheticSource
 from edge.pipeline.worker import Worker, WorkerSettings
-from edge.protocol import FrameHeader, Verdict, encode_expect
+from edge.protocol import FrameHeader, Verdict, VerdictMessage, encode_expect, encode_result
 
 
 def header(frame_id: str, deadline_ms: float | None = 100) -> FrameHeader:
@@ -162,3 +162,32 @@ def test_a_restarted_publisher_takes_over_the_ledger_from_its_journal(tmp_path):
     second.close()
     third = Ledger(journal=journal)  # the journal was rewritten whole: nothing torn is left
     assert sorted(third.outstanding) == ["c"] and b"cam\n" not in journal.read_bytes()
+
+
+def test_results_held_at_start_are_published_once_after_the_hold(tmp_path):
+    """A new publisher holds verdicts until subscribers can hear them; a result repeated during
+    the hold is still published once."""
+    context = zmq.Context()
+    endpoints = {name: f"ipc://{tmp_path}/{name}" for name in ("results", "pub")}
+    settings = PublisherSettings("s", endpoints["results"], endpoints["pub"], startup_hold_s=1.0)
+    publisher = Publisher(settings, context)
+    stop = threading.Event()
+    running = threading.Thread(target=publisher.run, args=(stop,))
+    running.start()
+    subscriber = Subscriber(endpoints["pub"], "s", topics=("verdict",), context=context)
+    worker = context.socket(zmq.PUSH)
+    worker.connect(endpoints["results"])
+    verdict = VerdictMessage("s", "c", "f1", Verdict.OK, "t", 1, part_id="P1", score=1.0, threshold=2.0)
+    started = time.monotonic()
+    for _ in range(2):
+        worker.send_multipart(encode_result(verdict, None))
+    heard = []
+    while (event := subscriber.receive(2.0)) is not None:
+        heard.append((event.verdict.frame_id, time.monotonic() - started))
+    stop.set()
+    running.join(10)
+    worker.close(linger=0)
+    subscriber.close()
+    context.destroy(linger=0)
+    assert [frame for frame, _ in heard] == ["f1"] and heard[0][1] >= 0.9
+    assert publisher.counters.late == 1

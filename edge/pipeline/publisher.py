@@ -82,7 +82,8 @@ class Publisher:
         self.sequence: Counter = Counter()
         self.latest: dict[str, dict] = {}
         self.recent: dict[str, deque[dict]] = {}
-        self.held: list[tuple[VerdictMessage, bytes | None]] = []
+        self.held: list[tuple[VerdictMessage, bytes | None]] = []  # results waiting for the hold's end
+        self.held_ids: set[str] = set()
         self.ledger = Ledger(settings.default_deadline_ms, journal=settings.journal)
         context = context or zmq.Context.instance()
         self.context = context
@@ -133,7 +134,12 @@ class Publisher:
         except ProtocolError as error:
             self.counters.malformed.count(error)
             return
-        if not self.ledger.answer(message.frame_id):
+        if message.frame_id in self.held_ids:  # a repeat of a result held for the startup hold
+            self.ledger.late += 1
+            late = True
+        else:
+            late = not self.ledger.answer(message.frame_id)
+        if late:
             self.counters.late = self.ledger.late
             if self.counters.late % LOG_EVERY == 1:  # a peer repeating ids must not flood the log
                 log.warning(
@@ -143,6 +149,7 @@ class Publisher:
                 )
         elif time.monotonic() < self.publish_from:
             self.held.append((message, mask_png))
+            self.held_ids.add(message.frame_id)
         else:
             self._publish(message, mask_png)
 
@@ -173,6 +180,7 @@ class Publisher:
     def _release_held(self) -> None:
         if self.held and time.monotonic() >= self.publish_from:
             held, self.held = self.held, []
+            self.held_ids.clear()
             for message, mask_png in held:
                 self._publish(message, mask_png)
 
