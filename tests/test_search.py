@@ -51,3 +51,11 @@ def test_bf16_candidates_are_measured_exactly():
     distances, rows = TorchIndex(bank, precision="bf16").search(query, k=1)
     assert int(rows[0, 0]) == 57
     assert float(distances[0, 0]) == pytest.approx(float((query - bank[57]).norm()), rel=1e-5)
+
+
+def test_auto_precision_follows_the_device_not_the_cpu_flags():
+    from edge.engine.search import cpu_has_native_bf16, resolve_precision
+
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert resolve_precision("fp32", torch.device("cuda")) == "fp32"

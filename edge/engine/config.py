@@ -10,6 +10,7 @@ from edge.errors import UsageError
 SEARCH_BACKENDS = ("torch", "faiss")
 SEARCH_PRECISIONS = ("auto", "fp32", "bf16")
 EXTRACTORS = ("auto", "torch", "onnxruntime", "tensorrt")
+EXTRACTOR_PRECISIONS = ("fp32", "fp16", "bf16")  # fp16 and bf16: the torch extractor on CUDA
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class EngineConfig:
             )
         if self.extractor not in EXTRACTORS:
             raise UsageError(f"unknown extractor {self.extractor!r}; choose one of {', '.join(EXTRACTORS)}")
-        if self.extractor_precision not in ("fp32", "fp16", "bf16"):
+        if self.extractor_precision not in EXTRACTOR_PRECISIONS:
             raise UsageError(
                 f"extractor precision must be fp32, fp16 or bf16, got {self.extractor_precision!r}"
             )

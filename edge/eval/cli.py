@@ -12,7 +12,14 @@ from typing import Any
 
 from edge.cli_support import run_cli, setup_logging
 from edge.engine.backbones import BACKBONES
-from edge.engine.config import EXTRACTORS, SEARCH_BACKENDS, SEARCH_PRECISIONS, EngineConfig, InputGeometry
+from edge.engine.config import (
+    EXTRACTOR_PRECISIONS,
+    EXTRACTORS,
+    SEARCH_BACKENDS,
+    SEARCH_PRECISIONS,
+    EngineConfig,
+    InputGeometry,
+)
 from edge.errors import UsageError
 from edge.eval.mvtec import load_category
 from edge.files import write_bytes_atomic
@@ -91,7 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "installed, else torch; tensorrt needs a GPU and edge[gpu])",
     )
     parser.add_argument(
-        "--extractor-precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="fp16/bf16: CUDA only"
+        "--extractor-precision", default="fp32", choices=EXTRACTOR_PRECISIONS, help="fp16/bf16: CUDA only"
     )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--no-reweight", action="store_true", help="image score without paper eq. 7")
