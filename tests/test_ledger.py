@@ -1,6 +1,7 @@
 import threading
 import time
 
+import pytest
 import zmq
 
 from edge.client import Subscriber
@@ -191,3 +192,12 @@ def test_results_held_at_start_are_published_once_after_the_hold(tmp_path):
     context.destroy(linger=0)
     assert [frame for frame, _ in heard] == ["f1"] and heard[0][1] >= 0.9
     assert publisher.counters.late == 1
+
+
+def test_an_unwritable_journal_is_a_clear_configuration_error(tmp_path):
+    from edge.errors import ConfigError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="publisher journal"):
+        Ledger(journal=blocker / "ledger.journal")  # its folder is a file

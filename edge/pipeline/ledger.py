@@ -23,6 +23,7 @@ from collections import OrderedDict, deque
 from dataclasses import asdict
 from pathlib import Path
 
+from edge.errors import ConfigError
 from edge.files import write_bytes_atomic
 from edge.protocol import FrameHeader, ProtocolError, decode_expect, dump_json, encode_expect
 
@@ -89,7 +90,10 @@ class Ledger:
         self.recovered = 0  # parts still unanswered in the journal of a previous publisher
         self.journal = Journal(journal) if journal is not None else None
         if self.journal is not None:
-            self._recover()
+            try:
+                self._recover()
+            except OSError as exc:
+                raise ConfigError(f"publisher journal {journal}: {exc.strerror or exc}") from None
 
     # ---- the journal ---------------------------------------------------------------------------
     def _recover(self) -> None:
