@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,20 +66,22 @@ def evaluate_category(category: Category, options: EvalOptions) -> dict[str, Any
         disable=not options.progress,
         leave=False,
     ) as bar:
-        for start in range(0, len(category.test), config.batch_size):
-            batch = category.test[start : start + config.batch_size]
-            started = time.perf_counter()
-            images = [read_image(s.path) for s in batch]
-            results = model.score(images)
-            test_s += time.perf_counter() - started
-            for sample, image, result in zip(batch, images, results, strict=True):
-                scores.append(result.score)
-                maps.append(result.anomaly_map)
-                mask = sample.mask(image.shape[:2]).astype(np.uint8)
-                masks.append(mask_to_input(mask, result.placement) > 0)
-                if len(test_images) < LATENCY_IMAGES:
-                    test_images.append(image)
-            bar.update(len(batch))
+        batches = [
+            category.test[s : s + config.batch_size] for s in range(0, len(category.test), config.batch_size)
+        ]
+        # the next batch is read and decoded (cv2 releases the GIL) while this one is scored, as a
+        # capture process reads the camera while the worker scores
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as reader:
+            upcoming = reader.submit(_read_batch, batches[0]) if batches else None
+            for index, batch in enumerate(batches):
+                started = time.perf_counter()
+                images = upcoming.result()
+                if index + 1 < len(batches):
+                    upcoming = reader.submit(_read_batch, batches[index + 1])
+                results = model.score(images)
+                test_s += time.perf_counter() - started
+                _collect(batch, images, results, scores, maps, masks, test_images)
+                bar.update(len(batch))
 
     latencies = []
     for image in [test_images[0], *test_images]:  # the first call warms up and is not counted
@@ -104,3 +107,21 @@ def evaluate_category(category: Category, options: EvalOptions) -> dict[str, Any
         "random_weights": model.extractor.random_weights,
         "extractor": model.extractor.name,
     }
+
+
+def _read_batch(samples: list) -> list[np.ndarray]:
+    return [read_image(sample.path) for sample in samples]
+
+
+def _collect(
+    batch: list, images: list, results: list, scores: list, maps: list, masks: list, kept: list
+) -> None:
+    """Keep what the metrics need of a scored batch: scores, maps, masks in input geometry, and the
+    first images for the latency measurement."""
+    for sample, image, result in zip(batch, images, results, strict=True):
+        scores.append(result.score)
+        maps.append(result.anomaly_map)
+        mask = sample.mask(image.shape[:2]).astype(np.uint8)
+        masks.append(mask_to_input(mask, result.placement) > 0)
+        if len(kept) < LATENCY_IMAGES:
+            kept.append(image)
