@@ -28,7 +28,7 @@ log = logging.getLogger("edge.worker")
 POLL_MS = 100
 # Frames waiting in the worker, in bytes: a micro-batch holds at most one largest frame's worth of
 # pixels (or several smaller frames), the inbox at most QUEUE_BYTES (plus the frame that crossed
-# it) and ZeroMQ's own queue one frame; with the model this keeps the worker's memory bounded
+# it) and ZeroMQ's own queue two frames; with the model this keeps the worker's memory bounded
 # whatever headers arrive (tests/test_hostile.py measures it), while small frames still queue
 # two micro-batches deep, so the next batch is ready when the last one is scored.
 BATCH_BYTES = MAX_PIXEL_BYTES
@@ -154,7 +154,7 @@ class Worker:
             settings.frames_endpoint,
             bind=True,
             max_message_bytes=FRAME_BYTES,
-            receive_hwm=1,
+            receive_hwm=2,  # 1 stalls CURVE connections (tests/test_security.py)
             curve=settings.curve,
         )
         self.inbox = Inbox(self.frames, max_frames=2 * settings.max_batch, max_bytes=QUEUE_BYTES)
