@@ -125,13 +125,13 @@ class TorchExtractor(Extractor):
 
     @torch.inference_mode()
     def __call__(self, pixels: np.ndarray) -> torch.Tensor:
-        batch = torch.from_numpy(np.ascontiguousarray(pixels))
-        if self.device.type == "cuda":
-            batch = self._upload(pixels)
-            if self.precision != "fp32":
-                dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
-                with torch.autocast("cuda", dtype=dtype):
-                    return self.module(batch).float()
+        if self.device.type != "cuda":
+            return self.module(torch.from_numpy(np.ascontiguousarray(pixels)))
+        batch = self._upload(pixels)
+        if self.precision != "fp32":
+            dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+            with torch.autocast("cuda", dtype=dtype):
+                return self.module(batch).float()
         return self.module(batch)
 
 
