@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edge.engine.config import GEOMETRY_MODES, IMAGE_SCORES, EngineConfig
 from edge.errors import ConfigError
 from edge.protocol import NAME_MEANING, NAME_PATTERN
 from edge.sockets import ENDPOINT_MEANING, ENDPOINT_PATTERN
@@ -29,6 +30,8 @@ Endpoint = Annotated[str, Field(pattern=ENDPOINT_PATTERN)]
 Positive = Annotated[float, Field(gt=0)]
 Port = Annotated[int, Field(ge=0, le=65535)]
 ENV_PREFIX = "EDGE_"
+_BACKBONE = "(efficientnet_lite[012]|wide_resnet50_2)"
+BACKBONE_PATTERN = f"^{_BACKBONE}(\\+{_BACKBONE})*$"
 
 
 class _Strict(BaseModel):
@@ -162,13 +165,18 @@ class CalibrationConfig(_Strict):
     """How edge-calibrate builds this station's banks (the recipe --add reuses)."""
 
     frames: Annotated[int, Field(ge=1)] = 200  # good frames to collect
-    backbone: Literal["efficientnet_lite0", "wide_resnet50_2"] = "efficientnet_lite0"
+    # one backbone, or an ensemble: distinct names joined by + (docs/engine.md)
+    backbone: Annotated[str, Field(pattern=BACKBONE_PATTERN)] = "efficientnet_lite0"
     coreset_fraction: Annotated[float, Field(gt=0, le=1)] = 0.01
     target_frr: Annotated[float, Field(gt=0, lt=0.5)] = 0.01  # target false-reject rate on good parts
     margin: Annotated[float, Field(ge=0, le=1)] = 0.0  # threshold raised by this share
     folds: Annotated[int, Field(ge=2, le=20)] = 5
     seed: int = 0
-    full_frame: bool = False  # score the whole frame at 224 px, not the paper's 256 → 224 centre crop
+    # how frames become network input; auto: the whole frame at its own resolution, within bounds
+    geometry: Literal[GEOMETRY_MODES] = "auto"
+    input_size: Annotated[int, Field(ge=32, le=1024)] | None = None  # the geometry's size; None: its default
+    image_score: Literal[IMAGE_SCORES] = EngineConfig.image_score
+    full_frame: bool = False  # recipes before `geometry`: true is geometry full_frame at 224 px
 
 
 class StationConfig(_Strict):

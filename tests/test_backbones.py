@@ -6,10 +6,12 @@ import torch
 
 from edge.engine.backbones import (
     LITE0_SPEC,
+    LITE_SPECS,
+    LITE_WEIGHTS,
     RANDOM_WEIGHTS_ID,
     WRN50_WEIGHTS,
     build_backbone,
-    build_lite0_classifier,
+    build_lite_classifier,
 )
 from edge.errors import UsageError, WeightsError
 
@@ -30,11 +32,12 @@ def imagenet_top1(model: torch.nn.Module, image: np.ndarray) -> str:
     return ResNet18_Weights.IMAGENET1K_V1.meta["categories"][label]
 
 
-def test_packaged_lite0_weights_are_real_imagenet_weights():
+@pytest.mark.parametrize("variant", ["lite0", "lite1", "lite2"])
+def test_packaged_lite_weights_are_real_imagenet_weights(variant):
     """A cheap guard: random or misloaded weights would not name these images."""
     data = pytest.importorskip("skimage.data")
-    model, weights_id = build_lite0_classifier()
-    assert weights_id.startswith("sha256:57934424")
+    model, weights_id = build_lite_classifier(variant=variant)
+    assert weights_id.startswith("sha256:" + LITE_WEIGHTS[variant].sha256_prefix)
     assert imagenet_top1(model, data.chelsea()) in {"tiger cat", "Egyptian cat", "tabby"}
     assert imagenet_top1(model, data.coffee()) == "espresso"
 
@@ -47,10 +50,40 @@ def test_lite0_trunk_levels_and_early_stop():
     assert len(backbone.trunk.blocks) == 11  # nothing after the deepest level (stage 4) is kept
 
 
+@pytest.mark.parametrize("variant", ["lite1", "lite2"])
+def test_scaled_lite_trunks_give_their_declared_levels(variant):
+    backbone = build_backbone(LITE_SPECS[variant].name)
+    levels = backbone.trunk(torch.zeros(1, 3, 224, 224))
+    channels = LITE_SPECS[variant].level_channels
+    assert [tuple(level.shape[1:]) for level in levels] == [(channels[0], 28, 28), (channels[1], 14, 14)]
+
+
+def test_an_ensemble_is_its_members_side_by_side():
+    """One trunk, one graph: the ensemble's embedding is each member's own embedding (on its own
+    normalisation), concatenated in the order named."""
+    from edge.engine.extractors import build_extractor
+
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 64, 96, 3), dtype=np.uint8)
+    names = ["efficientnet_lite2", "efficientnet_lite0"]
+    ensemble = build_backbone("+".join(names))
+    assert ensemble.spec.level_widths == (432, 120, 360, 112)
+    together = build_extractor(ensemble, "torch")(pixels)
+    alone = [build_extractor(build_backbone(name), "torch")(pixels) for name in names]
+    assert torch.allclose(together, torch.cat(alone, dim=-1), rtol=1e-5, atol=1e-5)
+    assert ensemble.weights_id.count("sha256:") == 2 and not ensemble.random_weights
+
+
+def test_an_ensemble_of_unknown_or_repeated_members_is_a_usage_error():
+    with pytest.raises(UsageError, match="distinct ones joined by"):
+        build_backbone("efficientnet_lite0+efficientnet_lite0")
+    with pytest.raises(UsageError, match="unknown backbone"):
+        build_backbone("efficientnet_lite0+resnet18")
+
+
 def test_lite0_equals_timm_tf_efficientnet_lite0():
     """The hand-written network computes exactly what timm's faithful TF-padding variant does."""
     timm = pytest.importorskip("timm")
-    ours, _ = build_lite0_classifier()
+    ours, _ = build_lite_classifier()
     reference = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
     stages = [(s, i) for s, blocks in enumerate(reference.blocks) for i in range(len(blocks))]
     top = {

@@ -220,9 +220,10 @@ def test_worker_switches_banks_between_frames_on_reload(tmp_path, bank_store, sy
     store = BankStore(tmp_path / "banks")
     shutil.copytree(bank_store.root, store.root)
 
-    def load() -> Bank:
+    def load() -> Bank:  # as the worker service loads: warmed up before any frame waits for it
         ref = store.active()
         model = load_model(ref.path)
+        model.warm_up(batches=(1, 4))
         return Bank(model, model.threshold, ref.bank_id, ref.version)
 
     context = zmq.Context()

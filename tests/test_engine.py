@@ -39,8 +39,18 @@ def test_mixed_sizes_and_greyscale_keep_input_order(fitted_model, test_images):
         assert result.frame_map().shape == image.shape[:2]
 
 
-def test_centre_crop_map_leaves_uninspected_border_at_fill(fitted_model, test_images):
+def test_the_default_geometry_is_the_whole_frame_at_its_own_resolution(fitted_model, test_images):
+    """`auto` is resolved at fitting: these 160 x 160 frames are below the 224² floor, so they go in
+    whole at 224 x 224 (area), and the bank stores that, never `auto`."""
+    assert fitted_model.config.geometry.mode == "area" and fitted_model.config.geometry.resize == 224
     result = fitted_model.score([test_images[0]])[0]
+    assert result.anomaly_map.shape == (224, 224) and result.placement.crop_box == (0, 0, 224, 224)
+
+
+def test_centre_crop_map_leaves_uninspected_border_at_fill(synthetic_category, test_images):
+    train = [read_image(p) for p in synthetic_category.train]
+    crop = PatchCore.fit(train, EngineConfig(geometry=InputGeometry(), coreset_fraction=0.1))
+    result = crop.score([test_images[0]])[0]
     assert result.anomaly_map.shape == (224, 224)
     frame = result.frame_map(fill=-1.0)
     assert frame.shape == test_images[0].shape[:2]
@@ -53,11 +63,15 @@ def _edge_defect(image: np.ndarray) -> np.ndarray:
     return damaged
 
 
-def test_full_frame_mode_sees_a_defect_that_the_centre_crop_cuts_away(synthetic_category, test_images):
+@pytest.mark.parametrize(
+    "geometry", [InputGeometry.auto(), InputGeometry.full_frame(160)], ids=["auto", "full"]
+)
+def test_whole_frame_modes_see_a_defect_that_the_centre_crop_cuts_away(
+    geometry, synthetic_category, test_images
+):
     train = [read_image(p) for p in synthetic_category.train]
-    geometry = InputGeometry.full_frame(160)
     full = PatchCore.fit(train, EngineConfig(geometry=geometry, coreset_fraction=0.1))
-    crop = PatchCore.fit(train, EngineConfig(coreset_fraction=0.1))
+    crop = PatchCore.fit(train, EngineConfig(geometry=InputGeometry(), coreset_fraction=0.1))
     good, damaged = test_images[0], _edge_defect(test_images[0])
     full_good, full_bad = full.score([good, damaged])
     crop_good, crop_bad = crop.score([good, damaged])

@@ -82,8 +82,9 @@ def test_every_installed_extractor_conforms(kind, lite0, tmp_path):
     assert relative(alone, out) < 1e-5  # an image's embedding does not depend on its batch
     tolerance = 2e-2 if kind == "tensorrt" else 1e-5  # TensorRT runs in fp16
     assert relative(out.cpu(), TorchExtractor(lite0)(batch)) < tolerance
-    other = extractor(frames(2, side=160))  # another input size still works (torch behind it)
+    other = extractor(frames(2, side=160))  # another input size still works
     assert other.shape == (2, 20, 20, out.shape[-1])
+    assert relative(other.cpu(), TorchExtractor(lite0)(frames(2, side=160))) < tolerance
     extractor.warm_up((224, 224), batches=(1, 2))
 
 
@@ -93,12 +94,24 @@ def test_missing_runtimes_and_devices_are_named(lite0, tmp_path):
             build_extractor(lite0, "torch", "cuda")
         with pytest.raises(UsageError, match="tensorrt extractor needs a CUDA GPU"):
             build_extractor(lite0, "tensorrt", "cpu", input_hw=(224, 224), cache_dir=tmp_path)
-    with pytest.raises(UsageError, match="fixed input size"):
-        build_extractor(lite0, "onnxruntime", "cpu", input_hw=None)
     with pytest.raises(UsageError, match="CUDA devices"):
         build_extractor(lite0, "torch", "cpu", precision="fp16")
     with pytest.raises(UsageError, match="unknown extractor"):
         build_extractor(lite0, "openvino")
+
+
+@pytest.mark.skipif(not HAVE_ORT, reason="onnx/onnxruntime not installed (pip install 'edge[station]')")
+def test_onnx_runtime_holds_a_graph_per_input_size_up_to_its_bound(lite0, tmp_path, monkeypatch):
+    """Whole frames of a few shapes each get their own exported graph (cached on disk); past the
+    bound, new sizes go to torch rather than exporting without end."""
+    monkeypatch.setattr("edge.engine.extractors.MAX_ONNX_SIZES", 2)
+    extractor = build_extractor(lite0, "auto", "cpu", input_hw=None, cache_dir=tmp_path)
+    assert extractor.name == "onnxruntime-cpu" and not extractor.sessions
+    for side in (64, 96, 128):
+        batch = frames(2, side=side)
+        assert relative(extractor(batch), TorchExtractor(lite0)(batch)) <= 1e-5
+    assert sorted(extractor.sessions) == [(64, 64), (96, 96)] and extractor.fallback is not None
+    assert len(list(tmp_path.glob("*.onnx"))) == 2
 
 
 def test_export_writes_its_file_atomically(lite0, tmp_path):

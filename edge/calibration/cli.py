@@ -27,6 +27,7 @@ from tqdm import tqdm
 from edge.bankstore import BankStore
 from edge.cli_support import run_cli, setup_logging
 from edge.config import CalibrationConfig, StationConfig, describe_errors, load_config
+from edge.engine.config import GEOMETRY_MODES, IMAGE_SCORES
 from edge.errors import UsageError
 from edge.eval.mvtec import image_files
 from edge.files import write_bytes_atomic
@@ -77,7 +78,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--folds", type=int, help=f"held-out folds (default {defaults.folds})")
     parser.add_argument("--seed", type=int, help=f"default {defaults.seed}")
     parser.add_argument(
-        "--full-frame", action="store_true", default=None, help="score whole frames at 224 px"
+        "--geometry",
+        choices=GEOMETRY_MODES,
+        help=f"how frames become network input (default {defaults.geometry}: the whole frame at its "
+        "own resolution within bounds; docs/engine.md)",
+    )
+    parser.add_argument("--input-size", type=int, help="the geometry's size in pixels (default: its own)")
+    parser.add_argument(
+        "--image-score", choices=IMAGE_SCORES, help=f"image score (default {defaults.image_score})"
+    )
+    parser.add_argument(
+        "--full-frame", action="store_true", default=None, help="the same as --geometry full_frame at 224 px"
     )
     parser.add_argument("--weights", help="WideResNet50 weights file")
     parser.add_argument(
@@ -100,6 +111,9 @@ def _recipe(args: argparse.Namespace, station: StationConfig | None) -> Calibrat
         "folds": args.folds,
         "seed": args.seed,
         "full_frame": args.full_frame,
+        "geometry": args.geometry,
+        "input_size": args.input_size,
+        "image_score": args.image_score,
     }
     given = {k: v for k, v in overrides.items() if v is not None and k != "frames"}
     if args.add and given:

@@ -24,7 +24,8 @@ from edge.config import CalibrationConfig
 from edge.engine.artifact import read_artifact
 from edge.engine.backbones import build_backbone
 from edge.engine.config import EngineConfig, InputGeometry
-from edge.engine.model import PatchCore, embed_images, model_extractor
+from edge.engine.geometry import AUTO_SAMPLE
+from edge.engine.model import PatchCore, embed_images, model_extractor, training_summary
 from edge.errors import ArtifactError, UsageError
 from edge.files import write_bytes_atomic
 from edge.imageio import read_image
@@ -41,12 +42,17 @@ class CalibrationResult:
 
 
 def engine_config(recipe: CalibrationConfig) -> EngineConfig:
-    geometry = InputGeometry.full_frame(224) if recipe.full_frame else InputGeometry()
+    """The engine settings of a recipe; an `auto` geometry is resolved later, from the frames."""
+    if recipe.full_frame:
+        geometry = InputGeometry.full_frame(224)
+    else:
+        geometry = InputGeometry.named(recipe.geometry, recipe.input_size)
     return EngineConfig(
         backbone=recipe.backbone,
         geometry=geometry,
         coreset_fraction=recipe.coreset_fraction,
         seed=recipe.seed,
+        image_score=recipe.image_score,
     )
 
 
@@ -113,6 +119,7 @@ def calibrate(
     if not kept_images:
         raise UsageError(f"no usable good frame among {len(frames)} collected: {dict(report.rejected)}")
 
+    config = config.resolved([image.shape[:2] for image in kept_images[:AUTO_SAMPLE]])
     extractor = model_extractor(config, backbone)
     embeddings = []
     for start in range(0, len(kept_images), config.batch_size):
@@ -123,7 +130,7 @@ def calibrate(
     choice = choose_threshold(scores, recipe.target_frr, recipe.margin, method)
     progress("final bank", 0, 1)
     chunks = [e.reshape(-1, e.shape[-1]) for e in embeddings]
-    model = PatchCore.from_embeddings(chunks, config, extractor, {})
+    model = PatchCore.from_embeddings(chunks, config, extractor, {"training": training_summary(kept_images)})
     record = {
         "threshold": float(choice.threshold),
         "choice": choice.to_dict(),

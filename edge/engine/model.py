@@ -11,6 +11,7 @@ network input's size.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -28,10 +29,10 @@ from edge.engine.config import EngineConfig
 from edge.engine.coreset import greedy_coreset, random_projection
 from edge.engine.extractors import Extractor, build_extractor, synchronize, torch_device
 from edge.engine.features import column_scales, equal_variance_scales
-from edge.engine.geometry import Placement, map_to_frame, place, prepare
-from edge.engine.scoring import anomaly_map, neighbour_table, reweighting_factors
+from edge.engine.geometry import AUTO_SAMPLE, Placement, map_to_frame, place, prepare
+from edge.engine.scoring import anomaly_map, map_peak, neighbour_table, reweighting_factors
 from edge.engine.search import build_index
-from edge.errors import UsageError
+from edge.errors import ImageError, UsageError
 
 
 class StageTimer:
@@ -65,7 +66,7 @@ _NO_TIMER = StageTimer()
 class ImageResult:
     """One image's outcome. Distances are L2 (not squared) in embedding space."""
 
-    score: float  # image score: the largest patch distance, eq.-7 reweighted when enabled
+    score: float  # image score: the smoothed map's peak (map_max) or the eq.-7 reweighted largest distance
     max_patch_distance: float
     anomaly_map: np.ndarray  # float32, the network input's geometry
     placement: Placement = field(repr=False)
@@ -114,6 +115,15 @@ class _TrainingSummary:
             "pixel_std": round(std, 3),
             "sha256": self.digest.hexdigest(),
         }
+
+
+def training_summary(images: Iterable[np.ndarray]) -> dict[str, Any]:
+    """What a bank saw (counts, frame sizes, intensities, fingerprint), for banks fitted from
+    embeddings (calibration), as `fit` records it."""
+    summary = _TrainingSummary()
+    for image in images:
+        summary.add(image)
+    return summary.to_dict()
 
 
 class PatchCore:
@@ -173,9 +183,14 @@ class PatchCore:
         extractor = model_extractor(config, build_backbone(config.backbone, weights, random_weights))
         summary = _TrainingSummary()
         started = time.perf_counter()
+        stream = iter(images)
+        head = list(itertools.islice(stream, AUTO_SAMPLE))  # an `auto` geometry is decided by these
+        if not head:
+            raise UsageError("no training images: a bank needs at least one good image")
+        config = config.resolved([image.shape[:2] for image in head])
 
         def counted() -> Iterator[np.ndarray]:
-            for image in images:
+            for image in itertools.chain(head, stream):
                 summary.add(image)
                 yield image
 
@@ -197,6 +212,8 @@ class PatchCore:
         """Fit on unscaled patch embeddings (rows of width D; scaled in place): level scales, coreset."""
         if not chunks:
             raise UsageError("no training images: a bank needs at least one good image")
+        if config.geometry.mode == "auto":
+            raise UsageError("resolve an auto geometry (EngineConfig.resolved) before embedding")
         widths = extractor.widths
         scales = equal_variance_scales(chunks, widths)
         _scale_levels(chunks, scales, widths)
@@ -232,7 +249,10 @@ class PatchCore:
                     placement = prepared[position].placement
                     amap = anomaly_map(grids[row], placement.input_hw)
                     results[position] = ImageResult(
-                        float(scores[row]), float(max_distances[row]), amap, placement
+                        self._image_score(float(scores[row]), grids[row]),
+                        float(max_distances[row]),
+                        amap,
+                        placement,
                     )
         return [r for r in results if r is not None]
 
@@ -249,13 +269,18 @@ class PatchCore:
             rows = rows[:, 0].to(self.device).reshape(n, -1)
             max_distances, worst = distances.max(1)
             scores = max_distances.double()
-            if self.config.reweight:
+            if self.config.reweight and self.config.image_score == "eq7":
                 nearest = rows.gather(1, worst[:, None])[:, 0]
                 worst_patches = patches[torch.arange(n, device=self.device), worst]
                 scores = scores * reweighting_factors(worst_patches, self.neighbours[nearest], self.bank)
             packed = torch.cat([scores[:, None], max_distances.double()[:, None], distances.double()], 1)
             packed = packed.cpu().numpy()  # the batch's one device → host transfer
         return packed[:, 0], packed[:, 1], packed[:, 2:].astype(np.float32).reshape(n, grid_h, grid_w)
+
+    def _image_score(self, eq7_score: float, grid: np.ndarray) -> float:
+        if self.config.image_score == "map_max":
+            return map_peak(grid, self.extractor.spec.level_strides[0])
+        return eq7_score
 
     @property
     def neighbours(self) -> torch.Tensor:
@@ -281,8 +306,9 @@ class PatchCore:
             for start in range(0, len(positions), self.config.batch_size):
                 chunk = positions[start : start + self.config.batch_size]
                 batch = torch.stack([embeddings[p] for p in chunk]).to(self.device) * self.column_scales
-                for position, value in zip(chunk, self._score_batch(batch, _NO_TIMER)[0], strict=True):
-                    scores[position] = float(value)
+                values, _, grids = self._score_batch(batch, _NO_TIMER)
+                for position, value, grid in zip(chunk, values, grids, strict=True):
+                    scores[position] = self._image_score(float(value), grid)
         return [s for s in scores if s is not None]
 
     def warm_up(self, input_hw: tuple[int, int] | None = None, batches: Sequence[int] = (1,)) -> None:
@@ -290,12 +316,31 @@ class PatchCore:
         eq. 7's table, on the input size this model's geometry gives (or `input_hw`)."""
         geometry = self.config.geometry
         if input_hw is None:
-            side = geometry.crop or geometry.resize
-            input_hw = (side, side)
+            input_hw = geometry.fixed_input_hw or self._usual_input_hw()
         for batch in batches:
             embeddings = self.extractor(np.zeros((batch, *input_hw, 3), np.uint8))
             self._score_batch(embeddings * self.column_scales, _NO_TIMER)
         synchronize(self.device)
+
+    def usual_frame_hw(self) -> tuple[int, int] | None:
+        """The bank's most common training frame size (what the line sends), if recorded."""
+        sizes = self.info.get("training", {}).get("frame_sizes", {})
+        try:
+            width, height = (int(v) for v in max(sizes, key=sizes.get).split("x"))
+        except (ValueError, TypeError):
+            return None
+        return height, width
+
+    def _usual_input_hw(self) -> tuple[int, int]:
+        """The input size of the usual training frame (whole-frame modes: it depends on the frame)."""
+        frame_hw = self.usual_frame_hw()
+        try:
+            if frame_hw is not None:
+                return self.placement(frame_hw).input_hw
+        except ImageError:  # a roi this frame size cannot hold
+            pass
+        side = self.config.geometry.resize
+        return side, side
 
     def placement(self, frame_hw: tuple[int, int]) -> Placement:
         """Where a frame of this size goes in; ImageError (`shape: ...`) for a frame this model
@@ -367,13 +412,12 @@ def _coreset_bank(chunks: list[torch.Tensor], config: EngineConfig) -> torch.Ten
 
 
 def model_extractor(config: EngineConfig, backbone: Backbone, cache_dir: Any = None) -> Extractor:
-    """The extractor a model of this configuration runs: fixed input size in centre-crop mode."""
-    crop = config.geometry.crop
+    """The extractor a model of this configuration runs (its one input size, where fixed)."""
     return build_extractor(
         backbone,
         config.extractor,
         config.device,
-        input_hw=(crop, crop) if crop is not None else None,
+        input_hw=config.geometry.fixed_input_hw,
         cache_dir=cache_dir,
         precision=config.extractor_precision,
     )

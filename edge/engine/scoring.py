@@ -47,3 +47,14 @@ def anomaly_map(patch_scores: np.ndarray, input_hw: tuple[int, int]) -> np.ndarr
         sigmaY=MAP_SIGMA,
         borderType=cv2.BORDER_REFLECT,
     )
+
+
+def map_peak(patch_scores: np.ndarray, stride: int) -> float:
+    """The image score `map_max`: the peak of the map made at the patch grid's own resolution
+    (grid x stride), so it depends on the patch distances alone, not on the input's exact size (a
+    bank's calibration scores held-out embeddings without their frames). One patch's distance is
+    shared with its neighbours by the bilinear upsampling and σ = 4 smoothing, so the peak needs a
+    defect to span more than one patch's worth of evidence: steadier across coreset seeds than
+    the single largest patch distance (docs/engine.md)."""
+    height, width = patch_scores.shape
+    return float(anomaly_map(patch_scores, (height * stride, width * stride)).max())

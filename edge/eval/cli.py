@@ -7,14 +7,17 @@ import json
 import logging
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from edge.cli_support import run_cli, setup_logging
-from edge.engine.backbones import BACKBONES
+from edge.engine.backbones import BACKBONES, backbone_name
 from edge.engine.config import (
     EXTRACTOR_PRECISIONS,
     EXTRACTORS,
+    GEOMETRY_MODES,
+    IMAGE_SCORES,
     SEARCH_BACKENDS,
     SEARCH_PRECISIONS,
     EngineConfig,
@@ -53,7 +56,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="CAT",
         help="categories to evaluate (default: every sub-folder of ROOT)",
     )
-    parser.add_argument("--backbone", default="efficientnet_lite0", choices=BACKBONES)
+    parser.add_argument(
+        "--backbone",
+        default="efficientnet_lite0",
+        type=backbone_name,
+        help=f"one of {', '.join(BACKBONES)}, or several joined by + for an ensemble "
+        "(default efficientnet_lite0)",
+    )
     parser.add_argument("--weights", help="weights file for wide_resnet50_2 (default: the torch hub cache)")
     parser.add_argument(
         "--random-weights",
@@ -67,12 +76,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="FRACTION",
         help="coreset fraction in (0, 1]; 0.01 is PatchCore-1%% (default)",
     )
-    parser.add_argument("--resize", type=int, default=256, help="shorter side after resizing (default 256)")
+    parser.add_argument(
+        "--geometry",
+        choices=GEOMETRY_MODES,
+        default="auto",
+        help="how a frame becomes the network input (default auto: the whole frame at its own "
+        "resolution within bounds, chosen from the training frames, docs/engine.md); "
+        "center_crop: shorter side --resize, centre crop --crop; full_frame: shorter side "
+        "--resize; area: about --resize² pixels, aspect kept; squash: --resize x --resize",
+    )
+    parser.add_argument("--resize", type=int, help="input size in pixels (see --geometry)")
     parser.add_argument("--crop", type=int, default=224, help="centre crop size (default 224, as the paper)")
     parser.add_argument(
         "--full-frame",
         action="store_true",
-        help="inspect the whole frame, aspect kept, shorter side = --crop; no centre crop",
+        help="the same as --geometry full_frame --resize 224 (the whole frame, shorter side 224)",
     )
     parser.add_argument(
         "--projection-dim",
@@ -101,24 +119,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--extractor-precision", default="fp32", choices=EXTRACTOR_PRECISIONS, help="fp16/bf16: CUDA only"
     )
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--no-reweight", action="store_true", help="image score without paper eq. 7")
+    parser.add_argument(
+        "--image-score",
+        choices=IMAGE_SCORES,
+        default=EngineConfig.image_score,
+        help="map_max: the peak of the smoothed anomaly map; eq7: the largest patch distance with "
+        f"the paper's eq. 7 (default {EngineConfig.image_score})",
+    )
+    parser.add_argument("--no-reweight", action="store_true", help="eq7 image score without eq. 7's factor")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the figures as JSON here")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
 
-def build_config(args: argparse.Namespace) -> EngineConfig:
+def build_geometry(args: argparse.Namespace) -> InputGeometry:
     if args.full_frame:
-        geometry = InputGeometry.full_frame(args.crop)
-    else:
-        geometry = InputGeometry(resize=args.resize, crop=args.crop)
+        return InputGeometry.full_frame(args.resize or 224)
+    geometry = InputGeometry.named(args.geometry, args.resize)
+    return replace(geometry, crop=args.crop) if geometry.mode == "center_crop" else geometry
+
+
+def build_config(args: argparse.Namespace) -> EngineConfig:
+    geometry = build_geometry(args)
     return EngineConfig(
         backbone=args.backbone,
         geometry=geometry,
         coreset_fraction=args.coreset,
         projection_dim=args.projection_dim,
         seed=args.seed,
+        image_score=args.image_score,
         reweight=not args.no_reweight,
         search=args.search,
         search_precision=args.search_precision,

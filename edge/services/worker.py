@@ -48,7 +48,8 @@ def load_station_bank(config: StationConfig) -> Bank:
     backend = f"{model.extractor.name}+{config.worker.search}"
     # first-call set-up of every batch size a micro-batch can have, before any part waits
     model.warm_up(batches=sorted({1, config.worker.max_batch}))
-    model.score([np.zeros((WARM_UP_SIDE, WARM_UP_SIDE, 3), np.uint8)])  # the host side too
+    frame_hw = model.usual_frame_hw() or (WARM_UP_SIDE, WARM_UP_SIDE)
+    model.score([np.zeros((*frame_hw, 3), np.uint8)])  # the host side too, on the line's frame size
     return Bank(model, threshold, ref.bank_id, ref.version, backend)
 
 

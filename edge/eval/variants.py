@@ -1,0 +1,158 @@
+"""Make frames of other shapes from an MVTec-format category, to measure geometry choices on them.
+
+Lines send frames of any size and aspect; the public sets here are square or one shape. Two
+variants, each written as a new MVTec-format category (masks follow their images exactly):
+
+- `multisize`: every image cut to a band of random aspect (1:1 to 2.8:1, either orientation,
+  holding the defect's centre) and rescaled by a random factor (0.5 to 1.5): a set of many sizes.
+- `strip<K>`: K images side by side, each resized to a `cell`-pixel square: long frames (K = 16 at
+  256 px is 4096 x 256). Train strips use each good image once; every test image sits in its own
+  strip at a random place, the other places filled with other good test images.
+
+Usage: python -m edge.eval.variants ROOT CATEGORY OUT --variant strip16 --cell 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from edge.cli_support import run_cli, setup_logging
+from edge.errors import UsageError
+from edge.eval.mvtec import Category, TestSample, load_category
+from edge.files import write_bytes_atomic
+from edge.imageio import read_image
+
+log = logging.getLogger("edge.variants")
+MAX_ASPECT = 2.8
+SCALES = (0.5, 1.5)
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise UsageError(f"could not encode {path}")
+    write_bytes_atomic(path, encoded.tobytes())
+
+
+def _band(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A random-aspect band of the image that holds the defect's centre, randomly rescaled."""
+    height, width = image.shape[:2]
+    aspect = rng.uniform(1.0, MAX_ASPECT)
+    horizontal = rng.random() < 0.5
+    ys, xs = np.nonzero(mask)
+    if horizontal:
+        band = max(16, round(height / aspect))
+        centre = int(ys.mean()) if ys.size else int(rng.integers(0, height))
+        top = int(np.clip(centre - band // 2, 0, height - band))
+        image, mask = image[top : top + band], mask[top : top + band]
+    else:
+        band = max(16, round(width / aspect))
+        centre = int(xs.mean()) if xs.size else int(rng.integers(0, width))
+        left = int(np.clip(centre - band // 2, 0, width - band))
+        image, mask = image[:, left : left + band], mask[:, left : left + band]
+    scale = rng.uniform(*SCALES)
+    size = (max(16, round(image.shape[1] * scale)), max(16, round(image.shape[0] * scale)))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return cv2.resize(image, size, interpolation=interpolation), cv2.resize(
+        mask, size, interpolation=cv2.INTER_NEAREST_EXACT
+    )
+
+
+def _cell(image: np.ndarray, cell: int, nearest: bool = False) -> np.ndarray:
+    interpolation = cv2.INTER_NEAREST_EXACT if nearest else cv2.INTER_AREA
+    return cv2.resize(image, (cell, cell), interpolation=interpolation)
+
+
+def _same_channels(images: list[np.ndarray]) -> list[np.ndarray]:
+    if any(i.ndim == 3 for i in images):
+        return [i if i.ndim == 3 else cv2.cvtColor(i, cv2.COLOR_GRAY2BGR) for i in images]
+    return images
+
+
+def make_multisize(category: Category, out: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for path in tqdm(category.train, desc="train", unit="img"):
+        image = read_image(path)
+        band, _ = _band(image, np.zeros(image.shape[:2], np.uint8), rng)
+        _write_png(out / "train" / "good" / f"{path.stem}.png", _bgr(band))
+    for sample in tqdm(category.test, desc="test", unit="img"):
+        image = read_image(sample.path)
+        mask = sample.mask(image.shape[:2]).astype(np.uint8) * 255
+        band, band_mask = _band(image, mask, rng)
+        _write_test(out, sample, band, band_mask)
+
+
+def make_strips(category: Category, out: Path, count: int, cell: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    train = [category.train[i] for i in rng.permutation(len(category.train))]
+    for start in tqdm(range(0, len(train) - count + 1, count), desc="train", unit="strip"):
+        cells = _same_channels([_cell(read_image(p), cell) for p in train[start : start + count]])
+        _write_png(out / "train" / "good" / f"strip{start // count:04d}.png", _bgr(np.hstack(cells)))
+    goods = [s for s in category.test if s.defect_type == "good"]
+    if len(goods) < count:
+        raise UsageError(f"{category.name} has {len(goods)} good test images; a strip of {count} needs more")
+    for sample in tqdm(category.test, desc="test", unit="strip"):
+        image = read_image(sample.path)
+        mask = sample.mask(image.shape[:2]).astype(np.uint8) * 255
+        others = [g for g in goods if g.path != sample.path]
+        fillers = [others[i] for i in rng.choice(len(others), count - 1, replace=False)]
+        place = int(rng.integers(0, count))
+        cells = [_cell(read_image(f.path), cell) for f in fillers]
+        masks = [np.zeros((cell, cell), np.uint8) for _ in fillers]
+        cells.insert(place, _cell(image, cell))
+        masks.insert(place, _cell(mask, cell, nearest=True))
+        _write_test(out, sample, np.hstack(_same_channels(cells)), np.hstack(masks))
+
+
+def _bgr(image: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+
+
+def _write_test(out: Path, sample: TestSample, image: np.ndarray, mask: np.ndarray) -> None:
+    name = f"{sample.path.stem}.png"
+    _write_png(out / "test" / sample.defect_type / name, _bgr(image))
+    if sample.defect_type != "good":
+        _write_png(out / "ground_truth" / sample.defect_type / f"{sample.path.stem}_mask.png", mask)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m edge.eval.variants", description=__doc__.split("\n")[0])
+    parser.add_argument("root", type=Path, help="folder in MVTec layout")
+    parser.add_argument("category")
+    parser.add_argument("out", type=Path, help="folder to write the new category into (MVTec layout)")
+    parser.add_argument("--variant", required=True, help="multisize, or strip<K> (K images side by side)")
+    parser.add_argument("--cell", type=int, default=256, help="strip cell size in pixels (default 256)")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    category = load_category(args.root, args.category)
+    out = args.out / f"{args.category}-{args.variant}"
+    if out.exists():
+        raise UsageError(f"{out} exists; remove it or choose another folder")
+    if args.variant == "multisize":
+        make_multisize(category, out, args.seed)
+    elif args.variant.startswith("strip") and args.variant[5:].isdigit() and int(args.variant[5:]) >= 2:
+        make_strips(category, out, int(args.variant[5:]), args.cell, args.seed)
+    else:
+        raise UsageError(f"unknown variant {args.variant!r}: multisize or strip<K> (K >= 2)")
+    log.info("wrote %s", out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: _main(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
