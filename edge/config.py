@@ -15,10 +15,19 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 from edge.engine.config import GEOMETRY_MODES, IMAGE_SCORES, EngineConfig
 from edge.errors import ConfigError
+from edge.pipeline.gige import PIXEL_FORMATS
 from edge.protocol import NAME_MEANING, NAME_PATTERN
 from edge.sockets import ENDPOINT_MEANING, ENDPOINT_PATTERN
 
@@ -48,10 +57,27 @@ class OpenCVSourceConfig(_Strict):
 
 
 class AravisSourceConfig(_Strict):
-    """A GigE Vision / USB3 Vision camera through Aravis (system packages; see deploy/)."""
+    """A GigE Vision / USB3 Vision camera through Aravis (edge[gige] and system packages; see deploy/).
+    Unset settings keep the camera's own values."""
 
     kind: Literal["aravis"]
-    camera_id: str | None = None  # Aravis device id, e.g. "Basler-21234567"; None: the first camera
+    camera_id: str | None = None  # Aravis device id ("Basler-21234567") or IP address; None: the first
+    pixel_format: Literal[PIXEL_FORMATS] | None = (
+        None  # Bayer is demosaiced to RGB; Mono16 scored by its top byte
+    )
+    exposure_us: Annotated[float, Field(gt=0, le=10_000_000)] | None = None
+    gain_db: Annotated[float, Field(ge=0, le=48)] | None = None
+    region: tuple[NonNegativeInt, NonNegativeInt, PositiveInt, PositiveInt] | None = (
+        None  # x, y, width, height
+    )
+    packet_size: Annotated[int, Field(ge=576, le=16_000)] | None = None  # None: largest that gets through
+    packet_resend: bool = True  # ask the camera again for lost packets
+    packet_timeout_ms: Annotated[float, Field(gt=0, le=1000)] = 40.0  # before asking again
+    frame_retention_ms: Annotated[float, Field(gt=0, le=10_000)] = (
+        200.0  # then an incomplete frame is given up
+    )
+    socket_buffer_bytes: Annotated[int, Field(ge=65_536, le=1 << 30)] | None = None  # None: one frame
+    buffers: Annotated[int, Field(ge=2, le=256)] = 8
 
 
 class FolderSourceConfig(_Strict):
@@ -103,17 +129,25 @@ class BankConfig(_Strict):
 
 
 class EndpointsConfig(_Strict):
-    frames: Endpoint  # worker binds (PULL); captures connect
+    frames: Endpoint  # worker (or, with a pool, the broker) binds (PULL); captures connect
     results: Endpoint  # publisher binds (PULL); workers and captures connect
     publish: Endpoint  # publisher binds (PUB); subscribers connect
     latest: Endpoint | None = None  # publisher binds (REP): the latest verdict per camera
-    control: Endpoint | None = None  # worker binds (REP): bank reload
+    control: Endpoint | None = None  # worker (or the broker) binds (REP): bank reload
+    # set: a worker pool; the broker binds this (ROUTER) and `frames`, and workers connect here
+    workers: Endpoint | None = None
+
+
+DEVICE_PATTERN = r"^(cpu|cuda(:\d+)?)$"
 
 
 class WorkerConfig(_Strict):
-    device: Annotated[str, Field(pattern=r"^(cpu|cuda(:\d+)?)$")] = "cpu"
+    device: Annotated[str, Field(pattern=DEVICE_PATTERN)] = "cpu"
+    # a pool (needs endpoints.workers): one worker per listed device, else `count` on `device`
+    devices: Annotated[list[Annotated[str, Field(pattern=DEVICE_PATTERN)]], Field(min_length=1)] | None = None
+    count: Annotated[int, Field(ge=1, le=64)] = 1
     search: Literal["torch", "faiss"] = "torch"
-    # auto: ONNX Runtime on the CPU for centre-crop banks where installed, else torch
+    # auto: ONNX Runtime on the CPU where installed, else torch
     extractor: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
     extractor_precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # fp16/bf16: torch on CUDA
     max_batch: Annotated[int, Field(ge=1, le=256)] = 8
@@ -122,9 +156,19 @@ class WorkerConfig(_Strict):
     metrics_port: Port | None = None  # Prometheus /metrics
 
 
+class BrokerConfig(_Strict):
+    """The worker pool's broker (edge-broker; only with endpoints.workers)."""
+
+    worker_timeout_s: Annotated[float, Field(gt=0, le=60)] = 2.0  # a worker silent this long is dead
+    metrics_port: Port | None = None  # Prometheus /metrics
+
+
 class PublisherConfig(_Strict):
     heartbeat_s: Positive = 1.0
     default_deadline_ms: Positive = 5000.0  # for triggered frames that carry no deadline
+    # longest a verdict waits for an earlier part's of its camera (capture order); with a pool,
+    # above broker.worker_timeout_s keeps the order when a worker dies (its parts are resent)
+    reorder_window_ms: Annotated[float, Field(ge=0, le=60_000)] = 1000.0
     # after a (re)start, only heartbeats go out this long, so subscribers reconnect before verdicts do
     startup_hold_s: Annotated[float, Field(ge=0, le=60)] = 1.0
     # the ledger's journal (a restarted publisher takes over the parts it awaited); None: in
@@ -156,9 +200,17 @@ class FramesSecurityConfig(_Strict):
     capture: CurveClientConfig
 
 
+class WorkersSecurityConfig(_Strict):
+    """broker → pool workers across hosts: the broker is the CURVE server, each worker a client."""
+
+    broker: CurveServerConfig
+    worker: CurveClientConfig
+
+
 class SecurityConfig(_Strict):
     publisher: CurveServerConfig | None = None  # CURVE and an allow-list on the PUB and latest endpoints
-    frames: FramesSecurityConfig | None = None
+    frames: FramesSecurityConfig | None = None  # (with a pool, `frames.worker` secures the broker's PULL)
+    workers: WorkersSecurityConfig | None = None
 
 
 class CalibrationConfig(_Strict):
@@ -186,6 +238,7 @@ class StationConfig(_Strict):
     cameras: Annotated[list[CameraConfig], Field(min_length=1)]
     weights: str | None = None  # WideResNet50 weights file; efficientnet_lite0 ships with edge
     worker: WorkerConfig = WorkerConfig()
+    broker: BrokerConfig = BrokerConfig()
     publisher: PublisherConfig = PublisherConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
     calibration: CalibrationConfig = CalibrationConfig()
@@ -198,6 +251,24 @@ class StationConfig(_Strict):
         if duplicates:
             raise ValueError(f"camera names must be unique; repeated: {duplicates}")
         return self
+
+    @model_validator(mode="after")
+    def _pool_has_endpoint(self) -> StationConfig:
+        if len(self.worker_devices) > 1 and self.endpoints.workers is None:
+            raise ValueError(
+                "several workers (worker.count or worker.devices) need endpoints.workers, "
+                "where the broker hands them frames"
+            )
+        return self
+
+    @property
+    def worker_devices(self) -> list[str]:
+        """The device of each worker slot this station runs (one: no pool unless endpoints.workers)."""
+        return list(self.worker.devices or [self.worker.device] * self.worker.count)
+
+    @property
+    def pooled(self) -> bool:
+        return self.endpoints.workers is not None
 
     def camera(self, name: str) -> CameraConfig:
         for camera in self.cameras:

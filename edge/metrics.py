@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.process_collector import ProcessCollector
 
 if TYPE_CHECKING:  # the publisher and capture processes never import torch
+    from edge.pipeline.broker import Broker
     from edge.pipeline.capture import Capture
     from edge.pipeline.publisher import Publisher
     from edge.pipeline.worker import Worker
@@ -77,7 +78,9 @@ class ProcessMetrics:
 
 
 def for_worker(worker: Worker, station: str) -> ProcessMetrics:
-    metrics = ProcessMetrics("worker", station)
+    """One worker's metrics; a pool worker's carry its name (label `worker`)."""
+    name = worker.settings.pool_name
+    metrics = ProcessMetrics("worker", station, **({"worker": name} if name else {}))
     names, values = list(metrics.labels), list(metrics.labels.values())
     verdicts = Counter(
         "edge_verdicts", "Verdicts sent, by verdict", [*names, "verdict"], registry=metrics.registry
@@ -124,6 +127,32 @@ def for_worker(worker: Worker, station: str) -> ProcessMetrics:
     return metrics
 
 
+def for_broker(broker: Broker, station: str) -> ProcessMetrics:
+    metrics = ProcessMetrics("broker", station)
+    counters = broker.counters
+
+    def states() -> dict[str, int]:
+        refused = sum(1 for w in broker.workers.values() if w.refused)
+        return {"working": len(broker.workers) - refused, "refused": refused}
+
+    metrics.snapshot(
+        lambda: [
+            ("counter", "edge_frames_in", "Frames received from the captures", counters.frames_in),
+            ("counter", "edge_frames_out", "Frames sent to workers (resends included)", counters.frames_out),
+            ("counter", "edge_frames_resent", "Triggered frames sent again after their worker died",
+             counters.resent),
+            ("counter", "edge_frames_lost", "Frames on a worker that died, not sent again, by trigger mode",
+             {"free_run": counters.lost_free_run, "triggered": counters.lost_triggered}, "trigger"),
+            ("counter", "edge_workers_died", "Workers declared dead (silent)", counters.workers_died),
+            ("counter", "edge_errors", "Malformed worker reports and requests, by kind", counters.malformed),
+            ("gauge", "edge_workers", "Workers connected, by state", states(), "state"),
+            ("gauge", "edge_worker_in_flight", "Frames sent to a worker and not yet answered",
+             {w.name: len(w.in_flight) for w in broker.workers.values()}, "worker"),
+        ]
+    )  # fmt: skip
+    return metrics
+
+
 def for_publisher(publisher: Publisher, station: str) -> ProcessMetrics:
     metrics = ProcessMetrics("publisher", station)
     metrics.snapshot(
@@ -162,6 +191,13 @@ def for_capture(capture: Capture, station: str) -> ProcessMetrics:
                 capture.counters.stale,
             ),
             ("counter", "edge_camera_reconnects", "Camera reopens", capture.source.reopens),
+            (
+                "counter",
+                "edge_camera_incomplete",
+                "Camera buffers not inspected (incomplete), by status",
+                getattr(capture.source, "incomplete", {}),
+                "status",
+            ),
             (
                 "counter",
                 "edge_errors",

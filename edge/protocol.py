@@ -27,6 +27,9 @@ SCHEMA_VERSION = 2
 FRAME_TOPIC = b"frame"
 EXPECT_TOPIC = b"expect"
 TRIGGER_TOPIC = b"trigger"
+READY_TOPIC = b"ready"  # worker → broker (worker pool): credit, progress, bank
+RELOAD_TOPIC = b"reload"  # broker → worker: load the bank store's active version
+REFUSED_TOPIC = b"refused"  # broker → worker: no frames for you, and why
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # station and camera names: topics, file names, metric labels
 NAME_MEANING = "1 to 64 letters, digits, '_' or '-'"
 MAX_PIXEL_BYTES = 64 * 1024 * 1024  # a frame's pixel part: 8K x 8K mono; larger declared shapes are refused
@@ -279,6 +282,69 @@ def decode_expect(parts: Sequence[Any]) -> FrameHeader:
     header = _frame_header(_parse_header(parts[1]))
     _check(header.trigger == "triggered", "field", "only triggered frames are announced")
     return header
+
+
+def peek_frame(parts: Sequence[Any]) -> FrameHeader | None:
+    """A frame message's header if it is valid, else None; the pixels are not looked at (a broker
+    passes every message on, and the worker answers what is wrong with it)."""
+    try:
+        _parts(parts, 3, FRAME_TOPIC)
+        return _frame_header(_parse_header(parts[1]))
+    except (ProtocolError, TypeError):
+        return None
+
+
+# ---- worker pool: ready (worker → broker), reload and refused (broker → worker) ------------------
+@dataclass(frozen=True)
+class WorkerReady:
+    """A pool worker's report to its broker, sent on connecting, after every micro-batch and at
+    least every heartbeat. Counts are cumulative since the worker started, so a lost or reordered
+    report never makes the broker's view of the worker wrong for long."""
+
+    worker: str  # a name for logs and metrics (host and slot)
+    received: int  # frames received from the broker
+    answered: int  # frames received and answered (a verdict sent to the publisher)
+    capacity: int  # frames it can take now, beyond those received
+    bank_id: str
+    bank_version: str
+    reloads: int = 0  # reloads finished (swapped in or failed)
+    reload_error: str | None = None  # why the latest reload failed, if it did
+    schema: int = SCHEMA_VERSION
+
+
+_READY_RULES = {
+    "worker": _Rule(_text, "printable text of 1-256 characters"),
+    "received": _Rule(_whole, "a non-negative integer"),
+    "answered": _Rule(_whole, "a non-negative integer"),
+    "capacity": _Rule(_whole, "a non-negative integer"),
+    "bank_id": _Rule(_text, "printable text of 1-256 characters"),
+    "bank_version": _Rule(_text, "printable text of 1-256 characters"),
+    "reloads": _Rule(_whole, "a non-negative integer"),
+    "reload_error": _Rule(_optional(lambda v: _text(v, MAX_ERROR_TEXT)), "text or null"),
+}
+
+
+def encode_ready(ready: WorkerReady) -> list[bytes]:
+    body = asdict(ready)
+    _validate(body, _READY_RULES, list(_READY_RULES))
+    return [READY_TOPIC, dump_json(body)]
+
+
+def decode_ready(parts: Sequence[Any]) -> WorkerReady:
+    _parts(parts, 2, READY_TOPIC)
+    raw = _parse_header(parts[1])
+    _validate(raw, _READY_RULES, [k for k in _READY_RULES if k not in ("reloads", "reload_error")])
+    ready = WorkerReady(**raw)
+    _check(ready.answered <= ready.received, "field", "answered exceeds received")
+    return ready
+
+
+def encode_broker_message(topic_: bytes, error: str | None = None) -> list[bytes]:
+    """`reload` (no fields) or `refused` (with `error`), broker → worker."""
+    body: dict[str, Any] = {"schema": SCHEMA_VERSION}
+    if error is not None:
+        body["error"] = error[:MAX_ERROR_TEXT]
+    return [topic_, dump_json(body)]
 
 
 # ---- trigger (PLC bridge or MES → capture) --------------------------------------------------------

@@ -50,6 +50,15 @@ def mvtec_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def kolektor_root() -> Path:
+    value = os.environ.get(DATA_ENV)
+    root = Path(value or ".") / "kolektorsdd"
+    if not value or not (root / "commutator").is_dir():
+        pytest.skip(f"KolektorSDD is not under ${DATA_ENV}/kolektorsdd (.ci/run sets it to ../shared/data)")
+    return root
+
+
+@pytest.fixture(scope="session")
 def bank_store(tmp_path_factory: pytest.TempPathFactory, fitted_model: PatchCore, synthetic_category):
     """A bank store whose active version is the fitted synthetic model with a threshold above its
     held-out good scores (a copy: the shared model is left uncalibrated)."""

@@ -19,9 +19,18 @@ from edge.protocol import encode_trigger
 STATION = "st1"
 
 
-def station_config(folder: Path, bank: Path, publisher: dict | None = None, **supervisor: float) -> Path:
+def station_config(
+    folder: Path,
+    bank: Path,
+    publisher: dict | None = None,
+    pool: int | None = None,
+    name: str = "station.yaml",
+    **supervisor: float,
+) -> Path:
+    """A station on ipc endpoints in `folder`; `pool`: that many workers behind a broker."""
     ipc = {
-        name: f"ipc://{folder}/{name}" for name in ("frames", "results", "pub", "latest", "control", "trig")
+        name: f"ipc://{folder}/{name}"
+        for name in ("frames", "results", "pub", "latest", "control", "trig", "workers")
     }
     config = {
         "station": STATION,
@@ -41,7 +50,12 @@ def station_config(folder: Path, bank: Path, publisher: dict | None = None, **su
         "publisher": {"heartbeat_s": 0.2, "default_deadline_ms": 3000, **(publisher or {})},
         "supervisor": {"restart_burst": 3, "restart_interval_s": 60, "drain_timeout_s": 20, **supervisor},
     }
-    path = folder / "station.yaml"
+    if pool is not None:
+        config["endpoints"]["workers"] = ipc["workers"]
+        config["worker"]["count"] = pool
+        config["broker"] = {"worker_timeout_s": 1.0}
+        config["publisher"]["reorder_window_ms"] = 2500
+    path = folder / name
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -56,7 +70,7 @@ def start_station(config: Path) -> subprocess.Popen:
 
 
 def child_pid(parent: int, module: str) -> int | None:
-    """The pid of `parent`'s child running `python -m module` (Linux /proc)."""
+    """The pid of `parent`'s (first) child whose command line holds `module` (Linux /proc)."""
     children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
     for pid in children:
         try:
@@ -65,6 +79,18 @@ def child_pid(parent: int, module: str) -> int | None:
         except FileNotFoundError:
             continue
     return None
+
+
+def wait_for_pool(endpoint: str, workers: int, timeout_s: float = 90) -> dict:
+    """Ask the broker for its status until `workers` workers have joined and take frames."""
+    deadline = time.monotonic() + timeout_s
+    reply = None
+    while time.monotonic() < deadline:
+        reply = control_request(endpoint, "status", 1.0)
+        if reply is not None and sum(not w["refused"] for w in reply["workers"]) >= workers:
+            return reply
+        time.sleep(0.2)
+    raise AssertionError(f"{workers} workers did not join the broker within {timeout_s} s: {reply}")
 
 
 def wait_for_worker(endpoint: str, timeout_s: float = 60) -> dict:
@@ -88,6 +114,7 @@ class Line:
             f"ipc://{folder}/pub", STATION, topics=("verdict", "heartbeat"), context=context
         )
         self.verdicts: dict[str, list] = defaultdict(list)
+        self.arrivals: list = []  # every verdict, in the order the publisher sent them
 
     def wait_for_publisher(self) -> None:
         assert self.subscriber.receive(30) is not None, "the publisher did not start"
@@ -103,6 +130,7 @@ class Line:
             event = self.subscriber.receive(remaining)
             if event is not None and event.verdict is not None:
                 self.verdicts[event.verdict.part_id].append(event.verdict)
+                self.arrivals.append(event.verdict)
 
     def collect_until_answered(self, parts: list[str], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

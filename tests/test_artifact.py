@@ -111,6 +111,20 @@ def test_mismatched_files_are_refused(saved, tmp_path):
         load_model(_rewrite(saved, tmp_path / "mystery.edge", change_meta=unknown_setting))
 
 
+def test_banks_from_before_geometry_modes_and_map_max_keep_their_meaning(saved, tmp_path):
+    """A bank saved before `geometry.mode` and `image_score` existed was thresholded on eq. 7 scores of
+    its crop or whole frame: loading it must not switch it to today's defaults."""
+
+    def older(meta):
+        inner = json.loads(meta["meta"])
+        del inner["config"]["image_score"], inner["config"]["geometry"]["mode"]
+        inner["config"]["geometry"].update(resize=256, crop=224)
+        meta["meta"] = json.dumps(inner)
+
+    config = load_model(_rewrite(saved, tmp_path / "old.edge", change_meta=older)).config
+    assert (config.image_score, config.geometry.mode, config.geometry.crop) == ("eq7", "center_crop", 224)
+
+
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
     target = tmp_path / "model.edge"
     target.write_bytes(b"old")

@@ -10,7 +10,8 @@ import zmq
 
 from edge.errors import UsageError
 from edge.pipeline.capture import Capture, CaptureSettings
-from edge.pipeline.sources import AravisSource, FolderSource, OpenCVSource, SyntheticSource, frames
+from edge.pipeline.gige import AravisSource, GigESettings
+from edge.pipeline.sources import FolderSource, OpenCVSource, SyntheticSource, frames
 from edge.protocol import Verdict, decode_expect, decode_frame, decode_verdict, encode_trigger
 
 
@@ -134,4 +135,4 @@ def test_gige_camera_without_aravis_says_what_to_install():
     if importlib.util.find_spec("gi") is not None:
         pytest.skip("python3-gi is installed here: the import guard cannot be shown")
     with pytest.raises(UsageError, match=r"gir1\.2-aravis-0\.8"):
-        AravisSource("any")
+        AravisSource(GigESettings("any"))

@@ -104,6 +104,7 @@ def _config_from(meta: dict[str, Any], overrides: dict[str, Any]) -> EngineConfi
         raw["geometry"] = InputGeometry(
             **{k: tuple(v) if k == "roi" and v else v for k, v in raw["geometry"].items()}
         )
+        raw.setdefault("image_score", "eq7")  # banks from before map_max were thresholded on eq. 7
         known = {f.name for f in fields(EngineConfig)}
         unknown = set(raw) - known
         if unknown:

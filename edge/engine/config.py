@@ -89,7 +89,7 @@ class EngineConfig:
     coreset_fraction: float = 0.01
     projection_dim: int = 128
     seed: int = 0
-    image_score: str = "eq7"  # eq7: largest patch distance, reweighted (paper); map_max: smoothed map's peak
+    image_score: str = "map_max"  # map_max: smoothed map's peak (steadier); eq7: the paper's score
     reweight: bool = True
     reweight_neighbours: int = 9
     search: str = "torch"

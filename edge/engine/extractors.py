@@ -6,17 +6,18 @@ knows nothing of banks, so one extractor serves every bank of its backbone and s
 
 - `torch`: eager torch on the CPU or a CUDA GPU (uint8 uploaded, normalised on the device; on CUDA
   from pinned memory, optionally in fp16 or bf16).
-- `onnxruntime`: the whole graph (pixels → embeddings) exported once to ONNX for a fixed input
-  size and a dynamic batch, cached beside the bank under a key of what decides its numbers
-  (backbone, weights, input size, torch/ONNX versions), run by ONNX Runtime (CPU here; its CUDA
-  provider where installed). Inputs of another size go to a torch extractor.
+- `onnxruntime`: the whole graph (pixels → embeddings) exported to ONNX once per input size (a
+  dynamic batch), cached beside the bank under a key of what decides its numbers (backbone,
+  weights, input size, torch/ONNX versions), run by ONNX Runtime (CPU here; its CUDA provider
+  where installed). Past MAX_ONNX_SIZES sizes, further sizes go to a torch extractor.
 - `tensorrt`: the same ONNX file, built into a TensorRT fp16 engine by ONNX Runtime's TensorRT
   provider with one optimisation profile over the batch buckets, the engine cached per GPU model
   and TensorRT version; built at warm-up, never per frame.
 
-`build_extractor` chooses: `auto` is ONNX Runtime on the CPU for a fixed input size when it is
-installed (measured faster, docs/engine.md), torch otherwise. Asking for a runtime that is not
-installed, or for CUDA without a usable GPU, is a UsageError naming what to install.
+`build_extractor` chooses: `auto` is ONNX Runtime on the CPU when it is installed (measured
+faster, docs/engine.md; one session per input size a bank meets), torch otherwise. Asking for a
+runtime that is not installed, or for CUDA without a usable GPU, is a UsageError naming what to
+install.
 """
 
 from __future__ import annotations
@@ -296,19 +297,19 @@ def build_extractor(
     cache_dir: Path | None = None,
     precision: str = "fp32",
 ) -> Extractor:
-    """The extractor `kind` names; `auto`: ONNX Runtime on the CPU for a fixed input size where it
-    is installed, torch otherwise. `input_hw` None means inputs of any size (whole frames)."""
+    """The extractor `kind` names; `auto`: ONNX Runtime on the CPU where it is installed, torch
+    otherwise. `input_hw` None means inputs of any size (whole frames)."""
     if kind not in EXTRACTORS:
         raise UsageError(f"unknown extractor {kind!r}; choose one of {', '.join(EXTRACTORS)}")
     if kind == "auto":
-        kind = "onnxruntime" if _onnx_usable(device, input_hw) else "torch"
+        kind = "onnxruntime" if _onnx_usable(device) else "torch"
     if kind == "torch":
         return TorchExtractor(backbone, device, precision)
     cache = cache_dir or default_cache_dir()
     return OnnxExtractor(backbone, input_hw, cache, device, tensorrt=kind == "tensorrt")
 
 
-def _onnx_usable(device: str, input_hw: tuple[int, int] | None) -> bool:
+def _onnx_usable(device: str) -> bool:
     if device != "cpu":
         return False
     try:

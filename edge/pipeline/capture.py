@@ -192,6 +192,9 @@ class Capture:
         except ProtocolError as error:
             self.counters.malformed_triggers.count(error)
             return True
+        fire = getattr(self.source, "trigger", None)  # a camera with a trigger of its own
+        if fire is not None:
+            fire()
         pixels = self._grab()
         if pixels is None:
             self.fail(part_id, f"camera gave no frame within {self.settings.stale_after_s:.1f} s")

@@ -9,10 +9,17 @@ Every message names the publisher's `epoch` (its start, in microseconds since 19
 numbers restart at 1 with each epoch, so a subscriber tells a restart from a loss. A new publisher
 holds what it has to publish for `startup_hold_s`, long enough for subscribers to reconnect, so the
 results that waited for it in the workers' queues are not published to nobody.
+
+Verdicts leave in capture order per camera: a verdict waits while an earlier announced (triggered)
+frame of its camera has no verdict yet (several workers answer out of order), at most
+`reorder_window_ms`; past that it is published as it stands and counted (`reordered_gaps`).
+Free-run frames are not announced, so their verdicts wait only behind held ones.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import threading
 import time
@@ -64,6 +71,7 @@ class PublisherSettings:
     startup_hold_s: float = 0.0
     journal: Path | None = None  # the ledger's journal: a restarted publisher takes over its parts
     cameras: tuple[str, ...] = ()  # results for other cameras are refused (empty: any camera)
+    reorder_window_ms: float = 1000.0  # longest a verdict waits for an earlier frame's
 
 
 @dataclass
@@ -71,6 +79,7 @@ class PublisherCounters:
     published: int = 0
     timeouts: int = 0
     late: int = 0
+    reordered_gaps: int = 0  # verdicts published before an earlier frame's (its wait ran out)
     malformed: ErrorTally = field(default_factory=lambda: ErrorTally("result or request", log))
 
 
@@ -84,6 +93,10 @@ class Publisher:
         self.recent: dict[str, deque[dict]] = {}
         self.held: list[tuple[VerdictMessage, bytes | None]] = []  # results waiting for the hold's end
         self.held_ids: set[str] = set()
+        # per camera, verdicts waiting for earlier frames': (capture ns, tiebreak, arrival s, verdict, mask)
+        self.waiting: dict[str, list[tuple]] = {}
+        self.waiting_ids: set[str] = set()
+        self._arrivals = itertools.count()
         self.ledger = Ledger(settings.default_deadline_ms, journal=settings.journal)
         context = context or zmq.Context.instance()
         self.context = context
@@ -134,7 +147,7 @@ class Publisher:
         except ProtocolError as error:
             self.counters.malformed.count(error)
             return
-        if message.frame_id in self.held_ids:  # a repeat of a result held for the startup hold
+        if message.frame_id in self.held_ids or message.frame_id in self.waiting_ids:  # a repeat
             self.ledger.late += 1
             late = True
         else:
@@ -151,7 +164,7 @@ class Publisher:
             self.held.append((message, mask_png))
             self.held_ids.add(message.frame_id)
         else:
-            self._publish(message, mask_png)
+            self._enqueue(message, mask_png)
 
     def _check_source(self, station: str, camera: str) -> None:
         if station != self.settings.station:
@@ -182,16 +195,50 @@ class Publisher:
             held, self.held = self.held, []
             self.held_ids.clear()
             for message, mask_png in held:
+                self._enqueue(message, mask_png)
+
+    # ---- capture order -------------------------------------------------------------------------
+    def _enqueue(self, message: VerdictMessage, mask_png: bytes | None) -> None:
+        entry = (message.capture_monotonic_ns, next(self._arrivals), time.monotonic(), message, mask_png)
+        heapq.heappush(self.waiting.setdefault(message.camera, []), entry)
+        self.waiting_ids.add(message.frame_id)
+        self._release_in_order()
+
+    def _earlier_unanswered(self, camera: str, capture_ns: int) -> bool:
+        """An announced frame of `camera`, captured before `capture_ns`, still has no verdict."""
+        return any(
+            header.camera == camera
+            and header.capture_monotonic_ns < capture_ns
+            and header.frame_id not in self.waiting_ids
+            for header, _ in self.ledger.outstanding.values()
+        )
+
+    def _release_in_order(self, flush: bool = False) -> None:
+        """Publish every waiting verdict no earlier frame holds back (or whose wait ran out)."""
+        now = time.monotonic()
+        window_s = self.settings.reorder_window_ms / 1000
+        for camera, queue in self.waiting.items():
+            while queue:
+                capture_ns, _, arrived, message, mask_png = queue[0]
+                blocked = self._earlier_unanswered(camera, capture_ns)
+                if blocked and not flush and now - arrived < window_s:
+                    break
+                if blocked:
+                    self.counters.reordered_gaps += 1
+                heapq.heappop(queue)
+                self.waiting_ids.discard(message.frame_id)
                 self._publish(message, mask_png)
 
     def _time_out_overdue(self) -> None:
         if time.monotonic() < self.publish_from:
             return
         for header in self.ledger.overdue(time.monotonic()):
+            if header.frame_id in self.waiting_ids:
+                continue  # its verdict came, and waits for an earlier frame's
             deadline = header.deadline_ms or self.settings.default_deadline_ms
             self.counters.timeouts += 1
             error = f"no verdict within {deadline:.0f} ms"
-            self._publish(verdict_for(header, Verdict.TIMEOUT, error=error), None)
+            self._enqueue(verdict_for(header, Verdict.TIMEOUT, error=error), None)
 
     def _query(self, parts: Sequence[bytes]) -> list[bytes]:
         query = decode_query(parts)
@@ -224,6 +271,7 @@ class Publisher:
             self._receive(self.results.recv_multipart())
         self._release_held()
         self._time_out_overdue()
+        self._release_in_order()
         if self.rep is not None and self.rep in ready:
             answer(self.rep, self._query, self.counters.malformed)
         return self.results in ready
@@ -233,7 +281,10 @@ class Publisher:
         self.publish_from = 0.0
         self._release_held()
         for header in self.ledger.overdue(float("inf")):
-            self._publish(verdict_for(header, Verdict.ERROR, error="not inspected: edge stopped"), None)
+            if header.frame_id not in self.waiting_ids:
+                error = "not inspected: edge stopped"
+                self._enqueue(verdict_for(header, Verdict.ERROR, error=error), None)
+        self._release_in_order(flush=True)
 
     def run(self, stop: threading.Event, progress: Callable[[], None] = lambda: None) -> PublisherCounters:
         """Until `stop`; then results still arriving are published (drain) before closing.

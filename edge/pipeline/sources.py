@@ -1,4 +1,5 @@
-"""Frame sources behind one interface: OpenCV cameras and streams, image-folder replay, synthetic parts.
+"""Frame sources behind one interface: OpenCV cameras and streams, image-folder replay, synthetic
+parts (GigE Vision cameras: edge/pipeline/gige.py).
 
 `read()` returns the next frame (uint8 or uint16, HxW or HxWx3 RGB) or None when the source has
 nothing now; `exhausted` says a finite source is done. A camera that fails is reopened with
@@ -26,6 +27,9 @@ log = logging.getLogger("edge.capture")
 
 
 class FrameSource(Protocol):
+    """A camera or replay. A source that can trigger its camera also has `trigger()`, which capture
+    calls for each triggered part before it reads the part's frame."""
+
     exhausted: bool
     reopens: int
 
@@ -184,70 +188,3 @@ def frames(source: FrameSource, idle_sleep_s: float = 0.005) -> Iterator[np.ndar
                 time.sleep(idle_sleep_s)
             continue
         yield pixels
-
-
-class AravisSource:
-    """A GigE Vision (or USB3 Vision) camera through Aravis, where the system provides it
-    (Debian: gir1.2-aravis-0.8 and python3-gi; the venv needs --system-site-packages). Mono8 and
-    RGB8 frames; a lost camera is reopened with backoff like OpenCVSource."""
-
-    def __init__(self, camera_id: str | None = None, timeout_s: float = 1.0, buffers: int = 8) -> None:
-        try:
-            import gi
-
-            gi.require_version("Aravis", "0.8")
-            from gi.repository import Aravis
-        except (ImportError, ValueError):
-            raise UsageError(
-                "GigE Vision cameras need Aravis: install the system packages gir1.2-aravis-0.8 and "
-                "python3-gi, and create edge's venv with --system-site-packages (deploy/install.sh --aravis)"
-            ) from None
-        self.aravis, self.camera_id = Aravis, camera_id
-        self.timeout_us, self.buffers = int(timeout_s * 1e6), buffers
-        self.exhausted = False
-        self.reopens = 0
-        self.camera = self.stream = None
-        self.retry_at = 0.0
-        self._open()
-
-    def _open(self) -> None:
-        try:
-            self.camera = self.aravis.Camera.new(self.camera_id)
-            self.stream = self.camera.create_stream(None, None)
-            payload = self.camera.get_payload()
-            for _ in range(self.buffers):
-                self.stream.push_buffer(self.aravis.Buffer.new_allocate(payload))
-            self.camera.start_acquisition()
-        except Exception as exc:  # GLib errors: camera absent, busy or unreachable
-            log.warning("GigE camera %s did not open (%s); retrying", self.camera_id or "(first)", exc)
-            self.camera = self.stream = None
-            self.retry_at = time.monotonic() + 2.0
-
-    def read(self) -> np.ndarray | None:
-        if self.stream is None:
-            if time.monotonic() < self.retry_at:
-                return None
-            self.reopens += 1
-            self._open()
-            if self.stream is None:
-                return None
-        buffer = self.stream.timeout_pop_buffer(self.timeout_us)
-        if buffer is None:
-            return None
-        try:
-            if buffer.get_status() != self.aravis.BufferStatus.SUCCESS:
-                return None
-            height, width = buffer.get_image_height(), buffer.get_image_width()
-            data = np.frombuffer(buffer.get_data(), np.uint8)
-            channels = data.size // (height * width)
-            if channels not in (1, 3):
-                log.error("unsupported pixel format (%d bytes per pixel): set Mono8 or RGB8", channels)
-                return None
-            shape = (height, width) if channels == 1 else (height, width, 3)
-            return data[: height * width * channels].reshape(shape).copy()
-        finally:
-            self.stream.push_buffer(buffer)
-
-    def close(self) -> None:
-        if self.camera is not None:
-            self.camera.stop_acquisition()

@@ -1,5 +1,9 @@
-"""The worker: receives frames (PULL), micro-batches them, inspects them, and passes every result on
+"""The worker: receives frames, micro-batches them, inspects them, and passes every result on
 (PUSH to the publisher). Every frame that named itself gets exactly one verdict.
+
+Alone, a worker binds the frames endpoint (PULL) and captures connect to it. In a pool, it connects
+a DEALER to the broker (`edge/pipeline/broker.py`) and reports its credit (`ready`): it is sent
+only what it can take.
 
 Bank reload: on a control request (REP, `{"command": "reload"}`) or `request_reload()` (SIGHUP), the
 new bank is loaded on a side thread while the old one keeps scoring, and swapped in between two
@@ -20,8 +24,19 @@ import zmq
 
 from edge.errors import EdgeError
 from edge.pipeline.inspection import Bank, decode_or_error, inspect
-from edge.protocol import MAX_PIXEL_BYTES, VerdictMessage, decode_control, encode_reply, encode_result
-from edge.security import CurveServer, stop_authenticator
+from edge.protocol import (
+    FRAME_TOPIC,
+    MAX_PIXEL_BYTES,
+    REFUSED_TOPIC,
+    RELOAD_TOPIC,
+    VerdictMessage,
+    WorkerReady,
+    decode_control,
+    encode_ready,
+    encode_reply,
+    encode_result,
+)
+from edge.security import CurveClient, CurveServer, stop_authenticator
 from edge.sockets import FRAME_BYTES, REQUEST_BYTES, ErrorTally, answer, open_socket
 
 log = logging.getLogger("edge.worker")
@@ -33,25 +48,43 @@ POLL_MS = 100
 # two micro-batches deep, so the next batch is ready when the last one is scored.
 BATCH_BYTES = MAX_PIXEL_BYTES
 QUEUE_BYTES = 2 * MAX_PIXEL_BYTES  # with 4, one CI run peaked at 1509 MB under the largest frames
+DRAIN_IDLE_S = 0.5  # at shutdown: answering ends once no frame came for this long
+REPORT_S = 0.25  # a pool worker's report interval when nothing changes (the broker's heartbeat)
+REPORT_POLL_MS = 1  # how soon a pool worker tells the broker of room freed by a micro-batch
 
 
 class Inbox:
     """Frames received ahead of scoring, by a thread of their own that reads the socket while the
     model scores; what waits is bounded in frames and in bytes, and past that bound the frames
-    wait in the sender's queue (ZeroMQ's backpressure). Only this thread touches the socket."""
+    wait in the sender's queue (ZeroMQ's backpressure). Only this thread touches the socket.
 
-    def __init__(self, socket: zmq.Socket, max_frames: int, max_bytes: int) -> None:
+    With `pool` (a DEALER connected to a broker), the thread also reports the inbox's room
+    (`ready`), at once when a micro-batch frees some and every REPORT_S, and hands the broker's
+    `reload` and `refused` messages to `pool`."""
+
+    def __init__(
+        self, socket: zmq.Socket, max_frames: int, max_bytes: int, pool: PoolLink | None = None
+    ) -> None:
         self.socket = socket
         self.max_frames, self.max_bytes = max_frames, max_bytes
         self.queue: deque[list[zmq.Frame]] = deque()
         self.bytes = 0
+        self.received = 0
+        self.pool = pool
+        self.room_changed = True
         self.changed = threading.Condition()
         self.closing = threading.Event()
-        self.thread = threading.Thread(target=self._receive, name="frames-in", daemon=True)
+        target = self._receive if pool is None else self._receive_from_broker
+        self.thread = threading.Thread(target=target, name="frames-in", daemon=True)
         self.thread.start()
 
     def _full(self) -> bool:
         return len(self.queue) >= self.max_frames or self.bytes >= self.max_bytes
+
+    def _room(self) -> int:
+        if self.bytes >= self.max_bytes:
+            return 0
+        return max(0, self.max_frames - len(self.queue))
 
     def _receive(self) -> None:
         while not self.closing.is_set():
@@ -60,11 +93,33 @@ class Inbox:
                     self.changed.wait(POLL_MS / 1000)
             if self.closing.is_set() or not self.socket.poll(POLL_MS):
                 continue
+            self._append(self.socket.recv_multipart(copy=False))
+
+    def _append(self, parts: list[zmq.Frame]) -> None:
+        with self.changed:
+            self.queue.append(parts)
+            self.bytes += _bytes(parts)
+            self.received += 1
+            self.changed.notify_all()
+
+    def _receive_from_broker(self) -> None:
+        assert self.pool is not None
+        last_report = 0.0
+        while not self.closing.is_set():
+            now = time.monotonic()
+            if self.room_changed or now - last_report >= REPORT_S:
+                with self.changed:
+                    self.room_changed = False
+                    room, received = self._room(), self.received
+                self.socket.send_multipart(self.pool.report(received, room))
+                last_report = now
+            if not self.socket.poll(REPORT_POLL_MS):
+                continue
             parts = self.socket.recv_multipart(copy=False)
-            with self.changed:
-                self.queue.append(parts)
-                self.bytes += _bytes(parts)
-                self.changed.notify_all()
+            if parts and parts[0].bytes == FRAME_TOPIC:
+                self._append(parts)
+            elif parts and parts[0].bytes in (RELOAD_TOPIC, REFUSED_TOPIC):
+                self.pool.told(parts[0].bytes, parts[1].bytes if len(parts) > 1 else b"")
 
     def take(self, timeout_s: float, budget: int | None = None) -> list[zmq.Frame] | None:
         """The next frame within `timeout_s`, or None; with `budget`, only a frame of at most that
@@ -80,6 +135,7 @@ class Inbox:
                 return None
             parts = self.queue.popleft()
             self.bytes -= _bytes(parts)
+            self.room_changed = True
             self.changed.notify_all()
             return parts
 
@@ -91,12 +147,46 @@ class Inbox:
 @dataclass(frozen=True)
 class WorkerSettings:
     station: str
-    frames_endpoint: str  # bound PULL: capture processes connect here
+    frames_endpoint: str  # bound PULL: capture processes connect here (or the broker's, in a pool)
     results_endpoint: str  # connected PUSH: the publisher binds here
     max_batch: int = 8
     max_wait_ms: float = 5.0
     control_endpoint: str | None = None  # bound REP: reload requests
     curve: CurveServer | None = None  # on the frames PULL, when captures connect from other hosts
+    pool_name: str | None = None  # set: a pool worker of this name, connected to the broker's ROUTER
+    pool_curve: CurveClient | None = None  # to a broker on another host
+
+
+class PoolLink:
+    """What a pool worker tells its broker and does on the broker's word; called from the inbox's
+    thread, so it only reads the worker's counters and sets its events."""
+
+    def __init__(self, worker: Worker, name: str) -> None:
+        self.worker, self.name = worker, name
+        self.refused: bytes | None = None
+
+    def report(self, received: int, room: int) -> list[bytes]:
+        worker = self.worker
+        return encode_ready(
+            WorkerReady(
+                worker=self.name,
+                received=received,
+                answered=worker.answered,
+                capacity=room,
+                bank_id=worker.bank.bank_id,
+                bank_version=worker.bank.version,
+                reloads=worker.reloads_finished,
+                reload_error=worker.reload_error,
+            )
+        )
+
+    def told(self, topic: bytes, header: bytes) -> None:
+        if topic == RELOAD_TOPIC:
+            log.info("the broker asks for a bank reload")
+            self.worker.reload_requested.set()
+        elif header != self.refused:
+            self.refused = header
+            log.error("the broker gives this worker no frames: %s", header.decode(errors="replace"))
 
 
 @dataclass
@@ -143,21 +233,26 @@ class Worker:
         self.observers: list[Callable[[VerdictMessage], None]] = []  # e.g. metrics, per verdict sent
         self.last_batch = 0  # frames taken in the latest micro-batch: how far behind the worker is
         self.reload: _Reload | None = None
-        self.reload_requested = threading.Event()  # set from a signal handler (SIGHUP)
+        self.reload_requested = threading.Event()  # set from a signal handler (SIGHUP) or the broker
+        self.answered = 0  # frames taken and answered: a pool worker's progress, for its broker
+        self.reloads_finished = 0
+        self.reload_error: str | None = None
         context = context or zmq.Context.instance()
         self.context = context
+        pool = settings.pool_name is not None
         # a short receive queue: backlog stays with capture, which keeps the newest (free run) or
-        # waits (triggered), instead of piling up stale frames here
+        # waits (triggered), instead of piling up stale frames here; in a pool, the broker's credit
         self.frames = open_socket(
             context,
-            zmq.PULL,
+            zmq.DEALER if pool else zmq.PULL,
             settings.frames_endpoint,
-            bind=True,
+            bind=not pool,
             max_message_bytes=FRAME_BYTES,
-            receive_hwm=2,  # 1 stalls CURVE connections (tests/test_security.py)
-            curve=settings.curve,
+            receive_hwm=2 * settings.max_batch + 2 if pool else 2,  # 1 stalls CURVE (test_security.py)
+            curve=settings.pool_curve if pool else settings.curve,
         )
-        self.inbox = Inbox(self.frames, max_frames=2 * settings.max_batch, max_bytes=QUEUE_BYTES)
+        link = PoolLink(self, settings.pool_name) if settings.pool_name is not None else None
+        self.inbox = Inbox(self.frames, max_frames=2 * settings.max_batch, max_bytes=QUEUE_BYTES, pool=link)
         self.results = open_socket(
             context, zmq.PUSH, settings.results_endpoint, bind=False, max_message_bytes=None, linger_ms=2000
         )
@@ -223,6 +318,8 @@ class Worker:
         if self.reload is None or not self.reload.done:
             return
         reload, self.reload = self.reload, None
+        self.reloads_finished += 1
+        self.reload_error = None if isinstance(reload.result, Bank) else str(reload.result)[:2000]
         if isinstance(reload.result, Bank):
             old, self.bank = self.bank, reload.result
             self.counters.reloads += 1
@@ -262,16 +359,21 @@ class Worker:
             if inspected.failure is not None:
                 self.counters.malformed.count(inspected.failure, inspected.verdict.error or "")
             self._send(inspected.verdict, inspected.mask_png)
+        self.answered += len(batch)
         return len(batch)
 
     def run(self, stop: threading.Event, progress: Callable[[], None] = lambda: None) -> WorkerCounters:
-        """Until `stop`; then the frames already queued are still answered (drain) before closing.
-        `progress` is called after every completed step (a stuck inference stops the calls)."""
+        """Until `stop`; then the frames already queued, or still arriving (a capture that ended
+        just before may still be sending its last), are answered (drain) before closing, until none
+        came for DRAIN_IDLE_S. `progress` is called after every completed step (a stuck inference
+        stops the calls)."""
         while not stop.is_set():
             self.step()
             progress()
-        while self.step():
-            pass
+        idle_until = time.monotonic() + DRAIN_IDLE_S
+        while time.monotonic() < idle_until:
+            if self.step():
+                idle_until = time.monotonic() + DRAIN_IDLE_S
         self.close()
         return self.counters
 

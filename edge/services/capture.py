@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
+import zmq
+
 from edge.cli_support import run_cli
 from edge.config import (
     AravisSourceConfig,
@@ -16,7 +18,8 @@ from edge.config import (
 )
 from edge.metrics import for_capture
 from edge.pipeline.capture import Capture, CaptureSettings
-from edge.pipeline.sources import AravisSource, FolderSource, FrameSource, OpenCVSource, SyntheticSource
+from edge.pipeline.gige import AravisSource, GigESettings
+from edge.pipeline.sources import FolderSource, FrameSource, OpenCVSource, SyntheticSource
 from edge.services.runtime import (
     curve_client,
     operate,
@@ -33,7 +36,8 @@ def open_source(camera: CameraConfig) -> FrameSource:
     if isinstance(source, OpenCVSourceConfig):
         return OpenCVSource(source.uri)
     if isinstance(source, AravisSourceConfig):
-        return AravisSource(source.camera_id)
+        settings = source.model_dump(exclude={"kind"})
+        return AravisSource(GigESettings(**settings, triggered=camera.trigger == "triggered"))
     if isinstance(source, FolderSourceConfig):
         return FolderSource(source.path, source.rate_hz, source.loop)
     if isinstance(source, SyntheticSourceConfig):
@@ -69,6 +73,8 @@ def _main(argv: list[str] | None) -> int:
         return operate(f"camera {camera.name}", capture.run, stop, metrics, camera.metrics_port, status)
     finally:
         capture.close()
+        # frames still queued (a worker not up yet) go out within the sockets' linger, not lost
+        zmq.Context.instance().term()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,6 +51,7 @@ def publisher_settings(config: StationConfig) -> PublisherSettings:
         startup_hold_s=config.publisher.startup_hold_s,
         journal=journal_path(config),
         cameras=tuple(config.camera_names),
+        reorder_window_ms=config.publisher.reorder_window_ms,
     )
 
 

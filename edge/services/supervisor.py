@@ -1,10 +1,11 @@
-"""edge-run: a station on one host: publisher, worker and one capture per camera as separate processes.
+"""edge-run: a station on one host: publisher, worker (or a broker and a pool of workers) and one
+capture per camera, as separate processes.
 
 A process that fails is restarted, at most `supervisor.restart_burst` times per
 `supervisor.restart_interval_s` (then the station stops, as systemd's start limit would). SIGTERM
-stops the captures first, then the worker, then the publisher, each after it has drained what it
-holds, so every part already triggered still gets its verdict. When every camera's source has ended
-(a finite replay), the station drains and stops by itself.
+stops the captures first, then the broker, the workers, then the publisher, each after it has
+drained what it holds, so every part already triggered still gets its verdict. When every
+camera's source has ended (a finite replay), the station drains and stops by itself.
 """
 
 from __future__ import annotations
@@ -70,9 +71,16 @@ class Supervisor:
         self.config = config
         module = [sys.executable, "-m"]
         path = str(config_path)
+        if config.pooled:
+            workers = [Child("broker", [*module, "edge.services.broker", path])] + [
+                Child(f"worker:{slot}", [*module, "edge.services.worker", path, "--slot", str(slot)])
+                for slot in range(len(config.worker_devices))
+            ]
+        else:
+            workers = [Child("worker", [*module, "edge.services.worker", path])]
         self.children = [
             Child("publisher", [*module, "edge.services.publisher", path]),
-            Child("worker", [*module, "edge.services.worker", path]),
+            *workers,
             *(
                 Child(f"capture:{name}", [*module, "edge.services.capture", path, "--camera", name])
                 for name in config.camera_names
@@ -136,12 +144,10 @@ class Supervisor:
         return code
 
     def shutdown(self) -> None:
-        """Data-flow order: captures, then the worker, then the publisher, each drained."""
+        """Data-flow order: captures, the broker, the workers, then the publisher, each drained."""
         timeout = self.config.supervisor.drain_timeout_s
-        for child in [c for c in self.children if c.is_capture] + [
-            self.child("worker"),
-            self.child("publisher"),
-        ]:
+        rank = {"capture": 0, "broker": 1, "worker": 2, "publisher": 3}
+        for child in sorted(self.children, key=lambda c: rank[c.name.split(":")[0]]):
             child.stop(timeout)
         self.run_dir.cleanup()
         log.info("station %s stopped", self.config.station)

@@ -1,11 +1,17 @@
-"""edge-worker: scores frames against the station's bank; SIGHUP or a control request reloads the bank."""
+"""edge-worker: scores frames against the station's bank; SIGHUP or a control request reloads the bank.
+
+With endpoints.workers set, it is slot `--slot` of the station's pool: it takes frames from the
+broker on the slot's device (worker.devices, else worker.device), and reloads when the broker asks.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import signal
+import socket
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,6 +20,7 @@ from edge.config import StationConfig
 from edge.errors import ConfigError
 from edge.pipeline.inspection import Bank
 from edge.services.runtime import (
+    curve_client,
     curve_server,
     operate,
     service_parser,
@@ -21,11 +28,14 @@ from edge.services.runtime import (
 )
 from edge.services.sdnotify import stop_on_signals
 
+if TYPE_CHECKING:  # imported when run: it brings torch, after OMP_WAIT_POLICY is set
+    from edge.pipeline.worker import WorkerSettings
+
 log = logging.getLogger("edge.worker")
 WARM_UP_SIDE = 256
 
 
-def load_station_bank(config: StationConfig) -> Bank:
+def load_station_bank(config: StationConfig, device: str | None = None) -> Bank:
     """The active bank version with its threshold (the configuration's override, else the bank's own)."""
     from edge.bankstore import resolve_bank
     from edge.engine.artifact import load_model
@@ -34,7 +44,7 @@ def load_station_bank(config: StationConfig) -> Bank:
     model = load_model(
         ref.path,
         config.weights,
-        device=config.worker.device,
+        device=device or config.worker.device,
         search=config.worker.search,
         extractor=config.worker.extractor,
         extractor_precision=config.worker.extractor_precision,
@@ -53,8 +63,31 @@ def load_station_bank(config: StationConfig) -> Bank:
     return Bank(model, threshold, ref.bank_id, ref.version, backend)
 
 
+def worker_settings(config: StationConfig, slot: int) -> WorkerSettings:
+    """A lone worker binds the frames endpoint; a pool worker connects to the broker."""
+    from edge.pipeline.worker import WorkerSettings
+
+    pooled = config.endpoints.workers is not None
+    security = config.security
+    return WorkerSettings(
+        station=config.station,
+        frames_endpoint=config.endpoints.workers if pooled else config.endpoints.frames,
+        results_endpoint=config.endpoints.results,
+        max_batch=config.worker.max_batch,
+        max_wait_ms=config.worker.max_wait_ms,
+        control_endpoint=None if pooled else config.endpoints.control,
+        curve=curve_server(security.frames.worker if security.frames else None, "frames"),
+        pool_name=f"{socket.gethostname()}-{slot}" if pooled else None,
+        pool_curve=curve_client(security.workers.worker if security.workers else None),
+    )
+
+
 def _main(argv: list[str] | None) -> int:
-    args = service_parser("edge-worker", __doc__.splitlines()[0]).parse_args(argv)
+    parser = service_parser("edge-worker", __doc__.splitlines()[0])
+    parser.add_argument(
+        "--slot", type=int, default=0, help="this worker's slot in the pool: its device, metrics port + slot"
+    )
+    args = parser.parse_args(argv)
     # torch's OpenMP threads spin while idle by default, which starves capture and publisher on a
     # small CPU; passive waiting must be set before torch is imported
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -62,26 +95,25 @@ def _main(argv: list[str] | None) -> int:
     import torch
 
     from edge.metrics import for_worker
-    from edge.pipeline.worker import Worker, WorkerSettings
+    from edge.pipeline.worker import Worker
 
     if config.worker.torch_threads:
         torch.set_num_threads(config.worker.torch_threads)
+    devices = config.worker_devices
+    if not 0 <= args.slot < len(devices):
+        raise ConfigError(f"--slot {args.slot}: this host's worker slots are 0 to {len(devices) - 1}")
+    device = devices[args.slot]
     stop = stop_on_signals()
-    bank = load_station_bank(config)
-    settings = WorkerSettings(
-        station=config.station,
-        frames_endpoint=config.endpoints.frames,
-        results_endpoint=config.endpoints.results,
-        max_batch=config.worker.max_batch,
-        max_wait_ms=config.worker.max_wait_ms,
-        control_endpoint=config.endpoints.control,
-        curve=curve_server(config.security.frames.worker if config.security.frames else None, "frames"),
-    )
-    worker = Worker(bank, settings, load_bank=lambda: load_station_bank(config))
+    bank = load_station_bank(config, device)
+    settings = worker_settings(config, args.slot)
+    worker = Worker(bank, settings, load_bank=lambda: load_station_bank(config, device))
     signal.signal(signal.SIGHUP, lambda _signum, _frame: worker.reload_requested.set())
     metrics = for_worker(worker, config.station)
-    status = f"bank {bank.bank_id} {bank.version}, threshold {bank.threshold:.4g}"
-    return operate("worker", worker.run, stop, metrics, config.worker.metrics_port, status)
+    role = f"pool worker {settings.pool_name} on {device}" if settings.pool_name else f"worker on {device}"
+    status = f"{role}: bank {bank.bank_id} {bank.version}, threshold {bank.threshold:.4g}"
+    port = config.worker.metrics_port
+    port = None if port is None else port + args.slot  # one port per worker slot on this host
+    return operate("worker", worker.run, stop, metrics, port, status)
 
 
 def main(argv: list[str] | None = None) -> int:

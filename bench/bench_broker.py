@@ -1,0 +1,169 @@
+"""Worker-pool benchmark: the broker's own ceiling and the latency it adds, with a no-op model.
+
+    python bench/bench_broker.py                  # 64x64 frames: direct vs broker with 1 and 2 workers
+    python bench/bench_broker.py --frames 20000 --rate 5000 --repeats 3
+
+Real processes and sockets (ipc): a producer PUSHes free-run frames as a capture does, the real
+Worker loop (inbox, micro-batches, reports, verdicts, masks) scores them with a model that does no
+work, and a sink PULLs the results as the publisher does. "direct" is today's single worker bound to
+the frames endpoint; "broker N" puts edge's broker and N workers in between. Per configuration:
+the most frames/s it passes (producer as fast as it can), then latency from capture to result at a
+paced rate (--rate); added latency = broker's minus direct's, measured in the same run. Medians over
+--repeats runs. This machine has 2 cores for 3 to 5 processes, so the ceilings here are lower bounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import zmq
+
+from edge.engine.config import InputGeometry
+from edge.engine.geometry import Placement, place
+from edge.engine.model import ImageResult
+from edge.pipeline.broker import Broker, BrokerSettings
+from edge.pipeline.inspection import Bank
+from edge.pipeline.worker import Worker, WorkerSettings
+from edge.protocol import FrameHeader, decode_result, encode_frame
+
+STATION = "bench"
+
+
+class NoOpModel:
+    """Scores nothing: every frame OK with a zero map, so only transport and bookkeeping are timed."""
+
+    device = "cpu"
+
+    def __init__(self) -> None:
+        self.geometry = InputGeometry(resize=64, crop=None, mode="squash")
+
+    def placement(self, frame_hw: tuple[int, int]) -> Placement:
+        return place(frame_hw, self.geometry)
+
+    def score(self, images: list[np.ndarray], timer: object = None) -> list[ImageResult]:
+        results = []
+        for image in images:
+            placement = self.placement(image.shape[:2])
+            amap = np.zeros(placement.input_hw, np.float32)
+            results.append(ImageResult(0.0, 0.0, amap, placement))
+        return results
+
+
+def _worker(frames_endpoint: str, results_endpoint: str, pool_name: str | None, stop: mp.Event) -> None:
+    bank = Bank(NoOpModel(), threshold=1.0, bank_id="bench", version="v0001", backend="noop")  # type: ignore[arg-type]
+    settings = WorkerSettings(STATION, frames_endpoint, results_endpoint, max_batch=8, max_wait_ms=0.5,
+                              pool_name=pool_name)  # fmt: skip
+    Worker(bank, settings, zmq.Context()).run(stop)
+
+
+def _broker(frames_endpoint: str, workers_endpoint: str, stop: mp.Event) -> None:
+    Broker(BrokerSettings(STATION, frames_endpoint, workers_endpoint), zmq.Context()).run(stop)
+
+
+def _produce(endpoint: str, count: int, rate: float | None, size: int) -> None:
+    context = zmq.Context()
+    socket = context.socket(zmq.PUSH)
+    socket.setsockopt(zmq.LINGER, 5000)
+    socket.connect(endpoint)
+    pixels = np.random.default_rng(0).integers(0, 255, (size, size), np.uint8)
+    started = time.perf_counter()
+    for seq in range(count):
+        if rate:
+            while time.perf_counter() < started + seq / rate:
+                pass
+        header = FrameHeader(STATION, "cam0", seq, f"f{seq}", "2026-01-01T00:00:00+00:00",
+                             time.monotonic_ns(), size, size, 1)  # fmt: skip
+        socket.send_multipart(encode_frame(header, pixels), copy=False)
+    socket.close()
+    context.term()
+
+
+@dataclass
+class Outcome:
+    frames_per_s: float
+    p50_ms: float
+    p99_ms: float
+    received: int
+
+
+def _measure(setup: str, workers: int, count: int, rate: float | None, size: int) -> Outcome:
+    folder = tempfile.mkdtemp(prefix="edge-bench-broker-")
+    frames, results, pool = (f"ipc://{folder}/{n}" for n in ("frames", "results", "workers"))
+    context = zmq.Context()
+    sink = context.socket(zmq.PULL)
+    sink.bind(results)
+    stop = mp.Event()
+    children = []
+    if setup == "direct":
+        children.append(mp.Process(target=_worker, args=(frames, results, None, stop)))
+    else:
+        children.append(mp.Process(target=_broker, args=(frames, pool, stop)))
+        children += [mp.Process(target=_worker, args=(pool, results, f"w{i}", stop)) for i in range(workers)]
+    for child in children:
+        child.start()
+    warm = mp.Process(target=_produce, args=(frames, 200, None, size))
+    warm.start()
+    for _ in range(200):
+        sink.recv_multipart()
+    warm.join()
+    producer = mp.Process(target=_produce, args=(frames, count, rate, size))
+    latencies, first = [], None
+    producer.start()
+    while len(latencies) < count and sink.poll(10_000):
+        verdict, _ = decode_result(sink.recv_multipart())
+        now = time.monotonic_ns()
+        first = first or now
+        latencies.append((now - verdict.capture_monotonic_ns) / 1e6)
+    elapsed = (time.monotonic_ns() - first) / 1e9 if first else float("inf")
+    producer.join()
+    stop.set()
+    for child in children:
+        child.join(30)
+    context.destroy(linger=0)
+    return Outcome(len(latencies) / max(elapsed, 1e-9), float(np.percentile(latencies, 50)),
+                   float(np.percentile(latencies, 99)), len(latencies))  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=20_000, help="frames per run (default 20000)")
+    parser.add_argument("--rate", type=float, default=5000, help="paced rate for latency, frames/s")
+    parser.add_argument("--size", type=int, default=64, help="frame side, pixels (mono)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    setups = [("direct", 1), ("broker", 1), ("broker", 2)]
+    print(f"{args.size}x{args.size} mono frames, {args.frames} per run, latency at {args.rate:.0f} frames/s, "
+          f"median of {args.repeats} runs (each run's value in brackets)")  # fmt: skip
+    print(f"{'setup':<12}{'max frames/s':>28}{'p50 ms':>22}{'p99 ms':>22}{'lost':>6}")
+    rows = {}
+    for setup, workers in setups:
+        name = setup if setup == "direct" else f"broker {workers}w"
+        ceiling = [_measure(setup, workers, args.frames, None, args.size) for _ in range(args.repeats)]
+        paced = [_measure(setup, workers, args.frames, args.rate, args.size) for _ in range(args.repeats)]
+        rows[name] = paced
+        lost = sum(args.frames - o.received for o in ceiling + paced)
+
+        def cell(values: list[float], digits: int) -> str:
+            runs = "/".join(f"{v:.{digits}f}" for v in values)
+            return f"{statistics.median(values):.{digits}f} ({runs})"
+
+        print(f"{name:<12}{cell([o.frames_per_s for o in ceiling], 0):>28}"
+              f"{cell([o.p50_ms for o in paced], 2):>22}{cell([o.p99_ms for o in paced], 2):>22}{lost:>6}",
+              flush=True)  # fmt: skip
+    direct = rows["direct"]
+    for name in ("broker 1w", "broker 2w"):
+        added = [b.p99_ms - d.p99_ms for b, d in zip(rows[name], direct, strict=True)]
+        print(f"added p99 latency, {name} vs direct: median {statistics.median(added):.2f} ms "
+              f"({'/'.join(f'{a:.2f}' for a in added)})")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

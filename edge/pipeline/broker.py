@@ -1,0 +1,380 @@
+"""The broker: one station's frames spread over a pool of workers, by credit (ZeroMQ's
+load-balancing pattern with credit-based flow control).
+
+Captures send frames to the broker's PULL exactly as they would to a single worker. Workers connect
+a DEALER to the broker's ROUTER and report (`ready`) how many more frames they can take; the broker
+sends a frame only to a worker with credit left, and reads the next frame from the captures only
+then, so a slow or dead worker never holds a queue and backpressure reaches the captures as with one
+worker. Results go from each worker straight to the publisher.
+
+A worker silent for `worker_timeout_s` is dead: its triggered frames not yet answered are sent once
+more, to another worker, while their deadline allows; the publisher's ledger publishes only the
+first verdict of a part (or TIMEOUT), so a part never gets two. Free-run frames on a dead worker are
+lost and counted.
+
+Every worker scores with the pool's bank: a worker that reports another bank (`bank_id`) is refused;
+one that reports another version is sent `reload` and gets no frames until it reports the pool's
+version. The pool's version is the first accepted worker's, and after a pool reload the version the
+first reloaded worker reports.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import zmq
+
+from edge.protocol import (
+    READY_TOPIC,
+    REFUSED_TOPIC,
+    RELOAD_TOPIC,
+    ProtocolError,
+    WorkerReady,
+    decode_control,
+    decode_ready,
+    encode_broker_message,
+    encode_reply,
+    peek_frame,
+)
+from edge.security import CurveServer, stop_authenticator
+from edge.sockets import FRAME_BYTES, REQUEST_BYTES, ErrorTally, answer, open_socket
+
+log = logging.getLogger("edge.broker")
+POLL_MS = 50
+RELOAD_TIMEOUT_S = 300.0  # a pool reload answers by then, whatever workers have not reported
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    station: str
+    frames_endpoint: str  # bound PULL: captures connect, as to a single worker
+    workers_endpoint: str  # bound ROUTER: pool workers connect a DEALER
+    control_endpoint: str | None = None  # bound REP: status, and reload for the whole pool
+    worker_timeout_s: float = 2.0  # a worker silent this long is dead (workers report every 0.25 s)
+    frames_curve: CurveServer | None = None  # captures on other hosts
+    workers_curve: CurveServer | None = None  # workers on other hosts
+
+
+@dataclass
+class InFlight:
+    """A frame on its way to a worker, or sent and not yet answered; once sent, only triggered
+    frames keep their parts (to be sent again)."""
+
+    parts: list[zmq.Frame] | None
+    deadline: float | None  # broker's monotonic clock; None: none given
+    resent: bool = False
+    triggered: bool = False
+
+
+@dataclass
+class PoolWorker:
+    identity: bytes
+    name: str
+    last_seen: float
+    sent: int = 0
+    received: int = 0
+    answered: int = 0
+    capacity: int = 0
+    reloads: int = 0
+    bank_id: str = ""
+    bank_version: str = ""
+    refused: str | None = None  # why it gets no frames
+    reload_sent_for: str | None = None  # the pool version it was told to reload to
+    in_flight: deque[InFlight] = field(default_factory=deque)
+
+    @property
+    def credit(self) -> int:
+        """Frames it can take now: its capacity less what is on the way to it."""
+        return 0 if self.refused else max(0, self.capacity - (self.sent - self.received))
+
+
+@dataclass
+class BrokerCounters:
+    frames_in: int = 0
+    frames_out: int = 0
+    resent: int = 0  # triggered frames sent again after their worker died
+    lost_free_run: int = 0  # free-run frames on a worker that died
+    lost_triggered: int = 0  # triggered frames not resent (deadline passed, or already resent once)
+    workers_joined: int = 0
+    workers_died: int = 0
+    malformed: ErrorTally = field(default_factory=lambda: ErrorTally("worker report or request", log))
+
+
+class _PoolReload:
+    """A reload request being carried out by every worker; the control reply waits for it."""
+
+    def __init__(self, workers: dict[bytes, PoolWorker]) -> None:
+        self.started = time.monotonic()
+        self.waiting = {identity: w.reloads for identity, w in workers.items() if not w.refused}
+        self.errors: dict[str, str] = {}
+        self.version: str | None = None
+
+
+class Broker:
+    def __init__(self, settings: BrokerSettings, context: zmq.Context | None = None) -> None:
+        self.settings = settings
+        self.context = context = context or zmq.Context.instance()
+        self.counters = BrokerCounters()
+        self.workers: dict[bytes, PoolWorker] = {}
+        self.resend: deque[InFlight] = deque()
+        self.bank: tuple[str, str] | None = None  # the pool's (bank_id, version)
+        self.reload: _PoolReload | None = None
+        self.observers: list[Callable[[str, PoolWorker], None]] = []  # joined/died/refused events
+        self.frames = open_socket(
+            context,
+            zmq.PULL,
+            settings.frames_endpoint,
+            bind=True,
+            max_message_bytes=FRAME_BYTES,
+            receive_hwm=2,  # backlog stays with the captures, as with a single worker
+            curve=settings.frames_curve,
+        )
+        self.pool = open_socket(
+            context,
+            zmq.ROUTER,
+            settings.workers_endpoint,
+            bind=True,
+            max_message_bytes=REQUEST_BYTES,
+            curve=settings.workers_curve,
+        )
+        self.pool.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a vanished worker fails, not vanishes
+        self.control = None
+        if settings.control_endpoint:
+            self.control = open_socket(
+                context, zmq.REP, settings.control_endpoint, bind=True, max_message_bytes=REQUEST_BYTES
+            )
+        self.poller = zmq.Poller()
+
+    # ---- workers' reports ------------------------------------------------------------------------
+    def _report(self, identity: bytes, parts: Sequence[bytes]) -> None:
+        try:
+            ready = decode_ready(parts)
+        except ProtocolError as error:
+            self.counters.malformed.count(error)
+            return
+        now = time.monotonic()
+        worker = self.workers.get(identity)
+        if worker is None:
+            worker = self.workers[identity] = PoolWorker(identity, ready.worker, now)
+            self.counters.workers_joined += 1
+            log.info("worker %s joined (bank %s %s)", ready.worker, ready.bank_id, ready.bank_version)
+            self._tell("joined", worker)
+        worker.last_seen = now
+        done = min(ready.answered, worker.sent) - worker.answered
+        for _ in range(max(0, done)):
+            worker.in_flight.popleft()
+        worker.answered = max(worker.answered, min(ready.answered, worker.sent))
+        worker.received, worker.capacity = min(ready.received, worker.sent), ready.capacity
+        worker.bank_id, worker.bank_version = ready.bank_id, ready.bank_version
+        if ready.reloads != worker.reloads:
+            worker.reloads = ready.reloads
+            self._reload_reported(worker, ready)
+        self._check_bank(worker)
+
+    def _check_bank(self, worker: PoolWorker) -> None:
+        if self.bank is None:
+            self.bank = (worker.bank_id, worker.bank_version)
+        bank_id, version = self.bank
+        was = worker.refused
+        if worker.bank_id != bank_id:
+            worker.refused = f"it scores with bank {worker.bank_id}; this line's bank is {bank_id}"
+        elif worker.bank_version != version:
+            worker.refused = f"it has bank version {worker.bank_version}; the pool runs {version}"
+            if worker.reload_sent_for != version and self.reload is None:
+                worker.reload_sent_for = version
+                self._send(worker, encode_broker_message(RELOAD_TOPIC))
+        else:
+            worker.refused = None
+        if worker.refused and worker.refused != was:
+            log.error("worker %s gets no frames: %s", worker.name, worker.refused)
+            self._send(worker, encode_broker_message(REFUSED_TOPIC, worker.refused))
+            self._tell("refused", worker)
+        elif was and not worker.refused:
+            log.info("worker %s now has the pool's bank %s %s; it gets frames again", worker.name, *self.bank)
+
+    def _tell(self, event: str, worker: PoolWorker) -> None:
+        for observe in self.observers:
+            observe(event, worker)
+
+    def _send(self, worker: PoolWorker, parts: Sequence[object]) -> bool:
+        try:
+            self.pool.send_multipart([worker.identity, *parts], copy=False)
+            return True
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: its connection is gone, so is the worker
+            log.warning("worker %s is unreachable (%s)", worker.name, exc.strerror)
+            self._bury(worker, "unreachable")
+            return False
+
+    def _bury_silent(self) -> None:
+        """Workers silent past the timeout are dead."""
+        now = time.monotonic()
+        for worker in list(self.workers.values()):
+            if now - worker.last_seen > self.settings.worker_timeout_s:
+                self._bury(worker, f"silent for {now - worker.last_seen:.1f} s")
+
+    def _bury(self, worker: PoolWorker, why: str) -> None:
+        """A dead worker's triggered frames go once more, to others, while their deadline allows."""
+        now = time.monotonic()
+        if self.workers.pop(worker.identity, None) is None:
+            return
+        self.counters.workers_died += 1
+        lost = len(worker.in_flight)
+        for frame in worker.in_flight:
+            if frame.parts is None:
+                self.counters.lost_free_run += 1
+            elif frame.resent or (frame.deadline is not None and frame.deadline <= now):
+                self.counters.lost_triggered += 1
+            else:
+                frame.resent = True
+                self.resend.append(frame)
+        log.error("worker %s is dead (%s); %d frames were on it, %d to send again",
+                  worker.name, why, lost, len(self.resend))  # fmt: skip
+        self._tell("died", worker)
+        if self.reload is not None:
+            self.reload.waiting.pop(worker.identity, None)
+
+    # ---- frames ----------------------------------------------------------------------------------
+    def _next_worker(self) -> PoolWorker | None:
+        """The worker with the most credit (ties: the one sent to least), or None."""
+        ready = [w for w in self.workers.values() if w.credit > 0]
+        return max(ready, key=lambda w: (w.credit, -w.sent)) if ready else None
+
+    def _dispatch(self, worker: PoolWorker, parts: list[zmq.Frame], frame: InFlight) -> None:
+        if not self._send(worker, parts):  # not delivered: first in line for the next worker
+            self.resend.appendleft(InFlight(parts, frame.deadline, frame.resent, frame.triggered))
+            return
+        worker.sent += 1
+        if not frame.triggered:
+            frame.parts = None  # never sent again: the pixels need not be held
+        worker.in_flight.append(frame)
+        self.counters.frames_out += 1
+
+    def _pump(self) -> int:
+        """Send what can be sent now: resends first, then new frames while a worker has credit."""
+        moved = 0
+        now = time.monotonic()
+        while self.resend and (worker := self._next_worker()) is not None:
+            frame = self.resend.popleft()
+            if frame.triggered and frame.deadline is not None and frame.deadline <= now:
+                self.counters.lost_triggered += 1  # the publisher has answered TIMEOUT
+                continue
+            self.counters.resent += frame.resent
+            self._dispatch(worker, frame.parts, frame)
+            moved += 1
+        while (worker := self._next_worker()) is not None and self.frames.poll(0):
+            parts = self.frames.recv_multipart(copy=False)
+            self.counters.frames_in += 1
+            self._dispatch(worker, parts, _in_flight(parts, now))
+            moved += 1
+        return moved
+
+    # ---- control (status, pool reload) -------------------------------------------------------------
+    def _status(self) -> dict[str, object]:
+        bank_id, version = self.bank or (None, None)
+        workers = [
+            {"worker": w.name, "bank_id": w.bank_id, "bank_version": w.bank_version, "sent": w.sent,
+             "in_flight": len(w.in_flight), "credit": w.credit, "refused": w.refused}
+            for w in self.workers.values()
+        ]  # fmt: skip
+        return {"bank_id": bank_id, "bank_version": version, "workers": workers}
+
+    def _control(self, parts: Sequence[bytes]) -> list[bytes] | None:
+        command = decode_control(parts)
+        if command == "status":
+            return encode_reply(True, **self._status())
+        if not any(not w.refused for w in self.workers.values()):
+            return encode_reply(False, error="no worker in the pool to reload", kind="reload")
+        self.reload = _PoolReload(self.workers)
+        for identity in self.reload.waiting:
+            self._send(self.workers[identity], encode_broker_message(RELOAD_TOPIC))
+        log.info("reloading the bank on %d workers", len(self.reload.waiting))
+        return None
+
+    def _reload_reported(self, worker: PoolWorker, ready: WorkerReady) -> None:
+        reload = self.reload
+        if reload is None or worker.identity not in reload.waiting:
+            return
+        del reload.waiting[worker.identity]
+        if ready.reload_error:
+            reload.errors[worker.name] = ready.reload_error
+        elif reload.version is None:
+            reload.version = ready.bank_version
+            self.bank = (ready.bank_id, ready.bank_version)
+
+    def _finish_reload(self) -> None:
+        reload = self.reload
+        if reload is None or (reload.waiting and time.monotonic() - reload.started < RELOAD_TIMEOUT_S):
+            return
+        self.reload = None
+        for identity in reload.waiting:
+            if identity in self.workers:
+                reload.errors[self.workers[identity].name] = "no answer"
+        for worker in self.workers.values():
+            self._check_bank(worker)
+        bank_id, version = self.bank or (None, None)
+        if reload.errors:
+            error = "; ".join(f"{name}: {why}" for name, why in reload.errors.items())
+            log.error("pool reload: %s", error)
+            reply = encode_reply(False, error=error, kind="reload", bank_id=bank_id, bank_version=version)
+        else:
+            log.info("pool reloaded: bank %s %s", bank_id, version)
+            reply = encode_reply(True, bank_id=bank_id, bank_version=version)
+        self.control.send_multipart(reply)
+
+    # ---- the loop --------------------------------------------------------------------------------
+    def step(self, timeout_ms: int = POLL_MS) -> int:
+        """Wait for something to do (at most `timeout_ms`), do it; returns frames moved."""
+        self.poller = zmq.Poller()
+        self.poller.register(self.pool, zmq.POLLIN)
+        if self.control is not None and self.reload is None:
+            self.poller.register(self.control, zmq.POLLIN)
+        if self._next_worker() is not None:
+            self.poller.register(self.frames, zmq.POLLIN)
+        events = dict(self.poller.poll(timeout_ms))
+        while self.pool.poll(0):
+            identity, *parts = self.pool.recv_multipart()
+            if parts and parts[0] == READY_TOPIC:
+                self._report(identity, parts)
+            else:
+                self.counters.malformed.count("topic", f"unexpected message from a worker: {parts[:1]!r}")
+        if self.control is not None and events.get(self.control):
+            answer(self.control, self._control, self.counters.malformed)
+        self._bury_silent()
+        self._finish_reload()
+        return self._pump()
+
+    def run(self, stop: object, progress: Callable[[], None] = lambda: None) -> BrokerCounters:
+        """Until `stop` is set; then frames still arriving from the captures are passed on while
+        workers take them (the captures drain first), and in-flight frames are waited for."""
+        while not stop.is_set():  # type: ignore[attr-defined]
+            self.step()
+            progress()
+        drain_until = time.monotonic() + self.settings.worker_timeout_s
+        while time.monotonic() < drain_until:
+            moved = self.step()
+            if moved:
+                drain_until = time.monotonic() + self.settings.worker_timeout_s
+            elif not self.resend and not any(w.in_flight for w in self.workers.values()):
+                break
+        self.close()
+        return self.counters
+
+    def close(self) -> None:
+        for socket in (self.frames, self.pool, self.control):
+            if socket is not None:
+                socket.close()
+        if self.settings.frames_curve or self.settings.workers_curve:
+            stop_authenticator(self.context)
+
+
+def _in_flight(parts: list[zmq.Frame], now: float) -> InFlight:
+    """What the broker remembers of a frame it sends: the parts of a triggered one, and its deadline."""
+    header = peek_frame(parts)
+    if header is None or header.trigger != "triggered":
+        return InFlight(None, None)
+    deadline = None if header.deadline_ms is None else now + header.deadline_ms / 1000
+    return InFlight(parts, deadline, triggered=True)

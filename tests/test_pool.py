@@ -1,0 +1,106 @@
+"""A worker pool behind one station: edge-run with a broker and several workers, real processes and
+sockets; workers killed, joining late, or holding another bank."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import zmq
+from station_kit import Line, start_station, station_config, stop_station, wait_for_pool
+
+from edge.client import control_request
+from edge.protocol import Verdict
+
+
+def _slot_pids(station_pid: int) -> dict[str, int]:
+    """Worker slot → pid, among edge-run's children."""
+    children = Path(f"/proc/{station_pid}/task/{station_pid}/children").read_text().split()
+    pids = {}
+    for pid in children:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        if "edge.services.worker" in command:
+            pids[command[command.index("--slot") + 1]] = int(pid)
+    return pids
+
+
+def test_three_workers_one_killed_every_part_one_verdict_in_order(tmp_path, bank_store):
+    config = station_config(tmp_path, bank_store.root, pool=3)
+    station = start_station(config)
+    context = zmq.Context()
+    control = f"ipc://{tmp_path}/control"
+    try:
+        line = Line(context, tmp_path)
+        line.wait_for_publisher()
+        status = wait_for_pool(control, 3)
+        assert status["bank_version"] == "v0001"
+        parts = [f"P{i:03d}" for i in range(60)]
+        line.trigger_parts(parts[:20], period_s=0.02)
+        victim = _slot_pids(station.pid)["1"]
+        os.kill(victim, signal.SIGKILL)  # mid-stream: frames are on it and on their way to it
+        line.trigger_parts(parts[20:], period_s=0.02)
+        line.collect_until_answered(parts, timeout_s=60)
+        line.collect(1.5)  # a second verdict for a part would come now
+        status = control_request(control, "status", 2.0)
+    finally:
+        code, output = stop_station(station)
+        context.destroy(linger=0)
+    assert code == 0, output
+    assert sorted(line.verdicts) == parts, output
+    assert {p: len(v) for p, v in line.verdicts.items() if len(v) != 1} == {}
+    outcome = [line.verdicts[p][0].verdict for p in parts]
+    assert outcome.count(Verdict.TIMEOUT) + outcome.count(Verdict.ERROR) <= 2, outcome
+    arrival = [v.capture_monotonic_ns for v in line.arrivals]
+    assert arrival == sorted(arrival), "verdicts left the publisher out of capture order"
+    assert "worker:1 failed (signal SIGKILL); restarting it" in output
+    assert "is dead (" in output and "to send again" in output  # the broker resent what it held
+    assert "reordered_gaps=0" in output
+    assert sum(w["sent"] > 0 for w in status["workers"]) >= 2, status  # the load was shared
+
+
+def test_a_late_worker_gets_work_and_one_with_another_bank_is_refused(tmp_path, bank_store):
+    config = station_config(tmp_path, bank_store.root, pool=1)
+    station = start_station(config)
+    context = zmq.Context()
+    control = f"ipc://{tmp_path}/control"
+    other_bank = tmp_path / "other-line"
+    shutil.copytree(bank_store.root, other_bank)  # the same model, but another line's bank
+    late_config = station_config(tmp_path, bank_store.root, pool=2, name="late.yaml")
+    stranger_config = station_config(tmp_path, other_bank, pool=3, name="stranger.yaml")
+    extra = []
+    try:
+        line = Line(context, tmp_path)
+        line.wait_for_publisher()
+        wait_for_pool(control, 1)
+        for path, slot in ((late_config, "1"), (stranger_config, "2")):
+            extra.append(subprocess.Popen(
+                [sys.executable, "-m", "edge.services.worker", str(path), "--slot", slot],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            ))  # fmt: skip
+        status = wait_for_pool(control, 2)
+        deadline = time.monotonic() + 60
+        while len(status["workers"]) < 3 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            status = control_request(control, "status", 2.0)
+        parts = [f"L{i:03d}" for i in range(30)]
+        line.trigger_parts(parts, period_s=0.01)
+        line.collect_until_answered(parts, timeout_s=60)
+        status = control_request(control, "status", 2.0)
+    finally:
+        for process in extra:
+            process.send_signal(signal.SIGTERM)
+        outputs = [process.communicate(timeout=30)[0] for process in extra]
+        code, output = stop_station(station)
+        context.destroy(linger=0)
+    assert code == 0, output
+    assert all(len(line.verdicts[p]) == 1 for p in parts)
+    by_name = {w["worker"].rsplit("-", 1)[1]: w for w in status["workers"]}
+    assert by_name["1"]["sent"] > 0, status  # the late worker took part of the load
+    assert by_name["2"]["sent"] == 0 and "other-line" in by_name["2"]["refused"], status
+    assert "gets no frames: it scores with bank other-line" in output
+    assert "the broker gives this worker no frames" in outputs[1]
