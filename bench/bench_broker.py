@@ -1,12 +1,13 @@
 """Worker-pool benchmark: the broker's own ceiling and the latency it adds, with a no-op model.
 
-    python bench/bench_broker.py                  # 64x64 frames: direct vs broker with 1 and 2 workers
+    python bench/bench_broker.py                  # 64x64 frames: direct, broker with 1 and 2 workers, alone
     python bench/bench_broker.py --frames 20000 --rate 5000 --repeats 3
 
 Real processes and sockets (ipc): a producer PUSHes free-run frames as a capture does, the real
 Worker loop (inbox, micro-batches, reports, verdicts, masks) scores them with a model that does no
-work, and a sink PULLs the results as the publisher does. "direct" is today's single worker bound to
-the frames endpoint; "broker N" puts edge's broker and N workers in between. Per configuration:
+work, and a sink PULLs the results as the publisher does. "direct" is a single worker bound to the
+frames endpoint; "broker Nw" puts edge's broker and N workers in between; "broker alone" replaces
+the workers by a peer that answers each frame at once, so the broker's own ceiling shows. Per configuration:
 the most frames/s it passes (producer as fast as it can), then latency from capture to result at a
 paced rate (--rate); added latency = broker's minus direct's, measured in the same run. Medians over
 --repeats runs. This machine has 2 cores for 3 to 5 processes, so the ceilings here are lower bounds.
@@ -31,9 +32,21 @@ from edge.engine.model import ImageResult
 from edge.pipeline.broker import Broker, BrokerSettings
 from edge.pipeline.inspection import Bank
 from edge.pipeline.worker import Worker, WorkerSettings
-from edge.protocol import FrameHeader, decode_result, encode_frame
+from edge.protocol import (
+    FRAME_TOPIC,
+    FrameHeader,
+    Verdict,
+    WorkerReady,
+    decode_result,
+    encode_frame,
+    encode_ready,
+    encode_result,
+    peek_frame,
+    verdict_for,
+)
 
 STATION = "bench"
+mp = mp.get_context("spawn")  # forked children would inherit torch's threads and ZeroMQ's context
 
 
 class NoOpModel:
@@ -63,14 +76,45 @@ def _worker(frames_endpoint: str, results_endpoint: str, pool_name: str | None, 
     Worker(bank, settings, zmq.Context()).run(stop)
 
 
+def _echo_worker(workers_endpoint: str, results_endpoint: str, name: str, stop: mp.Event) -> None:
+    """A pool peer that answers each frame at once (OK, no pixels looked at): the broker's own
+    ceiling, with almost nothing else on the CPU."""
+    context = zmq.Context()
+    broker = context.socket(zmq.DEALER)
+    broker.connect(workers_endpoint)
+    results = context.socket(zmq.PUSH)
+    results.connect(results_endpoint)
+    received = 0
+
+    def report() -> None:
+        broker.send_multipart(encode_ready(WorkerReady(name, received, received, 64, "bench", "v0001")))
+
+    report()
+    last = time.monotonic()
+    while not stop.is_set():
+        if broker.poll(50):
+            parts = broker.recv_multipart()
+            if parts[0] == FRAME_TOPIC:
+                header = peek_frame(parts)
+                received += 1
+                results.send_multipart(encode_result(verdict_for(header, Verdict.OK), None))
+                if received % 16 == 0:
+                    report()
+                    last = time.monotonic()
+        if time.monotonic() - last > 0.05:
+            report()
+            last = time.monotonic()
+    context.destroy(linger=0)
+
+
 def _broker(frames_endpoint: str, workers_endpoint: str, stop: mp.Event) -> None:
     Broker(BrokerSettings(STATION, frames_endpoint, workers_endpoint), zmq.Context()).run(stop)
 
 
-def _produce(endpoint: str, count: int, rate: float | None, size: int) -> None:
+def _produce(endpoint: str, count: int, rate: float | None, size: int, done: mp.Event) -> None:
     context = zmq.Context()
     socket = context.socket(zmq.PUSH)
-    socket.setsockopt(zmq.LINGER, 5000)
+    socket.setsockopt(zmq.LINGER, -1)  # every frame is delivered, however long the workers take to start
     socket.connect(endpoint)
     pixels = np.random.default_rng(0).integers(0, 255, (size, size), np.uint8)
     started = time.perf_counter()
@@ -81,6 +125,9 @@ def _produce(endpoint: str, count: int, rate: float | None, size: int) -> None:
         header = FrameHeader(STATION, "cam0", seq, f"f{seq}", "2026-01-01T00:00:00+00:00",
                              time.monotonic_ns(), size, size, 1)  # fmt: skip
         socket.send_multipart(encode_frame(header, pixels), copy=False)
+    # a sender that disconnects while the receiver applies backpressure loses what is still in the
+    # socket buffers (ZeroMQ drops a closed peer's unread bytes): stay until everything is answered
+    done.wait(300)
     socket.close()
     context.term()
 
@@ -104,16 +151,21 @@ def _measure(setup: str, workers: int, count: int, rate: float | None, size: int
     if setup == "direct":
         children.append(mp.Process(target=_worker, args=(frames, results, None, stop)))
     else:
+        peer = _echo_worker if setup == "alone" else _worker
         children.append(mp.Process(target=_broker, args=(frames, pool, stop)))
-        children += [mp.Process(target=_worker, args=(pool, results, f"w{i}", stop)) for i in range(workers)]
+        children += [mp.Process(target=peer, args=(pool, results, f"w{i}", stop)) for i in range(workers)]
     for child in children:
         child.start()
-    warm = mp.Process(target=_produce, args=(frames, 200, None, size))
+    warm_done, done = mp.Event(), mp.Event()
+    warm = mp.Process(target=_produce, args=(frames, 200, None, size, warm_done))
     warm.start()
-    for _ in range(200):
+    for _ in range(200):  # the workers are up, warm, and connected
+        if not sink.poll(120_000):
+            raise RuntimeError(f"{setup}: no result within 120 s of starting")
         sink.recv_multipart()
+    warm_done.set()
     warm.join()
-    producer = mp.Process(target=_produce, args=(frames, count, rate, size))
+    producer = mp.Process(target=_produce, args=(frames, count, rate, size, done))
     latencies, first = [], None
     producer.start()
     while len(latencies) < count and sink.poll(10_000):
@@ -122,6 +174,7 @@ def _measure(setup: str, workers: int, count: int, rate: float | None, size: int
         first = first or now
         latencies.append((now - verdict.capture_monotonic_ns) / 1e6)
     elapsed = (time.monotonic_ns() - first) / 1e9 if first else float("inf")
+    done.set()
     producer.join()
     stop.set()
     for child in children:
@@ -134,17 +187,17 @@ def _measure(setup: str, workers: int, count: int, rate: float | None, size: int
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=20_000, help="frames per run (default 20000)")
-    parser.add_argument("--rate", type=float, default=5000, help="paced rate for latency, frames/s")
+    parser.add_argument("--rate", type=float, default=2000, help="paced rate for latency, frames/s")
     parser.add_argument("--size", type=int, default=64, help="frame side, pixels (mono)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
-    setups = [("direct", 1), ("broker", 1), ("broker", 2)]
+    setups = [("direct", 1), ("broker", 1), ("broker", 2), ("alone", 1)]
     print(f"{args.size}x{args.size} mono frames, {args.frames} per run, latency at {args.rate:.0f} frames/s, "
           f"median of {args.repeats} runs (each run's value in brackets)")  # fmt: skip
     print(f"{'setup':<12}{'max frames/s':>28}{'p50 ms':>22}{'p99 ms':>22}{'lost':>6}")
     rows = {}
     for setup, workers in setups:
-        name = setup if setup == "direct" else f"broker {workers}w"
+        name = {"direct": "direct", "alone": "broker alone"}.get(setup, f"broker {workers}w")
         ceiling = [_measure(setup, workers, args.frames, None, args.size) for _ in range(args.repeats)]
         paced = [_measure(setup, workers, args.frames, args.rate, args.size) for _ in range(args.repeats)]
         rows[name] = paced
@@ -158,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{cell([o.p50_ms for o in paced], 2):>22}{cell([o.p99_ms for o in paced], 2):>22}{lost:>6}",
               flush=True)  # fmt: skip
     direct = rows["direct"]
-    for name in ("broker 1w", "broker 2w"):
+    for name in ("broker 1w", "broker 2w", "broker alone"):
         added = [b.p99_ms - d.p99_ms for b, d in zip(rows[name], direct, strict=True)]
         print(f"added p99 latency, {name} vs direct: median {statistics.median(added):.2f} ms "
               f"({'/'.join(f'{a:.2f}' for a in added)})")  # fmt: skip

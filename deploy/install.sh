@@ -64,16 +64,17 @@ run install -d -o root -g edge -m 0750 /etc/edge /etc/edge/keys
 run install -d -o edge -g edge -m 0750 /var/lib/edge /var/lib/edge/banks /var/lib/edge/torch/hub/checkpoints
 
 if [ "$ARAVIS" = 1 ]; then
-    step "Aravis for GigE Vision cameras (system packages; the venv sees them)"
-    run apt-get install -y --no-install-recommends gir1.2-aravis-0.8 python3-gi
+    step "Aravis for GigE Vision cameras (its typelib from the system; PyGObject is built in the venv)"
+    run apt-get install -y --no-install-recommends gir1.2-aravis-0.8 libgirepository1.0-dev libcairo2-dev \
+        pkg-config
 fi
 
 step "virtual environment $PREFIX/venv with edge and its PLC bridge"
-venv_options=()
-[ "$ARAVIS" = 1 ] && venv_options+=(--system-site-packages)
-run python3 -m venv "${venv_options[@]}" "$PREFIX/venv"
+extras=station,plc
+[ "$ARAVIS" = 1 ] && extras=station,plc,gige
+run python3 -m venv "$PREFIX/venv"
 run "$PREFIX/venv/bin/pip" install --quiet --upgrade pip
-run "$PREFIX/venv/bin/pip" install --quiet "$SOURCE[station,plc]"
+run "$PREFIX/venv/bin/pip" install --quiet "$SOURCE[$extras]"
 if [ "$TENSORRT" = 1 ]; then
     step "TensorRT (optional; needs the GPU vendor's package index)"
     run "$PREFIX/venv/bin/pip" install --quiet "$SOURCE[gpu]" onnxruntime-gpu \
@@ -108,12 +109,21 @@ if [ "$DRY" = 0 ]; then
     runuser -u edge -- env TORCH_HOME=/var/lib/edge/torch "$PREFIX/venv/bin/edge-run" /etc/edge/station.yaml --check-config \
         || { echo "fix /etc/edge/station.yaml, then run this script again" >&2; exit 6; }
     cameras="$("$PREFIX/venv/bin/python" -c 'from edge.config import load_config; print(" ".join(load_config("/etc/edge/station.yaml").camera_names))')"
+    # a worker pool (endpoints.workers): the broker and one edge-worker@<slot> per slot
+    slots="$("$PREFIX/venv/bin/python" -c 'from edge.config import load_config; c = load_config("/etc/edge/station.yaml"); print(len(c.worker_devices) if c.pooled else 0)')"
 else
     echo "+ edge-run /etc/edge/station.yaml --check-config"
     cameras="<cameras in station.yaml>"
+    slots=0
 fi
 for camera in $cameras; do run systemctl enable "edge-capture@$camera.service"; done
-run systemctl enable edge.target edge-publisher.service edge-worker.service
+run systemctl enable edge.target edge-publisher.service
+if [ "$slots" -gt 0 ]; then
+    run systemctl enable edge-broker.service
+    for slot in $(seq 0 $((slots - 1))); do run systemctl enable "edge-worker@$slot.service"; done
+else
+    run systemctl enable edge-worker.service
+fi
 
 cat <<EOT
 == installed. Next:

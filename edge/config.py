@@ -20,7 +20,6 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeInt,
-    PositiveInt,
     ValidationError,
     model_validator,
 )
@@ -62,20 +61,16 @@ class AravisSourceConfig(_Strict):
 
     kind: Literal["aravis"]
     camera_id: str | None = None  # Aravis device id ("Basler-21234567") or IP address; None: the first
-    pixel_format: Literal[PIXEL_FORMATS] | None = (
-        None  # Bayer is demosaiced to RGB; Mono16 scored by its top byte
-    )
+    # Bayer is demosaiced to RGB; Mono16 is scored by its top byte
+    pixel_format: Literal[PIXEL_FORMATS] | None = None
     exposure_us: Annotated[float, Field(gt=0, le=10_000_000)] | None = None
     gain_db: Annotated[float, Field(ge=0, le=48)] | None = None
-    region: tuple[NonNegativeInt, NonNegativeInt, PositiveInt, PositiveInt] | None = (
-        None  # x, y, width, height
-    )
+    # x, y, width, height on the sensor
+    region: Annotated[list[NonNegativeInt], Field(min_length=4, max_length=4)] | None = None
     packet_size: Annotated[int, Field(ge=576, le=16_000)] | None = None  # None: largest that gets through
     packet_resend: bool = True  # ask the camera again for lost packets
     packet_timeout_ms: Annotated[float, Field(gt=0, le=1000)] = 40.0  # before asking again
-    frame_retention_ms: Annotated[float, Field(gt=0, le=10_000)] = (
-        200.0  # then an incomplete frame is given up
-    )
+    frame_retention_ms: Annotated[float, Field(gt=0, le=10_000)] = 200.0  # then a frame is given up
     socket_buffer_bytes: Annotated[int, Field(ge=65_536, le=1 << 30)] | None = None  # None: one frame
     buffers: Annotated[int, Field(ge=2, le=256)] = 8
 

@@ -19,9 +19,12 @@ def test_install_script_parses_and_dry_runs():
     for expected in (
         "useradd --system",
         "install -d -o root -g edge -m 0750 /etc/edge",
-        "python3 -m venv --system-site-packages /srv/edge/venv",
+        "python3 -m venv /srv/edge/venv",
         "gir1.2-aravis-0.8",
+        "[station,plc,gige]",
         "/etc/systemd/system/edge-worker.service",
+        "/etc/systemd/system/edge-worker@.service",
+        "/etc/systemd/system/edge-broker.service",
         "70-edge-cameras.rules",
         "systemctl enable edge.target",
         "--check-config",

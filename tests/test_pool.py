@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import zmq
 from station_kit import Line, start_station, station_config, stop_station, wait_for_pool
 
@@ -104,3 +105,93 @@ def test_a_late_worker_gets_work_and_one_with_another_bank_is_refused(tmp_path, 
     assert by_name["2"]["sent"] == 0 and "other-line" in by_name["2"]["refused"], status
     assert "gets no frames: it scores with bank other-line" in output
     assert "the broker gives this worker no frames" in outputs[1]
+
+
+def test_the_broker_survives_hostile_workers_and_keeps_serving(tmp_path):
+    """Garbage, lies and oversized messages on the workers endpoint are counted and dropped; an honest
+    worker still gets every frame."""
+    import threading
+
+    from edge.pipeline.broker import Broker, BrokerSettings
+    from edge.protocol import FrameHeader, WorkerReady, encode_frame, encode_ready
+
+    frames, workers = f"ipc://{tmp_path}/frames", f"ipc://{tmp_path}/workers"
+    context = zmq.Context()
+    broker = Broker(BrokerSettings("st1", frames, workers, worker_timeout_s=1.0), context)
+    stop = threading.Event()
+    thread = threading.Thread(target=broker.run, args=(stop,), daemon=True)
+    thread.start()
+    hostile = context.socket(zmq.DEALER)
+    hostile.connect(workers)
+    for parts in (
+        [b"ready"],
+        [b"ready", b"{not json"],
+        [b"ready", b'{"schema": 3}'],
+        [b"ready", b'{"schema": 2, "worker": "x", "received": -1, "answered": 0, "capacity": 5,'
+                   b' "bank_id": "b", "bank_version": "v1"}'],
+        [b"ready", b'{"schema": 2, "worker": "x", "received": 1, "answered": 9, "capacity": 5,'
+                   b' "bank_id": "b", "bank_version": "v1"}'],
+        [b"hello", b"world"],
+        [b"ready", b"x" * (1 << 20)],  # over the endpoint's size cap: the peer is disconnected
+    ):  # fmt: skip
+        hostile.send_multipart(parts)
+    honest = context.socket(zmq.DEALER)
+    honest.connect(workers)
+    pusher = context.socket(zmq.PUSH)
+    pusher.connect(frames)
+    pixels = np.zeros((8, 8), np.uint8)
+    received = answered = 0
+
+    def report() -> None:
+        ready = WorkerReady("honest", received, answered, 4, "bank", "v0001")
+        honest.send_multipart(encode_ready(ready))
+
+    report()
+    for seq in range(50):
+        header = FrameHeader("st1", "cam0", seq, f"f{seq}", "2026-01-01T00:00:00+00:00", 1, 8, 8, 1)
+        pusher.send_multipart(encode_frame(header, pixels))
+    deadline = time.monotonic() + 20
+    while received < 50 and time.monotonic() < deadline:
+        if honest.poll(100):
+            parts = honest.recv_multipart()
+            assert parts[0] == b"frame"
+            received += 1
+            answered += 1
+        report()
+    stop.set()
+    thread.join(10)
+    context.destroy(linger=0)
+    assert received == 50 and broker.counters.frames_out == 50
+    assert {"parts", "json", "schema", "field", "topic"} <= set(broker.counters.malformed), broker.counters
+
+
+def test_the_pool_reloads_as_one_through_the_broker(tmp_path, bank_store):
+    """edge-calibrate's reload request reaches the broker in a pool: every worker loads the new version,
+    the reply comes once all have, and from then on every verdict names it."""
+    from edge.bankstore import BankStore
+    from edge.engine.artifact import load_model
+
+    store_root = tmp_path / "banks" / bank_store.root.name
+    shutil.copytree(bank_store.root, store_root)
+    config = station_config(tmp_path, store_root, pool=2)
+    station = start_station(config)
+    context = zmq.Context()
+    control = f"ipc://{tmp_path}/control"
+    try:
+        line = Line(context, tmp_path)
+        line.wait_for_publisher()
+        assert wait_for_pool(control, 2)["bank_version"] == "v0001"
+        store = BankStore(store_root)
+        assert store.publish(load_model(store.path_of("v0001"))) == "v0002"
+        reply = control_request(control, "reload", 120.0)
+        status = control_request(control, "status", 2.0)
+        parts = [f"R{i:02d}" for i in range(10)]
+        line.trigger_parts(parts, period_s=0.05)
+        line.collect_until_answered(parts, timeout_s=30)
+    finally:
+        code, output = stop_station(station)
+        context.destroy(linger=0)
+    assert code == 0, output
+    assert reply["ok"] and reply["bank_version"] == "v0002", reply
+    assert [(w["bank_version"], w["refused"]) for w in status["workers"]] == [("v0002", None)] * 2, status
+    assert {line.verdicts[p][0].bank_version for p in parts} == {"v0002"}

@@ -24,6 +24,7 @@ from edge.eval.synthetic import DEFECT_TYPES, draw_defect, make_part
 from edge.imageio import read_image
 
 log = logging.getLogger("edge.capture")
+STREAM_TIMEOUT_MS = 5000  # a network stream that opens or delivers nothing this long is reopened
 
 
 class FrameSource(Protocol):
@@ -147,7 +148,12 @@ class OpenCVSource:
         self._open()
 
     def _open(self) -> None:
-        self.capture = cv2.VideoCapture(self.uri)
+        if isinstance(self.uri, str) and "://" in self.uri:  # a network stream (RTSP, HTTP): bounded waits
+            timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                        STREAM_TIMEOUT_MS]  # fmt: skip
+            self.capture = cv2.VideoCapture(self.uri, cv2.CAP_FFMPEG, timeouts)
+        else:
+            self.capture = cv2.VideoCapture(self.uri)
         if not self.capture.isOpened():
             self.capture.release()
             self.capture = None

@@ -36,8 +36,9 @@ def open_source(camera: CameraConfig) -> FrameSource:
     if isinstance(source, OpenCVSourceConfig):
         return OpenCVSource(source.uri)
     if isinstance(source, AravisSourceConfig):
-        settings = source.model_dump(exclude={"kind"})
-        return AravisSource(GigESettings(**settings, triggered=camera.trigger == "triggered"))
+        settings = source.model_dump(exclude={"kind", "region"})
+        region = tuple(source.region) if source.region else None
+        return AravisSource(GigESettings(**settings, region=region, triggered=camera.trigger == "triggered"))
     if isinstance(source, FolderSourceConfig):
         return FolderSource(source.path, source.rate_hz, source.loop)
     if isinstance(source, SyntheticSourceConfig):
