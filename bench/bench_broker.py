@@ -84,10 +84,11 @@ def _echo_worker(workers_endpoint: str, results_endpoint: str, name: str, stop: 
     broker.connect(workers_endpoint)
     results = context.socket(zmq.PUSH)
     results.connect(results_endpoint)
-    received = 0
+    received = received_bytes = 0
 
     def report() -> None:
-        broker.send_multipart(encode_ready(WorkerReady(name, received, received, 64, "bench", "v0001")))
+        ready = WorkerReady(name, received, received, 64, received_bytes, 1 << 30, "bench", "v0001")
+        broker.send_multipart(encode_ready(ready))
 
     report()
     last = time.monotonic()
@@ -97,6 +98,7 @@ def _echo_worker(workers_endpoint: str, results_endpoint: str, name: str, stop: 
             if parts[0] == FRAME_TOPIC:
                 header = peek_frame(parts)
                 received += 1
+                received_bytes += sum(len(part) for part in parts)
                 results.send_multipart(encode_result(verdict_for(header, Verdict.OK), None))
                 if received % 16 == 0:
                     report()

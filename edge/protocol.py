@@ -305,6 +305,8 @@ class WorkerReady:
     received: int  # frames received from the broker
     answered: int  # frames received and answered (a verdict sent to the publisher)
     capacity: int  # frames it can take now, beyond those received
+    received_bytes: int  # bytes of the frames received
+    capacity_bytes: int  # bytes it can take now, beyond those received
     bank_id: str
     bank_version: str
     reloads: int = 0  # reloads finished (swapped in or failed)
@@ -317,6 +319,8 @@ _READY_RULES = {
     "received": _Rule(_whole, "a non-negative integer"),
     "answered": _Rule(_whole, "a non-negative integer"),
     "capacity": _Rule(_whole, "a non-negative integer"),
+    "received_bytes": _Rule(_whole, "a non-negative integer"),
+    "capacity_bytes": _Rule(_whole, "a non-negative integer"),
     "bank_id": _Rule(_text, "printable text of 1-256 characters"),
     "bank_version": _Rule(_text, "printable text of 1-256 characters"),
     "reloads": _Rule(_whole, "a non-negative integer"),

@@ -128,9 +128,9 @@ def test_the_broker_survives_hostile_workers_and_keeps_serving(tmp_path):
         [b"ready", b"{not json"],
         [b"ready", b'{"schema": 3}'],
         [b"ready", b'{"schema": 2, "worker": "x", "received": -1, "answered": 0, "capacity": 5,'
-                   b' "bank_id": "b", "bank_version": "v1"}'],
+                   b' "received_bytes": 0, "capacity_bytes": 9, "bank_id": "b", "bank_version": "v1"}'],
         [b"ready", b'{"schema": 2, "worker": "x", "received": 1, "answered": 9, "capacity": 5,'
-                   b' "bank_id": "b", "bank_version": "v1"}'],
+                   b' "received_bytes": 0, "capacity_bytes": 9, "bank_id": "b", "bank_version": "v1"}'],
         [b"hello", b"world"],
         [b"ready", b"x" * (1 << 20)],  # over the endpoint's size cap: the peer is disconnected
     ):  # fmt: skip
@@ -140,10 +140,10 @@ def test_the_broker_survives_hostile_workers_and_keeps_serving(tmp_path):
     pusher = context.socket(zmq.PUSH)
     pusher.connect(frames)
     pixels = np.zeros((8, 8), np.uint8)
-    received = answered = 0
+    received = answered = received_bytes = 0
 
     def report() -> None:
-        ready = WorkerReady("honest", received, answered, 4, "bank", "v0001")
+        ready = WorkerReady("honest", received, answered, 4, received_bytes, 1 << 20, "bank", "v0001")
         honest.send_multipart(encode_ready(ready))
 
     report()
@@ -156,6 +156,7 @@ def test_the_broker_survives_hostile_workers_and_keeps_serving(tmp_path):
             parts = honest.recv_multipart()
             assert parts[0] == b"frame"
             received += 1
+            received_bytes += sum(len(part) for part in parts)
             answered += 1
         report()
     stop.set()
@@ -195,3 +196,49 @@ def test_the_pool_reloads_as_one_through_the_broker(tmp_path, bank_store):
     assert reply["ok"] and reply["bank_version"] == "v0002", reply
     assert [(w["bank_version"], w["refused"]) for w in status["workers"]] == [("v0002", None)] * 2, status
     assert {line.verdicts[p][0].bank_version for p in parts} == {"v0002"}
+
+
+def test_the_broker_sends_a_worker_no_more_bytes_than_it_has_room_for(tmp_path):
+    """Credit is in frames and in bytes: a worker's inbox stays bounded in memory whatever sizes the
+    captures send, and a frame waits in the broker until a worker has room for it."""
+    import threading
+
+    from edge.pipeline.broker import Broker, BrokerSettings
+    from edge.protocol import FrameHeader, WorkerReady, encode_frame, encode_ready
+
+    frames, workers = f"ipc://{tmp_path}/frames", f"ipc://{tmp_path}/workers"
+    context = zmq.Context()
+    broker = Broker(BrokerSettings("st1", frames, workers), context)
+    stop = threading.Event()
+    thread = threading.Thread(target=broker.run, args=(stop,), daemon=True)
+    thread.start()
+    pusher = context.socket(zmq.PUSH)
+    pusher.connect(frames)
+    messages = [
+        encode_frame(FrameHeader("st1", "cam0", i, f"f{i}", "2026-01-01T00:00:00+00:00", 1, 64, 64, 1),
+                     np.zeros((64, 64), np.uint8))
+        for i in range(5)
+    ]  # fmt: skip
+    size = sum(len(bytes(part)) for part in messages[0])
+    for message in messages:
+        pusher.send_multipart(message)
+    peer = context.socket(zmq.DEALER)
+    peer.connect(workers)
+
+    def take(seconds: float) -> int:
+        taken, end = 0, time.monotonic() + seconds
+        while time.monotonic() < end:
+            if peer.poll(50):
+                peer.recv_multipart()
+                taken += 1
+        return taken
+
+    room = size * 5 // 2  # two and a half frames
+    peer.send_multipart(encode_ready(WorkerReady("peer", 0, 0, 10, 0, room, "bank", "v0001")))
+    first = take(1.0)
+    peer.send_multipart(encode_ready(WorkerReady("peer", 2, 2, 10, 2 * size, room, "bank", "v0001")))
+    second = take(1.0)
+    stop.set()
+    thread.join(10)
+    context.destroy(linger=0)
+    assert (first, second) == (2, 2)

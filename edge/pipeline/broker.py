@@ -61,11 +61,12 @@ class BrokerSettings:
 
 @dataclass
 class InFlight:
-    """A frame on its way to a worker, or sent and not yet answered; once sent, only triggered
-    frames keep their parts (to be sent again)."""
+    """A frame waiting for a worker, or sent and not yet answered; once sent, only triggered frames
+    keep their parts (to be sent again)."""
 
     parts: list[zmq.Frame] | None
-    deadline: float | None  # broker's monotonic clock; None: none given
+    size: int
+    deadline: float | None = None  # broker's monotonic clock; None: none given
     resent: bool = False
     triggered: bool = False
 
@@ -79,6 +80,9 @@ class PoolWorker:
     received: int = 0
     answered: int = 0
     capacity: int = 0
+    sent_bytes: int = 0
+    received_bytes: int = 0
+    capacity_bytes: int = 0
     reloads: int = 0
     bank_id: str = ""
     bank_version: str = ""
@@ -90,6 +94,10 @@ class PoolWorker:
     def credit(self) -> int:
         """Frames it can take now: its capacity less what is on the way to it."""
         return 0 if self.refused else max(0, self.capacity - (self.sent - self.received))
+
+    def fits(self, size: int) -> bool:
+        """It has room for one more frame of `size` bytes (its inbox is bounded in bytes too)."""
+        return self.credit > 0 and size <= self.capacity_bytes - (self.sent_bytes - self.received_bytes)
 
 
 @dataclass
@@ -120,7 +128,7 @@ class Broker:
         self.context = context = context or zmq.Context.instance()
         self.counters = BrokerCounters()
         self.workers: dict[bytes, PoolWorker] = {}
-        self.resend: deque[InFlight] = deque()
+        self.waiting: deque[InFlight] = deque()  # frames to resend, then at most one new frame
         self.bank: tuple[str, str] | None = None  # the pool's (bank_id, version)
         self.reload: _PoolReload | None = None
         self.observers: list[Callable[[str, PoolWorker], None]] = []  # joined/died/refused events
@@ -169,6 +177,8 @@ class Broker:
             worker.in_flight.popleft()
         worker.answered = max(worker.answered, min(ready.answered, worker.sent))
         worker.received, worker.capacity = min(ready.received, worker.sent), ready.capacity
+        worker.received_bytes = min(ready.received_bytes, worker.sent_bytes)
+        worker.capacity_bytes = ready.capacity_bytes
         worker.bank_id, worker.bank_version = ready.bank_id, ready.bank_version
         if ready.reloads != worker.reloads:
             worker.reloads = ready.reloads
@@ -222,55 +232,65 @@ class Broker:
         if self.workers.pop(worker.identity, None) is None:
             return
         self.counters.workers_died += 1
-        lost = len(worker.in_flight)
+        again = []
         for frame in worker.in_flight:
-            if frame.parts is None:
+            if not frame.triggered:
                 self.counters.lost_free_run += 1
             elif frame.resent or (frame.deadline is not None and frame.deadline <= now):
                 self.counters.lost_triggered += 1
             else:
                 frame.resent = True
-                self.resend.append(frame)
+                again.append(frame)
+        self.waiting.extendleft(reversed(again))  # ahead of any new frame, in their order
         log.error("worker %s is dead (%s); %d frames were on it, %d to send again",
-                  worker.name, why, lost, len(self.resend))  # fmt: skip
+                  worker.name, why, len(worker.in_flight), len(again))  # fmt: skip
         self._tell("died", worker)
         if self.reload is not None:
             self.reload.waiting.pop(worker.identity, None)
 
     # ---- frames ----------------------------------------------------------------------------------
-    def _next_worker(self) -> PoolWorker | None:
-        """The worker with the most credit (ties: the one sent to least), or None."""
-        ready = [w for w in self.workers.values() if w.credit > 0]
+    def _next_worker(self, size: int = 0) -> PoolWorker | None:
+        """The worker with the most credit that has room for `size` bytes (ties: the one sent to
+        least), or None."""
+        ready = [w for w in self.workers.values() if w.fits(size)]
         return max(ready, key=lambda w: (w.credit, -w.sent)) if ready else None
 
-    def _dispatch(self, worker: PoolWorker, parts: list[zmq.Frame], frame: InFlight) -> None:
-        if not self._send(worker, parts):  # not delivered: first in line for the next worker
-            self.resend.appendleft(InFlight(parts, frame.deadline, frame.resent, frame.triggered))
+    def _dispatch(self, worker: PoolWorker, frame: InFlight) -> None:
+        if not self._send(worker, frame.parts):  # not delivered: first in line for the next worker
+            self.waiting.appendleft(frame)
             return
         worker.sent += 1
+        worker.sent_bytes += frame.size
         if not frame.triggered:
             frame.parts = None  # never sent again: the pixels need not be held
         worker.in_flight.append(frame)
         self.counters.frames_out += 1
+        self.counters.resent += frame.resent
 
     def _pump(self) -> int:
-        """Send what can be sent now: resends first, then new frames while a worker has credit."""
+        """Send what can be sent now, in order: frames to resend, then new ones. A new frame is
+        read from the captures only when nothing waits and some worker has credit, so the broker
+        holds at most one new frame (plus a dead worker's triggered ones)."""
         moved = 0
         now = time.monotonic()
-        while self.resend and (worker := self._next_worker()) is not None:
-            frame = self.resend.popleft()
-            if frame.triggered and frame.deadline is not None and frame.deadline <= now:
+        while True:
+            if not self.waiting:
+                if self._next_worker() is None or not self.frames.poll(0):
+                    return moved
+                parts = self.frames.recv_multipart(copy=False)
+                self.counters.frames_in += 1
+                self.waiting.append(_in_flight(parts, now))
+            frame = self.waiting[0]
+            if frame.resent and frame.deadline is not None and frame.deadline <= now:
+                self.waiting.popleft()
                 self.counters.lost_triggered += 1  # the publisher has answered TIMEOUT
                 continue
-            self.counters.resent += frame.resent
-            self._dispatch(worker, frame.parts, frame)
+            worker = self._next_worker(frame.size)
+            if worker is None:
+                return moved  # it waits for a worker with room for it
+            self.waiting.popleft()
+            self._dispatch(worker, frame)
             moved += 1
-        while (worker := self._next_worker()) is not None and self.frames.poll(0):
-            parts = self.frames.recv_multipart(copy=False)
-            self.counters.frames_in += 1
-            self._dispatch(worker, parts, _in_flight(parts, now))
-            moved += 1
-        return moved
 
     # ---- control (status, pool reload) -------------------------------------------------------------
     def _status(self) -> dict[str, object]:
@@ -332,7 +352,7 @@ class Broker:
         self.poller.register(self.pool, zmq.POLLIN)
         if self.control is not None and self.reload is None:
             self.poller.register(self.control, zmq.POLLIN)
-        if self._next_worker() is not None:
+        if not self.waiting and self._next_worker() is not None:  # else a frame waits for room
             self.poller.register(self.frames, zmq.POLLIN)
         events = dict(self.poller.poll(timeout_ms))
         while self.pool.poll(0):
@@ -358,7 +378,7 @@ class Broker:
             moved = self.step()
             if moved:
                 drain_until = time.monotonic() + self.settings.worker_timeout_s
-            elif not self.resend and not any(w.in_flight for w in self.workers.values()):
+            elif not self.waiting and not any(w.in_flight for w in self.workers.values()):
                 break
         self.close()
         return self.counters
@@ -372,9 +392,10 @@ class Broker:
 
 
 def _in_flight(parts: list[zmq.Frame], now: float) -> InFlight:
-    """What the broker remembers of a frame it sends: the parts of a triggered one, and its deadline."""
+    """A frame from a capture, with its size and, for a triggered one, its deadline."""
+    size = sum(len(part) for part in parts)
     header = peek_frame(parts)
     if header is None or header.trigger != "triggered":
-        return InFlight(None, None)
+        return InFlight(parts, size)
     deadline = None if header.deadline_ms is None else now + header.deadline_ms / 1000
-    return InFlight(parts, deadline, triggered=True)
+    return InFlight(parts, size, deadline, triggered=True)

@@ -69,7 +69,7 @@ class Inbox:
         self.max_frames, self.max_bytes = max_frames, max_bytes
         self.queue: deque[list[zmq.Frame]] = deque()
         self.bytes = 0
-        self.received = 0
+        self.received = self.received_bytes = 0
         self.pool = pool
         self.room_changed = True
         self.changed = threading.Condition()
@@ -81,10 +81,9 @@ class Inbox:
     def _full(self) -> bool:
         return len(self.queue) >= self.max_frames or self.bytes >= self.max_bytes
 
-    def _room(self) -> int:
-        if self.bytes >= self.max_bytes:
-            return 0
-        return max(0, self.max_frames - len(self.queue))
+    def _room(self) -> tuple[int, int]:
+        """Frames and bytes this inbox can still take (a broker sends no frame that would not fit)."""
+        return max(0, self.max_frames - len(self.queue)), max(0, self.max_bytes - self.bytes)
 
     def _receive(self) -> None:
         while not self.closing.is_set():
@@ -100,6 +99,7 @@ class Inbox:
             self.queue.append(parts)
             self.bytes += _bytes(parts)
             self.received += 1
+            self.received_bytes += _bytes(parts)
             self.changed.notify_all()
 
     def _receive_from_broker(self) -> None:
@@ -110,7 +110,7 @@ class Inbox:
             if self.room_changed or now - last_report >= REPORT_S:
                 with self.changed:
                     self.room_changed = False
-                    room, received = self._room(), self.received
+                    room, received = self._room(), (self.received, self.received_bytes)
                 self.socket.send_multipart(self.pool.report(received, room))
                 last_report = now
             if not self.socket.poll(REPORT_POLL_MS):
@@ -165,14 +165,17 @@ class PoolLink:
         self.worker, self.name = worker, name
         self.refused: bytes | None = None
 
-    def report(self, received: int, room: int) -> list[bytes]:
+    def report(self, received: tuple[int, int], room: tuple[int, int]) -> list[bytes]:
+        """`ready`: frames and bytes received so far, and room left in frames and bytes."""
         worker = self.worker
         return encode_ready(
             WorkerReady(
                 worker=self.name,
-                received=received,
+                received=received[0],
                 answered=worker.answered,
-                capacity=room,
+                capacity=room[0],
+                received_bytes=received[1],
+                capacity_bytes=room[1],
                 bank_id=worker.bank.bank_id,
                 bank_version=worker.bank.version,
                 reloads=worker.reloads_finished,
