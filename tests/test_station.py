@@ -104,7 +104,9 @@ def test_check_config_validates_without_starting(tmp_path, bank_store, caplog):
     assert "worker.max_batch: Input should be a valid integer (got 'four')" in caplog.text
 
 
-@pytest.mark.parametrize("command", ["edge-run", "edge-capture", "edge-worker", "edge-publisher"])
+@pytest.mark.parametrize(
+    "command", ["edge-run", "edge-capture", "edge-worker", "edge-broker", "edge-publisher"]
+)
 def test_every_station_command_has_help(command):
     module = {"edge-run": "supervisor"}.get(command, command.removeprefix("edge-"))
     result = subprocess.run(

@@ -1,0 +1,52 @@
+"""edge-view: a live page of a station's verdicts, masks and health, for the people at the line.
+
+Read-only, and bound to 127.0.0.1 unless --bind says otherwise: put the plant's reverse proxy (with
+its own login) in front of it for other PCs. It subscribes to the publisher like any client, so it
+runs anywhere the light install does (`pip install 'edge[view]'`; no torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import sys
+from functools import partial
+
+from edge.cli_support import run_cli, setup_logging
+from edge.client import Subscriber
+from edge.errors import UsageError
+from edge.security import CurveClient
+from edge.view.server import serve  # aiohttp (the `view` extra): edge.commands names it when missing
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="edge-view", description=__doc__.splitlines()[0], epilog="exit codes: 0 stopped; 2 bad usage"
+    )
+    parser.add_argument("endpoint", help="the publisher's PUB endpoint, e.g. tcp://station:5556")
+    parser.add_argument("--station", required=True, help="the station to show")
+    parser.add_argument("--query", metavar="ENDPOINT", help="the publisher's latest/replay endpoint")
+    parser.add_argument("--bind", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port to serve on (default 8080)")
+    parser.add_argument("--client-key", help="CURVE: this subscriber's .key_secret (edge-keys)")
+    parser.add_argument("--server-key", help="CURVE: the publisher's public .key")
+    args = parser.parse_args(argv)
+    setup_logging()
+    faulthandler.enable()
+    if (args.client_key is None) != (args.server_key is None):
+        raise UsageError("CURVE needs both --client-key and --server-key")
+    curve = CurveClient(args.client_key, args.server_key) if args.client_key else None
+    subscriber = partial(
+        Subscriber, args.endpoint, args.station, ("verdict", "mask", "heartbeat"), curve=curve,
+        query_endpoint=args.query,
+    )  # fmt: skip
+    serve(subscriber, args.station, args.bind, args.port)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: _main(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""edge-view in a real browser (Debian's headless Chromium, driven by playwright) against a real
+publisher on real sockets: live verdicts within 1 s, a NOK part's mask drawn, and the page telling a
+silent publisher and recovering when it is back. With EDGE_UPDATE_SCREENSHOTS=1 it also refreshes
+docs/images/edge-view.png."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import zmq
+
+from edge.pipeline.publisher import Publisher, PublisherSettings
+from edge.protocol import Verdict, VerdictMessage, encode_result
+
+STATION = "line1"
+SCREENSHOT = Path(__file__).parents[1] / "docs" / "images" / "edge-view.png"
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium")
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        path = None
+    if path is None:
+        why = "Debian's chromium or the playwright package is missing"
+        if os.environ.get("CI"):
+            pytest.fail(f"{why}: .ci/run installs them")
+        pytest.skip(f"{why} (.ci/run installs them)")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Line:
+    """A publisher on a thread (real sockets), and a worker's side that sends it results."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.context = zmq.Context()
+        self.results = self.context.socket(zmq.PUSH)
+        self.results.connect(f"ipc://{folder}/results")
+        self.seq = 0
+        self.start()
+
+    def start(self) -> None:
+        settings = PublisherSettings(STATION, f"ipc://{self.folder}/results", f"ipc://{self.folder}/pub",
+                                     heartbeat_s=0.2, cameras=("top", "side"))  # fmt: skip
+        self.publisher = Publisher(settings, self.context)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.publisher.run, args=(self.stop,), daemon=True)
+        self.thread.start()
+
+    def kill(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+    def send(self, camera: str, verdict: Verdict, score: float) -> str:
+        self.seq += 1
+        frame_id = f"{camera}-{self.seq:04d}"
+        mask = np.zeros((120, 160), np.uint8)
+        if verdict == Verdict.NOK:
+            cv2.circle(mask, (100, 60), 18, 255, -1)
+        message = VerdictMessage(
+            station=STATION, camera=camera, frame_id=frame_id, verdict=verdict,
+            capture_utc=datetime.now(UTC).isoformat(), capture_monotonic_ns=time.monotonic_ns(),
+            part_id=f"P{self.seq}", score=score, threshold=10.0, bank_id="banks", bank_version="v0003",
+            backend="torch-cpu", latency_ms={"total": 20.0 + self.seq % 7}, has_mask=True,
+        )  # fmt: skip
+        self.results.send_multipart(encode_result(message, cv2.imencode(".png", mask)[1].tobytes()))
+        return frame_id
+
+    def close(self) -> None:
+        self.kill()
+        self.context.destroy(linger=0)
+
+
+@pytest.fixture
+def view(tmp_path):
+    chromium = _chromium()
+    line = Line(tmp_path)
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "edge.view.cli", f"ipc://{tmp_path}/pub", "--station", STATION,
+         "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1000, "height": 900})
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                page.goto(f"http://127.0.0.1:{port}/")
+                break
+            except Exception:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        yield line, page
+        browser.close()
+    line.close()
+    server.terminate()
+    output, _ = server.communicate(timeout=10)
+    assert server.returncode in (0, -15), output
+    assert "Traceback" not in output, output
+
+
+def test_edge_view_has_help():
+    result = subprocess.run([sys.executable, "-m", "edge.view.cli", "--help"], capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0 and "exit codes" in result.stdout and "--bind" in result.stdout
+
+
+def test_live_verdicts_masks_and_a_publisher_restart(view):
+    line, page = view
+    page.wait_for_selector("#health.alive", timeout=10_000)
+    for _ in range(30):  # a history for the counts, rates and histogram
+        line.send("side", Verdict.OK, float(np.random.default_rng(line.seq).uniform(3, 9)))
+    frame = line.send("top", Verdict.OK, 6.0)
+    published = time.monotonic()
+    page.wait_for_selector(f"[data-role=verdict][data-frame='{frame}']", timeout=1000)
+    assert time.monotonic() - published < 1.0  # shown within 1 s of publication
+    reject = line.send("top", Verdict.NOK, 14.0)
+    page.wait_for_selector(f"[data-role=verdict][data-frame='{reject}']", timeout=1000)
+    mask = page.wait_for_selector("#camera-top img[data-role=mask]", timeout=2000)
+    page.wait_for_function("img => img.complete && img.naturalWidth === 160", arg=mask, timeout=2000)
+    assert page.inner_text("#camera-top [data-count=NOK]") == "1"
+    assert page.inner_text("#camera-side [data-count=OK]") == "30"
+    assert page.locator("#camera-side line[data-role=threshold]").count() == 1
+    if os.environ.get("EDGE_UPDATE_SCREENSHOTS"):
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT))
+
+    line.kill()  # the publisher goes away: the page says so
+    page.wait_for_selector("#health.silent", timeout=8000)
+    assert "silent" in page.inner_text("#health")
+    line.start()  # and comes back: the page recovers, with the restart counted
+    page.wait_for_selector("#health.alive", timeout=10_000)
+    after = line.send("top", Verdict.OK, 5.0)
+    page.wait_for_selector(f"[data-role=verdict][data-frame='{after}']", timeout=3000)
+    assert "restarts 1" in page.inner_text("#losses")
