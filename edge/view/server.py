@@ -58,7 +58,7 @@ async def _events(request: web.Request) -> web.StreamResponse:
                 await response.write(f"data: {json.dumps(snapshot)}\n\n".encode())
                 sent_changes, sent_at = snapshot["changes"], time.monotonic()
             await asyncio.sleep(1 / UPDATES_PER_S)
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:  # the page was closed
         pass
     return response
 
