@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from edge.engine.backbones import Backbone, build_backbone
-from edge.engine.config import EngineConfig
+from edge.engine.config import GEOMETRY_MODES, EngineConfig, InputGeometry
 from edge.engine.model import PatchCore, StageTimer, model_extractor
 from edge.eval.mvtec import load_category
 from edge.eval.synthetic import SynthSpec, generate
@@ -89,6 +89,13 @@ def main() -> int:
     parser.add_argument("--skip-wrn", action="store_true")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1])
     parser.add_argument(
+        "--geometry",
+        default="center_crop",
+        choices=GEOMETRY_MODES,
+        help="input geometry (default center_crop, the paper's 224 px input the targets were set for; "
+        "auto: the station's default)",
+    )
+    parser.add_argument(
         "--extractors", nargs="+", default=["torch", "onnxruntime"], choices=["torch", "onnxruntime"]
     )
     args = parser.parse_args()
@@ -110,7 +117,9 @@ def main() -> int:
             start = time.perf_counter()
             model = PatchCore.fit(
                 train[:n_train],
-                EngineConfig(backbone=name, coreset_fraction=fraction),
+                EngineConfig(
+                    backbone=name, coreset_fraction=fraction, geometry=InputGeometry.named(args.geometry)
+                ),
                 weights=weights,
                 random_weights=random_weights,
             )
