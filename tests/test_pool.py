@@ -8,7 +8,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,16 @@ import zmq
 from station_kit import Line, start_station, station_config, stop_station, wait_for_pool
 
 from edge.client import control_request
-from edge.protocol import Verdict
+from edge.pipeline.broker import Broker, BrokerSettings
+from edge.protocol import FrameHeader, Verdict, WorkerReady, encode_frame, encode_ready
+
+
+def _run_in_thread(broker: Broker) -> Callable[[], None]:
+    """The broker's loop on a thread; the returned function stops it and waits for its drain."""
+    stop = threading.Event()
+    thread = threading.Thread(target=broker.run, args=(stop,), daemon=True)
+    thread.start()
+    return lambda: (stop.set(), thread.join(10))
 
 
 def _slot_pids(station_pid: int) -> dict[str, int]:
@@ -110,17 +121,10 @@ def test_a_late_worker_gets_work_and_one_with_another_bank_is_refused(tmp_path, 
 def test_the_broker_survives_hostile_workers_and_keeps_serving(tmp_path):
     """Garbage, lies and oversized messages on the workers endpoint are counted and dropped; an honest
     worker still gets every frame."""
-    import threading
-
-    from edge.pipeline.broker import Broker, BrokerSettings
-    from edge.protocol import FrameHeader, WorkerReady, encode_frame, encode_ready
-
     frames, workers = f"ipc://{tmp_path}/frames", f"ipc://{tmp_path}/workers"
     context = zmq.Context()
     broker = Broker(BrokerSettings("st1", frames, workers, worker_timeout_s=1.0), context)
-    stop = threading.Event()
-    thread = threading.Thread(target=broker.run, args=(stop,), daemon=True)
-    thread.start()
+    stop = _run_in_thread(broker)
     hostile = context.socket(zmq.DEALER)
     hostile.connect(workers)
     for parts in (
@@ -159,8 +163,7 @@ def test_the_broker_survives_hostile_workers_and_keeps_serving(tmp_path):
             received_bytes += sum(len(part) for part in parts)
             answered += 1
         report()
-    stop.set()
-    thread.join(10)
+    stop()
     context.destroy(linger=0)
     assert received == 50 and broker.counters.frames_out == 50
     assert {"parts", "json", "schema", "field", "topic"} <= set(broker.counters.malformed), broker.counters
@@ -201,17 +204,9 @@ def test_the_pool_reloads_as_one_through_the_broker(tmp_path, bank_store):
 def test_the_broker_sends_a_worker_no_more_bytes_than_it_has_room_for(tmp_path):
     """Credit is in frames and in bytes: a worker's inbox stays bounded in memory whatever sizes the
     captures send, and a frame waits in the broker until a worker has room for it."""
-    import threading
-
-    from edge.pipeline.broker import Broker, BrokerSettings
-    from edge.protocol import FrameHeader, WorkerReady, encode_frame, encode_ready
-
     frames, workers = f"ipc://{tmp_path}/frames", f"ipc://{tmp_path}/workers"
     context = zmq.Context()
-    broker = Broker(BrokerSettings("st1", frames, workers), context)
-    stop = threading.Event()
-    thread = threading.Thread(target=broker.run, args=(stop,), daemon=True)
-    thread.start()
+    stop = _run_in_thread(Broker(BrokerSettings("st1", frames, workers), context))
     pusher = context.socket(zmq.PUSH)
     pusher.connect(frames)
     messages = [
@@ -238,7 +233,6 @@ def test_the_broker_sends_a_worker_no_more_bytes_than_it_has_room_for(tmp_path):
     first = take(1.0)
     peer.send_multipart(encode_ready(WorkerReady("peer", 2, 2, 10, 2 * size, room, "bank", "v0001")))
     second = take(1.0)
-    stop.set()
-    thread.join(10)
+    stop()
     context.destroy(linger=0)
     assert (first, second) == (2, 2)

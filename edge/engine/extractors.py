@@ -240,24 +240,22 @@ class OnnxExtractor(Extractor):
         # no arena: activations go back to the allocator after each run instead of staying
         # reserved at their peak (bottle fit: 1.65 GB peak with the arena, under 1.5 GB without)
         options.enable_cpu_mem_arena = False
-        providers = self._providers(self.runtime, self.cache_dir, self.tensorrt, input_hw)
+        providers = self._providers(input_hw)
         session = self.sessions[input_hw] = self.runtime.InferenceSession(
             str(path), options, providers=providers
         )
         return session
 
-    def _providers(
-        self, onnxruntime: object, cache_dir: Path, tensorrt: bool, input_hw: tuple[int, int]
-    ) -> list:
-        available = onnxruntime.get_available_providers()
-        if tensorrt:
+    def _providers(self, input_hw: tuple[int, int]) -> list:
+        available = self.runtime.get_available_providers()
+        if self.tensorrt:
             if "TensorrtExecutionProvider" not in available or self.device.type != "cuda":
                 raise UsageError(
                     "the tensorrt extractor needs a CUDA GPU and ONNX Runtime with TensorRT "
                     "(onnxruntime-gpu and the TensorRT libraries: pip install 'edge[gpu]')"
                 )
             gpu = torch.cuda.get_device_name(self.device).replace(" ", "_")
-            engines = cache_dir / "tensorrt" / gpu
+            engines = self.cache_dir / "tensorrt" / gpu
             engines.mkdir(parents=True, exist_ok=True)
             shape = f"frames:{{}}x{input_hw[0]}x{input_hw[1]}x3"
             options = {

@@ -21,6 +21,7 @@ first reloaded worker reports.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -117,7 +118,7 @@ class _PoolReload:
 
     def __init__(self, workers: dict[bytes, PoolWorker]) -> None:
         self.started = time.monotonic()
-        self.waiting = {identity: w.reloads for identity, w in workers.items() if not w.refused}
+        self.waiting = {identity for identity, w in workers.items() if not w.refused}  # to report
         self.errors: dict[str, str] = {}
         self.version: str | None = None
 
@@ -131,7 +132,6 @@ class Broker:
         self.waiting: deque[InFlight] = deque()  # frames to resend, then at most one new frame
         self.bank: tuple[str, str] | None = None  # the pool's (bank_id, version)
         self.reload: _PoolReload | None = None
-        self.observers: list[Callable[[str, PoolWorker], None]] = []  # joined/died/refused events
         self.frames = open_socket(
             context,
             zmq.PULL,
@@ -155,7 +155,6 @@ class Broker:
             self.control = open_socket(
                 context, zmq.REP, settings.control_endpoint, bind=True, max_message_bytes=REQUEST_BYTES
             )
-        self.poller = zmq.Poller()
 
     # ---- workers' reports ------------------------------------------------------------------------
     def _report(self, identity: bytes, parts: Sequence[bytes]) -> None:
@@ -170,7 +169,6 @@ class Broker:
             worker = self.workers[identity] = PoolWorker(identity, ready.worker, now)
             self.counters.workers_joined += 1
             log.info("worker %s joined (bank %s %s)", ready.worker, ready.bank_id, ready.bank_version)
-            self._tell("joined", worker)
         worker.last_seen = now
         done = min(ready.answered, worker.sent) - worker.answered
         for _ in range(max(0, done)):
@@ -202,13 +200,8 @@ class Broker:
         if worker.refused and worker.refused != was:
             log.error("worker %s gets no frames: %s", worker.name, worker.refused)
             self._send(worker, encode_broker_message(REFUSED_TOPIC, worker.refused))
-            self._tell("refused", worker)
         elif was and not worker.refused:
             log.info("worker %s now has the pool's bank %s %s; it gets frames again", worker.name, *self.bank)
-
-    def _tell(self, event: str, worker: PoolWorker) -> None:
-        for observe in self.observers:
-            observe(event, worker)
 
     def _send(self, worker: PoolWorker, parts: Sequence[object]) -> bool:
         try:
@@ -244,9 +237,8 @@ class Broker:
         self.waiting.extendleft(reversed(again))  # ahead of any new frame, in their order
         log.error("worker %s is dead (%s); %d frames were on it, %d to send again",
                   worker.name, why, len(worker.in_flight), len(again))  # fmt: skip
-        self._tell("died", worker)
         if self.reload is not None:
-            self.reload.waiting.pop(worker.identity, None)
+            self.reload.waiting.discard(worker.identity)
 
     # ---- frames ----------------------------------------------------------------------------------
     def _next_worker(self, size: int = 0) -> PoolWorker | None:
@@ -318,7 +310,7 @@ class Broker:
         reload = self.reload
         if reload is None or worker.identity not in reload.waiting:
             return
-        del reload.waiting[worker.identity]
+        reload.waiting.discard(worker.identity)
         if ready.reload_error:
             reload.errors[worker.name] = ready.reload_error
         elif reload.version is None:
@@ -348,13 +340,13 @@ class Broker:
     # ---- the loop --------------------------------------------------------------------------------
     def step(self, timeout_ms: int = POLL_MS) -> int:
         """Wait for something to do (at most `timeout_ms`), do it; returns frames moved."""
-        self.poller = zmq.Poller()
-        self.poller.register(self.pool, zmq.POLLIN)
+        poller = zmq.Poller()
+        poller.register(self.pool, zmq.POLLIN)
         if self.control is not None and self.reload is None:
-            self.poller.register(self.control, zmq.POLLIN)
+            poller.register(self.control, zmq.POLLIN)
         if not self.waiting and self._next_worker() is not None:  # else a frame waits for room
-            self.poller.register(self.frames, zmq.POLLIN)
-        events = dict(self.poller.poll(timeout_ms))
+            poller.register(self.frames, zmq.POLLIN)
+        events = dict(poller.poll(timeout_ms))
         while self.pool.poll(0):
             identity, *parts = self.pool.recv_multipart()
             if parts and parts[0] == READY_TOPIC:
@@ -367,10 +359,10 @@ class Broker:
         self._finish_reload()
         return self._pump()
 
-    def run(self, stop: object, progress: Callable[[], None] = lambda: None) -> BrokerCounters:
+    def run(self, stop: threading.Event, progress: Callable[[], None] = lambda: None) -> BrokerCounters:
         """Until `stop` is set; then frames still arriving from the captures are passed on while
         workers take them (the captures drain first), and in-flight frames are waited for."""
-        while not stop.is_set():  # type: ignore[attr-defined]
+        while not stop.is_set():
             self.step()
             progress()
         drain_until = time.monotonic() + self.settings.worker_timeout_s

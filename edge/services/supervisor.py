@@ -93,9 +93,6 @@ class Supervisor:
         self.run_dir = tempfile.TemporaryDirectory(prefix=f"edge-run-{config.station}-")
         self.env.setdefault(RUN_DIR_VARIABLE, self.run_dir.name)
 
-    def child(self, name: str) -> Child:
-        return next(child for child in self.children if child.name == name)
-
     def _restart(self, child: Child, code: int) -> bool:
         """Restart a failed child unless it failed too often; False when the limit is reached."""
         limits = self.config.supervisor

@@ -67,7 +67,7 @@ def worker_settings(config: StationConfig, slot: int) -> WorkerSettings:
     """A lone worker binds the frames endpoint; a pool worker connects to the broker."""
     from edge.pipeline.worker import WorkerSettings
 
-    pooled = config.endpoints.workers is not None
+    pooled = config.pooled
     security = config.security
     return WorkerSettings(
         station=config.station,

@@ -29,6 +29,11 @@ def _snapshot(app: web.Application) -> dict:
         return app[STATE_KEY].snapshot(time.monotonic())
 
 
+def _changes(app: web.Application) -> int:
+    with app[LOCK_KEY]:
+        return app[STATE_KEY].changes
+
+
 async def _index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "index.html")
 
@@ -52,9 +57,9 @@ async def _events(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     sent_changes, sent_at = -1, 0.0
     try:
-        while True:
-            snapshot = _snapshot(request.app)
-            if snapshot["changes"] != sent_changes or time.monotonic() - sent_at >= 1.0:
+        while True:  # a snapshot (percentiles, histograms) is built only when it is to be sent
+            if _changes(request.app) != sent_changes or time.monotonic() - sent_at >= 1.0:
+                snapshot = _snapshot(request.app)
                 await response.write(f"data: {json.dumps(snapshot)}\n\n".encode())
                 sent_changes, sent_at = snapshot["changes"], time.monotonic()
             await asyncio.sleep(1 / UPDATES_PER_S)
