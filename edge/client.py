@@ -17,6 +17,7 @@ delivered twice.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from edge.security import CurveClient
 from edge.sockets import REPLY_BYTES, check_endpoint, open_socket
 
 log = logging.getLogger("edge.client")
+PROBE_S = 2.0  # a running worker answers a status request at once (between two micro-batches)
 REMEMBERED_FRAMES = 10_000  # frame ids of delivered verdicts, to drop duplicates after a restart
 
 
@@ -90,6 +92,17 @@ def control_request(endpoint: str, command: str, timeout_s: float) -> dict | Non
     """One request to a worker's control endpoint ("status" or "reload"); its reply, or None if
     none came within `timeout_s` (no worker, or one still starting)."""
     return request(endpoint, encode_control(command), timeout_s)
+
+
+def request_reload(endpoint: str, timeout_s: float = 60.0) -> dict | None:
+    """Ask a running worker (or a pool's broker) to switch to the store's active bank; its reply,
+    or None if none answers (it loads the active bank when it starts)."""
+    if control_request(endpoint, "status", PROBE_S) is None:
+        return None
+    started = time.monotonic()
+    reply = control_request(endpoint, "reload", timeout_s)
+    log.info("the station answered in %.1f s: %s", time.monotonic() - started, reply)
+    return reply
 
 
 class Subscriber:

@@ -172,6 +172,16 @@ class PublisherConfig(_Strict):
     metrics_port: Port | None = None  # Prometheus /metrics
 
 
+class RecentFramesConfig(_Strict):
+    """The frames of recent NOK parts (and a sample of OK ones), kept on the station's disk for
+    edge-view's overlays and for clearing false rejects (edge/recent.py). Off unless configured."""
+
+    path: str  # a folder on the station, shared by its workers; edge-view --recent reads it
+    max_frames: Annotated[int, Field(ge=1, le=1_000_000)] = 500  # then the oldest go
+    max_mb: Annotated[float, Field(gt=0)] = 2048.0  # then the oldest go
+    ok_every: Annotated[int, Field(ge=0)] = 0  # also every n-th OK part per camera; 0: rejects only
+
+
 class SupervisorConfig(_Strict):
     restart_burst: Annotated[int, Field(ge=0)] = 5  # restarts of one process allowed per interval
     restart_interval_s: Positive = 60.0
@@ -238,6 +248,7 @@ class StationConfig(_Strict):
     supervisor: SupervisorConfig = SupervisorConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     security: SecurityConfig = SecurityConfig()
+    recent_frames: RecentFramesConfig | None = None
 
     @model_validator(mode="after")
     def _unique_cameras(self) -> StationConfig:

@@ -122,9 +122,23 @@ def for_worker(worker: Worker, station: str) -> ProcessMetrics:
                 {f"{worker.bank.bank_id}/{worker.bank.version}": 1},
                 "bank",
             ),
+            *_recorder_samples(worker),
         ]
     )
     return metrics
+
+
+def _recorder_samples(worker: Worker) -> list[tuple]:
+    if worker.recorder is None:
+        return []
+    counters = worker.recorder.counters
+    return [
+        ("counter", "edge_recent_frames_kept", "Frames kept for edge-view", counters.kept),
+        ("counter", "edge_recent_frames_skipped", "Frames to keep skipped: the writer was behind",
+         counters.skipped),
+        ("counter", "edge_recent_frames_failed", "Frames the ring could not write, by reason",
+         counters.failed, "reason"),
+    ]  # fmt: skip
 
 
 def for_broker(broker: Broker, station: str) -> ProcessMetrics:

@@ -140,8 +140,19 @@ def test_live_verdicts_masks_and_a_publisher_restart(view):
     assert time.monotonic() - published < 1.0  # shown within 1 s of publication
     reject = line.send("top", Verdict.NOK, 14.0)
     page.wait_for_selector(f"[data-role=verdict][data-frame='{reject}']", timeout=1000)
-    mask = page.wait_for_selector("#camera-top img[data-role=mask]", timeout=2000)
-    page.wait_for_function("img => img.complete && img.naturalWidth === 160", arg=mask, timeout=2000)
+    page.wait_for_selector(f"#camera-top canvas[data-role=overlay][data-frame='{reject}'][data-drawn=mask]",
+                           timeout=2000)  # fmt: skip
+    red = page.evaluate(
+        """frame => { const c = document.querySelector(`#camera-top canvas[data-frame='${frame}']`);
+           const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
+           for (let i = 0; i < d.length; i += 4) if (d[i] > 200 && d[i + 1] < 80) n++; return n / (c.width * c.height); }""",
+        reject,
+    )  # the mask's disc (18 px radius in 160x120: 5.3 % of the frame) drawn in red
+    assert 0.04 < red < 0.07
+    page.click(f"#gallery button[data-frame='{reject}']")  # the gallery opens the part
+    page.wait_for_selector(f"#inspect-overlay[data-frame='{reject}'][data-drawn=mask]", timeout=2000)
+    assert "read-only" in page.inner_text("#inspect-status")  # no --tokens: nobody can clear it
+    assert page.locator("#clear").is_hidden()
     assert page.inner_text("#camera-top [data-count=NOK]") == "1"
     assert page.inner_text("#camera-side [data-count=OK]") == "30"
     assert page.locator("#camera-side line[data-role=threshold]").count() == 1

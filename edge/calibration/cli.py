@@ -3,12 +3,14 @@
   edge-calibrate --config station.yaml                 collect good frames from the running capture
   edge-calibrate --from-folder DIR --out BANK_DIR      the same from a folder of good images
   edge-calibrate --add DIR --out BANK_DIR              add confirmed good frames, rebuild, new version
-  edge-calibrate --rollback v0003 --out BANK_DIR       make an older version active again
-  edge-calibrate --list --out BANK_DIR                 versions, thresholds, frame counts
+  edge-calibrate --add-candidates --stage --out BANK   the rejects operators cleared (edge-view), staged
+  edge-calibrate --activate v0004 --out BANK_DIR       make a staged or an older version active
+  edge-calibrate --list --out BANK_DIR                 versions, thresholds, false-reject rates
   ... --validate CATEGORY_DIR --json report.json       false rejects and recall on labelled images
 
-Every new version is written beside the old ones and made active only when complete; a worker
-is told to reload (the configuration's control endpoint, or --notify).
+Every new version is written beside the old ones and made active only when complete (with --stage,
+only when someone activates it: here, or from edge-view); a worker is told to reload (the
+configuration's control endpoint, or --notify).
 """
 
 from __future__ import annotations
@@ -53,10 +55,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument(
         "--add", type=Path, metavar="DIR", help="confirmed good images to add to the active set"
     )
-    source.add_argument("--rollback", metavar="VERSION", help="make this earlier version active again")
+    source.add_argument(
+        "--add-candidates",
+        action="store_true",
+        help="add the rejects operators cleared as good (the store's candidates/), rebuild, new version",
+    )
+    source.add_argument(
+        "--activate", "--rollback", metavar="VERSION", help="make this version (staged or older) active"
+    )
     source.add_argument("--list", action="store_true", help="list the store's versions")
     parser.add_argument("--config", type=Path, help="station configuration (bank store, recipe, endpoints)")
     parser.add_argument("--out", type=Path, metavar="BANK_DIR", help="bank store folder (default: bank.path)")
+    parser.add_argument(
+        "--stage", action="store_true", help="write the new version and report it, but do not activate it"
+    )
+    parser.add_argument("--by", default="edge-calibrate", help="who activates, for the store's history")
     parser.add_argument("--frames", type=int, help="frames to collect or read at most")
     parser.add_argument(
         "--wait",
@@ -116,7 +129,7 @@ def _recipe(args: argparse.Namespace, station: StationConfig | None) -> Calibrat
         "image_score": args.image_score,
     }
     given = {k: v for k, v in overrides.items() if v is not None and k != "frames"}
-    if args.add and given:
+    if (args.add or args.add_candidates) and given:
         raise UsageError(
             f"--add rebuilds with the active version's own recipe; it does not take {sorted(given)}"
         )
@@ -134,6 +147,16 @@ def _folder_frames(folder: Path, limit: int | None, quiet: bool) -> list:
     if not paths:
         raise UsageError(f"{folder} holds no images")
     return [read_image(p) for p in tqdm(paths, desc="read frames", disable=quiet, leave=False)]
+
+
+def _candidate_frames(store: BankStore, quiet: bool) -> tuple[list, list[dict[str, Any]]]:
+    """The cleared rejects waiting in the store, with their facts (who cleared them, and when)."""
+    waiting = store.candidates()
+    if not waiting:
+        raise UsageError(f"{store.candidates_dir} holds no cleared rejects: nothing to add")
+    frames = [read_image(png) for png, _ in tqdm(waiting, desc="read candidates", disable=quiet, leave=False)]
+    facts = [{"key": png.stem, **facts} for png, facts in waiting]
+    return frames, facts
 
 
 def _progress_bars(quiet: bool):
@@ -166,30 +189,10 @@ def _live_frames(station: StationConfig, count: int, wait_s: float, quiet: bool)
     return frames
 
 
-def _versions(store: BankStore) -> list[dict[str, Any]]:
-    from edge.engine.artifact import read_artifact
-
-    active = store.active_version()
-    rows = []
-    for version in store.versions():
-        meta, _ = read_artifact(store.path_of(version))
-        record = meta.get("calibration", {})
-        rows.append(
-            {
-                "version": version,
-                "active": version == active,
-                "created_utc": meta.get("created_utc"),
-                "threshold": record.get("threshold"),
-                "frames": len(record.get("frames", [])),
-            }
-        )
-    return rows
-
-
 def _notify(endpoint: str | None, version: str) -> None:
     if not endpoint:
         return
-    from edge.calibration.live import request_reload
+    from edge.client import request_reload
 
     reply = request_reload(endpoint)
     if reply is None:
@@ -214,18 +217,23 @@ def _main(argv: list[str] | None) -> int:
     if args.list:
         if not store.versions():
             raise UsageError(f"{root} holds no bank versions: is it the folder edge-calibrate --out wrote?")
-        print(json.dumps(_versions(store), indent=2))
+        print(json.dumps(store.reports(), indent=2))
         return 0
-    if args.rollback:
-        store.activate(args.rollback)
-        log.info("%s is active again", args.rollback)
-        report["version"] = args.rollback
-        _notify(notify, args.rollback)
-    elif args.from_folder or args.add or (station and not args.validate):
+    if args.stage and not (args.from_folder or args.add or args.add_candidates or station):
+        raise UsageError("--stage needs a new version: --from-folder, --add, --add-candidates or --config")
+    if args.activate:
+        store.activate(args.activate, args.by)
+        log.info("%s is active", args.activate)
+        report["version"] = args.activate
+        _notify(notify, args.activate)
+    elif args.from_folder or args.add or args.add_candidates or (station and not args.validate):
         from edge.calibration.procedure import calibrate
 
         recipe = _recipe(args, station)
-        if args.add:
+        candidates = None
+        if args.add_candidates:
+            frames, candidates = _candidate_frames(store, args.quiet)
+        elif args.add:
             frames = _folder_frames(args.add, args.frames, args.quiet)
         elif args.from_folder:
             frames = _folder_frames(args.from_folder, args.frames, args.quiet)
@@ -237,16 +245,19 @@ def _main(argv: list[str] | None) -> int:
             frames,
             recipe,
             args.weights or (station.weights if station else None),
-            bool(args.add),
+            bool(args.add or args.add_candidates),
             update,
+            activate=not args.stage,
+            candidates=candidates,
         )
         for bar in bars.values():
             bar.close()
         choice = result.record["choice"]
         log.info(
-            "%s active: threshold %.4g from %d held-out good frames (%s); expected false-reject rate "
+            "%s %s: threshold %.4g from %d held-out good frames (%s); expected false-reject rate "
             "%.1f%% (95%% bound %.1f%%), target %.1f%%, margin %.0f%%",
             result.version,
+            "staged (activate it with --activate or from edge-view)" if args.stage else "active",
             result.record["threshold"],
             choice["held_out"],
             choice["method"],
@@ -265,11 +276,15 @@ def _main(argv: list[str] | None) -> int:
             "frames": len(result.record["frames"]),
             "quality": result.record["quality"],
             "warnings": result.warnings,
+            "active": not args.stage,
+            "candidates": result.record.get("candidates"),
         }
-        _notify(notify, result.version)
+        if not args.stage:
+            _notify(notify, result.version)
     elif not args.validate:
         raise UsageError(
-            "nothing to do: give --from-folder, --add, --rollback, --list, --validate or --config"
+            "nothing to do: give --from-folder, --add, --add-candidates, --activate, --list, --validate "
+            "or --config"
         )
 
     if args.validate:

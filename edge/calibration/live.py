@@ -9,7 +9,6 @@ arrive and do not count towards the frames asked for.
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -17,14 +16,12 @@ import numpy as np
 import zmq
 
 from edge.calibration.quality import DuplicateFilter, FrameStats
-from edge.client import control_request
 from edge.errors import ConfigError, UsageError
 from edge.imageio import to_uint8
 from edge.protocol import ProtocolError, decode_frame
 from edge.sockets import FRAME_BYTES, open_socket
 
 log = logging.getLogger("edge.calibrate")
-PROBE_S = 2.0  # a running worker answers a status request at once (between two micro-batches)
 
 
 def collect_frames(
@@ -65,13 +62,3 @@ def collect_frames(
         socket.close(linger=0)
         context.term()
     return frames, skipped
-
-
-def request_reload(endpoint: str, timeout_s: float = 60.0) -> dict | None:
-    """Ask a running worker to switch to the store's active bank; None if no worker answers."""
-    if control_request(endpoint, "status", PROBE_S) is None:
-        return None
-    started = time.monotonic()
-    reply = control_request(endpoint, "reload", timeout_s)
-    log.info("worker answered in %.1f s: %s", time.monotonic() - started, reply)
-    return reply

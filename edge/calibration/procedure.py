@@ -96,9 +96,15 @@ def calibrate(
     weights: str | None = None,
     add: bool = False,
     progress: Progress | None = None,
+    activate: bool = True,
+    candidates: list[dict[str, Any]] | None = None,
 ) -> CalibrationResult:
     """Screen `frames`, fit and publish a new version (fitted on the active version's frames too
-    when `add`), with its threshold chosen on held-out good frames. Returns what was done."""
+    when `add`), with its threshold chosen on held-out good frames. Returns what was done.
+
+    `candidates`: when the frames are cleared rejects, their facts (one per frame, with `key`): the
+    version records them, and their screening, and takes them out of the queue once it is active.
+    `activate` false stages the version: written and reported, not yet scoring."""
     progress = progress or (lambda stage, done, total: None)
     kept: list[str] = []
     if add:
@@ -140,8 +146,12 @@ def calibrate(
         "frames": kept,
         "added": len(report.accepted) if add else None,
     }
+    if candidates is not None:
+        record["candidates"] = [
+            facts | {"refused": report.reasons.get(index)} for index, facts in enumerate(candidates)
+        ]
     model.calibrate(record)
-    version = store.publish(model)
+    version = store.publish(model, activate)
     for warning in choice.warnings:
         log.warning("%s", warning)
     return CalibrationResult(version, record, choice.warnings)

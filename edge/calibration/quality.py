@@ -51,6 +51,7 @@ class FrameStats:
 class QualityReport:
     accepted: list[int] = field(default_factory=list)  # indices into the collection, in order
     rejected: Counter = field(default_factory=Counter)  # reason → count
+    reasons: dict[int, str] = field(default_factory=dict)  # index of a rejected frame → reason
     relative_checks: bool = True  # False when too few frames to judge blur and exposure
 
     def to_dict(self) -> dict:
@@ -103,4 +104,5 @@ def screen(stats: list[FrameStats], reference: list[FrameStats] = ()) -> Quality
             report.accepted.append(index)
         else:
             report.rejected[reason] += 1
+            report.reasons[index] = reason
     return report

@@ -8,18 +8,16 @@ training summary) and `checksum` (SHA-256 over the tensors' bytes). Written atom
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
+from edge.bankfile import FORMAT, FORMAT_VERSION, checksum, read_bank_file
 from edge.engine.backbones import build_backbone
 from edge.engine.config import EngineConfig, InputGeometry
 from edge.engine.extractors import default_cache_dir
@@ -27,9 +25,6 @@ from edge.engine.model import PatchCore, model_extractor
 from edge.errors import ArtifactError, EdgeError
 from edge.files import write_bytes_atomic
 
-FORMAT = "edge.patchcore"
-FORMAT_VERSION = 1
-TENSORS = ("bank", "level_scales")
 RUNTIME_SETTINGS = (
     "device",
     "search",
@@ -38,14 +33,6 @@ RUNTIME_SETTINGS = (
     "extractor",
     "extractor_precision",
 )  # may differ between fitting and scoring
-
-
-def _checksum(tensors: dict[str, torch.Tensor]) -> str:
-    digest = hashlib.sha256()
-    for name in TENSORS:
-        digest.update(name.encode())
-        digest.update(np.ascontiguousarray(tensors[name].detach().cpu().numpy()).tobytes())
-    return digest.hexdigest()
 
 
 def save_model(model: PatchCore, path: str | os.PathLike) -> Path:
@@ -58,7 +45,7 @@ def save_model(model: PatchCore, path: str | os.PathLike) -> Path:
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "meta": json.dumps(model.metadata(), sort_keys=True),
-        "checksum": _checksum(tensors),
+        "checksum": checksum({name: tensor.numpy() for name, tensor in tensors.items()}),
     }
     target = Path(path)
     write_bytes_atomic(target, save(tensors, metadata=metadata))
@@ -67,35 +54,8 @@ def save_model(model: PatchCore, path: str | os.PathLike) -> Path:
 
 def read_artifact(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read and verify a model file's metadata and tensors; every defect is an ArtifactError."""
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"model file {path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            header = handle.metadata() or {}
-            if header.get("format") != FORMAT:
-                raise ArtifactError(f"{path} is not an edge model file (format {header.get('format')!r})")
-            if header.get("format_version") != str(FORMAT_VERSION):
-                raise ArtifactError(
-                    f"{path} has format version {header.get('format_version')}; this edge "
-                    f"reads version {FORMAT_VERSION}: refit the model"
-                )
-            missing = [n for n in TENSORS if n not in handle.keys()]  # noqa: SIM118 - safe_open has no __contains__
-            if missing:
-                raise ArtifactError(f"{path} lacks tensors {missing}")
-            tensors = {name: handle.get_tensor(name) for name in TENSORS}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ArtifactError(f"{path} is truncated or corrupted: {exc}") from None
-    if _checksum(tensors) != header.get("checksum"):
-        raise ArtifactError(f"{path} is corrupted: its checksum does not match its contents")
-    try:
-        meta = json.loads(header["meta"])
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path} has unreadable metadata: {exc}") from None
-    bank = tensors["bank"]
-    if bank.dtype != torch.float32 or bank.ndim != 2 or list(bank.shape) != meta.get("bank_shape"):
-        raise ArtifactError(f"{path}: bank {tuple(bank.shape)} {bank.dtype} does not match its metadata")
-    return meta, tensors
+    meta, arrays = read_bank_file(path)
+    return meta, {name: torch.from_numpy(array) for name, array in arrays.items()}
 
 
 def _config_from(meta: dict[str, Any], overrides: dict[str, Any]) -> EngineConfig:

@@ -24,6 +24,7 @@ import zmq
 
 from edge.errors import EdgeError
 from edge.pipeline.inspection import Bank, decode_or_error, inspect
+from edge.pipeline.recorder import FrameRecorder
 from edge.protocol import (
     FRAME_TOPIC,
     MAX_PIXEL_BYTES,
@@ -228,8 +229,10 @@ class Worker:
         settings: WorkerSettings,
         context: zmq.Context | None = None,
         load_bank: Callable[[], Bank] | None = None,
+        recorder: FrameRecorder | None = None,
     ) -> None:
         self.bank = bank
+        self.recorder = recorder  # keeps recent frames for the operator's page (opt-in)
         self.settings = settings
         self.counters = WorkerCounters()
         self.load_bank = load_bank
@@ -358,10 +361,13 @@ class Worker:
             self.counters.malformed.count(error)
             if error_verdict is not None:
                 self._send(error_verdict, None)
-        for inspected in inspect(frames, self.bank) if frames else []:
+        outcomes = inspect(frames, self.bank) if frames else []
+        for (_, pixels), inspected in zip(frames, outcomes, strict=True):
             if inspected.failure is not None:
                 self.counters.malformed.count(inspected.failure, inspected.verdict.error or "")
             self._send(inspected.verdict, inspected.mask_png)
+            if self.recorder is not None:
+                self.recorder.offer(inspected.verdict, pixels)
         self.answered += len(batch)
         return len(batch)
 
@@ -382,6 +388,8 @@ class Worker:
 
     def close(self) -> None:
         self.inbox.close()
+        if self.recorder is not None:
+            self.recorder.close()
         for socket in (self.frames, self.results, self.control):
             if socket is not None:
                 socket.close()

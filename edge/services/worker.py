@@ -29,6 +29,7 @@ from edge.services.runtime import (
 from edge.services.sdnotify import stop_on_signals
 
 if TYPE_CHECKING:  # imported when run: it brings torch, after OMP_WAIT_POLICY is set
+    from edge.pipeline.recorder import FrameRecorder
     from edge.pipeline.worker import WorkerSettings
 
 log = logging.getLogger("edge.worker")
@@ -82,6 +83,19 @@ def worker_settings(config: StationConfig, slot: int) -> WorkerSettings:
     )
 
 
+def frame_recorder(config: StationConfig) -> FrameRecorder | None:
+    """The recent-frames ring's writer, when the configuration keeps recent frames."""
+    from edge.pipeline.recorder import FrameRecorder
+    from edge.recent import RecentFrames
+
+    keep = config.recent_frames
+    if keep is None:
+        return None
+    ring = RecentFrames(keep.path, keep.max_frames, int(keep.max_mb * 1e6))
+    log.info("keeping recent frames in %s (at most %d, %.0f MB)", keep.path, keep.max_frames, keep.max_mb)
+    return FrameRecorder(ring, keep.ok_every)
+
+
 def _main(argv: list[str] | None) -> int:
     parser = service_parser("edge-worker", __doc__.splitlines()[0])
     parser.add_argument(
@@ -106,7 +120,9 @@ def _main(argv: list[str] | None) -> int:
     stop = stop_on_signals()
     bank = load_station_bank(config, device)
     settings = worker_settings(config, args.slot)
-    worker = Worker(bank, settings, load_bank=lambda: load_station_bank(config, device))
+    worker = Worker(
+        bank, settings, load_bank=lambda: load_station_bank(config, device), recorder=frame_recorder(config)
+    )
     signal.signal(signal.SIGHUP, lambda _signum, _frame: worker.reload_requested.set())
     metrics = for_worker(worker, config.station)
     role = f"pool worker {settings.pool_name} on {device}" if settings.pool_name else f"worker on {device}"

@@ -1,8 +1,11 @@
 """edge-view: a live page of a station's verdicts, masks and health, for the people at the line.
 
-Read-only, and bound to 127.0.0.1 unless --bind says otherwise: put the plant's reverse proxy (with
-its own login) in front of it for other PCs. It subscribes to the publisher like any client, so it
-runs anywhere the light install does (`pip install 'edge[view]'`; no torch).
+Bound to 127.0.0.1 unless --bind says otherwise (for other PCs, put the plant's reverse proxy
+with TLS in front of it), and read-only unless --tokens names who may act: operators clear rejects
+as good parts (into the bank store's candidates), engineers also activate bank versions. It
+subscribes to the publisher like any client, so it runs anywhere the light install does
+(`pip install 'edge[view]'`; no torch); frames under the masks and the actions need the station's
+folders (--recent, --store), so run it on the station for those.
 """
 
 from __future__ import annotations
@@ -12,22 +15,32 @@ import faulthandler
 import sys
 from functools import partial
 
+from edge.bankstore import BankStore
 from edge.cli_support import run_cli, setup_logging
 from edge.client import Subscriber
 from edge.errors import UsageError
+from edge.recent import RecentFrames
 from edge.security import CurveClient
+from edge.view.access import Access
+from edge.view.actions import Actions
 from edge.view.server import serve  # aiohttp (the `view` extra): edge.commands names it when missing
 
 
 def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
-        prog="edge-view", description=__doc__.splitlines()[0], epilog="exit codes: 0 stopped; 2 bad usage"
+        prog="edge-view",
+        description=__doc__.splitlines()[0],
+        epilog="exit codes: 0 stopped; 2 bad usage (a message says what)",
     )
     parser.add_argument("endpoint", help="the publisher's PUB endpoint, e.g. tcp://station:5556")
     parser.add_argument("--station", required=True, help="the station to show")
     parser.add_argument("--query", metavar="ENDPOINT", help="the publisher's latest/replay endpoint")
     parser.add_argument("--bind", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="port to serve on (default 8080)")
+    parser.add_argument("--recent", metavar="DIR", help="the station's recent_frames.path (frames)")
+    parser.add_argument("--store", metavar="DIR", help="the station's bank store (bank.path)")
+    parser.add_argument("--control", metavar="ENDPOINT", help="the worker's or broker's control endpoint")
+    parser.add_argument("--tokens", metavar="FILE", help="who may act: `name role token` lines")
     parser.add_argument("--client-key", help="CURVE: this subscriber's .key_secret (edge-keys)")
     parser.add_argument("--server-key", help="CURVE: the publisher's public .key")
     args = parser.parse_args(argv)
@@ -40,7 +53,12 @@ def _main(argv: list[str] | None) -> int:
         Subscriber, args.endpoint, args.station, ("verdict", "mask", "heartbeat"), curve=curve,
         query_endpoint=args.query,
     )  # fmt: skip
-    serve(subscriber, args.station, args.bind, args.port)
+    access = Access.from_file(args.tokens) if args.tokens else Access()
+    if args.store and not BankStore(args.store).versions_dir.is_dir():
+        raise UsageError(f"--store {args.store} is not a bank store (edge-calibrate's output folder)")
+    ring = RecentFrames(args.recent) if args.recent else None
+    actions = Actions(BankStore(args.store) if args.store else None, ring, args.control)
+    serve(subscriber, args.station, args.bind, args.port, actions, access)
     return 0
 
 

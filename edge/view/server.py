@@ -1,6 +1,8 @@
 """edge-view's web server (aiohttp): the page, its live updates (server-sent events), the state as
-JSON and the masks as PNG. A thread of its own subscribes to the publisher and feeds LineState;
-the page is redrawn from snapshots pushed at most UPDATES_PER_S times a second."""
+JSON, the masks and recent frames as PNG, the bank's versions, and the two actions (clear a reject,
+activate a version) for people whose token allows them. A thread of its own subscribes to the
+publisher and feeds LineState; the page is redrawn from snapshots pushed at most UPDATES_PER_S
+times a second."""
 
 from __future__ import annotations
 
@@ -15,6 +17,9 @@ from pathlib import Path
 from aiohttp import web
 
 from edge.client import Subscriber
+from edge.protocol import is_name
+from edge.view.access import Access, Person
+from edge.view.actions import ActionError, Actions
 from edge.view.state import LineState
 
 log = logging.getLogger("edge.view")
@@ -22,6 +27,10 @@ STATIC = Path(__file__).parent / "static"
 UPDATES_PER_S = 10
 STATE_KEY = web.AppKey("state", LineState)
 LOCK_KEY = web.AppKey("lock", threading.Lock)
+ACTIONS_KEY = web.AppKey("actions", Actions)
+ACCESS_KEY = web.AppKey("access", Access)
+ACTING_KEY = web.AppKey("acting", asyncio.Lock)  # one change to the store at a time
+MAX_REQUEST_BYTES = 16 * 1024
 
 
 def _snapshot(app: web.Application) -> dict:
@@ -44,10 +53,82 @@ async def _state(request: web.Request) -> web.Response:
 
 async def _mask(request: web.Request) -> web.Response:
     with request.app[LOCK_KEY]:
-        png = request.app[STATE_KEY].masks.get(request.match_info["frame_id"])
+        png = request.app[STATE_KEY].masks.get(request.query.get("id", ""))
     if png is None:
         raise web.HTTPNotFound(text="no such mask (only the latest are kept)")
     return web.Response(body=png, content_type="image/png")
+
+
+async def _frame(request: web.Request) -> web.FileResponse:
+    ring = request.app[ACTIONS_KEY].ring
+    camera, frame_id = request.match_info["camera"], request.query.get("id", "")
+    frame = ring.get(camera, frame_id) if ring is not None and is_name(camera) else None
+    if frame is None:
+        raise web.HTTPNotFound(text="no such frame among the recent frames")
+    return web.FileResponse(frame.png, headers={"Content-Type": "image/png", "Cache-Control": "max-age=3600"})
+
+
+def _person(request: web.Request, role: str | None = None) -> Person | None:
+    """Who the request's token names; with `role`, refused unless that person may act so."""
+    access = request.app[ACCESS_KEY]
+    person = access.person(request.headers.get("Authorization"))
+    if role is None:
+        return person
+    if access.read_only:
+        raise web.HTTPForbidden(text="edge-view runs read-only: start it with --tokens to allow actions")
+    if person is None:
+        raise web.HTTPUnauthorized(text="sign in with your token", headers={"WWW-Authenticate": "Bearer"})
+    if not person.may(role):
+        raise web.HTTPForbidden(text=f"{person.name} is {person.role}; this needs {role}")
+    return person
+
+
+async def _whoami(request: web.Request) -> web.Response:
+    person = _person(request)
+    return web.json_response({
+        "name": person.name if person else None,
+        "role": person.role if person else "viewer",
+        "read_only": request.app[ACCESS_KEY].read_only,
+    })  # fmt: skip
+
+
+async def _bank(request: web.Request) -> web.Response:
+    return web.json_response(await asyncio.to_thread(request.app[ACTIONS_KEY].bank))
+
+
+async def _fields(request: web.Request, names: tuple[str, ...]) -> list[str]:
+    """The named string fields of a JSON request body; a clear 400 for anything else."""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(text="the request body is not JSON") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="the request body must be a JSON object")
+    values = [body.get(name) for name in names]
+    for name, value in zip(names, values, strict=True):
+        if not isinstance(value, str) or not 0 < len(value) <= 256 or not value.isprintable():
+            raise web.HTTPBadRequest(text=f"{name} must be printable text of 1-256 characters")
+    return values
+
+
+async def _act(request: web.Request, action: Callable[[], dict]) -> web.Response:
+    async with request.app[ACTING_KEY]:
+        try:
+            return web.json_response(await asyncio.to_thread(action))
+        except ActionError as error:
+            return web.json_response({"ok": False, "error": str(error)}, status=error.status)
+
+
+async def _clear(request: web.Request) -> web.Response:
+    person = _person(request, "operator")
+    camera, frame_id = await _fields(request, ("camera", "frame_id"))
+    return await _act(request, lambda: request.app[ACTIONS_KEY].clear(camera, frame_id, person))
+
+
+async def _activate(request: web.Request) -> web.Response:
+    person = _person(request, "engineer")
+    (version,) = await _fields(request, ("version",))
+    return await _act(request, lambda: request.app[ACTIONS_KEY].activate(version, person))
 
 
 async def _events(request: web.Request) -> web.StreamResponse:
@@ -68,14 +149,23 @@ async def _events(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def make_app(state: LineState, lock: threading.Lock) -> web.Application:
-    app = web.Application()
+def make_app(
+    state: LineState, lock: threading.Lock, actions: Actions | None = None, access: Access | None = None
+) -> web.Application:
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
     app[STATE_KEY], app[LOCK_KEY] = state, lock
+    app[ACTIONS_KEY], app[ACCESS_KEY] = actions or Actions(None, None), access or Access()
+    app[ACTING_KEY] = asyncio.Lock()
     app.add_routes([
         web.get("/", _index),
         web.get("/events", _events),
         web.get("/api/state", _state),
-        web.get("/mask/{frame_id}.png", _mask),
+        web.get("/api/whoami", _whoami),
+        web.get("/api/bank", _bank),
+        web.post("/api/clear", _clear),
+        web.post("/api/activate", _activate),
+        web.get("/mask", _mask),  # ?id=<frame id> (any printable text, so not a path segment)
+        web.get("/frame/{camera}", _frame),  # ?id=<frame id>
     ])  # fmt: skip
     return app
 
@@ -105,12 +195,21 @@ class Feed:
         self.subscriber.close()
 
 
-def serve(make_subscriber: Callable[[], Subscriber], station: str, host: str, port: int) -> None:
+def serve(
+    make_subscriber: Callable[[], Subscriber],
+    station: str,
+    host: str,
+    port: int,
+    actions: Actions | None = None,
+    access: Access | None = None,
+) -> None:
     """Run the page until interrupted (SIGINT/SIGTERM end aiohttp's loop)."""
     state, lock = LineState(station), threading.Lock()
+    state.frames = actions is not None and actions.ring is not None
     feed = Feed(make_subscriber(), state, lock).start()
     try:
         log.info("edge-view for station %s on http://%s:%d/", station, host, port)
-        web.run_app(make_app(state, lock), host=host, port=port, print=None, handle_signals=True)
+        app = make_app(state, lock, actions, access)
+        web.run_app(app, host=host, port=port, print=None, handle_signals=True)
     finally:
         feed.close()

@@ -71,6 +71,7 @@ class LineState:
         self.restarts = 0
         self.lost = 0
         self.changes = 0  # increases with every event: the page is redrawn when it moves
+        self.frames = False  # recent frames can be shown under the masks (edge-view --recent)
 
     def apply(self, event: Event, now: float) -> None:
         self.changes += 1
@@ -100,6 +101,7 @@ class LineState:
                 "lost": self.lost,
             },
             "masks": list(self.masks),
+            "frames": self.frames,
             "cameras": [self.cameras[name].summary() for name in sorted(self.cameras)],
             "changes": self.changes,
         }
