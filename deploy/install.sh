@@ -69,9 +69,9 @@ if [ "$ARAVIS" = 1 ]; then
         pkg-config
 fi
 
-step "virtual environment $PREFIX/venv with edge and its PLC bridge"
-extras=station,plc
-[ "$ARAVIS" = 1 ] && extras=station,plc,gige
+step "virtual environment $PREFIX/venv with edge, its PLC bridge and edge-view"
+extras=station,plc,view
+[ "$ARAVIS" = 1 ] && extras=station,plc,view,gige
 run python3 -m venv "$PREFIX/venv"
 run "$PREFIX/venv/bin/pip" install --quiet --upgrade pip
 run "$PREFIX/venv/bin/pip" install --quiet "$SOURCE[$extras]"

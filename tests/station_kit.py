@@ -25,9 +25,11 @@ def station_config(
     publisher: dict | None = None,
     pool: int | None = None,
     name: str = "station.yaml",
+    recent: Path | None = None,
     **supervisor: float,
 ) -> Path:
-    """A station on ipc endpoints in `folder`; `pool`: that many workers behind a broker."""
+    """A station on ipc endpoints in `folder`; `pool`: that many workers behind a broker; `recent`:
+    its workers keep recent frames there."""
     ipc = {
         name: f"ipc://{folder}/{name}"
         for name in ("frames", "results", "pub", "latest", "control", "trig", "workers")
@@ -50,6 +52,8 @@ def station_config(
         "publisher": {"heartbeat_s": 0.2, "default_deadline_ms": 3000, **(publisher or {})},
         "supervisor": {"restart_burst": 3, "restart_interval_s": 60, "drain_timeout_s": 20, **supervisor},
     }
+    if recent is not None:
+        config["recent_frames"] = {"path": str(recent), "max_frames": 50}
     if pool is not None:
         config["endpoints"]["workers"] = ipc["workers"]
         config["worker"]["count"] = pool

@@ -5,6 +5,7 @@ docs/images/edge-view.png."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -19,7 +20,12 @@ import cv2
 import numpy as np
 import pytest
 import zmq
+from station_kit import STATION as KIT_STATION
+from station_kit import Line as StationLine
+from station_kit import start_station, station_config, stop_station, wait_for_worker
 
+from edge.bankstore import BankStore
+from edge.calibration.cli import main as calibrate_main
 from edge.pipeline.publisher import Publisher, PublisherSettings
 from edge.protocol import Verdict, VerdictMessage, encode_result
 
@@ -145,7 +151,8 @@ def test_live_verdicts_masks_and_a_publisher_restart(view):
     red = page.evaluate(
         """frame => { const c = document.querySelector(`#camera-top canvas[data-frame='${frame}']`);
            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
-           for (let i = 0; i < d.length; i += 4) if (d[i] > 200 && d[i + 1] < 80) n++; return n / (c.width * c.height); }""",
+           for (let i = 0; i < d.length; i += 4) if (d[i] > 200 && d[i + 1] < 80) n++;
+           return n / (c.width * c.height); }""",
         reject,
     )  # the mask's disc (18 px radius in 160x120: 5.3 % of the frame) drawn in red
     assert 0.04 < red < 0.07
@@ -168,3 +175,111 @@ def test_live_verdicts_masks_and_a_publisher_restart(view):
     after = line.send("top", Verdict.OK, 5.0)
     page.wait_for_selector(f"[data-role=verdict][data-frame='{after}']", timeout=3000)
     assert "restarts 1" in page.inner_text("#losses")
+
+
+def _sign_in(page, token: str, name: str) -> None:
+    if page.locator("#sign-out").is_visible():
+        page.click("#sign-out")
+    page.fill("#token", token)
+    page.click("#sign-in")
+    page.wait_for_function(f"document.getElementById('who').textContent.startsWith('{name}')", timeout=5000)
+
+
+def test_an_operator_clears_a_false_reject_and_an_engineer_activates_the_next_bank(
+    tmp_path, synthetic_category
+):
+    """The whole loop on a real station (edge-run, frames kept by its worker): a NOK part's frame
+    under its mask, cleared as good by an operator, fitted into a staged version by edge-calibrate
+    --add-candidates, shown with its threshold and false-reject rate, activated by an engineer, and
+    the station scoring with it."""
+    chromium = _chromium()
+    good = tmp_path / "good"
+    good.mkdir()
+    for path in synthetic_category.train:
+        shutil.copy(path, good / path.name)
+    store = BankStore(tmp_path / "store")
+    assert (
+        calibrate_main(["--from-folder", str(good), "--out", str(store.root), "--coreset", "0.1", "--quiet"])
+        == 0
+    )
+    recent = tmp_path / "recent"
+    station = start_station(station_config(tmp_path, store.root, recent=recent))
+    tokens = tmp_path / "tokens"
+    operator, engineer = "anna-" + "1" * 24, "ben-" + "2" * 24
+    tokens.write_text(f"# who may act\nanna operator {operator}\nben engineer {engineer}  # shift lead\n")
+    tokens.chmod(0o600)
+    port = _free_port()
+    view = subprocess.Popen(
+        [sys.executable, "-m", "edge.view.cli", f"ipc://{tmp_path}/pub", "--station", KIT_STATION,
+         "--port", str(port), "--recent", str(recent), "--store", str(store.root),
+         "--control", f"ipc://{tmp_path}/control", "--tokens", str(tokens)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    context = zmq.Context()
+    line = StationLine(context, tmp_path)
+    try:
+        line.wait_for_publisher()
+        wait_for_worker(f"ipc://{tmp_path}/control")
+        parts = [f"p{i:02d}" for i in range(16)]
+        line.trigger_parts(parts)
+        line.collect_until_answered(parts, 60)
+        rejects = [line.verdicts[p][0] for p in parts if line.verdicts[p][0].verdict == Verdict.NOK]
+        assert rejects, "the synthetic line made no NOK part"
+        reject = rejects[0]
+
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as driver:
+            browser = driver.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1400})
+            page.goto(f"http://127.0.0.1:{port}/")
+            _sign_in(page, operator, "anna")
+            page.click(f"#gallery button[data-frame='{reject.frame_id}']", timeout=10_000)
+            page.wait_for_selector("#inspect-overlay[data-drawn='frame+mask']", timeout=5000)
+            assert page.locator("[data-action=activate]").count() == 0  # an operator does not activate
+            page.click("#clear")
+            page.click("#clear-confirm")
+            page.wait_for_selector("#inspect-status[data-result=filed]", timeout=5000)
+            page.wait_for_selector(f"#candidates tr[data-frame='{reject.frame_id}']", timeout=8000)
+            assert "cleared by anna" in page.inner_text("#candidates")
+
+            report = tmp_path / "staged.json"
+            staged = subprocess.run(
+                [sys.executable, "-m", "edge.calibration.cli", "--add-candidates", "--stage", "--out",
+                 str(store.root), "--json", str(report), "--quiet"],
+                capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            assert staged.returncode == 0, staged.stderr
+            facts = json.loads(report.read_text())
+            assert facts["version"] == "v0002" and not facts["active"] and store.active_version() == "v0001"
+            assert [c["cleared_by"] for c in facts["candidates"]] == ["anna"] and facts["frames"] == 13
+
+            _sign_in(page, engineer, "ben")
+            row = "#versions tr[data-version=v0002]"
+            page.wait_for_function(
+                f"document.querySelector(\"{row}\")?.textContent.includes('staged')", timeout=8000
+            )
+            assert f"{100 * facts['expected_false_reject_rate']:.1f} %" in page.inner_text(row)
+            page.click(f"{row} [data-action=activate]")
+            page.click(f"{row} [data-action=activate]")  # the confirmation
+            page.wait_for_function(
+                "document.getElementById('bank-status').textContent.includes('scores with it')",
+                timeout=120_000,
+            )
+            if os.environ.get("EDGE_UPDATE_SCREENSHOTS"):
+                page.locator("aside").screenshot(path=str(SCREENSHOT.with_name("edge-view-clear.jpg")), quality=70)
+            browser.close()
+
+        assert store.active_version() == "v0002" and store.history()[-1]["by"] == "ben"
+        assert not store.candidates() and list((store.candidates_dir / "added" / "v0002").glob("*.png"))
+        line.trigger_parts(["after"])
+        line.collect_until_answered(["after"], 30)
+        assert line.verdicts["after"][0].bank_version == "v0002"  # the station scores with it
+    finally:
+        view.terminate()
+        output, _ = view.communicate(timeout=10)
+        code, station_output = stop_station(station)
+        line.subscriber.close()
+        context.destroy(linger=0)
+    assert "Traceback" not in output and "Traceback" not in station_output, output + station_output
+    assert code == 0
