@@ -266,8 +266,13 @@ def test_an_operator_clears_a_false_reject_and_an_engineer_activates_the_next_ba
                 "document.getElementById('bank-status').textContent.includes('scores with it')",
                 timeout=120_000,
             )
+            page.wait_for_function(  # the worker's own word, from its control endpoint
+                "document.getElementById('station-bank').textContent.includes('scores with store v0002')",
+                timeout=10_000,
+            )
             if os.environ.get("EDGE_UPDATE_SCREENSHOTS"):
-                page.locator("aside").screenshot(path=str(SCREENSHOT.with_name("edge-view-clear.jpg")), quality=70)
+                shot = SCREENSHOT.with_name("edge-view-clear.jpg")
+                page.locator("aside").screenshot(path=str(shot), quality=70)
             browser.close()
 
         assert store.active_version() == "v0002" and store.history()[-1]["by"] == "ben"

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from edge.bankstore import BankStore
-from edge.client import request_reload
+from edge.client import control_request, request_reload
 from edge.errors import EdgeError
 from edge.protocol import Verdict
 from edge.recent import RecentFrames
@@ -20,6 +20,7 @@ from edge.view.access import Person
 
 log = logging.getLogger("edge.view")
 RELOAD_TIMEOUT_S = 120.0  # a worker loads and warms up a bank before it answers
+STATUS_TIMEOUT_S = 1.0  # a worker answers between two micro-batches
 
 
 class ActionError(Exception):
@@ -80,15 +81,22 @@ class Actions:
         return {"ok": True, "version": version, "reload": reply}
 
     def bank(self) -> dict[str, Any]:
-        """The versions with their calibration reports, and the cleared rejects waiting."""
+        """The versions with their calibration reports, the cleared rejects waiting, and which bank
+        the station's worker (or each worker of a pool) scores with."""
+        found: dict[str, Any] = {"store": None, "versions": [], "candidates": [], "station": self.station()}
         if self.store is None:
-            return {"store": None, "versions": [], "candidates": []}
+            return found
+        found["store"] = self.store.bank_id
         try:
-            versions = self.store.reports()
+            found["versions"] = self.store.reports()
         except EdgeError as exc:
-            return {"store": self.store.bank_id, "error": str(exc), "versions": [], "candidates": []}
-        return {
-            "store": self.store.bank_id,
-            "versions": versions,
-            "candidates": [facts | {"key": png.stem} for png, facts in self.store.candidates()],
-        }
+            found["error"] = str(exc)
+        found["candidates"] = [facts | {"key": png.stem} for png, facts in self.store.candidates()]
+        return found
+
+    def station(self) -> dict[str, Any] | None:
+        """The control endpoint's status reply (`answering` false when none came), or None without one."""
+        if self.control is None:
+            return None
+        reply = control_request(self.control, "status", STATUS_TIMEOUT_S)
+        return {"answering": reply is not None, **(reply or {})}

@@ -29,10 +29,11 @@ class CameraView:
     latencies: deque = field(default_factory=lambda: deque(maxlen=WINDOW))  # total ms
     rejects: deque = field(default_factory=lambda: deque(maxlen=REJECTS))
     latest: dict[str, Any] | None = None
+    received_at: float | None = None  # monotonic time of the latest part: a stale camera shows
 
-    def add(self, body: dict[str, Any]) -> None:
+    def add(self, body: dict[str, Any], now: float) -> None:
         verdict = body["verdict"]
-        self.latest = body
+        self.latest, self.received_at = body, now
         self.counts[verdict] += 1
         self.recent.append(verdict)
         if body.get("score") is not None and body.get("threshold"):
@@ -42,7 +43,7 @@ class CameraView:
         if verdict != Verdict.OK.value:
             self.rejects.appendleft(body)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, now: float) -> dict[str, Any]:
         latencies = np.array(self.latencies) if self.latencies else None
         ratios = np.clip(np.array(self.ratios), 0, 2) if self.ratios else np.zeros(0)
         histogram, _ = np.histogram(ratios, bins=HISTOGRAM_BINS, range=(0, 2))
@@ -50,6 +51,7 @@ class CameraView:
         return {
             "name": self.name,
             "latest": self.latest,
+            "age_s": None if self.received_at is None else now - self.received_at,
             "counts": dict(self.counts),
             "rates": {k: v / len(self.recent) for k, v in recent.items()} if self.recent else {},
             "latency_ms": None if latencies is None else {
@@ -83,7 +85,7 @@ class LineState:
             self.last_heartbeat = now
         elif event.verdict is not None:
             camera = event.verdict.camera
-            self.cameras.setdefault(camera, CameraView(camera)).add(verdict_body(event.verdict))
+            self.cameras.setdefault(camera, CameraView(camera)).add(verdict_body(event.verdict), now)
         elif event.mask_png is not None and event.frame_id is not None:
             self.masks[event.frame_id] = event.mask_png
             while len(self.masks) > MASKS:
@@ -102,6 +104,6 @@ class LineState:
             },
             "masks": list(self.masks),
             "frames": self.frames,
-            "cameras": [self.cameras[name].summary() for name in sorted(self.cameras)],
+            "cameras": [self.cameras[name].summary(now) for name in sorted(self.cameras)],
             "changes": self.changes,
         }
