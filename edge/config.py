@@ -177,7 +177,7 @@ class RecentFramesConfig(_Strict):
     edge-view's overlays and for clearing false rejects (edge/recent.py). Off unless configured."""
 
     path: str  # a folder on the station, shared by its workers; edge-view --recent reads it
-    max_frames: Annotated[int, Field(ge=1, le=1_000_000)] = 500  # then the oldest go
+    max_frames: Annotated[int, Field(ge=1, le=20_000)] = 500  # then the oldest go
     max_mb: Annotated[float, Field(gt=0)] = 2048.0  # then the oldest go
     ok_every: Annotated[int, Field(ge=0)] = 0  # also every n-th OK part per camera; 0: rejects only
 

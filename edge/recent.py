@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +26,8 @@ from typing import Any
 from edge.files import write_bytes_atomic
 from edge.protocol import is_name
 
-log = logging.getLogger("edge.recent")
+RESCAN_EVERY = 64  # a writer scans the folder (all writers' entries) every this many frames
+ORPHAN_NS = 60 * 10**9  # a PNG whose record was never written (a crash between the two) goes then
 
 
 def frame_key(camera: str, frame_id: str) -> str:
@@ -45,6 +46,8 @@ class RecentFrames:
     def __init__(self, root: str | Path, max_frames: int = 500, max_bytes: int = 2 << 30) -> None:
         self.root = Path(root)
         self.max_frames, self.max_bytes = max_frames, max_bytes
+        self._index: list[tuple[int, Path, int]] | None = None  # see _scan
+        self._puts_since_scan = 0
 
     def _paths(self, camera: str, frame_id: str) -> tuple[Path, Path]:
         if not is_name(camera):
@@ -68,32 +71,57 @@ class RecentFrames:
     def put(self, verdict: dict[str, Any], png: bytes) -> None:
         """Keep a frame (the PNG first, its verdict last), then drop the oldest over the bounds."""
         png_path, record_path = self._paths(verdict["camera"], verdict["frame_id"])
+        record = json.dumps(verdict).encode()
         write_bytes_atomic(png_path, png)
-        write_bytes_atomic(record_path, json.dumps(verdict).encode())
-        self.prune()
+        write_bytes_atomic(record_path, record)
+        if self._index is None or self._puts_since_scan >= RESCAN_EVERY:
+            self.prune()
+        else:  # between scans, this writer's own entries (other workers' are found by the next scan)
+            self._index.append((time.time_ns(), record_path, len(png) + len(record)))
+            self._puts_since_scan += 1
+            self._drop_oldest()
 
     def prune(self) -> None:
-        entries = []
-        for record in self.root.glob("*/*.json"):
-            try:
-                stat, png_size = record.stat(), record.with_suffix(".png").stat().st_size
-            except FileNotFoundError:  # pruned by another worker meanwhile, or incomplete
-                continue
-            entries.append((stat.st_mtime_ns, record, stat.st_size + png_size))
-        entries.sort(key=lambda entry: entry[0])
-        total = sum(size for _, _, size in entries)
-        while entries and (len(entries) > self.max_frames or total > self.max_bytes):
-            _, record, size = entries.pop(0)
+        """Scan the folder (every writer's entries), then drop the oldest over the bounds."""
+        self._index, self._puts_since_scan = self._scan(), 0
+        self._drop_oldest()
+
+    def _scan(self) -> list[tuple[int, Path, int]]:
+        """(modification time of the record, record path, bytes of both files), oldest first; a PNG
+        left without its record by a crash is deleted once it is a minute old."""
+        sizes: dict[Path, int] = {}
+        records: dict[Path, int] = {}
+        for folder in _entries(self.root):
+            for entry in _entries(Path(folder.path)):
+                try:
+                    stat = entry.stat()
+                except FileNotFoundError:  # removed by another worker meanwhile
+                    continue
+                base = Path(entry.path).with_suffix("")
+                sizes[base] = sizes.get(base, 0) + stat.st_size
+                if entry.name.endswith(".json"):
+                    records[base] = stat.st_mtime_ns
+                elif entry.name.endswith(".png") and time.time_ns() - stat.st_mtime_ns > ORPHAN_NS:
+                    records.setdefault(base, -1)  # -1: an orphan, unless its record turns up
+        for base, mtime in list(records.items()):
+            if mtime == -1:
+                base.with_suffix(".png").unlink(missing_ok=True)
+                del records[base]
+        return sorted((mtime, base.with_suffix(".json"), sizes[base]) for base, mtime in records.items())
+
+    def _drop_oldest(self) -> None:
+        assert self._index is not None
+        total = sum(size for _, _, size in self._index)
+        while self._index and (len(self._index) > self.max_frames or total > self.max_bytes):
+            _, record, size = self._index.pop(0)
             record.unlink(missing_ok=True)  # the record first: the entry is incomplete from here
             record.with_suffix(".png").unlink(missing_ok=True)
             total -= size
-        for orphan in self.root.glob("*/*.png"):  # a PNG whose verdict was never written
-            if not orphan.with_suffix(".json").exists() and _older_than(orphan, 60):
-                orphan.unlink(missing_ok=True)
 
 
-def _older_than(path: Path, seconds: float) -> bool:
+def _entries(folder: Path) -> list[os.DirEntry]:
     try:
-        return time.time() - path.stat().st_mtime > seconds
-    except FileNotFoundError:
-        return False
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except (FileNotFoundError, NotADirectoryError):
+        return []

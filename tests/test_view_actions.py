@@ -60,9 +60,16 @@ def test_the_ring_keeps_the_newest_within_its_bounds_and_never_a_path_from_an_id
     assert ring.get("cam0", hostile).png.parent == tmp_path / "recent" / "cam0"
     assert ring.get("../cam0", "f7") is None and ring.get("cam0", "never") is None
     one = len(ring.get("cam0", "f7").png.read_bytes()) + len(json.dumps(verdict_body(verdict("f7"))))
-    small = RecentFrames(tmp_path / "recent", max_frames=100, max_bytes=3 * one)
-    small.prune()  # the byte bound too
+    small = RecentFrames(tmp_path / "recent", max_frames=100, max_bytes=3 * one)  # a second writer
+    small.prune()  # sees the first one's frames, and keeps the byte bound too
     assert len(list((tmp_path / "recent" / "cam0").glob("*.json"))) <= 3
+    orphan = tmp_path / "recent" / "cam0" / "0123456789abcdef01234567.png"  # a crash between PNG and record
+    orphan.write_bytes(b"png")
+    small.prune()
+    assert orphan.exists()  # it may still be being written
+    os.utime(orphan, (time.time() - 120, time.time() - 120))
+    small.prune()
+    assert not orphan.exists()
 
 
 def test_the_recorder_keeps_rejects_and_a_sample_of_ok_parts_off_the_scoring_path(tmp_path):
