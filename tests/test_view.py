@@ -156,6 +156,14 @@ def test_live_verdicts_masks_and_a_publisher_restart(view):
         reject,
     )  # the mask's disc (18 px radius in 160x120: 5.3 % of the frame) drawn in red
     assert 0.04 < red < 0.07
+    assert page.locator("#gallery button").count() == 1
+    page.select_option("#filter-verdict", "ERROR")  # the gallery filters by verdict and camera
+    page.wait_for_function("document.querySelectorAll('#gallery button').length === 0", timeout=2000)
+    page.select_option("#filter-verdict", "NOK")
+    page.select_option("#filter-camera", "side")
+    page.wait_for_function("document.querySelectorAll('#gallery button').length === 0", timeout=2000)
+    page.select_option("#filter-camera", "top")
+    page.wait_for_selector(f"#gallery button[data-frame='{reject}']", timeout=2000)
     page.click(f"#gallery button[data-frame='{reject}']")  # the gallery opens the part
     page.wait_for_selector(f"#inspect-overlay[data-frame='{reject}'][data-drawn=mask]", timeout=2000)
     assert "read-only" in page.inner_text("#inspect-status")  # no --tokens: nobody can clear it
@@ -261,11 +269,15 @@ def test_an_operator_clears_a_false_reject_and_an_engineer_activates_the_next_ba
             )
             assert f"{100 * facts['expected_false_reject_rate']:.1f} %" in page.inner_text(row)
             page.click(f"{row} [data-action=activate]")
+            page.wait_for_timeout(5500)  # the table refreshes every 5 s: the confirmation stays pending
+            assert "Confirm v0002" in page.inner_text(f"{row} [data-action=activate]")
             page.click(f"{row} [data-action=activate]")  # the confirmation
             page.wait_for_function(
-                "document.getElementById('bank-status').textContent.includes('scores with it')",
+                "!document.getElementById('bank-status').textContent.startsWith('activating')",
                 timeout=120_000,
             )
+            said = page.inner_text("#bank-status")
+            assert "scores with it" in said, said
             page.wait_for_function(  # the worker's own word, from its control endpoint
                 "document.getElementById('station-bank').textContent.includes('scores with store v0002')",
                 timeout=10_000,
@@ -286,5 +298,6 @@ def test_an_operator_clears_a_false_reject_and_an_engineer_activates_the_next_ba
         code, station_output = stop_station(station)
         line.subscriber.close()
         context.destroy(linger=0)
+        print(f"edge-view said:\n{output}\nthe station said:\n{station_output}")  # shown on failure
     assert "Traceback" not in output and "Traceback" not in station_output, output + station_output
     assert code == 0

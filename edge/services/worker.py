@@ -92,7 +92,13 @@ def frame_recorder(config: StationConfig) -> FrameRecorder | None:
     if keep is None:
         return None
     ring = RecentFrames(keep.path, keep.max_frames, int(keep.max_mb * 1e6))
-    log.info("keeping recent frames in %s (at most %d, %.0f MB)", keep.path, keep.max_frames, keep.max_mb)
+    try:
+        ring.root.mkdir(parents=True, exist_ok=True)
+        ring.prune()
+    except OSError as exc:  # said now, not at the first reject; inspection goes on without frames
+        log.error("recent_frames.path %s is unusable (%s): no frames are kept for edge-view", keep.path, exc)
+    else:
+        log.info("keeping recent frames in %s (at most %d, %.0f MB)", keep.path, keep.max_frames, keep.max_mb)
     return FrameRecorder(ring, keep.ok_every)
 
 
