@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -127,6 +128,40 @@ def test_calibrate_add_rollback_and_list(tmp_path, good_folder, synthetic_catego
         calibrate_main(["--add", str(good_folder), "--out", str(store.root), "--quiet"]) == 2
     )  # only copies
     assert store.active_version() == "v0001"
+
+
+def test_cleared_rejects_build_a_staged_version_that_someone_activates(
+    tmp_path, good_folder, synthetic_category
+):
+    store = BankStore(tmp_path / "banks")
+    assert calibrate_main(["--from-folder", str(good_folder), "--out", str(store.root), "--coreset", "0.1",
+                           "--quiet"]) == 0  # fmt: skip
+    assert calibrate_main(["--add-candidates", "--out", str(store.root)]) == 2  # none waiting: said, exit 2
+    defective = [s.path for s in synthetic_category.test if s.label == 1][:2]
+    copy = str(good_folder / sorted(p.name for p in good_folder.iterdir())[0])
+    for number, path in enumerate([*defective, copy]):  # two "false rejects" and a frame already kept
+        facts = {"frame_id": f"f{number}", "cleared_by": "anna", "cleared_utc": f"2026-12-02T10:0{number}"}
+        store.add_candidate(f"{number:08x}", Path(path).read_bytes(), facts)
+    report = tmp_path / "staged.json"
+    assert calibrate_main(["--add-candidates", "--stage", "--out", str(store.root), "--json", str(report),
+                           "--quiet"]) == 0  # fmt: skip
+    staged = report_of(report)
+    assert staged["version"] == "v0002" and not staged["active"] and store.active_version() == "v0001"
+    assert staged["frames"] == 14 and [c["refused"] for c in staged["candidates"]] == [
+        None,
+        None,
+        "near_duplicate",
+    ]
+    assert [c["cleared_by"] for c in staged["candidates"]] == ["anna"] * 3
+    assert len(store.candidates()) == 3  # they wait until v0002 is active
+    assert [(r["version"], r["staged"]) for r in store.reports()] == [("v0001", False), ("v0002", True)]
+
+    assert calibrate_main(["--activate", "v0002", "--by", "ben", "--out", str(store.root)]) == 0
+    assert store.active_version() == "v0002" and store.history()[-1]["by"] == "ben"
+    assert (
+        not store.candidates() and len(list((store.candidates_dir / "added" / "v0002").glob("*.json"))) == 3
+    )
+    assert calibrate_main(["--stage", "--out", str(store.root)]) == 2  # --stage alone builds nothing
 
 
 @pytest.mark.parametrize("count", [1, 3])

@@ -5,7 +5,6 @@ docs/images/edge-view.png."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -198,8 +197,8 @@ def test_an_operator_clears_a_false_reject_and_an_engineer_activates_the_next_ba
 ):
     """The whole loop on a real station (edge-run, frames kept by its worker): a NOK part's frame
     under its mask, cleared as good by an operator, fitted into a staged version by edge-calibrate
-    --add-candidates, shown with its threshold and false-reject rate, activated by an engineer, and
-    the station scoring with it."""
+    --add-candidates started from the page, shown with its threshold and false-reject rate, activated
+    by an engineer, and the station scoring with it."""
     chromium = _chromium()
     good = tmp_path / "good"
     good.mkdir()
@@ -251,23 +250,20 @@ def test_an_operator_clears_a_false_reject_and_an_engineer_activates_the_next_ba
             page.wait_for_selector(f"#candidates tr[data-frame='{reject.frame_id}']", timeout=8000)
             assert "cleared by anna" in page.inner_text("#candidates")
 
-            report = tmp_path / "staged.json"
-            staged = subprocess.run(
-                [sys.executable, "-m", "edge.calibration.cli", "--add-candidates", "--stage", "--out",
-                 str(store.root), "--json", str(report), "--quiet"],
-                capture_output=True, text=True, timeout=300,
-            )  # fmt: skip
-            assert staged.returncode == 0, staged.stderr
-            facts = json.loads(report.read_text())
-            assert facts["version"] == "v0002" and not facts["active"] and store.active_version() == "v0001"
-            assert [c["cleared_by"] for c in facts["candidates"]] == ["anna"] and facts["frames"] == 13
+            _sign_in(page, engineer, "ben")  # builds the next version from the page (staged)
+            page.click("#build-start")
+            page.click("#build-start")  # the confirmation
+            page.wait_for_selector("#build-status[data-state=built]", timeout=300_000)
+            assert store.active_version() == "v0001"  # staged, not active
+            staged = store.record("v0002")["calibration"]
+            assert [c["cleared_by"] for c in staged["candidates"]] == ["anna"] and len(staged["frames"]) == 13
+            expected_frr = staged["choice"]["expected_frr"]
 
-            _sign_in(page, engineer, "ben")
             row = "#versions tr[data-version=v0002]"
             page.wait_for_function(
                 f"document.querySelector(\"{row}\")?.textContent.includes('staged')", timeout=8000
             )
-            assert f"{100 * facts['expected_false_reject_rate']:.1f} %" in page.inner_text(row)
+            assert f"{100 * expected_frr:.1f} %" in page.inner_text(row)
             page.click(f"{row} [data-action=activate]")
             page.wait_for_timeout(5500)  # the table refreshes every 5 s: the confirmation stays pending
             assert "Confirm v0002" in page.inner_text(f"{row} [data-action=activate]")

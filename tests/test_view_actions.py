@@ -233,6 +233,9 @@ def test_malformed_and_oversized_requests_are_refused(served):
     assert server.call("POST", "/api/clear", OPERATOR, b"x" * (1 << 20))[0] == 413
     status, body = server.post("/api/activate", {"version": "v0042"}, token=ENGINEER)
     assert status == 409 and b"no version" in body
+    assert server.post("/api/build", {}, token=OPERATOR)[0] == 403  # building is an engineer's
+    status, body = server.post("/api/build", {}, token=ENGINEER)
+    assert status == 409 and b"no cleared rejects" in body
     assert server.call("GET", "/frame/cam0?id=gone")[0] == 404
     assert server.call("GET", "/frame/cam0?id=reject-1")[0] == 200
 

@@ -3,7 +3,7 @@
 A tokens file holds one line per person or terminal, `name role token` (`#` starts a comment):
 
     anna    operator  3f9c...   may clear a rejected part as good
-    ben     engineer  a41d...   may also activate a bank version (a staged one, or a rollback)
+    ben     engineer  a41d...   may also build the next bank version and activate one (staged or older)
 
 The name is what the bank store records as who cleared a part or activated a version, so give each
 person a token of their own (`python -c "import secrets; print(secrets.token_hex(24))"`). The page

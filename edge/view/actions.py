@@ -1,14 +1,23 @@
 """What people at the line may change from edge-view, without HTTP: clear a rejected part as good
-(its frame from the recent-frames ring into the bank store's candidates, with who and when) and
-make a bank version active (a staged one, or a rollback), then tell the station to reload.
-Building the next version from the candidates stays with `edge-calibrate --add-candidates`, on
-the station (it needs the engine); the page shows its report before anyone activates it."""
+(its frame from the recent-frames ring into the bank store's candidates, with who and when), build
+the next version from the candidates (staged: `edge-calibrate --add-candidates --stage` in a
+process of its own, at the lowest CPU priority, where the station install is present), and make a
+version active (a staged one, or a rollback), then tell the station to reload."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import json
 import logging
-from dataclasses import dataclass
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from edge.bankstore import BankStore
@@ -21,6 +30,25 @@ from edge.view.access import Person
 log = logging.getLogger("edge.view")
 RELOAD_TIMEOUT_S = 120.0  # a worker loads and warms up a bank before it answers
 STATUS_TIMEOUT_S = 1.0  # a worker answers between two micro-batches
+BUILD_TIMEOUT_S = 4 * 3600.0
+LOWEST_PRIORITY = 19  # a build shares the station's CPU with inspection: inspection goes first
+
+
+@dataclass
+class Build:
+    """A bank version being built from the candidates, or the latest one built."""
+
+    by: str
+    started_utc: str
+    running: bool = True
+    ok: bool | None = None
+    report: dict[str, Any] | None = None  # edge-calibrate's --json report
+    error: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("by", "started_utc", "running", "ok", "error")} | {
+            "version": (self.report or {}).get("version")
+        }
 
 
 class ActionError(Exception):
@@ -36,6 +64,13 @@ class Actions:
     store: BankStore | None
     ring: RecentFrames | None
     control: str | None = None  # the worker's (or the broker's) control endpoint, for reloads
+    build: Build | None = None
+    building_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def can_build(self) -> bool:
+        """Building needs the engine: the station install in this Python, and a store."""
+        return self.store is not None and importlib.util.find_spec("torch") is not None
 
     def _store(self) -> BankStore:
         if self.store is None:
@@ -80,10 +115,43 @@ class Actions:
         reply = request_reload(self.control, RELOAD_TIMEOUT_S) if self.control else None
         return {"ok": True, "version": version, "reload": reply}
 
+    def start_build(self, person: Person) -> dict[str, Any]:
+        """Build the next version from the waiting candidates, staged, in a process of its own."""
+        store = self._store()
+        if not self.can_build:
+            raise ActionError(409, "this edge-view cannot build banks (no station install here): run "
+                              "edge-calibrate --add-candidates --stage on the station")  # fmt: skip
+        if not store.candidates():
+            raise ActionError(409, "no cleared rejects are waiting: there is nothing to add")
+        with self.building_lock:
+            if self.build is not None and self.build.running:
+                raise ActionError(409, f"a build started by {self.build.by} is still running")
+            self.build = Build(person.name, datetime.now(UTC).isoformat(timespec="seconds"))
+        threading.Thread(target=self._run_build, args=(store, self.build), name="build", daemon=True).start()
+        log.info("%s started building the next version of %s from its candidates", person.name, store.bank_id)
+        return {"ok": True, "build": self.build.public()}
+
+    def _run_build(self, store: BankStore, build: Build) -> None:
+        with tempfile.TemporaryDirectory(prefix="edge-build-") as folder:
+            report = Path(folder) / "report.json"
+            command = [sys.executable, "-m", "edge.calibration.cli", "--add-candidates", "--stage",
+                       "--out", str(store.root), "--json", str(report), "--quiet"]  # fmt: skip
+            build.error = _run_niced(command)
+            if build.error is None:
+                try:
+                    build.report = json.loads(report.read_text())
+                except (OSError, ValueError) as exc:
+                    build.error = f"edge-calibrate left no readable report: {exc}"
+        build.ok, build.running = build.error is None, False
+        log.info("build by %s: %s", build.by, build.report["version"] if build.ok else build.error)
+
     def bank(self) -> dict[str, Any]:
         """The versions with their calibration reports, the cleared rejects waiting, and which bank
         the station's worker (or each worker of a pool) scores with."""
-        found: dict[str, Any] = {"store": None, "versions": [], "candidates": [], "station": self.station()}
+        found: dict[str, Any] = {
+            "store": None, "versions": [], "candidates": [], "station": self.station(),
+            "can_build": self.can_build, "build": self.build.public() if self.build else None,
+        }  # fmt: skip
         if self.store is None:
             return found
         found["store"] = self.store.bank_id
@@ -100,3 +168,24 @@ class Actions:
             return None
         reply = control_request(self.control, "status", STATUS_TIMEOUT_S)
         return {"answering": reply is not None, **(reply or {})}
+
+
+def _run_niced(command: list[str]) -> str | None:
+    """Run `command` at the lowest CPU priority; None when it succeeded, else why not (its last
+    line of standard error: edge's commands say what went wrong there, in one line)."""
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    except OSError as exc:
+        return f"edge-calibrate could not start: {exc}"
+    with contextlib.suppress(OSError):  # already ended, or not allowed: it runs at normal priority
+        os.setpriority(os.PRIO_PROCESS, process.pid, LOWEST_PRIORITY)
+    try:
+        _, errors = process.communicate(timeout=BUILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        return f"the build took longer than {BUILD_TIMEOUT_S / 3600:.0f} h and was stopped"
+    if process.returncode == 0:
+        return None
+    lines = [line for line in errors.splitlines() if line.strip()]
+    return lines[-1] if lines else f"edge-calibrate exited with {process.returncode}"

@@ -2,7 +2,7 @@
 
 Bound to 127.0.0.1 unless --bind says otherwise (for other PCs, put the plant's reverse proxy
 with TLS in front of it), and read-only unless --tokens names who may act: operators clear rejects
-as good parts (into the bank store's candidates), engineers also activate bank versions. It
+as good parts (into the bank store's candidates), engineers also build and activate bank versions. It
 subscribes to the publisher like any client, so it runs anywhere the light install does
 (`pip install 'edge[view]'`; no torch); frames under the masks and the actions need the station's
 folders (--recent, --store), so run it on the station for those.

@@ -125,6 +125,11 @@ async def _clear(request: web.Request) -> web.Response:
     return await _act(request, lambda: request.app[ACTIONS_KEY].clear(camera, frame_id, person))
 
 
+async def _build(request: web.Request) -> web.Response:
+    person = _person(request, "engineer")
+    return await _act(request, lambda: request.app[ACTIONS_KEY].start_build(person))
+
+
 async def _activate(request: web.Request) -> web.Response:
     person = _person(request, "engineer")
     (version,) = await _fields(request, ("version",))
@@ -164,6 +169,7 @@ def make_app(
         web.get("/api/bank", _bank),
         web.post("/api/clear", _clear),
         web.post("/api/activate", _activate),
+        web.post("/api/build", _build),
         web.get("/mask", _mask),  # ?id=<frame id> (any printable text, so not a path segment)
         web.get("/frame/{camera}", _frame),  # ?id=<frame id>
     ])  # fmt: skip
