@@ -41,6 +41,7 @@ log = logging.getLogger("edge.bankstore")
 
 VERSION_PATTERN = re.compile(r"^v(\d{4,})$")
 SUFFIX = ".edge"
+KEY_PATTERN = r"[0-9a-f]{8,64}"  # a candidate's file name (edge.recent.frame_key)
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,7 @@ class BankStore:
     # ---- candidates: rejects cleared as good, waiting for the next version ---------------------
     def add_candidate(self, key: str, png: bytes, facts: dict[str, Any]) -> bool:
         """File a cleared frame (the PNG, then its facts); False if it is already a candidate."""
-        if not re.fullmatch(r"[0-9a-f]{8,64}", key):
+        if not re.fullmatch(KEY_PATTERN, key):
             raise UsageError(f"not a candidate key: {key!r}")
         png_path = self.candidates_dir / f"{key}.png"
         facts_path = png_path.with_suffix(".json")
@@ -220,7 +221,9 @@ class BankStore:
         taken = self.record(version).get("calibration", {}).get("candidates") or []
         target = self.candidates_dir / "added" / version
         for candidate in taken:
-            png = self.candidates_dir / f"{candidate.get('key')}.png"
+            if not re.fullmatch(KEY_PATTERN, str(candidate.get("key"))):
+                continue
+            png = self.candidates_dir / f"{candidate['key']}.png"
             for path in (png.with_suffix(".json"), png):
                 if path.is_file():
                     target.mkdir(parents=True, exist_ok=True)

@@ -240,6 +240,14 @@ def test_malformed_and_oversized_requests_are_refused(served):
     assert server.call("GET", "/frame/cam0?id=reject-1")[0] == 200
 
 
+def test_a_store_that_cannot_be_written_is_said_not_crashed(served):
+    server, store = served
+    store.candidates_dir.write_text("a file where the folder should be")  # as a full or broken disk
+    status, body = server.post("/api/clear", {"camera": "cam0", "frame_id": "reject-1"}, token=OPERATOR)
+    assert status == 500 and b"could not do it" in body
+    assert server.call("GET", "/api/whoami")[0] == 200  # and it serves on
+
+
 def test_a_read_only_view_refuses_every_action(bank_store_copy, tmp_path):
     server = Server(Actions(bank_store_copy, RecentFrames(tmp_path)), Access())
     try:

@@ -16,6 +16,7 @@ configuration's control endpoint, or --notify).
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import sys
@@ -69,7 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--stage", action="store_true", help="write the new version and report it, but do not activate it"
     )
-    parser.add_argument("--by", default="edge-calibrate", help="who activates, for the store's history")
+    parser.add_argument("--by", help="who activates, for the store's history (default: the login name)")
     parser.add_argument("--frames", type=int, help="frames to collect or read at most")
     parser.add_argument(
         "--wait",
@@ -149,6 +150,13 @@ def _folder_frames(folder: Path, limit: int | None, quiet: bool) -> list:
     return [read_image(p) for p in tqdm(paths, desc="read frames", disable=quiet, leave=False)]
 
 
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no name for this user id (a container, say)
+        return "edge-calibrate"
+
+
 def _candidate_frames(store: BankStore, quiet: bool) -> tuple[list, list[dict[str, Any]]]:
     """The cleared rejects waiting in the store, with their facts (who cleared them, and when)."""
     waiting = store.candidates()
@@ -222,7 +230,7 @@ def _main(argv: list[str] | None) -> int:
     if args.stage and not (args.from_folder or args.add or args.add_candidates or station):
         raise UsageError("--stage needs a new version: --from-folder, --add, --add-candidates or --config")
     if args.activate:
-        store.activate(args.activate, args.by)
+        store.activate(args.activate, args.by or _login())
         log.info("%s is active", args.activate)
         report["version"] = args.activate
         _notify(notify, args.activate)

@@ -1,8 +1,8 @@
 """edge-view's web server (aiohttp): the page, its live updates (server-sent events), the state as
-JSON, the masks and recent frames as PNG, the bank's versions, and the two actions (clear a reject,
-activate a version) for people whose token allows them. A thread of its own subscribes to the
-publisher and feeds LineState; the page is redrawn from snapshots pushed at most UPDATES_PER_S
-times a second."""
+JSON, the masks and recent frames as PNG, the bank's versions, and the actions (clear a reject,
+build the next version, activate one) for people whose token allows them. A thread of its own
+subscribes to the publisher and feeds LineState; the page is redrawn from snapshots pushed at most
+UPDATES_PER_S times a second."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pathlib import Path
 from aiohttp import web
 
 from edge.client import Subscriber
+from edge.errors import EdgeError
 from edge.protocol import is_name
 from edge.view.access import Access, Person
 from edge.view.actions import ActionError, Actions
@@ -117,6 +118,10 @@ async def _act(request: web.Request, action: Callable[[], dict]) -> web.Response
             return web.json_response(await asyncio.to_thread(action))
         except ActionError as error:
             return web.json_response({"ok": False, "error": str(error)}, status=error.status)
+        except (OSError, EdgeError) as error:  # a full disk, a store changed under us: said, not crashed
+            log.error("%s %s failed: %s", request.method, request.path, error)
+            reply = {"ok": False, "error": f"the station could not do it: {error}"}
+            return web.json_response(reply, status=500)
 
 
 async def _clear(request: web.Request) -> web.Response:
