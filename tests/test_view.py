@@ -155,6 +155,9 @@ def test_live_verdicts_masks_and_a_publisher_restart(view):
         reject,
     )  # the mask's disc (18 px radius in 160x120: 5.3 % of the frame) drawn in red
     assert 0.04 < red < 0.07
+    if os.environ.get("EDGE_UPDATE_SCREENSHOTS"):
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT))
     assert page.locator("#gallery button").count() == 1
     page.select_option("#filter-verdict", "ERROR")  # the gallery filters by verdict and camera
     page.wait_for_function("document.querySelectorAll('#gallery button').length === 0", timeout=2000)
@@ -170,9 +173,6 @@ def test_live_verdicts_masks_and_a_publisher_restart(view):
     assert page.inner_text("#camera-top [data-count=NOK]") == "1"
     assert page.inner_text("#camera-side [data-count=OK]") == "30"
     assert page.locator("#camera-side line[data-role=threshold]").count() == 1
-    if os.environ.get("EDGE_UPDATE_SCREENSHOTS"):
-        SCREENSHOT.parent.mkdir(exist_ok=True)
-        page.screenshot(path=str(SCREENSHOT))
 
     line.kill()  # the publisher goes away: the page says so
     page.wait_for_selector("#health.silent", timeout=8000)
