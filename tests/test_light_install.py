@@ -102,3 +102,38 @@ def test_light_edge_tail_hears_a_real_publisher(light_venv, tmp_path):
         context.term()
     assert tail.returncode == 0, err
     assert '"verdict": "NOK"' in out and '"camera": "cam0"' in out
+
+
+def test_the_view_install_reads_and_switches_a_bank_store_without_torch(tmp_path_factory, bank_store):
+    """`pip install 'edge[view]'` (aiohttp, safetensors; no torch, no OpenCV) runs edge-view and does
+    what its bank panel does: list the versions with their reports and activate one."""
+    import shutil
+
+    venv = tmp_path_factory.mktemp("view") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    install = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "--quiet", "--no-cache-dir", f"{REPO}[view]"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stdout + install.stderr
+    help_ = subprocess.run(
+        [str(venv / "bin" / "edge-view"), "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert help_.returncode == 0 and "--tokens" in help_.stdout
+    store = tmp_path_factory.mktemp("store") / "banks"
+    shutil.copytree(bank_store.root, store)
+    check = (
+        "import sys; from edge.bankstore import BankStore; from edge.view.actions import Actions;"
+        f"s = BankStore({str(store)!r}); s.activate('v0001', by='ben');"
+        "print(s.reports()[0]['active'], s.history()[-1]['by'], Actions(s, None).can_build,"
+        "'torch' in sys.modules, 'cv2' in sys.modules)"
+    )
+    result = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", check], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "ben", "False", "False", "False"]
+    assert (
+        subprocess.run([str(venv / "bin" / "python"), "-c", "import torch"], capture_output=True).returncode
+        != 0
+    )
