@@ -61,6 +61,7 @@ class BankStore:
         self.candidates_dir = self.root / "candidates"
         self.active_file = self.root / "ACTIVE"
         self.history_file = self.root / "history.jsonl"
+        self._records: dict[str, dict[str, Any]] = {}  # version → metadata: version files never change
 
     @property
     def bank_id(self) -> str:
@@ -152,13 +153,16 @@ class BankStore:
         return entries
 
     def record(self, version: str) -> dict[str, Any]:
-        """A version's metadata, from the file's header alone (no tensors read)."""
-        path = self.path_of(version)
-        try:
-            with safe_open(str(path), framework="numpy") as handle:
-                return json.loads((handle.metadata() or {})["meta"])
-        except (SafetensorError, OSError, KeyError, ValueError) as exc:
-            raise ArtifactError(f"{path} is unreadable: {exc}") from None
+        """A version's metadata, from the file's header alone (no tensors read), read once: a
+        version file is written once and never changed (edge-view asks every few seconds)."""
+        if version not in self._records:
+            path = self.path_of(version)
+            try:
+                with safe_open(str(path), framework="numpy") as handle:
+                    self._records[version] = json.loads((handle.metadata() or {})["meta"])
+            except (SafetensorError, OSError, KeyError, ValueError) as exc:
+                raise ArtifactError(f"{path} is unreadable: {exc}") from None
+        return self._records[version]
 
     def reports(self) -> list[dict[str, Any]]:
         """Each version's calibration report (threshold, expected false-reject rate and its 95 %

@@ -36,6 +36,17 @@ def read_image(path: str | Path) -> np.ndarray:
     return data
 
 
+def encode_png(image: np.ndarray, compression: int | None = None) -> bytes:
+    """A uint8 greyscale or RGB image as PNG bytes (what read_image reads back unchanged);
+    `compression` is zlib's level, 0-9 (None: OpenCV's default)."""
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+    params = [] if compression is None else [cv2.IMWRITE_PNG_COMPRESSION, compression]
+    ok, png = cv2.imencode(".png", bgr, params)
+    if not ok:
+        raise ImageError(f"an image of shape {image.shape} could not be encoded as PNG")
+    return png.tobytes()
+
+
 def read_mask(path: str | Path) -> np.ndarray:
     """Read a ground-truth mask as a bool array (any non-zero pixel is defective)."""
     data = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)

@@ -91,6 +91,7 @@ class RecentFrames:
         left without its record by a crash is deleted once it is a minute old."""
         sizes: dict[Path, int] = {}
         records: dict[Path, int] = {}
+        orphaned_before = time.time_ns() - ORPHAN_NS
         for folder in _entries(self.root):
             for entry in _entries(Path(folder.path)):
                 try:
@@ -101,7 +102,7 @@ class RecentFrames:
                 sizes[base] = sizes.get(base, 0) + stat.st_size
                 if entry.name.endswith(".json"):
                     records[base] = stat.st_mtime_ns
-                elif entry.name.endswith(".png") and time.time_ns() - stat.st_mtime_ns > ORPHAN_NS:
+                elif entry.name.endswith(".png") and stat.st_mtime_ns < orphaned_before:
                     records.setdefault(base, -1)  # -1: an orphan, unless its record turns up
         for base, mtime in list(records.items()):
             if mtime == -1:

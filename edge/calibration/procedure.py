@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
 
 from edge.bankstore import BankStore
@@ -28,7 +27,7 @@ from edge.engine.geometry import AUTO_SAMPLE
 from edge.engine.model import PatchCore, embed_images, model_extractor, training_summary
 from edge.errors import ArtifactError, UsageError
 from edge.files import write_bytes_atomic
-from edge.imageio import read_image
+from edge.imageio import encode_png, read_image
 
 log = logging.getLogger("edge.calibrate")
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -67,12 +66,9 @@ def keep_frame(store: BankStore, image: np.ndarray) -> str:
     name = frame_name(image)
     path = store.frames_dir / name
     if not path.exists():
-        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
-        ok, png = cv2.imencode(".png", bgr)
-        if not ok:
-            raise UsageError(f"frame {name} could not be encoded")
+        png = encode_png(image)
         try:
-            write_bytes_atomic(path, png.tobytes())
+            write_bytes_atomic(path, png)
         except OSError as exc:
             raise ArtifactError(
                 f"cannot store frame {path}: {exc}; the active version is unchanged"

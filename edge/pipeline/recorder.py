@@ -1,9 +1,9 @@
 """The worker's side of the recent-frames ring (`edge/recent.py`): which frames to keep, and
 keeping them off the scoring path. A verdict's frame is copied when it is chosen and written (PNG,
-atomic) by a thread of its own from a short queue; when the disk is slower than the rejects, the
-newest frames wait for room up to a bound and past it are not kept, counted (`skipped`). A frame
-the ring could not write (full disk, permissions) is counted too, and the line goes on: the ring
-serves the operator's page, never a verdict."""
+atomic) by a thread of its own from a queue of QUEUE_FRAMES; a frame chosen while that queue is
+full is not kept, and counted (`skipped`): the worker never waits for the disk. A frame the ring
+could not write (full disk, permissions) is counted too, and the line goes on: the ring serves the
+operator's page, never a verdict."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
 
-from edge.imageio import to_uint8
+from edge.errors import ImageError
+from edge.imageio import encode_png, to_uint8
 from edge.protocol import Verdict, VerdictMessage, verdict_body
 from edge.recent import RecentFrames
 
@@ -56,8 +56,9 @@ class FrameRecorder:
     def offer(self, verdict: VerdictMessage, pixels: np.ndarray) -> None:
         if not self.wanted(verdict):
             return
+        image = to_uint8(pixels)  # uint16: a new array already
         try:
-            self.queue.put_nowait((verdict_body(verdict), np.array(to_uint8(pixels))))
+            self.queue.put_nowait((verdict_body(verdict), image.copy() if image is pixels else image))
         except queue.Full:
             self.counters.skipped += 1
 
@@ -65,14 +66,11 @@ class FrameRecorder:
         while (item := self.queue.get()) is not None:
             body, image = item
             try:
-                bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
-                ok, png = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, PNG_LEVEL])
-                if not ok:
-                    raise OSError("the frame could not be encoded as PNG")
-                self.ring.put(body, png.tobytes())
+                self.ring.put(body, encode_png(image, PNG_LEVEL))
                 self.counters.kept += 1
-            except OSError as exc:
-                reason = type(exc).__name__ if exc.errno is None else f"errno {exc.errno}"
+            except (OSError, ImageError) as exc:
+                errno = getattr(exc, "errno", None)
+                reason = type(exc).__name__ if errno is None else f"errno {errno}"
                 if not self.counters.failed[reason]:
                     log.error("recent frames: cannot keep frame %s in %s: %s", body["frame_id"],
                               self.ring.root, exc)  # fmt: skip

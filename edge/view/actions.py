@@ -31,6 +31,10 @@ log = logging.getLogger("edge.view")
 RELOAD_TIMEOUT_S = 120.0  # a worker loads and warms up a bank before it answers
 STATUS_TIMEOUT_S = 1.0  # a worker answers between two micro-batches
 BUILD_TIMEOUT_S = 4 * 3600.0
+# what a cleared reject's candidate file keeps of its verdict, beside who cleared it and when
+CANDIDATE_FACTS = (
+    "camera", "frame_id", "part_id", "capture_utc", "score", "threshold", "bank_id", "bank_version",
+)  # fmt: skip
 LOWEST_PRIORITY = 19  # a build shares the station's CPU with inspection: inspection goes first
 
 
@@ -41,9 +45,13 @@ class Build:
     by: str
     started_utc: str
     running: bool = True
-    ok: bool | None = None
     report: dict[str, Any] | None = None  # edge-calibrate's --json report
     error: str | None = None
+
+    @property
+    def ok(self) -> bool | None:
+        """None while running; then whether a staged version came of it."""
+        return None if self.running else self.error is None
 
     def public(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("by", "started_utc", "running", "ok", "error")} | {
@@ -94,8 +102,7 @@ class Actions:
                 f"({store.bank_id!r}): is edge-view --store the station's bank store?",
             )  # fmt: skip
         facts = {
-            **{k: verdict.get(k) for k in ("camera", "frame_id", "part_id", "capture_utc", "score")},
-            **{k: verdict.get(k) for k in ("threshold", "bank_id", "bank_version")},
+            **{k: verdict.get(k) for k in CANDIDATE_FACTS},
             "cleared_by": person.name,
             "cleared_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         }
@@ -142,7 +149,7 @@ class Actions:
                     build.report = json.loads(report.read_text())
                 except (OSError, ValueError) as exc:
                     build.error = f"edge-calibrate left no readable report: {exc}"
-        build.ok, build.running = build.error is None, False
+        build.running = False
         log.info("build by %s: %s", build.by, build.report["version"] if build.ok else build.error)
 
     def bank(self) -> dict[str, Any]:
