@@ -30,10 +30,12 @@ def clustered(seed: int) -> tuple[torch.Tensor, float]:
     return torch.cat([c + o for c, o in zip(centres, offsets, strict=True)]), spread
 
 
-def test_matches_textbook_greedy_exactly():
+@pytest.mark.parametrize(("pool", "centre_block"), [(64, 256), (64, 8), (512, 1), (6000, 256)])
+def test_matches_textbook_greedy_exactly(pool: int, centre_block: int):
     points = torch.randn(6000, 24, generator=torch.Generator().manual_seed(3))
-    # a small pool forces many refreshes, the path where a wrong bound would change the picks
-    fast = greedy_coreset(points, 300, seed=5, pool=64)
+    # a small pool forces many rounds, and small centre blocks leave points partly refreshed: the
+    # paths where a wrong bound or a skipped centre would change the picks
+    fast = greedy_coreset(points, 300, seed=5, pool=pool, centre_block=centre_block)
     assert torch.equal(fast, naive_greedy(points, 300, seed=5))
 
 
