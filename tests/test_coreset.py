@@ -71,3 +71,12 @@ def test_projection_is_seeded_and_skipped_when_not_reducing():
     assert torch.equal(random_projection(472, 128, 0), random_projection(472, 128, 0))
     assert random_projection(472, 128, 0).shape == (472, 128)
     assert random_projection(100, 128, 0) is None
+
+
+def test_identical_points_end_and_non_finite_points_are_refused():
+    # every distance is 0 after the first pick: the loop must still end with `count` picks
+    assert greedy_coreset(torch.zeros(5000, 8), 40, pool=64).shape == (40,)
+    points = torch.randn(100, 4)
+    points[7, 2] = float("nan")
+    with pytest.raises(ValueError, match="finite"):
+        greedy_coreset(points, 10)

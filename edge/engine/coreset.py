@@ -147,9 +147,12 @@ def greedy_coreset(
         raise ValueError(f"cannot choose {count} of {total} points")
     if count == total:
         return torch.arange(total)
+    points = points.float().cpu().contiguous()  # the selection runs on the CPU (numpy partition)
+    if not bool(torch.isfinite(points).all()):
+        raise ValueError("coreset points must be finite")  # NaN compares false: no pick would end
     generator = torch.Generator().manual_seed(seed)
     first = int(torch.randint(total, (1,), generator=generator))
-    coverage = _Coverage.start(points.float().contiguous(), count, first)
+    coverage = _Coverage.start(points, count, first)
     while coverage.size < count:
         candidates, bound = coverage.largest(pool)
         live = coverage.refresh(candidates, bound, centre_block)
