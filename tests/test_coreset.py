@@ -80,3 +80,12 @@ def test_identical_points_end_and_non_finite_points_are_refused():
     points[7, 2] = float("nan")
     with pytest.raises(ValueError, match="finite"):
         greedy_coreset(points, 10)
+
+
+def test_progress_reports_rising_pick_counts_up_to_count():
+    points = torch.randn(6000, 24, generator=torch.Generator().manual_seed(4))
+    calls: list[tuple[int, int]] = []
+    greedy_coreset(points, 300, pool=64, progress=lambda done, total: calls.append((done, total)))
+    done = [d for d, _ in calls]
+    assert len(calls) > 1 and done == sorted(done) and calls[-1] == (300, 300)
+    assert {t for _, t in calls} == {300}

@@ -176,7 +176,7 @@ def _progress_bars(quiet: bool):
         bar = bars.get(stage)
         if bar is None:
             bar = bars[stage] = tqdm(total=total, desc=stage, leave=False)
-        bar.n = done
+        bar.total, bar.n = total, done  # a stage may learn its total once it starts
         bar.refresh()
 
     return update, bars

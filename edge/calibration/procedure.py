@@ -132,7 +132,13 @@ def calibrate(
     choice = choose_threshold(scores, recipe.target_frr, recipe.margin, method)
     progress("final bank", 0, 1)
     chunks = [e.reshape(-1, e.shape[-1]) for e in embeddings]
-    model = PatchCore.from_embeddings(chunks, config, extractor, {"training": training_summary(kept_images)})
+    model = PatchCore.from_embeddings(
+        chunks,
+        config,
+        extractor,
+        {"training": training_summary(kept_images)},
+        coreset_progress=lambda done, total: progress("final bank", done, total),
+    )
     record = {
         "threshold": float(choice.threshold),
         "choice": choice.to_dict(),

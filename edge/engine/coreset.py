@@ -17,6 +17,7 @@ same picks lazily, with about a sixth of that work in matrix-matrix products:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,11 +137,17 @@ class _Coverage:
 
 
 def greedy_coreset(
-    points: torch.Tensor, count: int, seed: int = 0, pool: int = 8192, centre_block: int = 256
+    points: torch.Tensor,
+    count: int,
+    seed: int = 0,
+    pool: int = 8192,
+    centre_block: int = 256,
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Indices of `count` points chosen by greedy k-center, deterministic for `seed`.
 
     `points` (N, d) should already be projected. The first centre is a seeded random point.
+    `progress` is called with (picked, count) after each round: a large bank takes tens of seconds.
     """
     total = points.shape[0]
     if not 0 < count <= total:
@@ -158,4 +165,6 @@ def greedy_coreset(
         live = coverage.refresh(candidates, bound, centre_block)
         if live.numel():
             coverage.pick_within(live, bound, count)
+            if progress is not None:
+                progress(coverage.size, count)
     return coverage.chosen

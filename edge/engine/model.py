@@ -207,9 +207,16 @@ class PatchCore:
     @classmethod
     @torch.inference_mode()
     def from_embeddings(
-        cls, chunks: list[torch.Tensor], config: EngineConfig, extractor: Extractor, info: dict[str, Any]
+        cls,
+        chunks: list[torch.Tensor],
+        config: EngineConfig,
+        extractor: Extractor,
+        info: dict[str, Any],
+        coreset_progress: Callable[[int, int], None] | None = None,
     ) -> PatchCore:
-        """Fit on unscaled patch embeddings (rows of width D; scaled in place): level scales, coreset."""
+        """Fit on unscaled patch embeddings (rows of width D; scaled in place): level scales, coreset.
+
+        `coreset_progress` is called with (rows picked, rows to pick) while the coreset is chosen."""
         if not chunks:
             raise UsageError("no training images: a bank needs at least one good image")
         if config.geometry.mode == "auto":
@@ -218,7 +225,7 @@ class PatchCore:
         scales = equal_variance_scales(chunks, widths)
         _scale_levels(chunks, scales, widths)
         started = time.perf_counter()
-        bank = _coreset_bank(chunks, config)
+        bank = _coreset_bank(chunks, config, coreset_progress)
         info = {
             "edge_version": __version__,
             "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -389,7 +396,9 @@ def _scale_levels(chunks: list[torch.Tensor], scales: torch.Tensor, widths: tupl
         chunk.mul_(column_scales)
 
 
-def _coreset_bank(chunks: list[torch.Tensor], config: EngineConfig) -> torch.Tensor:
+def _coreset_bank(
+    chunks: list[torch.Tensor], config: EngineConfig, progress: Callable[[int, int], None] | None = None
+) -> torch.Tensor:
     """Select the coreset rows from per-batch feature chunks without concatenating them all."""
     total = sum(c.shape[0] for c in chunks)
     count = max(1, round(config.coreset_fraction * total))
@@ -404,7 +413,7 @@ def _coreset_bank(chunks: list[torch.Tensor], config: EngineConfig) -> torch.Ten
         for chunk in chunks:
             torch.mm(chunk, projection, out=projected[start : start + chunk.shape[0]])
             start += chunk.shape[0]
-    chosen = greedy_coreset(projected, count, config.seed)
+    chosen = greedy_coreset(projected, count, config.seed, progress=progress)
     del projected
     offsets = np.cumsum([0] + [c.shape[0] for c in chunks])
     owner = np.searchsorted(offsets, chosen.numpy(), side="right") - 1
