@@ -21,8 +21,10 @@ import zmq
 
 from edge.bankstore import BankStore
 from edge.calibration.cli import main as calibrate_main
+from edge.calibration.procedure import calibrate
 from edge.calibration.quality import FrameStats, screen
 from edge.calibration.threshold import choose_threshold
+from edge.config import CalibrationConfig
 from edge.engine.artifact import load_model
 from edge.errors import ArtifactError
 from edge.imageio import read_image
@@ -40,6 +42,25 @@ def good_folder(tmp_path_factory, synthetic_category):
     for path in synthetic_category.train:
         shutil.copy(path, folder / path.name)
     return folder
+
+
+def test_every_stage_reports_progress_up_to_its_own_total(tmp_path, good_folder):
+    """A long fit never sits at 0/1: the folds and the final bank's coreset say how far they are."""
+    seen: dict[str, list[tuple[int, int]]] = {}
+    frames = [read_image(path) for path in sorted(good_folder.glob("*.png"))]
+    store = BankStore(tmp_path / "banks")
+    result = calibrate(
+        store,
+        frames,
+        CalibrationConfig(coreset_fraction=0.1),
+        progress=lambda stage, done, total: seen.setdefault(stage, []).append((done, total)),
+    )
+    assert list(seen) == ["keep frames", "embed", "held-out scores", "final bank"]
+    assert seen["held-out scores"][-1] == (5, 5)  # 5 folds of 12 frames
+    rows = load_model(store.path_of(result.version)).bank.shape[0]
+    assert seen["final bank"][-1] == (rows, rows)  # rounds in between: tests/test_coreset.py
+    for updates in seen.values():
+        assert [done for done, _ in updates] == sorted(done for done, _ in updates)
 
 
 def test_screening_rejects_copies_blur_and_bad_exposure_and_nothing_else():

@@ -128,7 +128,15 @@ def calibrate(
         embeddings.extend(embed_images(extractor, config, kept_images[start : start + config.batch_size]))
         progress("embed", len(embeddings), len(kept_images))
     progress("held-out scores", 0, 1)
-    scores, method = held_out_scores(extractor, config, kept_images, embeddings, recipe.folds, recipe.seed)
+    scores, method = held_out_scores(
+        extractor,
+        config,
+        kept_images,
+        embeddings,
+        recipe.folds,
+        recipe.seed,
+        progress=lambda done, total: progress("held-out scores", done, total),
+    )
     choice = choose_threshold(scores, recipe.target_frr, recipe.margin, method)
     progress("final bank", 0, 1)
     chunks = [e.reshape(-1, e.shape[-1]) for e in embeddings]

@@ -16,6 +16,7 @@ is about 3/n, so a 1 % target needs about 300 frames to be shown.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import cv2
@@ -119,8 +120,11 @@ def held_out_scores(
     embeddings: list[torch.Tensor],
     folds: int,
     seed: int,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, str]:
-    """One score per frame from a bank that did not see it (or, for one frame, of its variants)."""
+    """One score per frame from a bank that did not see it (or, for one frame, of its variants).
+
+    `progress` is called with (banks fitted, banks to fit): one bank per fold."""
     if len(images) == 1:
         bank = PatchCore.from_embeddings(
             [embeddings[0].reshape(-1, embeddings[0].shape[-1]).clone()], config, extractor, {}
@@ -129,10 +133,12 @@ def held_out_scores(
         return np.array(bank.image_scores(variants)), "augmented copies of one frame"
     scores = np.zeros(len(images))
     parts = folds_for(len(images), folds, seed)
-    for held in parts:
+    for done, held in enumerate(parts, 1):
         kept = np.setdiff1d(np.arange(len(images)), held)
         chunks = [embeddings[i].reshape(-1, embeddings[i].shape[-1]).clone() for i in kept]
         bank = PatchCore.from_embeddings(chunks, config, extractor, {})
         scores[held] = bank.image_scores([embeddings[i] for i in held])
+        if progress is not None:
+            progress(done, len(parts))
     method = "leave-one-out" if len(parts) == len(images) else f"{len(parts)}-fold"
     return scores, method
