@@ -1,8 +1,8 @@
 """Greedy k-center coreset selection (minimax facility location) on a random projection.
 
 The textbook loop updates every point's distance to the coreset after every pick: N × count × d
-multiply-adds, memory-bound (bottle at 320²: 143 G, 7–8 s here). This implementation returns the
-same picks lazily, with about a sixth of that work in matrix-matrix products:
+multiply-adds in matrix-vector products, memory-bound (bottle at 320²: 143 G). This implementation
+returns the same picks lazily, with about a sixth of that work in matrix-matrix products:
 
 - every point keeps an upper bound on its distance to the coreset (its distance to the centres it
   has been compared with so far) and how many centres, in pick order, that covers;
