@@ -6,6 +6,7 @@ listening to a real publisher (run by this test from the full install)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -107,8 +108,6 @@ def test_light_edge_tail_hears_a_real_publisher(light_venv, tmp_path):
 def test_the_view_install_reads_and_switches_a_bank_store_without_torch(tmp_path_factory, bank_store):
     """`pip install 'edge[view]'` (aiohttp, safetensors; no torch, no OpenCV) runs edge-view and does
     what its bank panel does: list the versions with their reports and activate one."""
-    import shutil
-
     venv = tmp_path_factory.mktemp("view") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     install = subprocess.run(
