@@ -112,17 +112,18 @@ def test_mismatched_files_are_refused(saved, tmp_path):
 
 
 def test_banks_from_before_geometry_modes_and_map_max_keep_their_meaning(saved, tmp_path):
-    """A bank saved before `geometry.mode` and `image_score` existed was thresholded on eq. 7 scores of
-    its crop or whole frame: loading it must not switch it to today's defaults."""
+    """A bank saved before `geometry.mode`, `image_score` and `projection` existed was thresholded on
+    eq. 7 scores of its crop or whole frame: loading it must not switch it to today's defaults."""
 
     def older(meta):
         inner = json.loads(meta["meta"])
-        del inner["config"]["image_score"], inner["config"]["geometry"]["mode"]
+        del inner["config"]["image_score"], inner["config"]["geometry"]["mode"], inner["config"]["projection"]
         inner["config"]["geometry"].update(resize=256, crop=224)
         meta["meta"] = json.dumps(inner)
 
     config = load_model(_rewrite(saved, tmp_path / "old.edge", change_meta=older)).config
     assert (config.image_score, config.geometry.mode, config.geometry.crop) == ("eq7", "center_crop", 224)
+    assert config.projection == "random"
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):

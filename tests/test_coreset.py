@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from edge.engine.coreset import greedy_coreset, random_projection
+from edge.engine.coreset import greedy_coreset, principal_projection, random_projection
 
 
 def naive_greedy(points: torch.Tensor, count: int, seed: int) -> torch.Tensor:
@@ -71,6 +71,25 @@ def test_projection_is_seeded_and_skipped_when_not_reducing():
     assert torch.equal(random_projection(472, 128, 0), random_projection(472, 128, 0))
     assert random_projection(472, 128, 0).shape == (472, 128)
     assert random_projection(100, 128, 0) is None
+
+
+def test_principal_projection_keeps_distances_of_features_that_span_fewer_values():
+    # features that vary along 10 directions of 64: 16 principal axes hold all of their spread
+    generator = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(64, 10, generator=generator))[0]
+    points = torch.randn(2000, 10, generator=generator) * torch.linspace(5, 1, 10) @ basis.T + 3.0
+    axes = principal_projection(points, 16)
+    assert axes.shape == (64, 16)
+    assert torch.allclose(axes.T @ axes, torch.eye(16), atol=1e-5)
+    full = torch.cdist(points[:200].double(), points.double())
+
+    def worst_error(projected: torch.Tensor) -> float:
+        return float((torch.cdist(projected[:200].double(), projected.double()) - full).abs().max())
+
+    assert worst_error(points @ axes) < 1e-3
+    # a Gaussian projection of the same width keeps them only on average
+    assert worst_error(points @ random_projection(64, 16, 0)) > 1.0
+    assert principal_projection(points, 64) is None
 
 
 def test_identical_points_end_and_non_finite_points_are_refused():

@@ -28,7 +28,7 @@ FLOORS = {  # (category, coreset fraction): (image AUROC, pixel AUROC, PRO)
 DEFAULT_FLOORS = {  # edge's defaults at 1 %, seed 0
     ("mvtec", "bottle"): FLOORS[("bottle", 0.01)],
     ("mvtec", "screw"): FLOORS[("screw", 0.01)],
-    ("kolektorsdd", "commutator"): (0.890, 0.931, 0.695),  # measured, docs/engine.md "Seeds"
+    ("kolektorsdd", "commutator"): (0.903, 0.934, 0.735),  # measured, docs/engine.md "Seeds"
 }
 SEED_MEAN = {("screw", 0.01): "image_auroc"}
 SEEDS = (0, 1, 2)
@@ -37,15 +37,15 @@ METRICS = ("image_auroc", "pixel_auroc", "pro")
 
 def evaluate(root, category: str, fraction: float, seed: int = 0, paper: bool = True) -> dict:
     config = EngineConfig(coreset_fraction=fraction, seed=seed)
-    if paper:  # resize 256, centre crop 224, eq. 7
-        config = replace(config, geometry=InputGeometry(), image_score="eq7")
+    if paper:  # resize 256, centre crop 224, eq. 7, coreset chosen on a Gaussian projection
+        config = replace(config, geometry=InputGeometry(), image_score="eq7", projection="random")
     return evaluate_category(load_category(root, category), EvalOptions(config, progress=False))
 
 
 def _check(figures: dict, floors: tuple[float, ...], what: str) -> None:
     for metric, floor in zip(METRICS, floors, strict=True):
-        value = figures[metric]
-        assert value >= floor - TOLERANCE, f"{what} {metric}: {value:.4f} < {floor} - 0.003"
+        value = round(figures[metric], 3)  # the figures are compared as reported: to 3 decimals
+        assert value >= round(floor - TOLERANCE, 3), f"{what} {metric}: {value:.3f} < {floor} - 0.003"
 
 
 @pytest.mark.slow

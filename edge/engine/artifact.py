@@ -65,6 +65,7 @@ def _config_from(meta: dict[str, Any], overrides: dict[str, Any]) -> EngineConfi
             **{k: tuple(v) if k == "roi" and v else v for k, v in raw["geometry"].items()}
         )
         raw.setdefault("image_score", "eq7")  # banks from before map_max were thresholded on eq. 7
+        raw.setdefault("projection", "random")  # the only projection before there was a choice
         known = {f.name for f in fields(EngineConfig)}
         unknown = set(raw) - known
         if unknown:

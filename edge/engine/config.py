@@ -12,6 +12,7 @@ SEARCH_BACKENDS = ("torch", "faiss")
 SEARCH_PRECISIONS = ("auto", "fp32", "bf16")
 EXTRACTORS = ("auto", "torch", "onnxruntime", "tensorrt")
 EXTRACTOR_PRECISIONS = ("fp32", "fp16", "bf16")  # fp16 and bf16: the torch extractor on CUDA
+PROJECTIONS = ("random", "pca")
 IMAGE_SCORES = ("map_max", "eq7")  # docs/engine.md: map_max is the steadier across coreset seeds
 
 
@@ -88,6 +89,7 @@ class EngineConfig:
     geometry: InputGeometry = field(default_factory=InputGeometry.auto)
     coreset_fraction: float = 0.01
     projection_dim: int = 128
+    projection: str = "pca"  # coreset selection's: pca (steadier across seeds) or random (the paper's)
     seed: int = 0
     image_score: str = "map_max"  # map_max: smoothed map's peak (steadier); eq7: the paper's score
     reweight: bool = True
@@ -104,6 +106,8 @@ class EngineConfig:
             raise UsageError(f"coreset fraction must lie in (0, 1], got {self.coreset_fraction}")
         if self.projection_dim < 1:
             raise UsageError(f"projection dimension must be positive, got {self.projection_dim}")
+        if self.projection not in PROJECTIONS:
+            raise UsageError(f"unknown projection {self.projection!r}; choose {', '.join(PROJECTIONS)}")
         if self.image_score not in IMAGE_SCORES:
             raise UsageError(f"unknown image score {self.image_score!r}; choose {', '.join(IMAGE_SCORES)}")
         if self.reweight_neighbours < 2:

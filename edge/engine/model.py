@@ -26,7 +26,12 @@ import torch
 from edge import __version__
 from edge.engine.backbones import Backbone, build_backbone
 from edge.engine.config import EngineConfig
-from edge.engine.coreset import greedy_coreset, random_projection
+from edge.engine.coreset import (
+    PROJECTION_SEED_OFFSET,
+    greedy_coreset,
+    principal_projection,
+    random_projection,
+)
 from edge.engine.extractors import Extractor, build_extractor, synchronize, torch_device
 from edge.engine.features import column_scales, equal_variance_scales
 from edge.engine.geometry import AUTO_SAMPLE, Placement, map_to_frame, place, prepare
@@ -60,6 +65,7 @@ class StageTimer:
 
 
 _NO_TIMER = StageTimer()
+PCA_SAMPLE_ROWS = 65536  # principal axes of 472 values settle long before this many rows
 
 
 @dataclass
@@ -404,7 +410,7 @@ def _coreset_bank(
     count = max(1, round(config.coreset_fraction * total))
     if count >= total:
         return torch.cat(chunks)
-    projection = random_projection(chunks[0].shape[1], config.projection_dim, config.seed)
+    projection = _projection(chunks, config)
     if projection is None:
         projected = torch.cat(chunks)
     else:  # filled in place: a list of projected chunks plus their concatenation would double it
@@ -415,9 +421,29 @@ def _coreset_bank(
             start += chunk.shape[0]
     chosen = greedy_coreset(projected, count, config.seed, progress=progress)
     del projected
+    return _gather(chunks, chosen)
+
+
+def _projection(chunks: list[torch.Tensor], config: EngineConfig) -> torch.Tensor | None:
+    """The coreset's projection: a seeded Gaussian one, or principal axes of a seeded row sample."""
+    dim = chunks[0].shape[1]
+    if config.projection == "random":
+        return random_projection(dim, config.projection_dim, config.seed)
+    total = sum(c.shape[0] for c in chunks)
+    generator = torch.Generator().manual_seed(config.seed + PROJECTION_SEED_OFFSET)
+    sample = torch.randint(total, (min(total, PCA_SAMPLE_ROWS),), generator=generator)
+    return principal_projection(_gather(chunks, sample), config.projection_dim)
+
+
+def _gather(chunks: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+    """Rows of the chunks' concatenation, by global index, without concatenating them."""
     offsets = np.cumsum([0] + [c.shape[0] for c in chunks])
-    owner = np.searchsorted(offsets, chosen.numpy(), side="right") - 1
-    return torch.stack([chunks[o][i - offsets[o]] for o, i in zip(owner, chosen.tolist(), strict=True)])
+    owner = torch.from_numpy(np.searchsorted(offsets, rows.numpy(), side="right") - 1)
+    out = torch.empty(rows.shape[0], chunks[0].shape[1], dtype=chunks[0].dtype)
+    for index in owner.unique().tolist():
+        mine = owner == index
+        out[mine] = chunks[index][rows[mine] - int(offsets[index])]
+    return out
 
 
 def model_extractor(config: EngineConfig, backbone: Backbone, cache_dir: Any = None) -> Extractor:

@@ -18,6 +18,7 @@ from edge.engine.config import (
     EXTRACTORS,
     GEOMETRY_MODES,
     IMAGE_SCORES,
+    PROJECTIONS,
     SEARCH_BACKENDS,
     SEARCH_PRECISIONS,
     EngineConfig,
@@ -96,7 +97,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--projection-dim",
         type=int,
         default=128,
-        help="random projection width for coreset selection (default 128)",
+        help="projection width for coreset selection (default 128)",
+    )
+    parser.add_argument(
+        "--projection",
+        choices=PROJECTIONS,
+        default=EngineConfig.projection,
+        help="how features are projected for coreset selection: pca (principal axes of a sample of "
+        f"the training patches) or random (Gaussian, the paper's) (default {EngineConfig.projection})",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
@@ -147,6 +155,7 @@ def build_config(args: argparse.Namespace) -> EngineConfig:
         geometry=geometry,
         coreset_fraction=args.coreset,
         projection_dim=args.projection_dim,
+        projection=args.projection,
         seed=args.seed,
         image_score=args.image_score,
         reweight=not args.no_reweight,
