@@ -40,10 +40,12 @@ def principal_projection(sample: torch.Tensor, dim_out: int) -> torch.Tensor | N
 
     Of all projections to `dim_out` values, this one keeps the most of the features' spread, so
     distances in it are the closest to the full ones that any linear map of that width gives.
+    A float32 `sample` is centred in place: an ensemble's sample is hundreds of MB.
     """
     if dim_out >= sample.shape[1]:
         return None
-    centred = sample.float() - sample.float().mean(0)
+    centred = sample.float()
+    centred -= centred.mean(0)
     _, axes = torch.linalg.eigh((centred.T @ centred).double())  # ascending eigenvalues
     return axes[:, -dim_out:].flip(1).float().contiguous()
 
