@@ -90,6 +90,9 @@ def test_principal_projection_keeps_distances_of_features_that_span_fewer_values
     # a Gaussian projection of the same width keeps them only on average
     assert worst_error(points @ random_projection(64, 16, 0)) > 1.0
     assert principal_projection(points, 64) is None
+    points[5, 3] = float("inf")
+    with pytest.raises(ValueError, match="finite"):
+        principal_projection(points, 16)
 
 
 def test_identical_points_end_and_non_finite_points_are_refused():

@@ -45,6 +45,8 @@ def principal_projection(sample: torch.Tensor, dim_out: int) -> torch.Tensor | N
     if dim_out >= sample.shape[1]:
         return None
     centred = sample.float()
+    if not bool(torch.isfinite(centred).all()):
+        raise ValueError("coreset points must be finite")  # as greedy_coreset says, before eigh fails
     centred -= centred.mean(0)
     _, axes = torch.linalg.eigh((centred.T @ centred).double())  # ascending eigenvalues
     return axes[:, -dim_out:].flip(1).float().contiguous()
