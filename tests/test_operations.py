@@ -90,13 +90,14 @@ def test_a_service_reports_ready_feeds_the_watchdog_and_says_stopping(tmp_path, 
 
 def test_the_watchdog_stops_while_inference_is_stuck(tmp_path, systemd_socket, monkeypatch, fitted_model):
     monkeypatch.setenv("WATCHDOG_USEC", "100000")  # fed every 50 ms while the loop makes progress
-    gate = threading.Event()
+    gate, entered = threading.Event(), threading.Event()
 
     class StuckModel:
         placement = fitted_model.placement
         device = fitted_model.device
 
         def score(self, images, timer=None):
+            entered.set()
             gate.wait()
             return fitted_model.score(images, timer)
 
@@ -116,7 +117,8 @@ def test_the_watchdog_stops_while_inference_is_stuck(tmp_path, systemd_socket, m
     sender.connect(f"ipc://{tmp_path}/frames")
     image = np.zeros((64, 64), np.uint8)
     sender.send_multipart(encode_frame(FrameHeader("s", "c", 0, "f0", "t", 0, 64, 64, 1), image))
-    time.sleep(0.2)  # the frame is in the stuck model's hands
+    assert entered.wait(5)  # the frame is in the stuck model's hands
+    systemd_socket(0.15)  # pings sent before it took the frame, still queued, are not "stuck" ones
     stuck = [t for t, m in systemd_socket(0.6) if m == "WATCHDOG=1"]
     gate.set()
     resumed = [t for t, m in systemd_socket(1.0) if m == "WATCHDOG=1"]
