@@ -1,13 +1,17 @@
 """Make frames of other shapes from an MVTec-format category, to measure geometry choices on them.
 
-Lines send frames of any size and aspect; the public sets here are square or one shape. Two
-variants, each written as a new MVTec-format category (masks follow their images exactly):
+Lines send frames of any size and aspect; the public sets here are square or one shape, with
+defects mostly inside the part. Three variants, each written as a new MVTec-format category (masks
+follow their images exactly):
 
 - `multisize`: every image cut to a band of random aspect (1:1 to 2.8:1, either orientation,
   holding the defect's centre) and rescaled by a random factor (0.5 to 1.5): a set of many sizes.
 - `strip<K>`: K images side by side, each resized to a `cell`-pixel square: long frames (K = 16 at
   256 px is 4096 x 256). Train strips use each good image once; every test image sits in its own
   strip at a random place, the other places filled with other good test images.
+- `edges`: square crops of half the shorter side. Each defect's centre lies within 8 % of the
+  crop's side from one of its four sides: defects sit at the frame's edge, large ones cut by it;
+  good frames (train and test) are cropped at random places.
 
 Usage: python -m edge.eval.variants ROOT CATEGORY OUT --variant strip16 --cell 256
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -32,6 +37,8 @@ from edge.imageio import read_image
 log = logging.getLogger("edge.variants")
 MAX_ASPECT = 2.8
 SCALES = (0.5, 1.5)
+EDGE_CROP = 0.5  # `edges`: crop side over the frame's shorter side
+EDGE_BAND = 0.08  # `edges`: largest distance of a defect's centre from the crop's side, over the side
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
@@ -65,6 +72,34 @@ def _band(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tupl
     )
 
 
+def _edge_crop(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A square crop; where the mask holds a defect, its centre lies near one of the crop's sides.
+
+    The side is drawn among those the frame allows: at half the shorter side, every centre has at
+    least one (a defect in the middle of the frame can sit at the crop's top or bottom)."""
+    height, width = image.shape[:2]
+    side = max(16, round(EDGE_CROP * min(height, width)))
+    top, left = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
+    ys, xs = np.nonzero(mask)
+    if ys.size:
+        centre_y, centre_x = int(ys.mean()), int(xs.mean())
+        inset = int(rng.integers(0, round(EDGE_BAND * side) + 1))
+        near = (centre_y - inset, centre_y + inset - (side - 1))  # crop's top or bottom side
+        across = (centre_x - inset, centre_x + inset - (side - 1))  # its left or right side
+        choices = [("y", v) for v in near if 0 <= v <= height - side]
+        choices += [("x", v) for v in across if 0 <= v <= width - side]
+        if choices:
+            axis, value = choices[int(rng.integers(len(choices)))]
+            if axis == "y":
+                top, left = value, centre_x - int(rng.integers(side // 4, 3 * side // 4))
+            else:
+                left, top = value, centre_y - int(rng.integers(side // 4, 3 * side // 4))
+        top, left = int(np.clip(top, 0, height - side)), int(np.clip(left, 0, width - side))
+    return image[top : top + side, left : left + side], mask[top : top + side, left : left + side]
+
+
 def _cell(image: np.ndarray, cell: int, nearest: bool = False) -> np.ndarray:
     interpolation = cv2.INTER_NEAREST_EXACT if nearest else cv2.INTER_AREA
     return cv2.resize(image, (cell, cell), interpolation=interpolation)
@@ -76,17 +111,21 @@ def _same_channels(images: list[np.ndarray]) -> list[np.ndarray]:
     return images
 
 
-def make_multisize(category: Category, out: Path, seed: int) -> None:
+Cut = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
+
+
+def make_cuts(category: Category, out: Path, cut: Cut, seed: int) -> None:
+    """Every image (and its mask) cut once by `cut`: `_band` for multisize, `_edge_crop` for edges."""
     rng = np.random.default_rng(seed)
     for path in tqdm(category.train, desc="train", unit="img"):
         image = read_image(path)
-        band, _ = _band(image, np.zeros(image.shape[:2], np.uint8), rng)
-        _write_png(out / "train" / "good" / f"{path.stem}.png", _bgr(band))
+        piece, _ = cut(image, np.zeros(image.shape[:2], np.uint8), rng)
+        _write_png(out / "train" / "good" / f"{path.stem}.png", _bgr(piece))
     for sample in tqdm(category.test, desc="test", unit="img"):
         image = read_image(sample.path)
         mask = sample.mask(image.shape[:2]).astype(np.uint8) * 255
-        band, band_mask = _band(image, mask, rng)
-        _write_test(out, sample, band, band_mask)
+        piece, piece_mask = cut(image, mask, rng)
+        _write_test(out, sample, piece, piece_mask)
 
 
 def make_strips(category: Category, out: Path, count: int, cell: int, seed: int) -> None:
@@ -127,7 +166,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("root", type=Path, help="folder in MVTec layout")
     parser.add_argument("category")
     parser.add_argument("out", type=Path, help="folder to write the new category into (MVTec layout)")
-    parser.add_argument("--variant", required=True, help="multisize, or strip<K> (K images side by side)")
+    parser.add_argument(
+        "--variant", required=True, help="multisize, edges, or strip<K> (K images side by side)"
+    )
     parser.add_argument("--cell", type=int, default=256, help="strip cell size in pixels (default 256)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -141,11 +182,13 @@ def _main(argv: list[str] | None = None) -> int:
     if out.exists():
         raise UsageError(f"{out} exists; remove it or choose another folder")
     if args.variant == "multisize":
-        make_multisize(category, out, args.seed)
+        make_cuts(category, out, _band, args.seed)
+    elif args.variant == "edges":
+        make_cuts(category, out, _edge_crop, args.seed)
     elif args.variant.startswith("strip") and args.variant[5:].isdigit() and int(args.variant[5:]) >= 2:
         make_strips(category, out, int(args.variant[5:]), args.cell, args.seed)
     else:
-        raise UsageError(f"unknown variant {args.variant!r}: multisize or strip<K> (K >= 2)")
+        raise UsageError(f"unknown variant {args.variant!r}: multisize, edges or strip<K> (K >= 2)")
     log.info("wrote %s", out)
     return 0
 
