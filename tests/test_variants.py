@@ -6,29 +6,34 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-from edge.eval.mvtec import Category, load_category
+from edge.eval.mvtec import load_category
 from edge.eval.variants import EDGE_BAND, EDGE_CROP, main
 from edge.imageio import read_image
 
 
-def _small_copy(mvtec_root: Path) -> Category:
-    """Bottle's first 6 train images, 3 good and every broken_large test image: a quick category."""
+def _small_bottle(mvtec_root: Path, root: Path) -> Path:
+    """An MVTec folder of links to bottle's first 6 train images, 3 good test images and every
+    broken_large one with its mask: a quick category of real files."""
     bottle = load_category(mvtec_root, "bottle")
     good = [s for s in bottle.test if s.label == 0][:3]
     broken = [s for s in bottle.test if s.defect_type == "broken_large"]
-    return Category("bottle", bottle.train[:6], good + broken)
+    links = [(p, root / "bottle" / "train" / "good" / p.name) for p in bottle.train[:6]]
+    for sample in good + broken:
+        links.append((sample.path, root / "bottle" / "test" / sample.defect_type / sample.path.name))
+        if sample.mask_path is not None:
+            truth = root / "bottle" / "ground_truth" / sample.defect_type
+            links.append((sample.mask_path, truth / sample.mask_path.name))
+    for source, link in links:
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(source)
+    return root
 
 
-def _write(monkeypatch: pytest.MonkeyPatch, category: Category, out: Path, variant: str) -> Category:
-    monkeypatch.setattr("edge.eval.variants.load_category", lambda root, name: category)
-    assert main([str(out), "bottle", str(out), "--variant", variant, "--seed", "3"]) == 0
-    return load_category(out, f"bottle-{variant}")
-
-
-def test_edges_puts_every_defect_beside_a_side_of_a_square_crop(mvtec_root, tmp_path, monkeypatch):
-    written = _write(monkeypatch, _small_copy(mvtec_root), tmp_path, "edges")
+def test_edges_puts_every_defect_beside_a_side_of_a_square_crop(mvtec_root, tmp_path):
+    source = _small_bottle(mvtec_root, tmp_path / "src")
+    assert main([str(source), "bottle", str(tmp_path / "out"), "--variant", "edges", "--seed", "3"]) == 0
+    written = load_category(tmp_path / "out", "bottle-edges")
     side = round(EDGE_CROP * 320)
     assert len(written.train) == 6 and len(written.test) == 3 + 20
     for path in written.train:
@@ -47,8 +52,8 @@ def test_edges_puts_every_defect_beside_a_side_of_a_square_crop(mvtec_root, tmp_
     assert len(distances) == 20 and max(distances) <= round(EDGE_BAND * side)
 
 
-def test_unknown_variants_are_refused_with_the_choices(mvtec_root, tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr("edge.eval.variants.load_category", lambda root, name: _small_copy(mvtec_root))
-    assert main([str(tmp_path), "bottle", str(tmp_path), "--variant", "edge"]) == 2
+def test_unknown_variants_are_refused_with_the_choices(mvtec_root, tmp_path, caplog):
+    source = _small_bottle(mvtec_root, tmp_path / "src")
+    assert main([str(source), "bottle", str(tmp_path / "out"), "--variant", "edge"]) == 2
     assert "multisize, edges or strip<K>" in caplog.text
-    assert not (tmp_path / "bottle-edge").exists()
+    assert not (tmp_path / "out").exists()
