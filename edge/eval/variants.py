@@ -86,10 +86,10 @@ def _edge_crop(
     if ys.size:
         centre_y, centre_x = int(ys.mean()), int(xs.mean())
         inset = int(rng.integers(0, round(EDGE_BAND * side) + 1))
-        near = (centre_y - inset, centre_y + inset - (side - 1))  # crop's top or bottom side
-        across = (centre_x - inset, centre_x + inset - (side - 1))  # its left or right side
-        choices = [("y", v) for v in near if 0 <= v <= height - side]
-        choices += [("x", v) for v in across if 0 <= v <= width - side]
+        tops = (centre_y - inset, centre_y + inset - (side - 1))  # centre by the top or bottom side
+        lefts = (centre_x - inset, centre_x + inset - (side - 1))  # by the left or right side
+        choices = [("y", v) for v in tops if 0 <= v <= height - side]
+        choices += [("x", v) for v in lefts if 0 <= v <= width - side]
         if choices:
             axis, value = choices[int(rng.integers(len(choices)))]
             if axis == "y":
