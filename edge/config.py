@@ -141,9 +141,9 @@ class WorkerConfig(_Strict):
     # a pool (needs endpoints.workers): one worker per listed device, else `count` on `device`
     devices: Annotated[list[Annotated[str, Field(pattern=DEVICE_PATTERN)]], Field(min_length=1)] | None = None
     count: Annotated[int, Field(ge=1, le=64)] = 1
-    search: Literal["torch", "faiss"] = "torch"
-    # auto: ONNX Runtime on the CPU where installed, else torch
-    extractor: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
+    search: Literal["auto", "projected", "exact", "faiss", "torch"] = "auto"
+    # auto: the installed runtime measured fastest for the backbone on the CPU, torch on CUDA
+    extractor: Literal["auto", "torch", "openvino", "onnxruntime", "tensorrt"] = "auto"
     extractor_precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # fp16/bf16: torch on CUDA
     max_batch: Annotated[int, Field(ge=1, le=256)] = 8
     max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 5.0

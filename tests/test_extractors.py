@@ -21,6 +21,7 @@ from edge.imageio import read_image
 HAVE_ORT = (
     importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
 )
+HAVE_OV = importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("onnx") is not None
 HAVE_TRT = HAVE_ORT and torch.cuda.is_available()
 
 
@@ -61,11 +62,14 @@ def test_onnx_export_matches_torch(name, request, tmp_path):
     assert exported.path.is_file() and exported.path.parent == tmp_path
     assert relative(exported(batch), reference) <= 1e-5
     assert [p.name for p in tmp_path.iterdir()] == [exported.path.name]  # no temporary file left
+    other = np.random.default_rng(2).integers(0, 256, (2, 160, 96, 3), dtype=np.uint8)  # the same graph
+    assert relative(exported(other), TorchExtractor(backbone)(other)) <= 1e-5
 
 
 def installed_extractors() -> list:
     kinds = [pytest.param("torch")]
     kinds.append(pytest.param("onnxruntime", marks=pytest.mark.skipif(not HAVE_ORT, reason="not installed")))
+    kinds.append(pytest.param("openvino", marks=pytest.mark.skipif(not HAVE_OV, reason="not installed")))
     kinds.append(pytest.param("tensorrt", marks=pytest.mark.skipif(not HAVE_TRT, reason="needs a CUDA GPU")))
     return kinds
 
@@ -97,25 +101,53 @@ def test_missing_runtimes_and_devices_are_named(lite0, tmp_path):
     with pytest.raises(UsageError, match="CUDA devices"):
         build_extractor(lite0, "torch", "cpu", precision="fp16")
     with pytest.raises(UsageError, match="unknown extractor"):
-        build_extractor(lite0, "openvino")
+        build_extractor(lite0, "tflite")
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="no CUDA GPU"):
+            build_extractor(lite0, "openvino", "cuda")
+
+
+def graph_kinds() -> list:
+    return [
+        pytest.param("onnxruntime", marks=pytest.mark.skipif(not HAVE_ORT, reason="not installed")),
+        pytest.param("openvino", marks=pytest.mark.skipif(not HAVE_OV, reason="not installed")),
+    ]
+
+
+@pytest.mark.parametrize("kind", graph_kinds())
+def test_one_graph_serves_every_stride_multiple_and_memory_is_bounded(kind, lite0, tmp_path, monkeypatch):
+    """Inputs whose sides are multiples of 16 (every area/auto input) share one exported graph;
+    another size gets a graph of its own; past the bound the least recently used size is closed,
+    and no size goes to torch."""
+    monkeypatch.setattr("edge.engine.extractors.MAX_GRAPH_SIZES", 2)
+    extractor = build_extractor(lite0, kind, "cpu", input_hw=None, cache_dir=tmp_path)
+    assert not extractor.runners
+    reference = TorchExtractor(lite0)
+    for height, width in ((64, 64), (96, 160), (128, 48), (100, 72), (64, 64)):
+        batch = np.random.default_rng(height).integers(0, 256, (2, height, width, 3), dtype=np.uint8)
+        out = extractor(batch)
+        assert out.shape[1:3] == ((height + 7) // 8, (width + 7) // 8)
+        assert relative(out, reference(batch)) <= 1e-5, (height, width)
+    assert list(extractor.runners) == [(100, 72), (64, 64)]
+    graphs = sorted(p.name.split("-")[1] for p in tmp_path.glob("*.onnx"))
+    assert graphs == ["100x72", "any"]
+    assert not hasattr(extractor, "fallback")
 
 
 @pytest.mark.skipif(not HAVE_ORT, reason="onnx/onnxruntime not installed (pip install 'edge[station]')")
-def test_onnx_runtime_holds_a_graph_per_input_size_up_to_its_bound(lite0, tmp_path, monkeypatch):
-    """Whole frames of a few shapes each get their own exported graph (cached on disk); past the
-    bound, new sizes go to torch rather than exporting without end."""
-    monkeypatch.setattr("edge.engine.extractors.MAX_ONNX_SIZES", 2)
-    extractor = build_extractor(lite0, "auto", "cpu", input_hw=None, cache_dir=tmp_path)
-    assert extractor.name == "onnxruntime-cpu" and not extractor.sessions
-    for side in (64, 96, 128):
-        batch = frames(2, side=side)
-        assert relative(extractor(batch), TorchExtractor(lite0)(batch)) <= 1e-5
-    assert sorted(extractor.sessions) == [(64, 64), (96, 96)] and extractor.fallback is not None
-    assert len(list(tmp_path.glob("*.onnx"))) == 2
+def test_auto_names_what_it_picked_and_why(lite0, tmp_path, caplog):
+    from edge.engine.extractors import AUTO_CPU_RUNTIMES, auto_runtime
+
+    with caplog.at_level("INFO", logger="edge.engine"):
+        kind = auto_runtime("efficientnet_lite0", "cpu")
+    assert kind == ("openvino" if HAVE_OV else "onnxruntime")
+    assert "measured order" in caplog.text and kind in caplog.text
+    assert auto_runtime("wide_resnet50_2", "cpu") == AUTO_CPU_RUNTIMES["wide_resnet50_2"][0]
+    assert build_extractor(lite0, "auto", "cpu", cache_dir=tmp_path).name == f"{kind}-cpu"
 
 
 def test_export_writes_its_file_atomically(lite0, tmp_path):
-    path = export_onnx(lite0, (64, 64), tmp_path / "g.onnx")
+    path = export_onnx(lite0, None, tmp_path / "g.onnx")
     assert path.stat().st_size > 1_000_000 and sorted(p.name for p in tmp_path.iterdir()) == ["g.onnx"]
 
 

@@ -8,9 +8,11 @@ from typing import Any
 
 from edge.errors import UsageError
 
-SEARCH_BACKENDS = ("torch", "faiss")
+# auto: projected on the CPU (candidates on principal axes, measured exactly), exact on a GPU;
+# "torch", the exact search's name before there was a choice, is read as exact
+SEARCH_BACKENDS = ("auto", "projected", "exact", "faiss")
 SEARCH_PRECISIONS = ("auto", "fp32", "bf16")
-EXTRACTORS = ("auto", "torch", "onnxruntime", "tensorrt")
+EXTRACTORS = ("auto", "torch", "openvino", "onnxruntime", "tensorrt")
 EXTRACTOR_PRECISIONS = ("fp32", "fp16", "bf16")  # fp16 and bf16: the torch extractor on CUDA
 PROJECTIONS = ("random", "pca")
 IMAGE_SCORES = ("map_max", "eq7")  # docs/engine.md: map_max is the steadier across coreset seeds
@@ -94,11 +96,11 @@ class EngineConfig:
     image_score: str = "map_max"  # map_max: smoothed map's peak (steadier); eq7: the paper's score
     reweight: bool = True
     reweight_neighbours: int = 9
-    search: str = "torch"
-    search_precision: str = "auto"  # torch search: bf16 candidates + exact rescoring where the CPU has bf16
+    search: str = "auto"  # auto, projected, exact, faiss (edge.engine.search)
+    search_precision: str = "auto"  # products in bf16 where the CPU has bf16; candidates measured in fp32
     device: str = "cpu"
     batch_size: int = 8
-    extractor: str = "auto"  # auto, torch, onnxruntime, tensorrt (edge.engine.extractors)
+    extractor: str = "auto"  # auto, torch, openvino, onnxruntime, tensorrt (edge.engine.extractors)
     extractor_precision: str = "fp32"  # torch on CUDA: fp16 or bf16 too
 
     def __post_init__(self) -> None:
@@ -112,6 +114,8 @@ class EngineConfig:
             raise UsageError(f"unknown image score {self.image_score!r}; choose {', '.join(IMAGE_SCORES)}")
         if self.reweight_neighbours < 2:
             raise UsageError(f"eq. 7 needs at least 2 neighbours, got {self.reweight_neighbours}")
+        if self.search == "torch":
+            object.__setattr__(self, "search", "exact")
         if self.search not in SEARCH_BACKENDS:
             raise UsageError(f"unknown search backend {self.search!r}; choose {', '.join(SEARCH_BACKENDS)}")
         if self.search_precision not in SEARCH_PRECISIONS:

@@ -43,7 +43,11 @@ class SameConv2d(nn.Conv2d):
         for size, k, s in zip(
             reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride), strict=True
         ):
-            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            # TF's (ceil(size / s) - 1) * s + k - size, written through the remainder alone: the
+            # padding is the same for every size with the same remainder, so a graph exported at
+            # one size is right for every size that is a multiple of the deepest stride
+            remainder = int(size) % s
+            total = max(k - (remainder or s), 0)
             pads += [total // 2, total - total // 2]
         if any(pads):
             x = F.pad(x, pads)

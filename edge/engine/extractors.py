@@ -6,29 +6,37 @@ knows nothing of banks, so one extractor serves every bank of its backbone and s
 
 - `torch`: eager torch on the CPU or a CUDA GPU (uint8 uploaded, normalised on the device; on CUDA
   from pinned memory, optionally in fp16 or bf16).
-- `onnxruntime`: the whole graph (pixels → embeddings) exported to ONNX once per input size (a
-  dynamic batch), cached beside the bank under a key of what decides its numbers (backbone,
-  weights, input size, torch/ONNX versions), run by ONNX Runtime (CPU here; its CUDA provider
-  where installed). Past MAX_ONNX_SIZES sizes, further sizes go to a torch extractor.
-- `tensorrt`: the same ONNX file, built into a TensorRT fp16 engine by ONNX Runtime's TensorRT
-  provider with one optimisation profile over the batch buckets, the engine cached per GPU model
-  and TensorRT version; built at warm-up, never per frame.
+- `openvino`: the whole graph (pixels → embeddings) exported to ONNX once, run by OpenVINO (CPU;
+  also Intel GPUs), compiled once per input size it meets (about 0.1 s each).
+- `onnxruntime`: the same exported graph run by ONNX Runtime (CPU here; its CUDA provider where
+  installed), one session per input size.
+- `tensorrt`: an ONNX graph of the one fixed input size, built into a TensorRT fp16 engine by ONNX
+  Runtime's TensorRT provider with one optimisation profile over the batch buckets, the engine
+  cached per GPU model and TensorRT version; built at warm-up, never per frame.
 
-`build_extractor` chooses: `auto` is ONNX Runtime on the CPU when it is installed (measured
-faster, docs/engine.md; one session per input size a bank meets), torch otherwise. Asking for a
-runtime that is not installed, or for CUDA without a usable GPU, is a UsageError naming what to
-install.
+Exported graphs: one with a free height and width serves every input whose sides are multiples of
+the backbone's deepest stride (every `area`/`auto`, centre-crop and squash input); any other size
+gets a graph of its own, exported once (about 1 s). All are cached on disk under a key of what
+decides their numbers (backbone, weights, size, torch/ONNX versions). An extractor keeps at most
+MAX_GRAPH_SIZES compiled sizes open and closes the least recently used: memory stays bounded and
+no size ever falls back to another runtime.
+
+`build_extractor` chooses: `auto` is the runtime measured fastest on the CPU for the backbone
+among those installed (AUTO_CPU_RUNTIMES, docs/engine.md), torch on CUDA. Asking for a runtime
+that is not installed, or for CUDA without a usable GPU, is a UsageError naming what to install.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import tempfile
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +52,13 @@ log = logging.getLogger("edge.engine")
 PINNED_SHAPES = 8  # page-locked upload buffers kept (one per batch shape)
 BATCH_BUCKETS = (1, 8, 32, 64)  # warmed up (and the TensorRT profile's range): the batches a station uses
 ONNX_OPSET = 18
-MAX_ONNX_SIZES = 16  # exported graphs an ONNX Runtime extractor holds open (input sizes), then torch
+MAX_GRAPH_SIZES = 16  # compiled input sizes a graph extractor holds open (least recently used closed)
+# `auto` on the CPU: the installed runtime measured fastest for the backbone (bench/bench_engine.py,
+# docs/engine.md "Extractors"); backbones and ensembles not named use "default"
+AUTO_CPU_RUNTIMES = {
+    "default": ("openvino", "onnxruntime", "torch"),
+    "wide_resnet50_2": ("onnxruntime", "openvino", "torch"),
+}
 
 
 def torch_device(name: str) -> torch.device:
@@ -137,38 +151,56 @@ class TorchExtractor(Extractor):
         return self.module(batch)
 
 
-def onnx_key(backbone: Backbone, input_hw: tuple[int, int]) -> str:
-    """What decides an exported graph's numbers: a new key means a new file, never a stale one."""
-    parts = (backbone.spec.name, backbone.weights_id, f"{input_hw[0]}x{input_hw[1]}", torch.__version__,
-             f"opset{ONNX_OPSET}", __version__)  # fmt: skip
-    return (
-        f"{backbone.spec.name}-{input_hw[0]}x{input_hw[1]}-"
-        + hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+def graph_step(backbone: Backbone) -> int:
+    """Inputs whose sides are multiples of this (the deepest stride) share one exported graph."""
+    return max(backbone.spec.level_strides)
+
+
+def shares_graph(backbone: Backbone, input_hw: tuple[int, int]) -> bool:
+    step = graph_step(backbone)
+    return input_hw[0] % step == 0 and input_hw[1] % step == 0
+
+
+def onnx_key(backbone: Backbone, input_hw: tuple[int, int] | None) -> str:
+    """What decides an exported graph's numbers: a new key means a new file, never a stale one.
+    `input_hw` None: the graph with a free height and width."""
+    size = "any" if input_hw is None else f"{input_hw[0]}x{input_hw[1]}"
+    parts = (
+        backbone.spec.name,
+        backbone.weights_id,
+        size,
+        torch.__version__,
+        f"opset{ONNX_OPSET}",
+        __version__,
     )
+    return f"{backbone.spec.name}-{size}-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-def export_onnx(backbone: Backbone, input_hw: tuple[int, int], path: Path) -> Path:
-    """The whole graph, uint8 frames → unscaled embeddings, for a fixed input size and any batch;
-    written atomically (a killed export leaves no half file)."""
+def export_onnx(backbone: Backbone, input_hw: tuple[int, int] | None, path: Path) -> Path:
+    """The whole graph, uint8 frames → unscaled embeddings, for any batch and either one input
+    size or (`input_hw` None) every size that is a multiple of the deepest stride; written
+    atomically (a killed export leaves no half file)."""
     try:
         import onnx  # noqa: F401  (the exporter needs it)
     except ImportError:
-        raise UsageError("exporting to ONNX needs onnx and onnxscript: pip install 'edge[station]'") from None
+        raise UsageError("exporting to ONNX needs onnx: pip install 'edge[station]'") from None
     module = PatchEmbedder(backbone).eval()
-    example = torch.zeros((2, *input_hw, 3), dtype=torch.uint8)
+    side = graph_step(backbone) * 14  # 224 for stride 16: any multiple of the step traces the same graph
+    example = torch.zeros((2, *(input_hw or (side, side)), 3), dtype=torch.uint8)
+    axes = {0: "batch"} if input_hw is not None else {0: "batch", 1: "height", 2: "width"}
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
         with torch.inference_mode(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer notes on shapes, which are fixed here
+            warnings.simplefilter("ignore")  # tracer notes on shapes: see graph_step
             torch.onnx.export(
                 module,
                 (example,),
                 tmp,
                 input_names=["frames"],
                 output_names=["embeddings"],
-                dynamic_axes={"frames": {0: "batch"}, "embeddings": {0: "batch"}},
+                dynamic_axes={"frames": axes, "embeddings": {0: "batch"}},
                 opset_version=ONNX_OPSET,
                 dynamo=False,
             )
@@ -178,10 +210,61 @@ def export_onnx(backbone: Backbone, input_hw: tuple[int, int], path: Path) -> Pa
     return path
 
 
-class OnnxExtractor(Extractor):
-    """ONNX Runtime on graphs exported per input size (lazily, cached on disk): `input_hw` is
-    exported at once; other sizes on first use, up to MAX_ONNX_SIZES of them (an `area` bank's
-    frames of a few shapes), then torch. TensorRT builds an engine per size, so it takes one."""
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+class GraphExtractor(Extractor):
+    """An exported graph run by another runtime: the graph files (exported on first need, cached
+    on disk) and at most MAX_GRAPH_SIZES compiled input sizes, least recently used closed first."""
+
+    runtime_name: str
+
+    def __init__(self, backbone: Backbone, cache_dir: Path, device: str = "cpu") -> None:
+        super().__init__(backbone)
+        self.device = torch_device(device)
+        self.backbone = backbone
+        self.cache_dir = cache_dir
+        self.runners: OrderedDict[tuple[int, int], Runner] = OrderedDict()
+
+    def path_for(self, input_hw: tuple[int, int] | None) -> Path:
+        return self.cache_dir / f"{onnx_key(self.backbone, input_hw)}.onnx"
+
+    def graph(self, input_hw: tuple[int, int]) -> Path:
+        """The graph file that serves `input_hw` (the shared one where it can), exported if missing."""
+        key = None if shares_graph(self.backbone, input_hw) else input_hw
+        path = self.path_for(key)
+        if not path.is_file():
+            log.info("exporting the %s graph for %s inputs to %s (once)", self.spec.name,
+                     "any multiple-of-stride" if key is None else f"{key[1]}x{key[0]}", path)  # fmt: skip
+            export_onnx(self.backbone, key, path)
+        return path
+
+    def runner(self, input_hw: tuple[int, int]) -> Runner:
+        runner = self.runners.get(input_hw)
+        if runner is not None:
+            self.runners.move_to_end(input_hw)
+            return runner
+        if len(self.runners) >= MAX_GRAPH_SIZES:
+            closed, _ = self.runners.popitem(last=False)
+            log.info("%s: closed the least recently used input size %s (%d held)", self.name, closed,
+                     MAX_GRAPH_SIZES)  # fmt: skip
+        runner = self.runners[input_hw] = self._open(self.graph(input_hw), input_hw)
+        return runner
+
+    @abstractmethod
+    def _open(self, path: Path, input_hw: tuple[int, int]) -> Runner:
+        """A callable running the graph at `path` on (n, *input_hw, 3) uint8 batches."""
+
+    def __call__(self, pixels: np.ndarray) -> torch.Tensor:
+        input_hw = (int(pixels.shape[1]), int(pixels.shape[2]))
+        embeddings = self.runner(input_hw)(np.ascontiguousarray(pixels, dtype=np.uint8))
+        return torch.from_numpy(embeddings).to(self.device)
+
+
+class OnnxExtractor(GraphExtractor):
+    """ONNX Runtime, one session per input size (the shared graph with its free height and width
+    fixed per session, so the runtime plans for the one size). `input_hw`, where given, is
+    opened at once. TensorRT builds an engine per size, so it takes one fixed size."""
 
     def __init__(
         self,
@@ -191,7 +274,7 @@ class OnnxExtractor(Extractor):
         device: str = "cpu",
         tensorrt: bool = False,
     ) -> None:
-        super().__init__(backbone)
+        super().__init__(backbone, cache_dir, device)
         try:
             import onnxruntime
         except ImportError:
@@ -200,38 +283,32 @@ class OnnxExtractor(Extractor):
             ) from None
         if tensorrt and input_hw is None:
             raise UsageError("the tensorrt extractor needs a fixed input size (centre crop or squash)")
-        self.device = torch_device(device)
         self.runtime = onnxruntime
-        self.cache_dir = cache_dir
         self.tensorrt = tensorrt
         self.name = "tensorrt" if tensorrt else f"onnxruntime-{self.device.type}"
-        self.sessions: dict[tuple[int, int], object] = {}
-        self.fallback: TorchExtractor | None = None
-        self.backbone = backbone
         self.input_hw = tuple(input_hw) if input_hw is not None else None
         if self.input_hw is not None:
-            self._session(self.input_hw)
+            self.runner(self.input_hw)
 
     @property
     def path(self) -> Path | None:
-        """The graph of the size given at construction."""
-        return self.path_for(self.input_hw) if self.input_hw is not None else None
+        """The graph that serves the size given at construction."""
+        return self.graph(self.input_hw) if self.input_hw is not None else None
 
-    def path_for(self, input_hw: tuple[int, int]) -> Path:
-        return self.cache_dir / f"{onnx_key(self.backbone, input_hw)}.onnx"
-
-    def _session(self, input_hw: tuple[int, int]) -> object | None:
-        """The session for this input size: exported and opened on first use; None when the
-        extractor already holds as many sizes as it may (or runs TensorRT on its one size)."""
-        session = self.sessions.get(input_hw)
-        if session is not None:
-            return session
-        if len(self.sessions) >= (1 if self.tensorrt else MAX_ONNX_SIZES):
-            return None
-        path = self.path_for(input_hw)
+    def graph(self, input_hw: tuple[int, int]) -> Path:
+        if not self.tensorrt:
+            return super().graph(input_hw)
+        path = self.path_for(input_hw)  # TensorRT: a graph of its one fixed size
         if not path.is_file():
-            log.info("exporting the %s extractor to %s (once per input size)", self.spec.name, path)
             export_onnx(self.backbone, input_hw, path)
+        return path
+
+    def runner(self, input_hw: tuple[int, int]) -> Runner:
+        if self.tensorrt and self.runners and input_hw not in self.runners:
+            raise UsageError(f"the tensorrt extractor runs one input size, {self.input_hw}; got {input_hw}")
+        return super().runner(input_hw)
+
+    def _open(self, path: Path, input_hw: tuple[int, int]) -> Runner:
         options = self.runtime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         # idle threads sleep rather than spin: the search and the other station processes need the cores
@@ -240,11 +317,14 @@ class OnnxExtractor(Extractor):
         # no arena: activations go back to the allocator after each run instead of staying
         # reserved at their peak (bottle fit: 1.65 GB peak with the arena, under 1.5 GB without)
         options.enable_cpu_mem_arena = False
-        providers = self._providers(input_hw)
-        session = self.sessions[input_hw] = self.runtime.InferenceSession(
-            str(path), options, providers=providers
-        )
-        return session
+        options.add_free_dimension_override_by_name("height", input_hw[0])
+        options.add_free_dimension_override_by_name("width", input_hw[1])
+        session = self.runtime.InferenceSession(str(path), options, providers=self._providers(input_hw))
+
+        def run(pixels: np.ndarray) -> np.ndarray:
+            return session.run(None, {"frames": pixels})[0]
+
+        return run
 
     def _providers(self, input_hw: tuple[int, int]) -> list:
         available = self.runtime.get_available_providers()
@@ -274,17 +354,45 @@ class OnnxExtractor(Extractor):
             return [("CUDAExecutionProvider", {"device_id": self.device.index or 0})]
         return ["CPUExecutionProvider"]
 
-    def __call__(self, pixels: np.ndarray) -> torch.Tensor:
-        input_hw = (int(pixels.shape[1]), int(pixels.shape[2]))
-        session = self._session(input_hw)
-        if session is None:
-            if self.fallback is None:
-                log.info("inputs of %s and other new sizes go to torch (ONNX graphs held: %s)",
-                         input_hw, sorted(self.sessions))  # fmt: skip
-                self.fallback = TorchExtractor(self.backbone, str(self.device))
-            return self.fallback(pixels)
-        (embeddings,) = session.run(None, {"frames": np.ascontiguousarray(pixels, dtype=np.uint8)})
-        return torch.from_numpy(embeddings).to(self.device)
+
+class OpenVinoExtractor(GraphExtractor):
+    """OpenVINO on the CPU: the exported graph read once, compiled once per input size it meets
+    (height and width fixed, batch free: fixed spatial sizes ran 1.3x faster than a fully dynamic
+    compilation here), in fp32 (a bf16-capable CPU would otherwise run bf16: parity first)."""
+
+    def __init__(self, backbone: Backbone, cache_dir: Path, device: str = "cpu") -> None:
+        if torch_device(device).type != "cpu":
+            raise UsageError("the openvino extractor runs on the CPU here; use torch or tensorrt on CUDA")
+        super().__init__(backbone, cache_dir, device)
+        try:
+            import openvino
+        except ImportError:
+            raise UsageError("the openvino extractor needs OpenVINO: pip install 'edge[station]'") from None
+        self.openvino = openvino
+        self.core = openvino.Core()
+        self.name = "openvino-cpu"
+        self.models: dict[Path, object] = {}
+
+    def _open(self, path: Path, input_hw: tuple[int, int]) -> Runner:
+        model = self.models.get(path)
+        if model is None:
+            model = self.models[path] = self.core.read_model(str(path))
+        sized = model.clone()
+        sized.reshape({"frames": self.openvino.PartialShape([-1, input_hw[0], input_hw[1], 3])})
+        compiled = self.core.compile_model(
+            sized,
+            "CPU",
+            {
+                "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+                "INFERENCE_PRECISION_HINT": "f32",
+                "PERFORMANCE_HINT": "LATENCY",
+            },
+        )
+
+        def run(pixels: np.ndarray) -> np.ndarray:
+            return compiled(pixels)[0]  # a copy: the request's own buffer is reused by the next call
+
+        return run
 
 
 def build_extractor(
@@ -295,27 +403,39 @@ def build_extractor(
     cache_dir: Path | None = None,
     precision: str = "fp32",
 ) -> Extractor:
-    """The extractor `kind` names; `auto`: ONNX Runtime on the CPU where it is installed, torch
-    otherwise. `input_hw` None means inputs of any size (whole frames)."""
+    """The extractor `kind` names (`auto`: see auto_runtime). `input_hw` None means inputs of any
+    size (whole frames); a fixed one is compiled at once."""
     if kind not in EXTRACTORS:
         raise UsageError(f"unknown extractor {kind!r}; choose one of {', '.join(EXTRACTORS)}")
     if kind == "auto":
-        kind = "onnxruntime" if _onnx_usable(device) else "torch"
+        kind = auto_runtime(backbone.spec.name, device, precision)
     if kind == "torch":
         return TorchExtractor(backbone, device, precision)
     cache = cache_dir or default_cache_dir()
+    if kind == "openvino":
+        extractor: GraphExtractor = OpenVinoExtractor(backbone, cache, device)
+        if input_hw is not None:
+            extractor.runner(tuple(input_hw))
+        return extractor
     return OnnxExtractor(backbone, input_hw, cache, device, tensorrt=kind == "tensorrt")
 
 
-def _onnx_usable(device: str) -> bool:
-    if device != "cpu":
-        return False
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def auto_runtime(backbone: str, device: str, precision: str = "fp32") -> str:
+    """The runtime `auto` picks, logged with its reason: on the CPU the first installed of the
+    backbone's order in AUTO_CPU_RUNTIMES (measured fastest first, docs/engine.md), on CUDA torch."""
+    if torch_device(device).type != "cpu" or precision != "fp32":
+        return "torch"
+    order = AUTO_CPU_RUNTIMES.get(backbone, AUTO_CPU_RUNTIMES["default"])
+    installed = [kind for kind in order if kind == "torch" or _installed(kind)]
+    chosen = installed[0]
+    log.info("extractor auto: %s for %s on the CPU (measured order %s; installed: %s)", chosen, backbone,
+             " > ".join(order), ", ".join(installed))  # fmt: skip
+    return chosen
+
+
+def _installed(kind: str) -> bool:
+    modules = {"onnxruntime": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino")}[kind]
+    return all(importlib.util.find_spec(module) is not None for module in modules)
 
 
 def default_cache_dir() -> Path:

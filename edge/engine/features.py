@@ -90,6 +90,7 @@ class PatchEmbedder(nn.Module):
         spec = backbone.spec
         self.channels = spec.level_channels
         self.widths = spec.level_widths
+        self.ratios = tuple(stride // spec.level_strides[0] for stride in spec.level_strides)
         self.aggregations = nn.ModuleList(
             LocalAggregation(c, w) for c, w in zip(self.channels, self.widths, strict=True)
         )
@@ -106,13 +107,22 @@ class PatchEmbedder(nn.Module):
         return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
 
     def aggregate(self, levels: list[torch.Tensor]) -> torch.Tensor:
-        """Aggregate each level's neighbourhoods, resize onto the first level's grid, concatenate."""
-        grid = levels[0].shape[-2:]
+        """Aggregate each level's neighbourhoods, resize onto the first level's grid, concatenate.
+
+        Where a level's grid is exactly its stride ratio times smaller (inputs whose sides are
+        multiples of the deepest stride), it is resized by that constant factor rather than to the
+        first level's size: the same numbers, and an exported graph then holds no input size."""
+        grid = tuple(levels[0].shape[-2:])
         parts = []
-        for level, aggregation in zip(levels, self.aggregations, strict=True):
+        for level, aggregation, ratio in zip(levels, self.aggregations, self.ratios, strict=True):
             part = aggregation(level)
-            if part.shape[-2:] != grid:
-                part = F.interpolate(part, size=grid, mode="bilinear", align_corners=False)
+            if tuple(part.shape[-2:]) != grid:
+                if tuple(s * ratio for s in part.shape[-2:]) == grid:
+                    part = F.interpolate(
+                        part, scale_factor=float(ratio), mode="bilinear", align_corners=False
+                    )
+                else:
+                    part = F.interpolate(part, size=grid, mode="bilinear", align_corners=False)
             parts.append(part)
         return torch.cat(parts, dim=1).permute(0, 2, 3, 1).contiguous()
 

@@ -108,7 +108,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
-    parser.add_argument("--search", default="torch", choices=SEARCH_BACKENDS)
+    parser.add_argument(
+        "--search",
+        default="auto",
+        choices=SEARCH_BACKENDS,
+        help="nearest-neighbour search: projected (candidates on the bank's principal axes, measured "
+        "exactly), exact, or faiss's flat index; auto: projected on the CPU, exact on a GPU",
+    )
     parser.add_argument(
         "--search-precision",
         default="auto",
