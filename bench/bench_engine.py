@@ -2,7 +2,11 @@
 
     python bench/bench_engine.py                 # bottle from $EDGE_DATA_ROOT/mvtec, else synthetic parts
     python bench/bench_engine.py --skip-wrn      # EfficientNet-Lite0 only
-    python bench/bench_engine.py --extractors torch onnxruntime   # the runtimes side by side
+    python bench/bench_engine.py --extractors openvino torch   # some runtimes (default: every installed)
+    python bench/bench_engine.py --searches projected          # some searches (default: projected, exact)
+
+Each scoring row names its runtime and search; the recall column is the share of the timed test
+patches whose distance equals the exact search's within 1e-4 relative (1.000 for exact).
 
 WideResNet50 runs on random weights unless --wrn-weights names the real file: its timings are
 real, its scores are not, and every row says so. The extractor-alone column is the extractor's
@@ -13,6 +17,7 @@ overhead (search, eq. 7, maps) is a measured ratio.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import sys
@@ -52,6 +57,19 @@ def load_images(args: argparse.Namespace) -> tuple[str, list[np.ndarray], list[n
     return label, train, test
 
 
+def installed_extractors() -> list[str]:
+    return ["torch"] + [kind for kind in ("openvino", "onnxruntime") if importlib.util.find_spec(kind)]
+
+
+def recall(model: PatchCore, exact: PatchCore, images: list[np.ndarray]) -> float:
+    """Share of the images' patches whose distance under `model`'s search equals the exact one."""
+    embeddings = [e.reshape(-1, e.shape[-1]) * model.column_scales for e in model.embed(images)]
+    patches = torch.cat(embeddings)
+    found = model.index.search(patches, k=1)[0][:, 0].double()
+    truth = exact.index.search(patches, k=1)[0][:, 0].double()
+    return float(((found - truth).abs() <= 1e-4 * truth).double().mean())
+
+
 def time_scoring(model: PatchCore, images: list[np.ndarray], batch: int, repeats: int) -> dict[str, float]:
     """ms per image per stage, end to end, and for the extractor alone, on the same batches."""
     batches = [images[i : i + batch] for i in range(0, len(images) - batch + 1, batch)]
@@ -87,16 +105,22 @@ def main() -> int:
     parser.add_argument("--wrn-train", type=int, default=40, help="training images for WideResNet50 fits")
     parser.add_argument("--wrn-weights", help="real wide_resnet50_2 weights (default: random, timing only)")
     parser.add_argument("--skip-wrn", action="store_true")
-    parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1])
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.01])
     parser.add_argument(
         "--geometry",
-        default="center_crop",
+        default="auto",
         choices=GEOMETRY_MODES,
-        help="input geometry (default center_crop, the paper's 224 px input the targets were set for; "
-        "auto: the station's default)",
+        help="input geometry (default auto, the default of edge-eval and the station; center_crop: "
+        "the paper's 224 px input)",
     )
     parser.add_argument(
-        "--extractors", nargs="+", default=["torch", "onnxruntime"], choices=["torch", "onnxruntime"]
+        "--extractors",
+        nargs="+",
+        default=installed_extractors(),
+        choices=["torch", "onnxruntime", "openvino"],
+    )
+    parser.add_argument(
+        "--searches", nargs="+", default=["projected", "exact"], choices=["projected", "exact"]
     )
     args = parser.parse_args()
 
@@ -137,40 +161,51 @@ def main() -> int:
                     tuple(model.bank.shape),
                 )
             )
+            exact = PatchCore(
+                replace(model.config, search="exact"),
+                model.extractor,
+                model.bank,
+                model.level_scales,
+                model.info,
+            )
             for kind in args.extractors:
                 extractor = model_extractor(
                     replace(model.config, extractor=kind), backbone_of(model, weights)
                 )
-                variant = PatchCore(model.config, extractor, model.bank, model.level_scales, model.info)
-                for batch in (1, 8):
-                    row = time_scoring(variant, test, batch, args.repeats)
-                    score_rows.append((f"{tag} {extractor.name}", fraction, batch, row))
+                for search in args.searches:
+                    config = replace(model.config, extractor=kind, search=search)
+                    variant = PatchCore(config, extractor, model.bank, model.level_scales, model.info)
+                    found = recall(variant, exact, test[:16]) if search != "exact" else 1.0
+                    for batch in (1, 8):
+                        row = time_scoring(variant, test, batch, args.repeats)
+                        row["recall"] = found
+                        score_rows.append((f"{tag} {extractor.name} {search}", fraction, batch, row))
             del model
 
     print("\nFit (extraction includes reading nothing: images are decoded beforehand)")
     print(
-        f"{'backbone':<52}{'coreset':>8}{'images':>8}{'extract s':>11}{'coreset s':>11}{'fit s':>8}"
+        f"{'backbone':<64}{'coreset':>8}{'images':>8}{'extract s':>11}{'coreset s':>11}{'fit s':>8}"
         f"{'peak MB':>9}  bank"
     )
     for tag, fraction, n, extract_s, coreset_s, fit_s, rss, shape in fit_rows:
         print(
-            f"{tag:<52}{fraction:>8.0%}{n:>8}{extract_s:>11.2f}{coreset_s:>11.2f}{fit_s:>8.2f}{rss:>9.0f}  "
+            f"{tag:<64}{fraction:>8.0%}{n:>8}{extract_s:>11.2f}{coreset_s:>11.2f}{fit_s:>8.2f}{rss:>9.0f}  "
             f"{shape[0]}x{shape[1]}"
         )
 
     print("\nScoring, ms per image (decoded image in, score and anomaly map out; 2-core VM: compare rows")
     print("of one run, or medians of three)")
     header = (
-        f"{'backbone':<52}{'coreset':>8}{'batch':>6}"
+        f"{'backbone':<64}{'coreset':>8}{'batch':>6}"
         + "".join(f"{s:>12}" for s in STAGES)
-        + f"{'end-to-end':>12}{'extr alone':>11}{'ratio':>7}{'img/s':>8}"
+        + f"{'end-to-end':>12}{'extr alone':>11}{'ratio':>7}{'img/s':>8}{'recall':>8}"
     )
     print(header)
     for tag, fraction, batch, row in score_rows:
         stages = "".join(f"{row[s]:>12.2f}" for s in STAGES)
         print(
-            f"{tag:<52}{fraction:>8.0%}{batch:>6}{stages}{row['e2e']:>12.2f}{row['extractor_alone']:>11.2f}"
-            f"{row['e2e'] / row['extractor_alone']:>7.2f}{1000 / row['e2e']:>8.1f}"
+            f"{tag:<64}{fraction:>8.0%}{batch:>6}{stages}{row['e2e']:>12.2f}{row['extractor_alone']:>11.2f}"
+            f"{row['e2e'] / row['extractor_alone']:>7.2f}{1000 / row['e2e']:>8.1f}{row['recall']:>8.4f}"
         )
     return 0
 

@@ -26,8 +26,8 @@ QUERY_TILE = 1024
 EXTRA_CANDIDATES = 3
 PRECISIONS = ("auto", "fp32", "bf16")
 PROJECTED_AXES = 128
-PROJECTED_CANDIDATES = 8
-PROJECTED_QUERY_TILE = 256
+PROJECTED_CANDIDATES = 6
+PROJECTED_QUERY_TILE = 512  # a tile of products (512 x bank rows, fp32) stays in the L3 cache
 SELECTION_GROUP = 16  # a tile's products (256 x bank rows, fp32) stay in the caches
 
 
