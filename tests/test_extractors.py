@@ -117,21 +117,30 @@ def graph_kinds() -> list:
 @pytest.mark.parametrize("kind", graph_kinds())
 def test_one_graph_serves_every_stride_multiple_and_memory_is_bounded(kind, lite0, tmp_path, monkeypatch):
     """Inputs whose sides are multiples of 16 (every area/auto input) share one exported graph;
-    another size gets a graph of its own; past the bound the least recently used size is closed,
-    and no size goes to torch."""
-    monkeypatch.setattr("edge.engine.extractors.MAX_GRAPH_SIZES", 2)
+    another size gets a graph of its own. The first sizes are compiled for their own size; later
+    ones run on the free-size compilation (multiples of 16) or replace the least recently used
+    size (others). Every size matches torch: none goes to another runtime."""
+    monkeypatch.setattr("edge.engine.extractors.MAX_FIXED_SIZES", 2)
     extractor = build_extractor(lite0, kind, "cpu", input_hw=None, cache_dir=tmp_path)
-    assert not extractor.runners
+    assert not extractor.runners and extractor.free_size is None
     reference = TorchExtractor(lite0)
-    for height, width in ((64, 64), (96, 160), (128, 48), (100, 72), (64, 64)):
+
+    def check(height: int, width: int) -> None:
         batch = np.random.default_rng(height).integers(0, 256, (2, height, width, 3), dtype=np.uint8)
         out = extractor(batch)
         assert out.shape[1:3] == ((height + 7) // 8, (width + 7) // 8)
         assert relative(out, reference(batch)) <= 1e-5, (height, width)
-    assert list(extractor.runners) == [(100, 72), (64, 64)]
+
+    for size in ((64, 64), (96, 160)):
+        check(*size)
+    assert list(extractor.runners) == [(64, 64), (96, 160)] and extractor.free_size is None
+    check(128, 48)  # a third multiple of 16: the free-size compilation, nothing closed
+    assert list(extractor.runners) == [(64, 64), (96, 160)] and extractor.free_size is not None
+    check(64, 64)
+    check(100, 72)  # no multiple: its own graph, in place of the least recently used size
+    assert list(extractor.runners) == [(64, 64), (100, 72)]
     graphs = sorted(p.name.split("-")[1] for p in tmp_path.glob("*.onnx"))
     assert graphs == ["100x72", "any"]
-    assert not hasattr(extractor, "fallback")
 
 
 @pytest.mark.skipif(not HAVE_ORT, reason="onnx/onnxruntime not installed (pip install 'edge[station]')")

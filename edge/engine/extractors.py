@@ -17,9 +17,12 @@ knows nothing of banks, so one extractor serves every bank of its backbone and s
 Exported graphs: one with a free height and width serves every input whose sides are multiples of
 the backbone's deepest stride (every `area`/`auto`, centre-crop and squash input); any other size
 gets a graph of its own, exported once (about 1 s). All are cached on disk under a key of what
-decides their numbers (backbone, weights, size, torch/ONNX versions). An extractor keeps at most
-MAX_GRAPH_SIZES compiled sizes open and closes the least recently used: memory stays bounded and
-no size ever falls back to another runtime.
+decides their numbers (backbone, weights, size, torch/ONNX versions). The first MAX_FIXED_SIZES
+input sizes an extractor meets are each compiled for their own size (the fastest; a station's
+cameras and banks use few sizes); further sizes run on one compilation of the shared graph with
+a free height and width (about 1.3x slower, and its memory does not grow with the number of
+sizes: OpenVINO held about 180 MB per fixed size at batch 8). Sizes the shared graph cannot take
+replace the least recently used fixed size. No size ever falls back to another runtime.
 
 `build_extractor` chooses: `auto` is the runtime measured fastest on the CPU for the backbone
 among those installed (AUTO_CPU_RUNTIMES, docs/engine.md), torch on CUDA. Asking for a runtime
@@ -52,7 +55,7 @@ log = logging.getLogger("edge.engine")
 PINNED_SHAPES = 8  # page-locked upload buffers kept (one per batch shape)
 BATCH_BUCKETS = (1, 8, 32, 64)  # warmed up (and the TensorRT profile's range): the batches a station uses
 ONNX_OPSET = 18
-MAX_GRAPH_SIZES = 16  # compiled input sizes a graph extractor holds open (least recently used closed)
+MAX_FIXED_SIZES = 4  # input sizes a graph extractor compiles for their own size (then: the free-size one)
 # `auto` on the CPU: the installed runtime measured fastest for the backbone (bench/bench_engine.py,
 # docs/engine.md "Extractors"); backbones and ensembles not named use "default"
 AUTO_CPU_RUNTIMES = {
@@ -215,7 +218,8 @@ Runner = Callable[[np.ndarray], np.ndarray]
 
 class GraphExtractor(Extractor):
     """An exported graph run by another runtime: the graph files (exported on first need, cached
-    on disk) and at most MAX_GRAPH_SIZES compiled input sizes, least recently used closed first."""
+    on disk), up to MAX_FIXED_SIZES compilations for one input size each, and one compilation of
+    the shared graph with a free height and width for the sizes met after those."""
 
     runtime_name: str
 
@@ -225,13 +229,15 @@ class GraphExtractor(Extractor):
         self.backbone = backbone
         self.cache_dir = cache_dir
         self.runners: OrderedDict[tuple[int, int], Runner] = OrderedDict()
+        self.free_size: Runner | None = None  # the shared graph, height and width left free
 
     def path_for(self, input_hw: tuple[int, int] | None) -> Path:
         return self.cache_dir / f"{onnx_key(self.backbone, input_hw)}.onnx"
 
-    def graph(self, input_hw: tuple[int, int]) -> Path:
-        """The graph file that serves `input_hw` (the shared one where it can), exported if missing."""
-        key = None if shares_graph(self.backbone, input_hw) else input_hw
+    def graph(self, input_hw: tuple[int, int] | None) -> Path:
+        """The graph file that serves `input_hw` (the shared one where it can; None: the shared
+        one), exported if missing."""
+        key = None if input_hw is None or shares_graph(self.backbone, input_hw) else input_hw
         path = self.path_for(key)
         if not path.is_file():
             log.info("exporting the %s graph for %s inputs to %s (once)", self.spec.name,
@@ -244,16 +250,22 @@ class GraphExtractor(Extractor):
         if runner is not None:
             self.runners.move_to_end(input_hw)
             return runner
-        if len(self.runners) >= MAX_GRAPH_SIZES:
+        if len(self.runners) >= MAX_FIXED_SIZES:
+            if shares_graph(self.backbone, input_hw):
+                if self.free_size is None:
+                    log.info("%s: %d input sizes compiled for their own size; %s and later sizes run on "
+                             "the free-size graph", self.name, MAX_FIXED_SIZES, input_hw)  # fmt: skip
+                    self.free_size = self._open(self.graph(None), None)
+                return self.free_size
             closed, _ = self.runners.popitem(last=False)
-            log.info("%s: closed the least recently used input size %s (%d held)", self.name, closed,
-                     MAX_GRAPH_SIZES)  # fmt: skip
+            log.info("%s: closed input size %s for %s", self.name, closed, input_hw)
         runner = self.runners[input_hw] = self._open(self.graph(input_hw), input_hw)
         return runner
 
     @abstractmethod
-    def _open(self, path: Path, input_hw: tuple[int, int]) -> Runner:
-        """A callable running the graph at `path` on (n, *input_hw, 3) uint8 batches."""
+    def _open(self, path: Path, input_hw: tuple[int, int] | None) -> Runner:
+        """A callable running the graph at `path` on (n, *input_hw, 3) uint8 batches (None: on
+        every size the graph takes)."""
 
     def __call__(self, pixels: np.ndarray) -> torch.Tensor:
         input_hw = (int(pixels.shape[1]), int(pixels.shape[2]))
@@ -295,8 +307,8 @@ class OnnxExtractor(GraphExtractor):
         """The graph that serves the size given at construction."""
         return self.graph(self.input_hw) if self.input_hw is not None else None
 
-    def graph(self, input_hw: tuple[int, int]) -> Path:
-        if not self.tensorrt:
+    def graph(self, input_hw: tuple[int, int] | None) -> Path:
+        if not self.tensorrt or input_hw is None:
             return super().graph(input_hw)
         path = self.path_for(input_hw)  # TensorRT: a graph of its one fixed size
         if not path.is_file():
@@ -308,7 +320,7 @@ class OnnxExtractor(GraphExtractor):
             raise UsageError(f"the tensorrt extractor runs one input size, {self.input_hw}; got {input_hw}")
         return super().runner(input_hw)
 
-    def _open(self, path: Path, input_hw: tuple[int, int]) -> Runner:
+    def _open(self, path: Path, input_hw: tuple[int, int] | None) -> Runner:
         options = self.runtime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         # idle threads sleep rather than spin: the search and the other station processes need the cores
@@ -317,8 +329,9 @@ class OnnxExtractor(GraphExtractor):
         # no arena: activations go back to the allocator after each run instead of staying
         # reserved at their peak (bottle fit: 1.65 GB peak with the arena, under 1.5 GB without)
         options.enable_cpu_mem_arena = False
-        options.add_free_dimension_override_by_name("height", input_hw[0])
-        options.add_free_dimension_override_by_name("width", input_hw[1])
+        if input_hw is not None:
+            options.add_free_dimension_override_by_name("height", input_hw[0])
+            options.add_free_dimension_override_by_name("width", input_hw[1])
         session = self.runtime.InferenceSession(str(path), options, providers=self._providers(input_hw))
 
         def run(pixels: np.ndarray) -> np.ndarray:
@@ -326,7 +339,7 @@ class OnnxExtractor(GraphExtractor):
 
         return run
 
-    def _providers(self, input_hw: tuple[int, int]) -> list:
+    def _providers(self, input_hw: tuple[int, int] | None) -> list:
         available = self.runtime.get_available_providers()
         if self.tensorrt:
             if "TensorrtExecutionProvider" not in available or self.device.type != "cuda":
@@ -334,6 +347,7 @@ class OnnxExtractor(GraphExtractor):
                     "the tensorrt extractor needs a CUDA GPU and ONNX Runtime with TensorRT "
                     "(onnxruntime-gpu and the TensorRT libraries: pip install 'edge[gpu]')"
                 )
+            assert input_hw is not None  # TensorRT compiles its one fixed size
             gpu = torch.cuda.get_device_name(self.device).replace(" ", "_")
             engines = self.cache_dir / "tensorrt" / gpu
             engines.mkdir(parents=True, exist_ok=True)
@@ -373,12 +387,13 @@ class OpenVinoExtractor(GraphExtractor):
         self.name = "openvino-cpu"
         self.models: dict[Path, object] = {}
 
-    def _open(self, path: Path, input_hw: tuple[int, int]) -> Runner:
+    def _open(self, path: Path, input_hw: tuple[int, int] | None) -> Runner:
         model = self.models.get(path)
         if model is None:
             model = self.models[path] = self.core.read_model(str(path))
         sized = model.clone()
-        sized.reshape({"frames": self.openvino.PartialShape([-1, input_hw[0], input_hw[1], 3])})
+        if input_hw is not None:
+            sized.reshape({"frames": self.openvino.PartialShape([-1, input_hw[0], input_hw[1], 3])})
         compiled = self.core.compile_model(
             sized,
             "CPU",

@@ -56,7 +56,7 @@ def load_station_bank(config: StationConfig, device: str | None = None) -> Bank:
             f"bank {ref.path} has no calibrated threshold: calibrate it with edge-calibrate "
             "or set bank.threshold in the configuration"
         )
-    backend = f"{model.extractor.name}+{config.worker.search}"
+    backend = f"{model.extractor.name}+{model.index.name}"
     # first-call set-up of every batch size a micro-batch can have, before any part waits
     model.warm_up(batches=sorted({1, config.worker.max_batch}))
     frame_hw = model.usual_frame_hw() or (WARM_UP_SIDE, WARM_UP_SIDE)
