@@ -212,34 +212,62 @@ class Subscriber:
     def _replay(self, verdict: VerdictMessage, after_seq: int, gap: int) -> int:
         """Fetch this camera's verdicts between `after_seq` and `verdict` of its epoch; how many
         of the `gap` were recovered."""
+        recovered, _ = self._fetch(verdict.camera, verdict.epoch, after_seq, verdict.seq)
+        return min(recovered, gap)
+
+    def _fetch(
+        self, camera: str, epoch: int, after_seq: int, before_seq: int | None
+    ) -> tuple[int, int | None]:
+        """Queue the camera's verdicts after `after_seq` of `epoch` (and before `before_seq`), as
+        the publisher still holds them, marked replayed: (how many, the publisher's epoch or None
+        when it did not answer). A publisher of another epoch sends all it holds of its own."""
         if self.query_endpoint is None:
-            return 0
-        query = Query(verdict.camera, epoch=verdict.epoch, after_seq=after_seq)
+            return 0, None
+        query = Query(camera, epoch=epoch, after_seq=after_seq)
         try:
             reply = request(self.query_endpoint, encode_query(query), self.query_timeout_s, self.context)
         except (ProtocolError, zmq.ZMQError) as exc:
             log.warning("could not fetch missed verdicts from %s: %s", self.query_endpoint, exc)
-            return 0
+            return 0, None
         if reply is None or not reply.get("ok") or not isinstance(reply.get("verdicts"), list):
-            return 0
+            return 0, None
+        current = reply.get("epoch") if isinstance(reply.get("epoch"), int) else epoch
         recovered = 0
         for body in reply["verdicts"]:
             try:
                 missed = verdict_from_body(body) if isinstance(body, dict) else None
             except ProtocolError:
                 missed = None
-            if missed is None:
+            if missed is None or missed.camera != camera or missed.epoch != current:
                 continue
-            if (
-                missed.epoch == verdict.epoch
-                and after_seq < missed.seq < verdict.seq
-                and self._first(missed.frame_id)
-            ):
+            if current == epoch and missed.seq <= after_seq:
+                continue
+            if before_seq is not None and (missed.epoch != epoch or missed.seq >= before_seq):
+                continue
+            if self._first(missed.frame_id):
                 topic = f"verdict.{missed.station}.{missed.camera}."
                 self.pending.append(Event(topic, missed.seq, 0, missed.epoch, replayed=True, verdict=missed))
+                if before_seq is None:  # resuming: live verdicts continue after the last fetched
+                    self.position[topic] = (
+                        missed.epoch,
+                        max(missed.seq, self.position.get(topic, (0, 0))[1]),
+                    )
                 recovered += 1
         self.recovered += recovered
-        return min(recovered, gap)
+        return recovered, current
+
+    def resume(self, positions: dict[str, tuple[int, int]]) -> None:
+        """Continue where an earlier subscriber stopped (a bridge before its restart): `positions`
+        maps verdict topics to the (epoch, seq) of the last verdict it handled. What the
+        publisher sent since is fetched (with `query_endpoint`) and delivered first, marked
+        replayed; a loss found later is fetched as usual."""
+        for topic, (epoch, seq) in positions.items():
+            parts = topic.split(".")
+            if len(parts) != 4 or parts[0] != "verdict" or not is_name(parts[2]):
+                raise ValueError(f"{topic!r} is not a verdict topic")
+            self.position[topic] = (epoch, seq)
+            self.epochs.add(epoch)
+            self._fetch(parts[2], epoch, seq, None)
 
     def events(self, timeout_s: float) -> Iterator[Event]:
         """Events until none arrives for `timeout_s`."""

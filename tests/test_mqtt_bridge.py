@@ -1,0 +1,314 @@
+"""edge-mqtt-bridge against a real broker (Debian's mosquitto, started here on loopback) and a
+paho-mqtt subscriber as a historian would write one: every verdict arrives across a broker outage,
+none twice, the retained status is right, the last will fires when the bridge is killed, and
+hostile input or a full buffer costs a log line, not the bridge."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+from edge.pipeline.publisher import Publisher, PublisherSettings
+from edge.protocol import Verdict, VerdictMessage, encode_result
+
+mqtt = pytest.importorskip("paho.mqtt.client", reason="paho-mqtt not installed (pip install 'edge[mqtt]')")
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+pytestmark = pytest.mark.skipif(
+    not Path(MOSQUITTO).exists(), reason="mosquitto not installed (apt-get install mosquitto; .ci/run does)"
+)
+ROOT = "acme/plant1"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(condition, timeout_s: float, what: str, every_s: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(every_s)
+
+
+class Broker:
+    """mosquitto on loopback with persistence, so sessions and queued messages survive a restart."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.folder = folder
+        self.config = folder / "mosquitto.conf"
+        # as root, mosquitto switches to its own user unless told otherwise, and could not write here
+        user = "user root\n" if os.geteuid() == 0 else ""
+        self.config.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {folder}/\nautosave_interval 1\nlog_dest none\n{user}"
+        )
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stderr=subprocess.DEVNULL)
+
+        def listening() -> bool:
+            with socket.socket() as probe:
+                return probe.connect_ex(("127.0.0.1", self.port)) == 0
+
+        wait_until(listening, 10, "mosquitto to listen")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()  # mosquitto saves its sessions on SIGTERM
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture
+def broker(tmp_path):
+    broker = Broker(tmp_path)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+class Station:
+    """A real publisher (PUB, replay query, heartbeats) fed results the way a worker sends them."""
+
+    def __init__(self, folder: Path) -> None:
+        self.context = zmq.Context()
+        self.pub = f"ipc://{folder}/pub"
+        self.query = f"ipc://{folder}/query"
+        settings = PublisherSettings(
+            "line1", f"ipc://{folder}/results", self.pub, self.query, heartbeat_s=0.2
+        )
+        self.publisher = Publisher(settings, self.context)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.publisher.run, args=(self.stop,))
+        self.thread.start()
+        self.worker = self.context.socket(zmq.PUSH)
+        self.worker.connect(f"ipc://{folder}/results")
+
+    def send(self, index: int) -> str:
+        frame = f"frame-{index:04d}"
+        outcome = Verdict.NOK if index % 7 == 0 else Verdict.OK
+        message = VerdictMessage(
+            "line1", "cam1", frame, outcome, "2026-12-05T10:00:00Z", index, part_id=f"P{index}",
+            score=0.5 + index / 1000, threshold=1.0,
+        )  # fmt: skip
+        self.worker.send_multipart(encode_result(message, None))
+        return frame
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        self.worker.close()
+        self.context.destroy(linger=0)
+
+
+class Historian:
+    """A paho-mqtt subscriber with a persistent session and QoS 1, as a plant's historian runs."""
+
+    def __init__(self, port: int, client_id: str = "historian") -> None:
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{ROOT}/#", qos=1)
+        self.client.on_message = self._message
+        self.client.reconnect_delay_set(1, 2)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _message(self, client, userdata, message) -> None:
+        with self.lock:
+            self.messages.append((message.topic, message.payload, bool(message.retain)))
+
+    def payloads(self, suffix: str, retained: bool | None = None) -> list[bytes]:
+        with self.lock:
+            return [p for t, p, r in self.messages if t.endswith(suffix) and retained in (None, r)]
+
+    def verdict_frames(self) -> list[str]:
+        return [json.loads(p)["frame_id"] for p in self.payloads("/verdict")]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def start_bridge(pub: str, query: str, port: int, folder: Path, *extra: str) -> subprocess.Popen:
+    command = [
+        sys.executable, "-m", "edge.bridges.mqtt", pub, "--station", "line1", "--query", query,
+        "--broker", f"127.0.0.1:{port}", "--topic-root", ROOT, "--alive-timeout", "1",
+        "--state", str(folder / "positions.json"), *extra,
+    ]  # fmt: skip
+    log = (folder / "bridge.log").open("ab")
+    return subprocess.Popen(command, stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def retained(port: int, topic: str) -> bytes | None:
+    """What a new subscriber gets as the retained message of `topic`."""
+    got: list[bytes] = []
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{time.monotonic_ns()}")
+    client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+    client.on_message = lambda c, u, m: got.append(m.payload)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        wait_until(lambda: got, 5, f"the retained {topic}")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return got[-1]
+
+
+def test_every_verdict_arrives_once_across_a_broker_outage(tmp_path, broker):
+    station = Station(tmp_path)
+    historian = Historian(broker.port)
+    bridge = start_bridge(station.pub, station.query, broker.port, tmp_path)
+    try:
+        wait_until(lambda: historian.payloads("/status"), 15, "the bridge's first status")
+        sent = []
+
+        def send(indices: range) -> None:
+            for index in indices:
+                sent.append(station.send(index))
+                time.sleep(0.05)  # 20 verdicts per second
+
+        send(range(80))
+        broker.stop()
+        outage = time.monotonic()
+        send(range(80, 120))  # 2 s of verdicts while the broker is away
+        time.sleep(max(0.0, 10 - (time.monotonic() - outage)))
+        broker.start()
+        send(range(120, 200))
+        wait_until(lambda: len(set(historian.verdict_frames())) == len(sent), 60, "every verdict")
+        time.sleep(1)  # anything sent twice would have arrived by now
+        frames = historian.verdict_frames()
+        assert sorted(frames) == sorted(sent) and len(frames) == len(sent), "lost or repeated verdicts"
+        first = json.loads(historian.payloads("/verdict")[0])
+        assert first["verdict"] == "NOK" and first["part_id"] == "P0" and first["threshold"] == 1.0
+        status = json.loads(retained(broker.port, f"{ROOT}/line1/status"))
+        assert status["station_alive"] is True and status["bridge"] == "online"
+        assert retained(broker.port, f"{ROOT}/line1/bridge") == b"online"
+        last = json.loads(retained(broker.port, f"{ROOT}/line1/cam1/last"))
+        assert last["frame_id"] == sent[-1]
+        bridge.send_signal(signal.SIGKILL)  # gone without a goodbye: the broker sends its last will
+        bridge.wait(10)
+        wait_until(lambda: retained(broker.port, f"{ROOT}/line1/bridge") == b"offline", 30, "the last will")
+    finally:
+        if bridge.poll() is None:
+            bridge.kill()
+        historian.close()
+        station.close()
+
+
+def test_a_restarted_bridge_resumes_where_it_stopped(tmp_path, broker):
+    """Verdicts published while the bridge is down are fetched through the replay query."""
+    station = Station(tmp_path)
+    historian = Historian(broker.port)
+    bridge = start_bridge(station.pub, station.query, broker.port, tmp_path)
+    try:
+        wait_until(lambda: historian.payloads("/status"), 15, "the bridge's first status")
+        sent = [station.send(i) for i in range(20)]
+        wait_until(lambda: len(historian.verdict_frames()) == 20, 20, "the first 20 verdicts")
+        bridge.terminate()
+        assert bridge.wait(15) == 0
+        sent += [station.send(i) for i in range(20, 40)]  # nobody is listening
+        time.sleep(0.5)
+        bridge = start_bridge(station.pub, station.query, broker.port, tmp_path)
+        sent += [station.send(i) for i in range(40, 45)]
+        wait_until(lambda: len(set(historian.verdict_frames())) == 45, 30, "the verdicts missed while down")
+        assert sorted(historian.verdict_frames()) == sorted(sent)
+    finally:
+        bridge.kill()
+        historian.close()
+        station.close()
+
+
+def test_hostile_station_unreachable_broker_and_a_full_buffer(tmp_path):
+    """Garbage on the station's socket, no broker at start and a buffer too small for the outage:
+    each is a clear log line, and the bridge delivers what it kept once the broker appears."""
+    context = zmq.Context()
+    pub = context.socket(zmq.PUB)
+    endpoint = f"ipc://{tmp_path}/pub"
+    pub.bind(endpoint)
+    broker = Broker(tmp_path)  # not started yet
+    metrics_port = free_port()
+    bridge = start_bridge(
+        endpoint,
+        f"ipc://{tmp_path}/none",
+        broker.port,
+        tmp_path,
+        "--buffer",
+        "10",
+        "--metrics-port",
+        str(metrics_port),
+    )
+    log = tmp_path / "bridge.log"
+    try:
+        time.sleep(1.5)  # the bridge connects to the PUB socket
+        for garbage in (
+            [b"verdict.line1.cam1.", b"{not json"],
+            [b"verdict.line1.cam1."],
+            [b"verdict.line1.x", b"1"],
+        ):
+            pub.send_multipart(garbage)
+        for index in range(30):
+            message = VerdictMessage(
+                "line1", "cam1", f"f{index}", Verdict.OK, "t", index, seq=index + 1, epoch=1
+            )
+            pub.send_multipart([b"verdict.line1.cam1.", json.dumps(_body(message)).encode()])
+            time.sleep(0.02)
+        wait_until(lambda: b"buffer full" in log.read_bytes(), 15, "the buffer-full log line")
+        assert bridge.poll() is None, "the bridge died"
+        import urllib.request
+
+        metrics = (
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        )
+        dropped = [line for line in metrics.splitlines() if line.startswith("edge_mqtt_dropped_total")]
+        assert dropped and float(dropped[0].split()[-1]) >= 20
+        malformed = [line for line in metrics.splitlines() if line.startswith("edge_mqtt_malformed_total")]
+        assert malformed and float(malformed[0].split()[-1]) >= 2
+        broker.start()  # the newest kept verdicts go out once the broker appears
+        newest = lambda: json.loads(retained(broker.port, f"{ROOT}/line1/cam1/last"))["frame_id"]  # noqa: E731
+        wait_until(lambda: newest() == "f29", 30, "the newest verdict")
+        assert bridge.poll() is None
+    finally:
+        bridge.kill()
+        broker.stop()
+        pub.close()
+        context.destroy(linger=0)
+
+
+def _body(message: VerdictMessage) -> dict:
+    from edge.protocol import verdict_body
+
+    return verdict_body(message)
+
+
+def test_usage_mistakes_exit_2_without_a_traceback(tmp_path):
+    for extra in (["--topic-root", "a/+/b"], ["--broker", "host:port"], ["--tls-cert", str(tmp_path / "x")]):
+        command = [
+            sys.executable,
+            "-m",
+            "edge.bridges.mqtt",
+            "ipc:///tmp/x",
+            "--station",
+            "s",
+            "--broker",
+            "h",
+        ]
+        result = subprocess.run(command + extra, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
