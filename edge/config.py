@@ -26,13 +26,20 @@ from pydantic import (
 
 from edge.engine.config import GEOMETRY_MODES, IMAGE_SCORES, EngineConfig
 from edge.errors import ConfigError
-from edge.pipeline.gige import PIXEL_FORMATS
+from edge.pixel_formats import PIXEL_FORMATS
 from edge.protocol import NAME_MEANING, NAME_PATTERN
 from edge.sockets import ENDPOINT_MEANING, ENDPOINT_PATTERN
 
 STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
+BROKER_PATTERN = r"^[A-Za-z0-9.\-]+(:\d{1,5})?$"
+TOPIC_ROOT_PATTERN = r"^[^/+#\x00]+(/[^/+#\x00]+)*$"
 # station and camera names appear in topics and file names: the wire protocol's rule
-PATTERN_MEANINGS = {NAME_PATTERN: NAME_MEANING, ENDPOINT_PATTERN: ENDPOINT_MEANING}
+PATTERN_MEANINGS = {
+    NAME_PATTERN: NAME_MEANING,
+    ENDPOINT_PATTERN: ENDPOINT_MEANING,
+    BROKER_PATTERN: "HOST or HOST:PORT",
+    TOPIC_ROOT_PATTERN: "topic levels joined by / (no + or #, no empty level)",
+}
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 Endpoint = Annotated[str, Field(pattern=ENDPOINT_PATTERN)]
 Positive = Annotated[float, Field(gt=0)]
@@ -218,6 +225,37 @@ class SecurityConfig(_Strict):
     workers: WorkersSecurityConfig | None = None
 
 
+class MqttBridgeConfig(_Strict):
+    """edge-mqtt-bridge (edge/bridges/mqtt.py): this station's verdicts onto the site's MQTT broker."""
+
+    broker: Annotated[str, Field(pattern=BROKER_PATTERN)]  # HOST or HOST:PORT (1883; 8883 with TLS)
+    topic_root: Annotated[str, Field(pattern=TOPIC_ROOT_PATTERN)] = "edge"  # e.g. acme/plant1/line3
+    client_id: str | None = None  # default edge-<station>-<root>; fixed: the broker keeps its session
+    username: str | None = None
+    password_file: str | None = None  # a file holding the password (not the password itself)
+    tls_ca: str | None = None  # TLS: the CA bundle that signed the broker's certificate
+    tls_cert: str | None = None  # TLS client certificate (with tls_key)
+    tls_key: str | None = None
+    buffer: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000  # verdicts kept while the broker is away
+    masks: bool = False  # NOK masks as PNG under <root>/<station>/<camera>/mask/<frame id>
+    alive_timeout_s: Positive = 3.0  # the station is "not alive" after this long without heartbeats
+    state: str | None = None  # positions file; None: $STATE_DIRECTORY/mqtt-positions.json or none
+    curve: CurveClientConfig | None = None  # with security.publisher: this bridge's keys
+    metrics_port: Port | None = None  # Prometheus /metrics
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> MqttBridgeConfig:
+        if (self.tls_cert is None) != (self.tls_key is None) or (self.tls_cert and not self.tls_ca):
+            raise ValueError("a client certificate needs tls_cert, tls_key and tls_ca")
+        return self
+
+
+class BridgesConfig(_Strict):
+    """Plant protocols, each a process of its own (a systemd unit installed when configured)."""
+
+    mqtt: MqttBridgeConfig | None = None
+
+
 class CalibrationConfig(_Strict):
     """How edge-calibrate builds this station's banks (the recipe --add reuses)."""
 
@@ -249,6 +287,7 @@ class StationConfig(_Strict):
     calibration: CalibrationConfig = CalibrationConfig()
     security: SecurityConfig = SecurityConfig()
     recent_frames: RecentFramesConfig | None = None
+    bridges: BridgesConfig = BridgesConfig()
 
     @model_validator(mode="after")
     def _unique_cameras(self) -> StationConfig:
@@ -429,6 +468,23 @@ def _key_problems(security: SecurityConfig) -> list[str]:
     return problems
 
 
+def bridge_problems(config: StationConfig) -> list[str]:
+    """Files the bridges read that are not there, and a bridge with no way to the publisher."""
+    mqtt = config.bridges.mqtt
+    if mqtt is None:
+        return []
+    files = {name: getattr(mqtt, name) for name in ("password_file", "tls_ca", "tls_cert", "tls_key")}
+    if mqtt.curve is not None:
+        files.update({f"curve.{k}": v for k, v in mqtt.curve.model_dump().items()})
+    problems = [f"bridges.mqtt.{name}: {path} is not a file" for name, path in files.items() if path and
+                not Path(path).is_file()]  # fmt: skip
+    if config.security.publisher is not None and mqtt.curve is None:
+        problems.append(
+            "bridges.mqtt.curve: the publisher uses CURVE (security.publisher): the bridge needs keys"
+        )
+    return problems
+
+
 def _device_problems(config: StationConfig) -> list[str]:
     """OpenCV cameras named by index or /dev path whose device node is not there."""
     problems = []
@@ -451,6 +507,7 @@ def check_station(config: StationConfig, bind: bool = False) -> None:
     if config.weights is not None and not Path(config.weights).is_file():
         problems.append(f"weights: {config.weights} is not a file (the WideResNet50 weights file)")
     problems += _key_problems(config.security)
+    problems += bridge_problems(config)
     for index, camera in enumerate(config.cameras):
         if isinstance(camera.source, FolderSourceConfig) and not Path(camera.source.path).is_dir():
             problems.append(f"cameras[{index}].source.path: {camera.source.path} is not a folder")

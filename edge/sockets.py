@@ -36,6 +36,15 @@ def check_endpoint(endpoint: str) -> None:
         raise UsageError(f"{endpoint!r} is not {ENDPOINT_MEANING}")
 
 
+def local_endpoint(endpoint: str) -> str:
+    """Where a process on the same host connects to an endpoint bound as `endpoint`
+    (tcp://*:5556 and tcp://0.0.0.0:5556 are bound on every interface, loopback included)."""
+    for wildcard in ("tcp://*:", "tcp://0.0.0.0:"):
+        if endpoint.startswith(wildcard):
+            return "tcp://127.0.0.1:" + endpoint[len(wildcard) :]
+    return endpoint
+
+
 def open_socket(
     context: zmq.Context,
     kind: int,

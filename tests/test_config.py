@@ -122,3 +122,18 @@ def test_the_example_configurations_are_valid(example):
     path = Path(__file__).parents[1] / "deploy" / "examples" / f"{example}.yaml"
     config = load_config(path, environ={})
     assert config.station and config.cameras
+
+
+def test_the_mqtt_bridge_section_is_validated_and_its_files_checked(valid, tmp_path):
+    valid["bridges"] = {"mqtt": {"broker": "mqtt.site:8883", "topic_root": "acme/+/x"}}
+    assert "bridges.mqtt.topic_root: expected topic levels joined by /" in problems(valid)
+    valid["bridges"]["mqtt"] = {"broker": "mqtt.site:8883", "tls_ca": str(tmp_path / "ca.pem"), "color": 1}
+    assert "bridges.mqtt.color: unknown key" in problems(valid)
+    valid["bridges"]["mqtt"] = {"broker": "http://mqtt.site", "topic_root": "acme/plant1"}
+    assert "bridges.mqtt.broker: expected HOST or HOST:PORT" in problems(valid)
+    valid["bridges"]["mqtt"] = {"broker": "mqtt.site", "tls_cert": str(tmp_path / "c.pem")}
+    assert "a client certificate needs tls_cert, tls_key and tls_ca" in problems(valid)
+    valid["bridges"]["mqtt"] = {"broker": "mqtt.site:8883", "tls_ca": str(tmp_path / "ca.pem")}
+    assert f"bridges.mqtt.tls_ca: {tmp_path / 'ca.pem'} is not a file" in problems(valid)
+    (tmp_path / "ca.pem").write_text("a CA")
+    check_station(parse_config(yaml.safe_dump(valid), environ={}))

@@ -136,3 +136,42 @@ def test_the_view_install_reads_and_switches_a_bank_store_without_torch(tmp_path
         subprocess.run([str(venv / "bin" / "python"), "-c", "import torch"], capture_output=True).returncode
         != 0
     )
+
+
+def test_the_mqtt_install_reads_its_station_config_without_torch_or_opencv(tmp_path_factory, tmp_path):
+    """`pip install 'edge[mqtt]'` (paho-mqtt, prometheus-client, pyyaml, pydantic) runs
+    edge-mqtt-bridge, reads its section of a station configuration and imports no ML stack."""
+    venv = tmp_path_factory.mktemp("mqtt") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    install = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "--quiet", "--no-cache-dir", f"{REPO}[mqtt]"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stdout + install.stderr
+    help_ = subprocess.run(
+        [str(venv / "bin" / "edge-mqtt-bridge"), "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert help_.returncode == 0 and "--topic-root" in help_.stdout
+    config = tmp_path / "station.yaml"
+    config.write_text(
+        "station: line1\nbank: {path: /nonexistent}\n"
+        "endpoints: {frames: 'ipc:///tmp/f', results: 'ipc:///tmp/r', publish: 'tcp://*:5556', latest: 'tcp://*:5557'}\n"
+        "cameras: [{name: cam0, source: {kind: folder, path: /nonexistent}}]\n"
+        "bridges: {mqtt: {broker: 'mqtt.site:1883', topic_root: acme/plant1}}\n"
+    )  # fmt: skip
+    check = (
+        "import sys; from pathlib import Path; from edge.bridges.mqtt import settings_from_config;"
+        f"s, _ = settings_from_config(Path({str(config)!r}));"
+        "print(s.station_endpoint, s.query_endpoint, s.broker_host, s.broker_port, s.topic_root,"
+        "'torch' in sys.modules, 'cv2' in sys.modules)"
+    )
+    result = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", check], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "tcp://127.0.0.1:5556", "tcp://127.0.0.1:5557", "mqtt.site", "1883", "acme/plant1", "False", "False"
+    ]  # fmt: skip
+    for module in ("torch", "cv2"):
+        found = subprocess.run([str(venv / "bin" / "python"), "-c", f"import {module}"], capture_output=True)
+        assert found.returncode != 0, f"{module} should not be installed"

@@ -25,6 +25,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import ssl
 import sys
 import threading
@@ -345,12 +346,19 @@ def _main(argv: list[str] | None) -> int:
         description=__doc__.split("\n\n")[0],
         epilog="exit codes: 0 stopped; 2 bad usage; 6 bad key file; 130 interrupted",
     )
-    parser.add_argument("station_endpoint", help="the station's PUB endpoint, e.g. tcp://station:5556")
-    parser.add_argument("--station", required=True, help="station name (topics verdict.<station>.*)")
+    parser.add_argument(
+        "station_endpoint", nargs="?", help="the station's PUB endpoint, e.g. tcp://station:5556"
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="the station's YAML: endpoints, keys and bridges.mqtt (instead of the rest)",
+    )
+    parser.add_argument("--station", help="station name (topics verdict.<station>.*)")
     parser.add_argument(
         "--query", help="the publisher's query endpoint: verdicts missed while away are fetched"
     )
-    parser.add_argument("--broker", required=True, help="MQTT broker HOST[:PORT] (1883, or 8883 with TLS)")
+    parser.add_argument("--broker", help="MQTT broker HOST[:PORT] (1883, or 8883 with TLS)")
     parser.add_argument(
         "--topic-root", default="edge", help="topic prefix, e.g. acme/plant1/line3 (default edge)"
     )
@@ -374,19 +382,26 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--server-key", help="CURVE: the publisher's public .key")
     args = parser.parse_args(argv)
     setup_logging()
-    settings = settings_from(args)
+    if args.config is not None:
+        if args.station_endpoint or args.station or args.broker:
+            raise UsageError("--config gives the station, its endpoints and the broker: leave the others out")
+        settings, metrics_port = settings_from_config(args.config)
+    else:
+        if not (args.station_endpoint and args.station and args.broker):
+            raise UsageError("give the station's endpoint, --station and --broker (or --config station.yaml)")
+        settings, metrics_port = settings_from(args), args.metrics_port
     try:
         import paho.mqtt.client  # noqa: F401
     except ImportError:
         raise UsageError("the MQTT bridge needs paho-mqtt: pip install 'edge[mqtt]'") from None
     stop = stop_on_signals()
     bridge = MqttBridge(settings)
-    if args.metrics_port is not None:
+    if metrics_port is not None:
         from edge.metrics import ProcessMetrics
 
         metrics = ProcessMetrics("mqtt-bridge", settings.station)
         metrics.snapshot(bridge.samples)
-        metrics.serve(args.metrics_port)
+        metrics.serve(metrics_port)
     bridge.run(stop)
     return 0
 
@@ -427,6 +442,48 @@ def settings_from(args: argparse.Namespace) -> MqttSettings:
         camera=args.camera,
         curve=CurveClient(args.client_key, args.server_key) if args.client_key else None,
     )
+
+
+def settings_from_config(path: Path) -> tuple[MqttSettings, int | None]:
+    """The bridge's settings from the station's YAML (its `bridges.mqtt` section, endpoints and
+    keys), and its metrics port; a mistake is a ConfigError naming the key."""
+    from edge.config import bridge_problems, load_config
+    from edge.errors import ConfigError
+    from edge.sockets import local_endpoint
+
+    config = load_config(path)
+    mqtt = config.bridges.mqtt
+    if mqtt is None:
+        raise ConfigError(f"{path}: no bridges.mqtt section: nothing for edge-mqtt-bridge to do")
+    problems = bridge_problems(config)
+    if problems:
+        raise ConfigError(f"{path}: {len(problems)} problem(s):\n" + "\n".join(f"  {p}" for p in problems))
+    tls = mqtt.tls_ca is not None
+    host, port = _address(mqtt.broker, 8883 if tls else 1883)
+    state = mqtt.state
+    if state is None and os.environ.get("STATE_DIRECTORY"):  # systemd's StateDirectory=
+        state = str(Path(os.environ["STATE_DIRECTORY"].split(":")[0]) / "mqtt-positions.json")
+    password = Path(mqtt.password_file).read_text().strip() if mqtt.password_file else None
+    settings = MqttSettings(
+        station_endpoint=local_endpoint(config.endpoints.publish),
+        station=config.station,
+        broker_host=host,
+        broker_port=port,
+        topic_root=mqtt.topic_root,
+        query_endpoint=local_endpoint(config.endpoints.latest) if config.endpoints.latest else None,
+        client_id=mqtt.client_id,
+        username=mqtt.username,
+        password=password,
+        tls_ca=Path(mqtt.tls_ca) if mqtt.tls_ca else None,
+        tls_cert=Path(mqtt.tls_cert) if mqtt.tls_cert else None,
+        tls_key=Path(mqtt.tls_key) if mqtt.tls_key else None,
+        buffer=mqtt.buffer,
+        masks=mqtt.masks,
+        alive_timeout_s=mqtt.alive_timeout_s,
+        state=Path(state) if state else None,
+        curve=CurveClient(mqtt.curve.secret_key, mqtt.curve.server_key) if mqtt.curve else None,
+    )
+    return settings, mqtt.metrics_port
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,17 +19,18 @@ import cv2
 import numpy as np
 
 from edge.errors import UsageError
+from edge.pixel_formats import BAYER_FORMATS, PIXEL_FORMATS
 
 log = logging.getLogger("edge.capture")
 RETRY_S = 2.0  # between attempts to reopen a lost camera
 # OpenCV names a Bayer pattern by the second row's first two pixels, GenICam by the first row's
-BAYER_TO_RGB = {
-    "BayerRG8": cv2.COLOR_BayerBG2RGB,
-    "BayerGR8": cv2.COLOR_BayerGB2RGB,
-    "BayerBG8": cv2.COLOR_BayerRG2RGB,
-    "BayerGB8": cv2.COLOR_BayerGR2RGB,
-}
-PIXEL_FORMATS = ("Mono8", "Mono16", "RGB8", *BAYER_TO_RGB)
+BAYER_TO_RGB = dict(
+    zip(
+        BAYER_FORMATS,
+        (cv2.COLOR_BayerBG2RGB, cv2.COLOR_BayerGB2RGB, cv2.COLOR_BayerRG2RGB, cv2.COLOR_BayerGR2RGB),
+        strict=True,
+    )
+)
 
 
 @dataclass(frozen=True)
