@@ -456,6 +456,9 @@ def _key_problems(security: SecurityConfig) -> list[str]:
     if security.frames:
         keys["security.frames.worker"] = security.frames.worker
         keys["security.frames.capture"] = security.frames.capture
+    if security.workers:
+        keys["security.workers.broker"] = security.workers.broker
+        keys["security.workers.worker"] = security.workers.worker
     problems = []
     for section, keyset in keys.items():
         for name, value in keyset.model_dump().items():

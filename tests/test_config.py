@@ -137,3 +137,28 @@ def test_the_mqtt_bridge_section_is_validated_and_its_files_checked(valid, tmp_p
     assert f"bridges.mqtt.tls_ca: {tmp_path / 'ca.pem'} is not a file" in problems(valid)
     (tmp_path / "ca.pem").write_text("a CA")
     check_station(parse_config(yaml.safe_dump(valid), environ={}))
+
+
+def test_check_config_names_a_missing_pool_key_file(valid, tmp_path):
+    """security.workers (broker → pool workers) is checked like the other CURVE sections, so a
+    missing key fails --check-config instead of the broker or a worker at start."""
+    (tmp_path / "clients").mkdir()
+    (tmp_path / "broker.key_secret").write_text("secret")
+    valid["security"] = {
+        "workers": {
+            "broker": {
+                "secret_key": str(tmp_path / "broker.key_secret"),
+                "allowed_clients": str(tmp_path / "clients"),
+            },
+            "worker": {
+                "secret_key": str(tmp_path / "worker.key_secret"),
+                "server_key": str(tmp_path / "broker.key"),
+            },
+        }
+    }
+    message = problems(valid)
+    assert (
+        f"security.workers.worker.secret_key: {tmp_path / 'worker.key_secret'} is not a key file" in message
+    )
+    assert f"security.workers.worker.server_key: {tmp_path / 'broker.key'} is not a key file" in message
+    assert "security.workers.broker" not in message
