@@ -31,8 +31,9 @@ EXTRA_CANDIDATES = 3
 PRECISIONS = ("auto", "fp32", "bf16")
 PROJECTED_AXES = 128
 PROJECTED_CANDIDATES = 6
-PROJECTED_QUERY_TILE = 512  # a tile of products (512 x bank rows, fp32) stays in the L3 cache
-SELECTION_GROUP = 16  # a tile's products (256 x bank rows, fp32) stay in the caches
+PROJECTED_QUERY_TILE = 512  # a tile of scores (512 x bank rows) stays in the L3 cache
+SELECTION_GROUP = 16  # bank rows per group in smallest_columns
+FAR = 1e30  # the projected norm of padding rows: finite (no inf x 0 in a product), never near
 
 
 class NearestNeighbourIndex(Protocol):
@@ -134,9 +135,8 @@ class ProjectedIndex:
     bank's top principal axes (products in bf16 where the CPU multiplies bf16 natively), then
     those candidates' full distances in fp32 as ||q - b||. A returned distance is always the exact
     distance to a real bank row; it is the nearest one unless the true nearest row was not among
-    the candidates (the recall `bench/bench_search.py` measures: about 0.1 % of patches on the
-    real sets, each then given its second- or third-nearest row's distance, docs/engine.md).
-    The products cost axes / D of the exact search's."""
+    the candidates (recall 0.992-0.9995 on the real sets, printed by `bench/bench_engine.py`;
+    docs/engine.md). The products cost axes / D of the exact search's."""
 
     name = "projected"
 
@@ -157,13 +157,15 @@ class ProjectedIndex:
         self.axes = bank_axes(centred, axes)
         projected = centred @ self.axes
         self.centre_projected = self.centre @ self.axes  # queries are projected uncentred, then moved
-        # the bank's columns padded to whole selection groups: zero rows at an infinite norm
+        # one product gives |b|² - 2q·b: the bank side holds -2b (exact in bf16) and |b|² as one more
+        # row, the query side a 1; the columns are padded to whole selection groups with rows
+        # that are never near (zero, at a norm no real row has)
         padding = -projected.shape[0] % SELECTION_GROUP
-        self.norms = torch.cat([(projected * projected).sum(1), projected.new_full((padding,), torch.inf)])
-        projected = torch.cat([projected, projected.new_zeros(padding, projected.shape[1])])
+        norms = torch.cat([(projected * projected).sum(1), projected.new_full((padding,), FAR)])
+        sides = torch.cat([projected * -2, projected.new_zeros(padding, projected.shape[1])])
         self.product_dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         self.axes_product = self.axes.to(self.product_dtype)
-        self.projected_t = (projected.T * -2).contiguous().to(self.product_dtype)  # x -2: exact in bf16
+        self.bank_side = torch.cat([sides.T, norms[None]]).contiguous().to(self.product_dtype)
 
     def search(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         queries = queries.to(device=self.device, dtype=torch.float32)
@@ -173,10 +175,11 @@ class ProjectedIndex:
         rows = torch.empty(queries.shape[0], k, dtype=torch.int64, device=self.device)
         for start in range(0, queries.shape[0], PROJECTED_QUERY_TILE):
             chunk = queries[start : start + PROJECTED_QUERY_TILE]
-            projected = torch.mm(chunk.to(self.product_dtype), self.axes_product)
-            projected = projected.float().sub_(self.centre_projected).to(self.product_dtype)
-            products = torch.mm(projected, self.projected_t)
-            scores = products.float().add_(self.norms)  # |b|² - 2q·b (the bank side holds the -2)
+            projected = torch.mm(chunk.to(self.product_dtype), self.axes_product).float()
+            query_side = torch.cat(
+                [projected.sub_(self.centre_projected), projected.new_ones(len(chunk), 1)], 1
+            )
+            scores = torch.mm(query_side.to(self.product_dtype), self.bank_side)  # |b|² - 2q·b
             candidates = smallest_columns(scores, wanted)
             found = self.bank.index_select(0, candidates.reshape(-1)).view(*candidates.shape, -1)
             exact = torch.linalg.vector_norm(found.sub_(chunk[:, None, :]), dim=2)
