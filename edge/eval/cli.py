@@ -126,8 +126,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--extractor",
         default="auto",
         choices=EXTRACTORS,
-        help="feature extraction runtime (auto: ONNX Runtime on the CPU where installed, else "
-        "torch; tensorrt needs a fixed input size, a GPU and edge[gpu])",
+        help="feature extraction runtime (auto: on the CPU the installed runtime measured fastest for "
+        "the backbone, OpenVINO for EfficientNet-Lite; torch on CUDA; tensorrt needs a fixed input "
+        "size, a GPU and edge[gpu])",
     )
     parser.add_argument(
         "--extractor-precision", default="fp32", choices=EXTRACTOR_PRECISIONS, help="fp16/bf16: CUDA only"
