@@ -69,9 +69,9 @@ if [ "$ARAVIS" = 1 ]; then
         pkg-config
 fi
 
-step "virtual environment $PREFIX/venv with edge, its PLC and MQTT bridges and edge-view"
-extras=station,plc,mqtt,view
-[ "$ARAVIS" = 1 ] && extras=station,plc,mqtt,view,gige
+step "virtual environment $PREFIX/venv with edge, its PLC, MQTT and OPC UA bridges and edge-view"
+extras=station,plc,mqtt,opcua,view
+[ "$ARAVIS" = 1 ] && extras=station,plc,mqtt,opcua,view,gige
 run python3 -m venv "$PREFIX/venv"
 run "$PREFIX/venv/bin/pip" install --quiet --upgrade pip
 run "$PREFIX/venv/bin/pip" install --quiet "$SOURCE[$extras]"
@@ -111,12 +111,12 @@ if [ "$DRY" = 0 ]; then
     cameras="$("$PREFIX/venv/bin/python" -c 'from edge.config import load_config; print(" ".join(load_config("/etc/edge/station.yaml").camera_names))')"
     # a worker pool (endpoints.workers): the broker and one edge-worker@<slot> per slot
     slots="$("$PREFIX/venv/bin/python" -c 'from edge.config import load_config; c = load_config("/etc/edge/station.yaml"); print(len(c.worker_devices) if c.pooled else 0)')"
-    mqtt="$("$PREFIX/venv/bin/python" -c 'from edge.config import load_config; print(int(load_config("/etc/edge/station.yaml").bridges.mqtt is not None))')"
+    bridges="$("$PREFIX/venv/bin/python" -c 'from edge.config import load_config; b = load_config("/etc/edge/station.yaml").bridges; print(" ".join(n for n in ("mqtt", "opcua") if getattr(b, n) is not None))')"
 else
     echo "+ edge-run /etc/edge/station.yaml --check-config"
     cameras="<cameras in station.yaml>"
     slots=0
-    mqtt=0
+    bridges=""
 fi
 for camera in $cameras; do run systemctl enable "edge-capture@$camera.service"; done
 run systemctl enable edge.target edge-publisher.service
@@ -126,7 +126,7 @@ if [ "$slots" -gt 0 ]; then
 else
     run systemctl enable edge-worker.service
 fi
-[ "$mqtt" = 1 ] && run systemctl enable edge-mqtt-bridge.service
+for bridge in $bridges; do run systemctl enable "edge-$bridge-bridge.service"; done
 
 cat <<EOT
 == installed. Next:

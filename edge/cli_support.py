@@ -57,6 +57,7 @@ EXTRA_OF_MODULE = {
     "sklearn": "eval",
     "pymodbus": "plc",
     "paho": "mqtt",
+    "asyncua": "opcua",
 }
 
 

@@ -33,12 +33,14 @@ from edge.sockets import ENDPOINT_MEANING, ENDPOINT_PATTERN
 STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
 BROKER_PATTERN = r"^[A-Za-z0-9.\-]+(:\d{1,5})?$"
 TOPIC_ROOT_PATTERN = r"^[^/+#\x00]+(/[^/+#\x00]+)*$"
+OPCUA_URL_PATTERN = r"^opc\.tcp://[A-Za-z0-9.\-]+:\d{1,5}(/\S*)?$"
 # station and camera names appear in topics and file names: the wire protocol's rule
 PATTERN_MEANINGS = {
     NAME_PATTERN: NAME_MEANING,
     ENDPOINT_PATTERN: ENDPOINT_MEANING,
     BROKER_PATTERN: "HOST or HOST:PORT",
     TOPIC_ROOT_PATTERN: "topic levels joined by / (no + or #, no empty level)",
+    OPCUA_URL_PATTERN: "an OPC UA endpoint such as opc.tcp://0.0.0.0:4840/edge/",
 }
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 Endpoint = Annotated[str, Field(pattern=ENDPOINT_PATTERN)]
@@ -250,10 +252,25 @@ class MqttBridgeConfig(_Strict):
         return self
 
 
+class OpcUaBridgeConfig(_Strict):
+    """edge-opcua-bridge (edge/bridges/opcua.py): this station's results in an OPC UA server."""
+
+    endpoint_url: Annotated[str, Field(pattern=OPCUA_URL_PATTERN)] = "opc.tcp://0.0.0.0:4840/edge/"
+    certificate: str  # the server's certificate (DER; edge-opcua-bridge --make-certificate)
+    private_key: str  # its private key (PEM)
+    trust_dir: str  # a folder of trusted client certificates; others are refused
+    users_file: str | None = None  # set: clients log in with a user name and password (--add-user)
+    allow_anonymous: bool = False  # also an unsecured endpoint and anonymous login
+    alive_timeout_s: Positive = 3.0  # VisionAlive falls after this long without heartbeats
+    curve: CurveClientConfig | None = None  # with security.publisher: this bridge's keys
+    metrics_port: Port | None = None  # Prometheus /metrics
+
+
 class BridgesConfig(_Strict):
     """Plant protocols, each a process of its own (a systemd unit installed when configured)."""
 
     mqtt: MqttBridgeConfig | None = None
+    opcua: OpcUaBridgeConfig | None = None
 
 
 class CalibrationConfig(_Strict):
@@ -473,18 +490,34 @@ def _key_problems(security: SecurityConfig) -> list[str]:
 
 def bridge_problems(config: StationConfig) -> list[str]:
     """Files the bridges read that are not there, and a bridge with no way to the publisher."""
-    mqtt = config.bridges.mqtt
-    if mqtt is None:
-        return []
-    files = {name: getattr(mqtt, name) for name in ("password_file", "tls_ca", "tls_cert", "tls_key")}
-    if mqtt.curve is not None:
-        files.update({f"curve.{k}": v for k, v in mqtt.curve.model_dump().items()})
-    problems = [f"bridges.mqtt.{name}: {path} is not a file" for name, path in files.items() if path and
-                not Path(path).is_file()]  # fmt: skip
-    if config.security.publisher is not None and mqtt.curve is None:
-        problems.append(
-            "bridges.mqtt.curve: the publisher uses CURVE (security.publisher): the bridge needs keys"
+    problems = []
+    for name, bridge in (("mqtt", config.bridges.mqtt), ("opcua", config.bridges.opcua)):
+        if bridge is None:
+            continue
+        fields = (
+            "password_file",
+            "tls_ca",
+            "tls_cert",
+            "tls_key",
+            "certificate",
+            "private_key",
+            "users_file",
         )
+        files = {field: getattr(bridge, field) for field in fields if hasattr(bridge, field)}
+        if bridge.curve is not None:
+            files.update({f"curve.{k}": v for k, v in bridge.curve.model_dump().items()})
+        for field, path in files.items():
+            if path and not Path(path).is_file():
+                problems.append(f"bridges.{name}.{field}: {path} is not a file")
+        trust = getattr(bridge, "trust_dir", None)
+        if trust is not None and not Path(trust).is_dir():
+            problems.append(
+                f"bridges.{name}.trust_dir: {trust} is not a folder of trusted client certificates"
+            )
+        if config.security.publisher is not None and bridge.curve is None:
+            problems.append(
+                f"bridges.{name}.curve: the publisher uses CURVE (security.publisher): the bridge needs keys"
+            )
     return problems
 
 

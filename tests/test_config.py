@@ -162,3 +162,27 @@ def test_check_config_names_a_missing_pool_key_file(valid, tmp_path):
     )
     assert f"security.workers.worker.server_key: {tmp_path / 'broker.key'} is not a key file" in message
     assert "security.workers.broker" not in message
+
+
+def test_the_opcua_bridge_section_names_its_missing_files(valid, tmp_path):
+    from edge.bridges.opcua import settings_from_config
+
+    valid["endpoints"]["latest"] = "tcp://*:5557"
+    opcua = {"certificate": str(tmp_path / "s.der"), "private_key": str(tmp_path / "s.pem")}
+    valid["bridges"] = {
+        "opcua": {**opcua, "trust_dir": str(tmp_path / "trusted"), "endpoint_url": "http://x"}
+    }
+    assert "bridges.opcua.endpoint_url: expected an OPC UA endpoint" in problems(valid)
+    del valid["bridges"]["opcua"]["endpoint_url"]
+    message = problems(valid)
+    for name, path in opcua.items():
+        assert f"bridges.opcua.{name}: {path} is not a file" in message
+    assert "bridges.opcua.trust_dir" in message
+    (tmp_path / "s.der").write_bytes(b"cert")
+    (tmp_path / "s.pem").write_bytes(b"key")
+    (tmp_path / "trusted").mkdir()
+    path = tmp_path / "station.yaml"
+    path.write_text(yaml.safe_dump(valid))
+    settings, metrics_port = settings_from_config(path)
+    assert settings.station == "line1" and settings.cameras == ("cam0",) and metrics_port is None
+    assert settings.query_endpoint == "tcp://127.0.0.1:5557" and settings.endpoint_url.endswith(":4840/edge/")

@@ -21,7 +21,7 @@ def test_install_script_parses_and_dry_runs():
         "install -d -o root -g edge -m 0750 /etc/edge",
         "python3 -m venv /srv/edge/venv",
         "gir1.2-aravis-0.8",
-        "[station,plc,mqtt,view,gige]",
+        "[station,plc,mqtt,opcua,view,gige]",
         "/etc/systemd/system/edge-worker.service",
         "/etc/systemd/system/edge-worker@.service",
         "/etc/systemd/system/edge-broker.service",

@@ -138,20 +138,30 @@ def test_the_view_install_reads_and_switches_a_bank_store_without_torch(tmp_path
     )
 
 
-def test_the_mqtt_install_reads_its_station_config_without_torch_or_opencv(tmp_path_factory, tmp_path):
-    """`pip install 'edge[mqtt]'` (paho-mqtt, prometheus-client, pyyaml, pydantic) runs
-    edge-mqtt-bridge, reads its section of a station configuration and imports no ML stack."""
-    venv = tmp_path_factory.mktemp("mqtt") / "venv"
+def test_the_bridges_install_reads_its_station_config_without_torch_or_opencv(tmp_path_factory, tmp_path):
+    """`pip install 'edge[opcua,mqtt]'` (asyncua, paho-mqtt, prometheus-client, pyyaml, pydantic)
+    runs both bridges, reads their section of a station configuration and imports no ML stack."""
+    venv = tmp_path_factory.mktemp("bridges") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     install = subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "--quiet", "--no-cache-dir", f"{REPO}[mqtt]"],
+        [str(venv / "bin" / "pip"), "install", "--quiet", "--no-cache-dir", f"{REPO}[opcua,mqtt]"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert install.returncode == 0, install.stdout + install.stderr
-    help_ = subprocess.run(
-        [str(venv / "bin" / "edge-mqtt-bridge"), "--help"], capture_output=True, text=True, timeout=60
-    )
-    assert help_.returncode == 0 and "--topic-root" in help_.stdout
+    for command, option in (
+        ("edge-mqtt-bridge", "--topic-root"),
+        ("edge-opcua-bridge", "--make-certificate"),
+    ):
+        help_ = subprocess.run(
+            [str(venv / "bin" / command), "--help"], capture_output=True, text=True, timeout=60
+        )
+        assert help_.returncode == 0 and option in help_.stdout, help_.stderr
+    certificate = [str(tmp_path / "k.pem"), str(tmp_path / "c.der")]
+    made = subprocess.run(
+        [str(venv / "bin" / "edge-opcua-bridge"), "--make-certificate", *certificate],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert made.returncode == 0 and (tmp_path / "c.der").stat().st_size > 500, made.stderr
     config = tmp_path / "station.yaml"
     config.write_text(
         "station: line1\nbank: {path: /nonexistent}\n"
@@ -160,7 +170,7 @@ def test_the_mqtt_install_reads_its_station_config_without_torch_or_opencv(tmp_p
         "bridges: {mqtt: {broker: 'mqtt.site:1883', topic_root: acme/plant1}}\n"
     )  # fmt: skip
     check = (
-        "import sys; from pathlib import Path; from edge.bridges.mqtt import settings_from_config;"
+        "import sys, asyncua; from pathlib import Path; from edge.bridges.mqtt import settings_from_config;"
         f"s, _ = settings_from_config(Path({str(config)!r}));"
         "print(s.station_endpoint, s.query_endpoint, s.broker_host, s.broker_port, s.topic_root,"
         "'torch' in sys.modules, 'cv2' in sys.modules)"

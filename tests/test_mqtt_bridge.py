@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 import zmq
+from bridge_kit import Station, free_port, wait_until
 
-from edge.pipeline.publisher import Publisher, PublisherSettings
-from edge.protocol import Verdict, VerdictMessage, encode_result
+from edge.protocol import Verdict, VerdictMessage
 
 mqtt = pytest.importorskip("paho.mqtt.client", reason="paho-mqtt not installed (pip install 'edge[mqtt]')")
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -28,19 +28,6 @@ pytestmark = pytest.mark.skipif(
     not Path(MOSQUITTO).exists(), reason="mosquitto not installed (apt-get install mosquitto; .ci/run does)"
 )
 ROOT = "acme/plant1"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until(condition, timeout_s: float, what: str, every_s: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(every_s)
 
 
 class Broker:
@@ -80,40 +67,6 @@ def broker(tmp_path):
     broker.start()
     yield broker
     broker.stop()
-
-
-class Station:
-    """A real publisher (PUB, replay query, heartbeats) fed results the way a worker sends them."""
-
-    def __init__(self, folder: Path) -> None:
-        self.context = zmq.Context()
-        self.pub = f"ipc://{folder}/pub"
-        self.query = f"ipc://{folder}/query"
-        settings = PublisherSettings(
-            "line1", f"ipc://{folder}/results", self.pub, self.query, heartbeat_s=0.2
-        )
-        self.publisher = Publisher(settings, self.context)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.publisher.run, args=(self.stop,))
-        self.thread.start()
-        self.worker = self.context.socket(zmq.PUSH)
-        self.worker.connect(f"ipc://{folder}/results")
-
-    def send(self, index: int) -> str:
-        frame = f"frame-{index:04d}"
-        outcome = Verdict.NOK if index % 7 == 0 else Verdict.OK
-        message = VerdictMessage(
-            "line1", "cam1", frame, outcome, "2026-12-05T10:00:00Z", index, part_id=f"P{index}",
-            score=0.5 + index / 1000, threshold=1.0,
-        )  # fmt: skip
-        self.worker.send_multipart(encode_result(message, None))
-        return frame
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(10)
-        self.worker.close()
-        self.context.destroy(linger=0)
 
 
 class Historian:

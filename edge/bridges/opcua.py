@@ -1,0 +1,554 @@
+"""edge-opcua-bridge: a station's results in an OPC UA address space, for MES, SCADA and PLCs.
+
+Modelled after the result concepts of OPC 40100 (Machine Vision): per camera the last result, its
+counters, a ResultReady event per verdict carrying the same fields, and the station's "vision
+alive". Node ids are strings in namespace `urn:edge:machine-vision` (docs/operations.md lists them):
+
+    <station>                            Object; emits ResultReadyEventType events
+    <station>.VisionAlive                Boolean: the station's heartbeats arrive
+    <station>.LastHeartbeatTime          DateTime
+    <station>.<camera>.Result.<Field>    the camera's last result: ResultId (the frame id), PartId,
+                                         Verdict (OK, NOK, ERROR, TIMEOUT), IsPartGood, Score,
+                                         Threshold, CaptureTime, DecisionTime, DefectAreaPx, BankId,
+                                         BankVersion, Epoch, Seq
+    <station>.<camera>.Counters.<Name>   Total, Ok, Nok, Error, Timeout (since the bridge started)
+    <station>.GetResultsSince(camera, epoch, seq) -> JSON   the station's verdicts after (epoch, seq)
+    <station>.GetResult(resultId) -> JSON                   one recent result by frame id ("" if unknown)
+
+Events are not stored by OPC UA: a client that must see every verdict keeps the Epoch and Seq of the
+last one it handled and, after a reconnect or a jump in Seq, calls GetResultsSince, which asks the
+station's publisher (it keeps the last 1,000 per camera). The methods only read: nothing about the
+bank or the station can be changed over OPC UA.
+
+Security: Basic256Sha256 with Sign and SignAndEncrypt, a server certificate and key
+(`--make-certificate` writes both), and a folder of trusted client certificates; a client whose
+certificate is not there is refused. With `--users FILE` clients also log in with a user name and
+password (`--add-user NAME` stores a salted scrypt hash). No unsecured endpoint and no anonymous
+login unless `--allow-anonymous`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import getpass
+import hashlib
+import hmac
+import json
+import logging
+import math
+import os
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from edge.cli_support import run_cli, setup_logging
+from edge.client import Event, Subscriber, request
+from edge.errors import UsageError
+from edge.protocol import Query, VerdictMessage, encode_query, verdict_body
+from edge.security import CurveClient
+from edge.services.sdnotify import stop_on_signals
+
+log = logging.getLogger("edge.opcua")
+NAMESPACE = "urn:edge:machine-vision"
+APPLICATION_URI = "urn:edge:opcua-bridge"
+RECENT_RESULTS = 1000  # per camera, for GetResult
+QUERY_TIMEOUT_S = 2.0
+RESULT_FIELDS = (  # name, OPC UA type, from a verdict
+    ("ResultId", "String"), ("PartId", "String"), ("Verdict", "String"), ("IsPartGood", "Boolean"),
+    ("Score", "Double"), ("Threshold", "Double"), ("CaptureTime", "DateTime"), ("DecisionTime", "DateTime"),
+    ("DefectAreaPx", "UInt32"), ("BankId", "String"), ("BankVersion", "String"), ("Epoch", "UInt64"),
+    ("Seq", "UInt64"),
+)  # fmt: skip
+COUNTERS = ("Total", "Ok", "Nok", "Error", "Timeout")
+NO_TIME = datetime(1601, 1, 1, tzinfo=UTC)  # OPC UA's null DateTime
+EMPTY = {
+    "String": "",
+    "Boolean": False,
+    "Double": float("nan"),
+    "DateTime": NO_TIME,
+    "UInt32": 0,
+    "UInt64": 0,
+}
+
+
+@dataclass(frozen=True)
+class OpcUaSettings:
+    station_endpoint: str
+    station: str
+    certificate: Path  # the server's certificate (DER or PEM)
+    private_key: Path  # its private key (PEM)
+    trust_dir: Path  # trusted client certificates, one file each
+    query_endpoint: str | None = None  # the publisher's: GetResultsSince and the latest result at start
+    cameras: tuple[str, ...] = ()  # known at start; others are added when their first verdict comes
+    endpoint_url: str = "opc.tcp://0.0.0.0:4840/edge/"
+    users: Path | None = None  # name:scrypt-hash lines (--add-user); set: user name and password required
+    allow_anonymous: bool = False
+    alive_timeout_s: float = 3.0
+    curve: CurveClient | None = None
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    salt = salt or os.urandom(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1)
+    return f"scrypt${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def check_password(password: str, stored: str) -> bool:
+    try:
+        _, salt, _ = stored.split("$")
+        return hmac.compare_digest(hash_password(password, base64.b64decode(salt)), stored)
+    except ValueError:
+        return False
+
+
+def read_users(path: Path) -> dict[str, str]:
+    users = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip() and not line.startswith("#"):
+            name, _, stored = line.partition(":")
+            if not name or not stored.startswith("scrypt$"):
+                raise UsageError(f"{path}:{number}: expected NAME:scrypt$... (edge-opcua-bridge --add-user)")
+            users[name] = stored
+    return users
+
+
+def _time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def result_values(verdict: VerdictMessage, decided: datetime) -> dict[str, Any]:
+    """The Result fields of one verdict (None where the verdict has no value)."""
+    return {
+        "ResultId": verdict.frame_id,
+        "PartId": verdict.part_id or "",
+        "Verdict": str(verdict.verdict.value),
+        "IsPartGood": verdict.verdict.value == "OK",
+        "Score": float("nan") if verdict.score is None else float(verdict.score),
+        "Threshold": float("nan") if verdict.threshold is None else float(verdict.threshold),
+        "CaptureTime": _time(verdict.capture_utc) or decided,
+        "DecisionTime": decided,
+        "DefectAreaPx": int(verdict.defect_area_px),
+        "BankId": verdict.bank_id or "",
+        "BankVersion": verdict.bank_version or "",
+        "Epoch": int(verdict.epoch),
+        "Seq": int(verdict.seq),
+    }
+
+
+class _Users:
+    """asyncua's user manager: name and password against the stored scrypt hashes."""
+
+    def __init__(self, users: dict[str, str]) -> None:
+        self.users = users
+
+    def get_user(self, iserver, username=None, password=None, certificate=None):  # asyncua's signature
+        from asyncua.crypto.permission_rules import User, UserRole
+
+        stored = self.users.get(username or "")
+        if stored is None or not check_password(password or "", stored):
+            log.warning("refused the login of user %r", username)
+            return None
+        return User(role=UserRole.User)
+
+
+class OpcUaBridge:
+    def __init__(self, settings: OpcUaSettings) -> None:
+        self.settings = settings
+        self.subscriber = Subscriber(
+            settings.station_endpoint,
+            settings.station,
+            topics=("verdict", "heartbeat"),
+            curve=settings.curve,
+            query_endpoint=settings.query_endpoint,
+        )
+        self.last_heard = -math.inf
+        self.alive: bool | None = None
+        self.cameras: dict[str, dict[str, Any]] = {}  # camera → its nodes
+        self.recent: dict[str, deque[dict]] = {}
+        self.published = 0
+        self.lost = 0
+        self.stop = threading.Event()
+
+    async def _server(self):  # -> asyncua.Server
+        from asyncua import Server, ua
+        from asyncua.crypto.truststore import TrustStore
+        from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
+
+        settings = self.settings
+        users = read_users(settings.users) if settings.users else None
+        server = Server(user_manager=_Users(users) if users is not None else None)
+        await server.init()
+        server.set_endpoint(settings.endpoint_url)
+        server.set_server_name(f"edge vision {settings.station}")
+        await server.set_application_uri(APPLICATION_URI)
+        await server.load_certificate(str(settings.certificate))
+        await server.load_private_key(str(settings.private_key))
+        policies = [
+            ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+            ua.SecurityPolicyType.Basic256Sha256_Sign,
+        ]
+        if settings.allow_anonymous:
+            policies.append(ua.SecurityPolicyType.NoSecurity)
+        server.set_security_policy(policies)
+        tokens: list[type] = [ua.UserNameIdentityToken] if users is not None else [ua.AnonymousIdentityToken]
+        if settings.allow_anonymous and ua.AnonymousIdentityToken not in tokens:
+            tokens.append(ua.AnonymousIdentityToken)
+        server.set_identity_tokens(tokens)
+        trust = TrustStore([settings.trust_dir], [])
+        await trust.load()
+        options = CertificateValidatorOptions.TRUSTED_VALIDATION | CertificateValidatorOptions.PEER_CLIENT
+        server.set_certificate_validator(CertificateValidator(options, trust))
+        return server
+
+    async def _build(self, server) -> None:
+        from asyncua import ua
+        from asyncua.common.methods import uamethod
+
+        self.ua = ua
+        idx = self.index = await server.register_namespace(NAMESPACE)
+        station = self.settings.station
+        self.station_node = await server.nodes.objects.add_object(ua.NodeId(station, idx), f"{idx}:{station}")
+        await self.station_node.write_attribute(
+            ua.AttributeIds.EventNotifier, ua.DataValue(ua.Variant(1, ua.VariantType.Byte))
+        )
+        self.alive_node = await self.station_node.add_variable(
+            ua.NodeId(f"{station}.VisionAlive", idx), f"{idx}:VisionAlive", False, ua.VariantType.Boolean
+        )
+        self.heartbeat_node = await self.station_node.add_variable(
+            ua.NodeId(f"{station}.LastHeartbeatTime", idx),
+            f"{idx}:LastHeartbeatTime",
+            NO_TIME,
+            ua.VariantType.DateTime,
+        )
+        properties = [(name, getattr(ua.VariantType, kind)) for name, kind in RESULT_FIELDS]
+        self.event_type = await server.create_custom_event_type(
+            idx,
+            "ResultReadyEventType",
+            ua.ObjectIds.BaseEventType,
+            [("Camera", ua.VariantType.String), *properties],
+        )
+        self.events = await server.get_event_generator(self.event_type, self.station_node)
+
+        @uamethod
+        async def get_results_since(parent, camera: str, epoch: int, seq: int) -> str:
+            return await asyncio.get_running_loop().run_in_executor(
+                None, self._results_since, camera, epoch, seq
+            )
+
+        @uamethod
+        async def get_result(parent, result_id: str) -> str:
+            for results in self.recent.values():
+                for body in results:
+                    if body["frame_id"] == result_id:
+                        return json.dumps(body)
+            return ""
+
+        await self.station_node.add_method(
+            ua.NodeId(f"{station}.GetResultsSince", idx), f"{idx}:GetResultsSince", get_results_since,
+            [ua.VariantType.String, ua.VariantType.UInt64, ua.VariantType.UInt64], [ua.VariantType.String],
+        )  # fmt: skip
+        await self.station_node.add_method(
+            ua.NodeId(f"{station}.GetResult", idx), f"{idx}:GetResult", get_result,
+            [ua.VariantType.String], [ua.VariantType.String],
+        )  # fmt: skip
+        for camera in self.settings.cameras:
+            await self._camera(camera)
+
+    async def _camera(self, camera: str) -> dict[str, Any]:
+        nodes = self.cameras.get(camera)
+        if nodes is not None:
+            return nodes
+        ua, idx, base = self.ua, self.index, f"{self.settings.station}.{camera}"
+        node = await self.station_node.add_object(ua.NodeId(base, idx), f"{idx}:{camera}")
+        result = await node.add_object(ua.NodeId(f"{base}.Result", idx), f"{idx}:Result")
+        counters = await node.add_object(ua.NodeId(f"{base}.Counters", idx), f"{idx}:Counters")
+        nodes = {"values": {}, "counters": {}, "counts": dict.fromkeys(COUNTERS, 0)}
+        for name, kind in RESULT_FIELDS:
+            variant = getattr(ua.VariantType, kind)
+            nodes["values"][name] = await result.add_variable(
+                ua.NodeId(f"{base}.Result.{name}", idx), f"{idx}:{name}", EMPTY[kind], variant
+            )
+        for name in COUNTERS:
+            nodes["counters"][name] = await counters.add_variable(
+                ua.NodeId(f"{base}.Counters.{name}", idx), f"{idx}:{name}", 0, ua.VariantType.UInt64
+            )
+        self.cameras[camera] = nodes
+        self.recent[camera] = deque(maxlen=RECENT_RESULTS)
+        return nodes
+
+    def _results_since(self, camera: str, epoch: int, seq: int) -> str:
+        """The station's verdicts of `camera` after (epoch, seq), from the publisher (blocking)."""
+        if self.settings.query_endpoint is None:
+            return json.dumps({"error": "the bridge was started without the station's query endpoint"})
+        try:
+            reply = request(
+                self.settings.query_endpoint,
+                encode_query(Query(camera, epoch=epoch, after_seq=seq)),
+                QUERY_TIMEOUT_S,
+            )
+        except Exception as exc:  # a bad camera name or an unreachable station: an answer, not a crash
+            return json.dumps({"error": str(exc)})
+        if reply is None:
+            return json.dumps({"error": "the station did not answer"})
+        return json.dumps({"epoch": reply.get("epoch"), "complete": reply.get("complete"),
+                           "results": reply.get("verdicts", [])})  # fmt: skip
+
+    async def _result(self, verdict: VerdictMessage) -> None:
+        nodes = await self._camera(verdict.camera)
+        values = result_values(verdict, datetime.now(UTC))
+        for name, kind in RESULT_FIELDS:
+            variant = getattr(self.ua.VariantType, kind)
+            await nodes["values"][name].write_value(self.ua.Variant(values[name], variant))
+        counts = nodes["counts"]
+        counts["Total"] += 1
+        counts[str(verdict.verdict.value).capitalize()] += 1
+        for name in COUNTERS:
+            await nodes["counters"][name].write_value(
+                self.ua.Variant(counts[name], self.ua.VariantType.UInt64)
+            )
+        event = self.events.event
+        event.Camera = verdict.camera
+        for name, _ in RESULT_FIELDS:
+            setattr(event, name, values[name])
+        event.Message = self.ua.LocalizedText(f"{verdict.camera} {values['Verdict']} {verdict.frame_id}")
+        event.Severity = 100 if values["IsPartGood"] else 500
+        await self.events.trigger()
+        self.recent[verdict.camera].append(verdict_body(verdict))
+        self.published += 1
+
+    def samples(self) -> list[tuple]:
+        """Prometheus samples (edge.metrics.ProcessMetrics.snapshot)."""
+        return [
+            ("counter", "edge_opcua_results", "results written and announced (ResultReady)", self.published),
+            ("counter", "edge_opcua_lost_verdicts", "verdicts lost at the station side", self.lost),
+            (
+                "counter",
+                "edge_opcua_malformed",
+                "malformed messages from the station",
+                self.subscriber.malformed,
+            ),
+            (
+                "gauge",
+                "edge_opcua_station_alive",
+                "1 while the station's heartbeats arrive",
+                int(bool(self.alive)),
+            ),
+        ]
+
+    async def _alive(self, now: float) -> None:
+        alive = now - self.last_heard < self.settings.alive_timeout_s
+        if alive != self.alive:
+            if self.alive is not None or not alive:
+                log.log(logging.INFO if alive else logging.WARNING, "vision alive: %s", alive)
+            self.alive = alive
+            await self.alive_node.write_value(alive)
+
+    async def _on(self, event: Event) -> None:
+        self.last_heard = time.monotonic()
+        if event.heartbeat is not None:
+            await self.heartbeat_node.write_value(
+                self.ua.Variant(datetime.now(UTC), self.ua.VariantType.DateTime)
+            )
+        elif event.verdict is not None:
+            if event.gap:
+                self.lost += event.gap
+                log.warning("%d verdict(s) lost on %s before seq %d", event.gap, event.topic, event.seq)
+            await self._result(event.verdict)
+
+    async def serve(self, ready: threading.Event | None = None) -> None:
+        server = await self._server()
+        await self._build(server)
+        loop = asyncio.get_running_loop()
+        async with server:
+            log.info("serving %s (%s) for station %s", self.settings.endpoint_url,
+                     "users" if self.settings.users else "certificates", self.settings.station)  # fmt: skip
+            if ready is not None:
+                ready.set()
+            while not self.stop.is_set():
+                event = await loop.run_in_executor(None, self.subscriber.receive, 0.05)
+                if event is not None:
+                    await self._on(event)
+                await self._alive(time.monotonic())
+            await self.alive_node.write_value(False)
+        self.subscriber.close()
+
+
+def make_certificate(key_path: Path, cert_path: Path, host: str, uri: str, client: bool) -> None:
+    """A self-signed application certificate (DER) and its key (PEM) for the server or a client."""
+    from asyncua.crypto.cert_gen import setup_self_signed_certificate
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    use = (
+        [ExtendedKeyUsageOID.CLIENT_AUTH]
+        if client
+        else [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    )
+    for path in (key_path, cert_path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    asyncio.run(setup_self_signed_certificate(key_path, cert_path, uri, host, use, {"commonName": uri}))
+    key_path.chmod(0o600)
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="edge-opcua-bridge",
+        description=__doc__.split("\n\n")[0],
+        epilog="exit codes: 0 stopped; 2 bad usage; 6 bad key file; 130 interrupted",
+    )
+    parser.add_argument(
+        "station_endpoint", nargs="?", help="the station's PUB endpoint, e.g. tcp://station:5556"
+    )
+    parser.add_argument("--station", help="station name")
+    parser.add_argument("--query", help="the publisher's query endpoint (GetResultsSince, the latest result)")
+    parser.add_argument(
+        "--camera", action="append", default=[], help="a camera to show before its first verdict"
+    )
+    parser.add_argument("--endpoint", default="opc.tcp://0.0.0.0:4840/edge/", help="the OPC UA endpoint URL")
+    parser.add_argument("--certificate", type=Path, help="the server's certificate (DER)")
+    parser.add_argument("--private-key", type=Path, help="the server's private key (PEM)")
+    parser.add_argument("--trust", type=Path, help="folder of trusted client certificates")
+    parser.add_argument("--users", type=Path, help="users file: logins need a user name and password")
+    parser.add_argument(
+        "--allow-anonymous", action="store_true", help="also an unsecured endpoint and anonymous login"
+    )
+    parser.add_argument(
+        "--alive-timeout", type=float, default=3.0, help="seconds without heartbeats (default 3)"
+    )
+    parser.add_argument("--client-key", help="CURVE: this bridge's .key_secret")
+    parser.add_argument("--server-key", help="CURVE: the publisher's public .key")
+    parser.add_argument(
+        "--make-certificate", nargs=2, metavar=("KEY", "CERT"), type=Path,
+        help="write a self-signed certificate and key (the server's, or with --client-uri a client's), exit",
+    )  # fmt: skip
+    parser.add_argument("--client-uri", help="with --make-certificate: the client application's URI")
+    parser.add_argument(
+        "--add-user", metavar="NAME", help="add a user to --users (password from standard input)"
+    )
+    args = parser.parse_args(argv)
+    setup_logging()
+    logging.getLogger("asyncua").setLevel(logging.WARNING)  # its INFO is per request
+    try:
+        import asyncua  # noqa: F401
+    except ImportError:
+        raise UsageError("the OPC UA bridge needs asyncua: pip install 'edge[opcua]'") from None
+    if args.make_certificate:
+        key, cert = args.make_certificate
+        uri = args.client_uri or APPLICATION_URI
+        make_certificate(key, cert, socket.gethostname(), uri, client=args.client_uri is not None)
+        log.info("wrote %s and %s for %s", cert, key, uri)
+        return 0
+    if args.add_user:
+        if args.users is None:
+            raise UsageError("--add-user needs --users FILE")
+        password = (
+            getpass.getpass(f"password for {args.add_user}: ") if sys.stdin.isatty() else sys.stdin.readline()
+        )
+        password = password.rstrip("\n")
+        if len(password) < 8 or ":" in args.add_user:
+            raise UsageError("a password has at least 8 characters and a user name no ':'")
+        existing = args.users.read_text() if args.users.exists() else ""
+        lines = [line for line in existing.splitlines() if not line.startswith(f"{args.add_user}:")]
+        args.users.write_text("\n".join([*lines, f"{args.add_user}:{hash_password(password)}"]) + "\n")
+        args.users.chmod(0o600)
+        return 0
+    if args.config is not None:
+        if args.station_endpoint or args.station:
+            raise UsageError("--config gives the station and its endpoints: leave the others out")
+        settings, metrics_port = settings_from_config(args.config)
+    else:
+        settings, metrics_port = settings_from(args), args.metrics_port
+    stop = stop_on_signals()
+    bridge = OpcUaBridge(settings)
+    if metrics_port is not None:
+        from edge.metrics import ProcessMetrics
+
+        metrics = ProcessMetrics("opcua-bridge", settings.station)
+        metrics.snapshot(bridge.samples)
+        metrics.serve(metrics_port)
+    threading.Thread(target=lambda: (stop.wait(), bridge.stop.set()), daemon=True).start()
+    asyncio.run(bridge.serve())
+    return 0
+
+
+def settings_from(args: argparse.Namespace) -> OpcUaSettings:
+    if not (args.station_endpoint and args.station):
+        raise UsageError("give the station's endpoint and --station")
+    for name in ("certificate", "private_key", "trust"):
+        if getattr(args, name) is None:
+            raise UsageError(f"--{name.replace('_', '-')} is required (--make-certificate writes a pair)")
+    for path in (args.certificate, args.private_key, args.users):
+        if path is not None and not path.is_file():
+            raise UsageError(f"{path} does not exist")
+    if not args.trust.is_dir():
+        raise UsageError(f"{args.trust} is not a folder of trusted client certificates")
+    if (args.client_key is None) != (args.server_key is None):
+        raise UsageError("CURVE needs both --client-key and --server-key")
+    if args.users is not None:
+        read_users(args.users)
+    return OpcUaSettings(
+        station_endpoint=args.station_endpoint,
+        station=args.station,
+        certificate=args.certificate,
+        private_key=args.private_key,
+        trust_dir=args.trust,
+        query_endpoint=args.query,
+        cameras=tuple(args.camera),
+        endpoint_url=args.endpoint,
+        users=args.users,
+        allow_anonymous=args.allow_anonymous,
+        alive_timeout_s=args.alive_timeout,
+        curve=CurveClient(args.client_key, args.server_key) if args.client_key else None,
+    )
+
+
+def settings_from_config(path: Path) -> tuple[OpcUaSettings, int | None]:
+    """The bridge's settings from the station's YAML (`bridges.opcua`, endpoints, cameras, keys)
+    and its metrics port; a mistake is a ConfigError naming the key."""
+    from edge.config import bridge_problems, load_config
+    from edge.errors import ConfigError
+    from edge.sockets import local_endpoint
+
+    config = load_config(path)
+    opcua = config.bridges.opcua
+    if opcua is None:
+        raise ConfigError(f"{path}: no bridges.opcua section: nothing for edge-opcua-bridge to do")
+    problems = [p for p in bridge_problems(config) if p.startswith("bridges.opcua")]
+    if problems:
+        raise ConfigError(f"{path}: {len(problems)} problem(s):\n" + "\n".join(f"  {p}" for p in problems))
+    settings = OpcUaSettings(
+        station_endpoint=local_endpoint(config.endpoints.publish),
+        station=config.station,
+        certificate=Path(opcua.certificate),
+        private_key=Path(opcua.private_key),
+        trust_dir=Path(opcua.trust_dir),
+        query_endpoint=local_endpoint(config.endpoints.latest) if config.endpoints.latest else None,
+        cameras=tuple(config.camera_names),
+        endpoint_url=opcua.endpoint_url,
+        users=Path(opcua.users_file) if opcua.users_file else None,
+        allow_anonymous=opcua.allow_anonymous,
+        alive_timeout_s=opcua.alive_timeout_s,
+        curve=CurveClient(opcua.curve.secret_key, opcua.curve.server_key) if opcua.curve else None,
+    )
+    return settings, opcua.metrics_port
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: _main(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""edge-opcua-bridge as its own process, read by an asyncua client as a plant's MES would write
+one: Basic256Sha256 SignAndEncrypt with certificates made by the documented command, the address
+space browsed, the last result read, data changes and ResultReady events subscribed; every one of
+200 verdicts reaches the client exactly once although the bridge and the station's publisher are
+restarted mid-run; an untrusted client is refused; hostile input costs nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import zmq
+from bridge_kit import Station, free_port
+
+asyncua = pytest.importorskip("asyncua", reason="asyncua not installed (pip install 'edge[opcua]')")
+from asyncua import Client, ua  # noqa: E402
+
+NAMESPACE = "urn:edge:machine-vision"
+CLIENT_URI = "urn:edge:test-mes"
+
+
+def run_cli(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "edge.bridges.opcua", *arguments], capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory) -> Path:
+    """Server and client certificates made by the bridge's own command; the client's trusted."""
+    folder = tmp_path_factory.mktemp("pki")
+    assert (
+        run_cli("--make-certificate", str(folder / "server.pem"), str(folder / "server.der")).returncode == 0
+    )
+    for name in ("client", "stranger"):
+        made = run_cli("--make-certificate", str(folder / f"{name}.pem"), str(folder / f"{name}.der"),
+                       "--client-uri", CLIENT_URI)  # fmt: skip
+        assert made.returncode == 0, made.stderr
+    (folder / "trust").mkdir()
+    (folder / "trust" / "client.der").write_bytes((folder / "client.der").read_bytes())
+    return folder
+
+
+def start_bridge(station: Station, pki: Path, port: int, log: Path, *extra: str) -> subprocess.Popen:
+    command = [
+        sys.executable, "-m", "edge.bridges.opcua", station.pub, "--station", "line1",
+        "--query", station.query, "--camera", "cam1", "--endpoint", f"opc.tcp://127.0.0.1:{port}/edge/",
+        "--certificate", str(pki / "server.der"), "--private-key", str(pki / "server.pem"),
+        "--trust", str(pki / "trust"), "--alive-timeout", "1", *extra,
+    ]  # fmt: skip
+    return subprocess.Popen(command, stdout=log.open("ab"), stderr=subprocess.STDOUT, env={**os.environ})
+
+
+async def connect(port: int, pki: Path, who: str = "client") -> Client:
+    client = Client(f"opc.tcp://127.0.0.1:{port}/edge/", timeout=4)
+    client.application_uri = CLIENT_URI
+    await client.set_security_string(
+        f"Basic256Sha256,SignAndEncrypt,{pki / f'{who}.der'},{pki / f'{who}.pem'},{pki / 'server.der'}"
+    )
+    await client.connect()
+    return client
+
+
+class Mes:
+    """What a careful MES client does: ResultReady events, and after a reconnect or a jump in Seq
+    the results it missed through GetResultsSince; results kept by frame id."""
+
+    def __init__(self) -> None:
+        self.results: dict[str, dict] = {}
+        self.events: list[str] = []  # frame ids, in the order events came
+        self.changes = 0
+        self.last: tuple[int, int] = (0, 0)  # (epoch, seq) of the newest result handled
+
+    def event_notification(self, event) -> None:
+        self.events.append(event.ResultId)
+        self.keep({"frame_id": event.ResultId, "verdict": event.Verdict, "part_id": event.PartId,
+                   "score": event.Score, "epoch": event.Epoch, "seq": event.Seq,
+                   "defect_area_px": event.DefectAreaPx, "bank_version": event.BankVersion})  # fmt: skip
+
+    def datachange_notification(self, node, value, data) -> None:
+        self.changes += 1
+
+    def keep(self, result: dict) -> None:
+        self.results.setdefault(result["frame_id"], result)
+        if (result["epoch"], result["seq"]) > self.last:
+            self.last = (result["epoch"], result["seq"])
+
+    async def session(self, port: int, pki: Path) -> Client:
+        client = await connect(port, pki)
+        idx = await client.get_namespace_index(NAMESPACE)
+        station = client.get_node(ua.NodeId("line1", idx))
+        subscription = await client.create_subscription(20, self)
+        event_type = await client.nodes.root.get_child(
+            ["0:Types", "0:EventTypes", "0:BaseEventType", f"{idx}:ResultReadyEventType"]
+        )
+        await subscription.subscribe_events(station, event_type)
+        await subscription.subscribe_data_change(
+            client.get_node(ua.NodeId("line1.cam1.Result.ResultId", idx))
+        )
+        reply = await station.call_method(
+            ua.NodeId("line1.GetResultsSince", idx), "cam1",
+            ua.Variant(self.last[0], ua.VariantType.UInt64), ua.Variant(self.last[1], ua.VariantType.UInt64),
+        )  # fmt: skip
+        for body in json.loads(reply).get("results", []):
+            self.keep(body)
+        return client
+
+
+async def alive(client: Client) -> bool:
+    try:
+        await asyncio.wait_for(client.nodes.server_state.read_value(), 2)
+        return True
+    except Exception:
+        return False
+
+
+def test_every_verdict_reaches_the_mes_once_across_bridge_and_publisher_restarts(tmp_path, certificates):
+    station = Station(tmp_path)
+    port = free_port()
+    log = tmp_path / "bridge.log"
+    bridge = start_bridge(station, certificates, port, log)
+
+    async def scenario() -> tuple[Mes, dict]:
+        nonlocal bridge
+        mes = Mes()
+        client = None
+        for _ in range(100):  # the bridge is up once it answers
+            try:
+                client = await mes.session(port, certificates)
+                break
+            except Exception:
+                await asyncio.sleep(0.2)
+        assert client is not None, log.read_text()[-2000:]
+        idx = await client.get_namespace_index(NAMESPACE)
+        browsed = {
+            (await n.read_browse_name()).Name
+            for n in await client.get_node(ua.NodeId("line1", idx)).get_children()
+        }
+        assert {"VisionAlive", "LastHeartbeatTime", "cam1", "GetResultsSince", "GetResult"} <= browsed
+        sent = []
+        for index in range(200):
+            sent.append(station.send(index))
+            await asyncio.sleep(0.02)
+            if index == 70:  # the bridge is restarted: the MES reconnects and catches up
+                bridge.terminate()
+                bridge.wait(15)
+                station.send(1000)  # published while no bridge listens
+                sent.append("frame-1000")
+                bridge = start_bridge(station, certificates, port, log)
+            if index == 140:  # the station's publisher restarts: a new epoch
+                station.restart_publisher()
+            if not await alive(client):
+                for _ in range(100):
+                    try:
+                        client = await mes.session(port, certificates)
+                        break
+                    except Exception:
+                        await asyncio.sleep(0.2)
+        for _ in range(100):
+            if set(sent) <= set(mes.results):
+                break
+            await asyncio.sleep(0.1)
+        last = {}
+        for name in ("ResultId", "Verdict", "PartId", "Score", "IsPartGood", "Epoch", "Seq", "DefectAreaPx"):
+            last[name] = await client.get_node(ua.NodeId(f"line1.cam1.Result.{name}", idx)).read_value()
+        last["alive"] = await client.get_node(ua.NodeId("line1.VisionAlive", idx)).read_value()
+        last["total"] = await client.get_node(ua.NodeId("line1.cam1.Counters.Total", idx)).read_value()
+        await client.disconnect()
+        return mes, {"sent": sent, **last}
+
+    try:
+        mes, seen = asyncio.run(scenario())
+    finally:
+        bridge.terminate()
+        bridge.wait(15)
+        station.close()
+    sent = seen["sent"]
+    assert set(mes.results) == set(sent), sorted(set(sent) - set(mes.results))[:10]
+    assert len(mes.events) == len(set(mes.events)), "an event came twice"
+    assert len(mes.events) >= 150  # most came live; the rest through GetResultsSince
+    first = mes.results["frame-0000"]
+    assert first["verdict"] == "NOK" and first["part_id"] == "P0" and first["bank_version"] == "v0001"
+    assert seen["ResultId"] == "frame-0199" and seen["Verdict"] == "OK" and seen["PartId"] == "P199"
+    assert (
+        seen["Score"] == pytest.approx(0.699) and seen["IsPartGood"] is True and seen["DefectAreaPx"] == 199
+    )
+    assert seen["alive"] is True and seen["total"] >= 50 and mes.changes >= 50
+
+
+def test_an_untrusted_client_is_refused_and_hostile_input_is_survived(tmp_path, certificates):
+    station = Station(tmp_path)
+    port, rogue_port = free_port(), free_port()
+    log = tmp_path / "bridge.log"
+    bridge = start_bridge(station, certificates, port, log)
+    context = zmq.Context()
+    rogue = context.socket(zmq.PUB)  # a broken or malicious "station" the second bridge listens to
+    rogue.bind(f"ipc://{tmp_path}/rogue")
+    fake = type("Fake", (), {"pub": f"ipc://{tmp_path}/rogue", "query": f"ipc://{tmp_path}/nobody"})()
+    victim = start_bridge(fake, certificates, rogue_port, tmp_path / "victim.log")
+
+    async def first_session(at: int) -> Client:
+        for _ in range(100):
+            try:
+                return await connect(at, certificates)
+            except Exception:
+                await asyncio.sleep(0.2)
+        raise AssertionError(log.read_text()[-2000:])
+
+    async def scenario() -> str:
+        client = await first_session(port)
+        with pytest.raises(Exception):  # noqa: B017 - refused at the secure channel, whatever asyncua calls it
+            await connect(port, certificates, who="stranger")
+        anonymous = Client(f"opc.tcp://127.0.0.1:{port}/edge/", timeout=4)
+        with pytest.raises(Exception):  # noqa: B017 - no unsecured endpoint, no anonymous session
+            await anonymous.connect()
+            await anonymous.nodes.server_state.read_value()
+        idx = await client.get_namespace_index(NAMESPACE)
+        station_node = client.get_node(ua.NodeId("line1", idx))
+        reply = await station_node.call_method(
+            ua.NodeId("line1.GetResultsSince", idx), "no such camera!",
+            ua.Variant(0, ua.VariantType.UInt64), ua.Variant(0, ua.VariantType.UInt64),
+        )  # fmt: skip
+        assert "error" in json.loads(reply)
+        assert await station_node.call_method(ua.NodeId("line1.GetResult", idx), "nothing") == ""
+        station.send(1)
+        await asyncio.sleep(1)
+        found = await station_node.call_method(ua.NodeId("line1.GetResult", idx), "frame-0001")
+        await client.disconnect()
+        victim_client = await first_session(rogue_port)
+        for garbage in (
+            [b"verdict.line1.cam1.", b"{not json"], [b"verdict.line1.cam1."], [b"heartbeat.line1.", b"[]"],
+            [b"verdict.line1.cam1.", json.dumps({"schema": 2, "station": "line1"}).encode()],
+        ):  # fmt: skip
+            rogue.send_multipart(garbage)
+        await asyncio.sleep(1)
+        vidx = await victim_client.get_namespace_index(NAMESPACE)
+        assert await victim_client.get_node(ua.NodeId("line1.VisionAlive", vidx)).read_value() is False
+        await victim_client.disconnect()
+        return found
+
+    try:
+        found = asyncio.run(scenario())
+        assert json.loads(found)["frame_id"] == "frame-0001"
+        assert bridge.poll() is None and victim.poll() is None, (tmp_path / "victim.log").read_text()[-2000:]
+    finally:
+        for process in (bridge, victim):
+            process.terminate()
+            process.wait(15)
+        rogue.close()
+        context.destroy(linger=0)
+        station.close()
+
+
+def test_usage_mistakes_exit_2_without_a_traceback(tmp_path, certificates):
+    for extra in (
+        ["--certificate", str(tmp_path / "missing.der"), "--private-key", str(certificates / "server.pem"),
+         "--trust", str(certificates / "trust")],
+        ["--certificate", str(certificates / "server.der"), "--private-key", str(certificates / "server.pem"),
+         "--trust", str(tmp_path / "no-folder")],
+        [],
+    ):  # fmt: skip
+        result = run_cli("ipc:///tmp/x", "--station", "s", *extra)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
