@@ -1,9 +1,11 @@
 """Bridge latency: from a worker's result to the verdict in a plant consumer's hands, p50/p99.
 
-A real publisher (in this process), edge-mqtt-bridge as its own process, Debian's mosquitto on
-loopback and a paho-mqtt subscriber with QoS 1; beside it a plain ZeroMQ subscriber on the
-publisher, so the bridge's own share is the difference of two columns measured on the same
-verdicts. Verdicts are sent at a steady rate (default 1,000 at 20 per second).
+A real publisher (in this process); edge-mqtt-bridge as its own process with Debian's mosquitto on
+loopback and a paho-mqtt subscriber with QoS 1; edge-opcua-bridge as its own process
+(Basic256Sha256 SignAndEncrypt) with an asyncua client subscribed to ResultReady events; beside
+them a plain ZeroMQ subscriber on the publisher, so each bridge's own share is the difference of
+two columns measured on the same verdicts. Verdicts are sent at a steady rate (default 1,000 at 20
+per second).
 
     python bench/bench_bridges.py [--verdicts 1000] [--rate 20]
 """
@@ -11,6 +13,7 @@ verdicts. Verdicts are sent at a steady rate (default 1,000 at 20 per second).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import zmq
+from asyncua import Client, ua
 
 from edge.client import Subscriber
 from edge.pipeline.publisher import Publisher, PublisherSettings
@@ -54,6 +58,52 @@ def start_mosquitto(folder: Path) -> tuple[subprocess.Popen, int]:
         time.sleep(0.05)
 
 
+def opcua_listener(url: str, pki: Path, seen: dict[str, float], stop: threading.Event) -> threading.Thread:
+    """An asyncua client, in its own thread and event loop, noting when each ResultReady event came."""
+
+    class Handler:
+        def event_notification(self, event) -> None:
+            seen.setdefault(event.ResultId, time.perf_counter())
+
+    async def listen() -> None:
+        for _ in range(100):  # until the bridge answers (it starts in about 2 s)
+            client = Client(url, timeout=10)
+            client.application_uri = "urn:edge:bench-client"
+            try:
+                keys = f"{pki / 'client.der'},{pki / 'client.pem'},{pki / 'server.der'}"
+                await client.set_security_string(f"Basic256Sha256,SignAndEncrypt,{keys}")
+                await client.connect()
+                break
+            except (TimeoutError, OSError, ua.UaError):
+                await asyncio.sleep(0.2)
+        idx = await client.get_namespace_index("urn:edge:machine-vision")
+        subscription = await client.create_subscription(0, Handler())
+        event_type = await client.nodes.root.get_child(
+            ["0:Types", "0:EventTypes", "0:BaseEventType", f"{idx}:ResultReadyEventType"]
+        )
+        await subscription.subscribe_events(client.get_node(ua.NodeId("line1", idx)), event_type)
+        while not stop.is_set():
+            await asyncio.sleep(0.1)
+        await client.disconnect()
+
+    thread = threading.Thread(target=asyncio.run, args=(listen(),), daemon=True)
+    thread.start()
+    return thread
+
+
+def make_certificates(folder: Path) -> None:
+    for arguments in (
+        ["server.pem", "server.der"],
+        ["client.pem", "client.der", "--client-uri", "urn:edge:bench-client"],
+    ):
+        command = [sys.executable, "-m", "edge.bridges.opcua", "--make-certificate"]
+        subprocess.run(
+            command + [str(folder / a) if a.endswith(("pem", "der")) else a for a in arguments], check=True
+        )
+    (folder / "trust").mkdir()
+    (folder / "trust" / "client.der").write_bytes((folder / "client.der").read_bytes())
+
+
 def percentiles(values: list[float]) -> tuple[float, float, float]:
     ordered = sorted(values)
     return statistics.median(ordered), ordered[int(0.99 * (len(ordered) - 1))], ordered[-1]
@@ -79,9 +129,19 @@ def main() -> int:
          "--query", settings.latest_endpoint, "--broker", f"127.0.0.1:{port}", "--topic-root", "bench"],
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    make_certificates(folder)
+    opcua_url = f"opc.tcp://127.0.0.1:{free_port()}/edge/"
+    opcua_bridge = subprocess.Popen(
+        [sys.executable, "-m", "edge.bridges.opcua", settings.publish_endpoint, "--station", "line1",
+         "--query", settings.latest_endpoint, "--camera", "cam1", "--endpoint", opcua_url,
+         "--certificate", str(folder / "server.der"), "--private-key", str(folder / "server.pem"),
+         "--trust", str(folder / "trust")],
+        stderr=(folder / "opcua.log").open("wb"),
+    )  # fmt: skip
     sent: dict[str, float] = {}
     via_mqtt: dict[str, float] = {}
     via_zmq: dict[str, float] = {}
+    via_opcua: dict[str, float] = {}
 
     def on_message(client, userdata, message) -> None:
         if message.topic.endswith("/verdict"):
@@ -104,9 +164,10 @@ def main() -> int:
 
     listening = threading.Thread(target=listen)
     listening.start()
+    opcua_client = opcua_listener(opcua_url, folder, via_opcua, stop)
     worker = context.socket(zmq.PUSH)
     worker.connect(settings.results_endpoint)
-    time.sleep(3)  # the bridge connects to the broker and the station
+    time.sleep(5)  # the bridges connect to the broker and the station, the OPC UA client subscribes
     period = 1.0 / args.rate
     start = time.perf_counter()
     for index in range(args.verdicts):
@@ -117,10 +178,13 @@ def main() -> int:
         sent[frame] = time.perf_counter()
         worker.send_multipart(encode_result(message, None))
     deadline = time.monotonic() + 10
-    while len(via_mqtt) < len(sent) and time.monotonic() < deadline:
+    while (len(via_mqtt) < len(sent) or len(via_opcua) < len(sent)) and time.monotonic() < deadline:
         time.sleep(0.05)
     stop.set()
     listening.join(5)
+    opcua_client.join(10)
+    opcua_bridge.terminate()
+    opcua_bridge.wait(10)
     publishing.join(10)
     bridge.terminate()
     bridge.wait(10)
@@ -133,16 +197,19 @@ def main() -> int:
     context.destroy(linger=0)
 
     print(f"{len(sent)} verdicts at {args.rate:g}/s; latency from the worker's result, ms")
-    print(f"{'path':<48}{'received':>10}{'p50':>8}{'p99':>8}{'max':>8}")
+    print(f"{'path':<52}{'received':>10}{'p50':>8}{'p99':>8}{'max':>8}")
     for name, seen in (
         ("ZeroMQ subscriber on the publisher", via_zmq),
         ("MQTT (edge-mqtt-bridge, mosquitto, QoS 1)", via_mqtt),
+        ("OPC UA event (edge-opcua-bridge, SignAndEncrypt)", via_opcua),
     ):
         latencies = [(seen[f] - sent[f]) * 1000 for f in sent if f in seen]
         p50, p99, worst = percentiles(latencies) if latencies else (float("nan"),) * 3
-        print(f"{name:<48}{len(latencies):>10}{p50:>8.2f}{p99:>8.2f}{worst:>8.2f}")
+        print(f"{name:<52}{len(latencies):>10}{p50:>8.2f}{p99:>8.2f}{worst:>8.2f}")
+    if len(via_opcua) < len(sent):
+        print((folder / "opcua.log").read_text()[-3000:])
     shutil.rmtree(folder, ignore_errors=True)
-    return 0 if len(via_mqtt) == len(sent) else 1
+    return 0 if len(via_mqtt) == len(sent) == len(via_opcua) else 1
 
 
 if __name__ == "__main__":

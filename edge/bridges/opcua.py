@@ -412,6 +412,10 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument(
         "station_endpoint", nargs="?", help="the station's PUB endpoint, e.g. tcp://station:5556"
     )
+    parser.add_argument(
+        "--config", type=Path, help="the station's YAML: endpoints, cameras, keys, bridges.opcua"
+    )
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     parser.add_argument("--station", help="station name")
     parser.add_argument("--query", help="the publisher's query endpoint (GetResultsSince, the latest result)")
     parser.add_argument(
