@@ -26,18 +26,21 @@ def folder_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink()) / 1e6
 
 
-@pytest.fixture(scope="module")
-def light_venv(tmp_path_factory) -> Path:
-    venv = tmp_path_factory.mktemp("light") / "venv"
+def venv_with(venv: Path, extras: str = "") -> Path:
+    """A fresh venv with this checkout installed as a user would, with `extras` (comma-separated)."""
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    target = f"{REPO}[{extras}]" if extras else str(REPO)
     install = subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "--quiet", "--no-cache-dir", str(REPO)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+        [str(venv / "bin" / "pip"), "install", "--quiet", "--no-cache-dir", target],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
     assert install.returncode == 0, install.stdout + install.stderr
     return venv
+
+
+@pytest.fixture(scope="module")
+def light_venv(tmp_path_factory) -> Path:
+    return venv_with(tmp_path_factory.mktemp("light") / "venv")
 
 
 def test_the_base_install_is_small_and_has_no_ml_stack(light_venv):
@@ -108,13 +111,7 @@ def test_light_edge_tail_hears_a_real_publisher(light_venv, tmp_path):
 def test_the_view_install_reads_and_switches_a_bank_store_without_torch(tmp_path_factory, bank_store):
     """`pip install 'edge[view]'` (aiohttp, safetensors; no torch, no OpenCV) runs edge-view and does
     what its bank panel does: list the versions with their reports and activate one."""
-    venv = tmp_path_factory.mktemp("view") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    install = subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "--quiet", "--no-cache-dir", f"{REPO}[view]"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert install.returncode == 0, install.stdout + install.stderr
+    venv = venv_with(tmp_path_factory.mktemp("view") / "venv", "view")
     help_ = subprocess.run(
         [str(venv / "bin" / "edge-view"), "--help"], capture_output=True, text=True, timeout=60
     )
@@ -141,13 +138,7 @@ def test_the_view_install_reads_and_switches_a_bank_store_without_torch(tmp_path
 def test_the_bridges_install_reads_its_station_config_without_torch_or_opencv(tmp_path_factory, tmp_path):
     """`pip install 'edge[opcua,mqtt]'` (asyncua, paho-mqtt, prometheus-client, pyyaml, pydantic)
     runs both bridges, reads their section of a station configuration and imports no ML stack."""
-    venv = tmp_path_factory.mktemp("bridges") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    install = subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "--quiet", "--no-cache-dir", f"{REPO}[opcua,mqtt]"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert install.returncode == 0, install.stdout + install.stderr
+    venv = venv_with(tmp_path_factory.mktemp("bridges") / "venv", "opcua,mqtt")
     for command, option in (
         ("edge-mqtt-bridge", "--topic-root"),
         ("edge-opcua-bridge", "--make-certificate"),

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from edge.bridges.feed import Positions
+from edge.bridges.feed import Positions, station_side
 from edge.cli_support import run_cli, setup_logging
 from edge.client import Event, Subscriber
 from edge.errors import UsageError
@@ -447,33 +447,22 @@ def settings_from(args: argparse.Namespace) -> MqttSettings:
 def settings_from_config(path: Path) -> tuple[MqttSettings, int | None]:
     """The bridge's settings from the station's YAML (its `bridges.mqtt` section, endpoints and
     keys), and its metrics port; a mistake is a ConfigError naming the key."""
-    from edge.config import bridge_problems, load_config
-    from edge.errors import ConfigError
-    from edge.sockets import local_endpoint
-
-    config = load_config(path)
-    mqtt = config.bridges.mqtt
-    if mqtt is None:
-        raise ConfigError(f"{path}: no bridges.mqtt section: nothing for edge-mqtt-bridge to do")
-    problems = bridge_problems(config)
-    if problems:
-        raise ConfigError(f"{path}: {len(problems)} problem(s):\n" + "\n".join(f"  {p}" for p in problems))
-    tls = mqtt.tls_ca is not None
-    host, port = _address(mqtt.broker, 8883 if tls else 1883)
+    side = station_side(path, "mqtt")
+    mqtt = side.section
+    host, port = _address(mqtt.broker, 8883 if mqtt.tls_ca else 1883)
     state = mqtt.state
     if state is None and os.environ.get("STATE_DIRECTORY"):  # systemd's StateDirectory=
         state = str(Path(os.environ["STATE_DIRECTORY"].split(":")[0]) / "mqtt-positions.json")
-    password = Path(mqtt.password_file).read_text().strip() if mqtt.password_file else None
     settings = MqttSettings(
-        station_endpoint=local_endpoint(config.endpoints.publish),
-        station=config.station,
+        station_endpoint=side.station_endpoint,
+        station=side.station,
         broker_host=host,
         broker_port=port,
         topic_root=mqtt.topic_root,
-        query_endpoint=local_endpoint(config.endpoints.latest) if config.endpoints.latest else None,
+        query_endpoint=side.query_endpoint,
         client_id=mqtt.client_id,
         username=mqtt.username,
-        password=password,
+        password=Path(mqtt.password_file).read_text().strip() if mqtt.password_file else None,
         tls_ca=Path(mqtt.tls_ca) if mqtt.tls_ca else None,
         tls_cert=Path(mqtt.tls_cert) if mqtt.tls_cert else None,
         tls_key=Path(mqtt.tls_key) if mqtt.tls_key else None,
@@ -481,7 +470,7 @@ def settings_from_config(path: Path) -> tuple[MqttSettings, int | None]:
         masks=mqtt.masks,
         alive_timeout_s=mqtt.alive_timeout_s,
         state=Path(state) if state else None,
-        curve=CurveClient(mqtt.curve.secret_key, mqtt.curve.server_key) if mqtt.curve else None,
+        curve=side.curve,
     )
     return settings, mqtt.metrics_port
 

@@ -49,6 +49,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from edge.bridges.feed import station_side
 from edge.cli_support import run_cli, setup_logging
 from edge.client import Event, Subscriber, request
 from edge.errors import UsageError
@@ -522,30 +523,21 @@ def settings_from(args: argparse.Namespace) -> OpcUaSettings:
 def settings_from_config(path: Path) -> tuple[OpcUaSettings, int | None]:
     """The bridge's settings from the station's YAML (`bridges.opcua`, endpoints, cameras, keys)
     and its metrics port; a mistake is a ConfigError naming the key."""
-    from edge.config import bridge_problems, load_config
-    from edge.errors import ConfigError
-    from edge.sockets import local_endpoint
-
-    config = load_config(path)
-    opcua = config.bridges.opcua
-    if opcua is None:
-        raise ConfigError(f"{path}: no bridges.opcua section: nothing for edge-opcua-bridge to do")
-    problems = [p for p in bridge_problems(config) if p.startswith("bridges.opcua")]
-    if problems:
-        raise ConfigError(f"{path}: {len(problems)} problem(s):\n" + "\n".join(f"  {p}" for p in problems))
+    side = station_side(path, "opcua")
+    opcua = side.section
     settings = OpcUaSettings(
-        station_endpoint=local_endpoint(config.endpoints.publish),
-        station=config.station,
+        station_endpoint=side.station_endpoint,
+        station=side.station,
         certificate=Path(opcua.certificate),
         private_key=Path(opcua.private_key),
         trust_dir=Path(opcua.trust_dir),
-        query_endpoint=local_endpoint(config.endpoints.latest) if config.endpoints.latest else None,
-        cameras=tuple(config.camera_names),
+        query_endpoint=side.query_endpoint,
+        cameras=side.cameras,
         endpoint_url=opcua.endpoint_url,
         users=Path(opcua.users_file) if opcua.users_file else None,
         allow_anonymous=opcua.allow_anonymous,
         alive_timeout_s=opcua.alive_timeout_s,
-        curve=CurveClient(opcua.curve.secret_key, opcua.curve.server_key) if opcua.curve else None,
+        curve=side.curve,
     )
     return settings, opcua.metrics_port
 
