@@ -265,3 +265,30 @@ def test_usage_mistakes_exit_2_without_a_traceback(tmp_path):
         result = subprocess.run(command + extra, capture_output=True, text=True, timeout=60)
         assert result.returncode == 2, result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_masks_go_out_as_png_when_asked(tmp_path, broker):
+    """--masks: a NOK verdict's mask arrives as PNG bytes under .../mask/<frame id, escaped>."""
+    import cv2
+    import numpy as np
+
+    from edge.protocol import encode_result
+
+    station = Station(tmp_path)
+    historian = Historian(broker.port)
+    bridge = start_bridge(station.pub, station.query, broker.port, tmp_path, "--masks")
+    try:
+        wait_until(lambda: historian.payloads("/status"), 15, "the bridge's first status")
+        mask = np.zeros((32, 48), np.uint8)
+        mask[4:12, 6:20] = 255
+        png = cv2.imencode(".png", mask)[1].tobytes()
+        message = VerdictMessage("line1", "cam1", "lot/7+a#1", Verdict.NOK, "t", 1, score=2.0, threshold=1.0)
+        station.worker.send_multipart(encode_result(message, png))
+        wait_until(lambda: historian.payloads("/mask/lot%2F7%2Ba%231"), 15, "the mask")
+        received = historian.payloads("/mask/lot%2F7%2Ba%231")[0]
+        assert np.array_equal(cv2.imdecode(np.frombuffer(received, np.uint8), cv2.IMREAD_GRAYSCALE), mask)
+        assert json.loads(historian.payloads("/verdict")[0])["has_mask"] is True
+    finally:
+        bridge.kill()
+        historian.close()
+        station.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -266,3 +267,53 @@ def test_usage_mistakes_exit_2_without_a_traceback(tmp_path, certificates):
     ):  # fmt: skip
         result = run_cli("ipc:///tmp/x", "--station", "s", *extra)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+
+
+def test_with_a_users_file_a_session_needs_the_right_password(tmp_path, certificates):
+    """--users: a trusted certificate is not enough; the user name and password must match."""
+    users = tmp_path / "users"
+    added = subprocess.run(
+        [sys.executable, "-m", "edge.bridges.opcua", "--add-user", "mes", "--users", str(users)],
+        input="correct horse battery\n", capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    assert users.read_text().startswith("mes:scrypt$") and "correct horse" not in users.read_text()
+    station = Station(tmp_path)
+    port = free_port()
+    bridge = start_bridge(station, certificates, port, tmp_path / "bridge.log", "--users", str(users))
+
+    async def session(user: str | None, password: str | None) -> bool:
+        client = Client(f"opc.tcp://127.0.0.1:{port}/edge/", timeout=4)
+        client.application_uri = CLIENT_URI
+        keys = f"{certificates / 'client.der'},{certificates / 'client.pem'},{certificates / 'server.der'}"
+        await client.set_security_string(f"Basic256Sha256,SignAndEncrypt,{keys}")
+        if user is not None:
+            client.set_user(user)
+            client.set_password(password)
+        try:
+            await client.connect()
+        except Exception:
+            return False
+        await client.disconnect()
+        return True
+
+    async def scenario() -> tuple[bool, bool, bool]:
+        for _ in range(100):  # until the bridge listens
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                await asyncio.sleep(0.2)
+        return (
+            await session("mes", "correct horse battery"),
+            await session("mes", "wrong"),
+            await session(None, None),
+        )
+
+    try:
+        right, wrong, anonymous = asyncio.run(scenario())
+    finally:
+        bridge.terminate()
+        bridge.wait(15)
+        station.close()
+    assert (right, wrong, anonymous) == (True, False, False)
