@@ -148,3 +148,28 @@ def test_random_weights_only_when_asked_and_labelled():
 def test_unknown_backbone_is_a_usage_error():
     with pytest.raises(UsageError, match="unknown backbone"):
         build_backbone("resnet18")
+
+
+def test_same_padding_equals_tensorflows_rule_at_every_size():
+    """The padding written through the remainder (so that one exported graph serves every size
+    that is a multiple of the stride) is TensorFlow's "SAME" rule at every size: the same numbers
+    as padding by (ceil(size / s) - 1) * s + k - size, split low/high as TensorFlow does."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    from edge.engine.efficientnet_lite import SameConv2d
+
+    torch.manual_seed(0)
+    for kernel in (1, 3, 5):
+        for stride in (1, 2):
+            conv = SameConv2d(2, 3, kernel, stride)
+            for height, width in [(size, 70 - size) for size in range(1, 70, 3)]:
+                image = torch.randn(1, 2, height, width)
+                pads = []
+                for size in (width, height):
+                    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+                    pads += [total // 2, total - total // 2]
+                expected = F.conv2d(F.pad(image, pads), conv.weight, None, stride)
+                assert torch.equal(conv(image), expected), (kernel, stride, height, width)

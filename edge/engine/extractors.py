@@ -221,8 +221,6 @@ class GraphExtractor(Extractor):
     on disk), up to MAX_FIXED_SIZES compilations for one input size each, and one compilation of
     the shared graph with a free height and width for the sizes met after those."""
 
-    runtime_name: str
-
     def __init__(self, backbone: Backbone, cache_dir: Path, device: str = "cpu") -> None:
         super().__init__(backbone)
         self.device = torch_device(device)
