@@ -21,7 +21,8 @@ import torch
 from bench_engine import load_images
 
 from edge.engine.backbones import build_backbone
-from edge.engine.config import GEOMETRY_MODES, PROJECTIONS, EngineConfig, InputGeometry
+from edge.engine.config import PROJECTIONS, EngineConfig, InputGeometry
+from edge.engine.input_geometry import GEOMETRY_MODES
 from edge.engine.model import PatchCore, embed_images, model_extractor
 
 

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from edge.engine.backbones import Backbone, build_backbone
-from edge.engine.config import GEOMETRY_MODES, EngineConfig, InputGeometry
+from edge.engine.config import EngineConfig, InputGeometry
+from edge.engine.input_geometry import GEOMETRY_MODES
 from edge.engine.model import PatchCore, StageTimer, model_extractor
 from edge.eval.mvtec import load_category
 from edge.eval.synthetic import SynthSpec, generate

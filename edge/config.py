@@ -24,7 +24,8 @@ from pydantic import (
     model_validator,
 )
 
-from edge.engine.config import GEOMETRY_MODES, IMAGE_SCORES, EngineConfig
+from edge.engine.config import IMAGE_SCORES, EngineConfig
+from edge.engine.input_geometry import GEOMETRY_MODES
 from edge.errors import ConfigError
 from edge.pixel_formats import PIXEL_FORMATS
 from edge.protocol import NAME_MEANING, NAME_PATTERN

@@ -9,6 +9,13 @@ import numpy as np
 
 from edge.errors import ImageError
 
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files directly in `folder`, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """Bring 16-bit and float images to uint8 (cameras deliver Mono12/16 and float stacks too)."""

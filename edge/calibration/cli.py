@@ -30,11 +30,11 @@ from tqdm import tqdm
 from edge.bankstore import BankStore
 from edge.cli_support import run_cli, setup_logging
 from edge.config import CalibrationConfig, StationConfig, describe_errors, load_config
-from edge.engine.config import GEOMETRY_MODES, IMAGE_SCORES
+from edge.engine.config import IMAGE_SCORES
+from edge.engine.input_geometry import GEOMETRY_MODES
 from edge.errors import UsageError
-from edge.eval.mvtec import image_files
 from edge.files import write_bytes_atomic
-from edge.imageio import read_image
+from edge.imageio import image_files, read_image
 
 log = logging.getLogger("edge.calibrate")
 SILENCE_S = 30.0

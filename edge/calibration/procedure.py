@@ -23,7 +23,7 @@ from edge.config import CalibrationConfig
 from edge.engine.artifact import read_artifact
 from edge.engine.backbones import build_backbone
 from edge.engine.config import EngineConfig, InputGeometry
-from edge.engine.geometry import AUTO_SAMPLE
+from edge.engine.input_geometry import AUTO_SAMPLE
 from edge.engine.model import PatchCore, embed_images, model_extractor, training_summary
 from edge.errors import ArtifactError, UsageError
 from edge.files import write_bytes_atomic

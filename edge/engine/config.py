@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from edge.engine.input_geometry import InputGeometry, resolve
 from edge.errors import UsageError
 
 # auto: projected on the CPU (candidates on principal axes, measured exactly), exact on a GPU;
@@ -16,71 +17,6 @@ EXTRACTORS = ("auto", "torch", "openvino", "onnxruntime", "tensorrt")
 EXTRACTOR_PRECISIONS = ("fp32", "fp16", "bf16")  # fp16 and bf16: the torch extractor on CUDA
 PROJECTIONS = ("random", "pca")
 IMAGE_SCORES = ("map_max", "eq7")  # docs/engine.md: map_max is the steadier across coreset seeds
-
-
-GEOMETRY_MODES = ("auto", "center_crop", "full_frame", "area", "squash")
-DEFAULT_SIZES = {"center_crop": 256, "full_frame": 224, "area": 224, "squash": 224}  # `resize` by mode
-
-
-@dataclass(frozen=True)
-class InputGeometry:
-    """How a frame (or its `roi`, (x, y, width, height) in frame pixels, applied first) becomes the
-    network input.
-
-    - `center_crop`: the paper's protocol: shorter side resized to `resize`, then a centre crop of
-      `crop` x `crop` (a defect near the frame's edge can be cut away).
-    - `full_frame`: the whole frame, aspect kept, shorter side resized to `resize`.
-    - `area`: the whole frame, aspect kept, scaled to about `resize`² pixels (sides multiples of
-      16): every frame costs the same and gives the same number of patches, whatever its shape.
-    - `squash`: the whole frame resized to `resize` x `resize`, aspect not kept.
-    - `auto`: chosen when a bank is fitted, from its training frames (`geometry.resolve`): `area`
-      at the frames' own pixel count, within bounds. A fitted bank never holds `auto`.
-    """
-
-    resize: int = 256
-    crop: int | None = 224
-    roi: tuple[int, int, int, int] | None = None
-    mode: str = ""  # empty: center_crop when `crop` is set, else full_frame (banks before modes)
-
-    def __post_init__(self) -> None:
-        if not self.mode:
-            object.__setattr__(self, "mode", "full_frame" if self.crop is None else "center_crop")
-        if self.mode not in GEOMETRY_MODES:
-            raise UsageError(f"unknown geometry {self.mode!r}; choose one of {', '.join(GEOMETRY_MODES)}")
-        if self.mode != "center_crop":
-            object.__setattr__(self, "crop", None)
-        if not 32 <= self.resize <= 1024:
-            raise UsageError(f"input resize must lie in [32, 1024] pixels, got {self.resize}")
-        if self.mode == "center_crop" and (self.crop is None or not 32 <= self.crop <= self.resize):
-            raise UsageError(f"crop must lie in [32, resize={self.resize}], got {self.crop}")
-        if self.roi is not None and (len(self.roi) != 4 or min(self.roi[2:]) <= 0 or min(self.roi[:2]) < 0):
-            raise UsageError(f"roi must be (x, y, width, height) with positive size, got {self.roi}")
-
-    @property
-    def fixed_input_hw(self) -> tuple[int, int] | None:
-        """The network input's size when it does not depend on the frame's shape."""
-        if self.mode == "center_crop" and self.crop is not None:
-            return self.crop, self.crop
-        if self.mode == "squash":
-            return self.resize, self.resize
-        return None
-
-    @classmethod
-    def named(cls, mode: str, size: int | None = None) -> InputGeometry:
-        """A geometry from a mode's name and optional size (DEFAULT_SIZES otherwise)."""
-        if mode == "auto":
-            return cls.auto()
-        if mode not in DEFAULT_SIZES:
-            raise UsageError(f"unknown geometry {mode!r}; choose one of {', '.join(GEOMETRY_MODES)}")
-        return cls(resize=size or DEFAULT_SIZES[mode], crop=224, mode=mode)
-
-    @classmethod
-    def auto(cls, roi: tuple[int, int, int, int] | None = None) -> InputGeometry:
-        return cls(crop=None, roi=roi, mode="auto")
-
-    @classmethod
-    def full_frame(cls, size: int = 224, roi: tuple[int, int, int, int] | None = None) -> InputGeometry:
-        return cls(resize=size, crop=None, roi=roi, mode="full_frame")
 
 
 @dataclass(frozen=True)
@@ -133,8 +69,6 @@ class EngineConfig:
 
     def resolved(self, frame_hws: Sequence[tuple[int, int]]) -> EngineConfig:
         """This configuration with an `auto` geometry made concrete from training frame sizes."""
-        from edge.engine.geometry import resolve
-
         return replace(self, geometry=resolve(self.geometry, frame_hws))
 
     def to_dict(self) -> dict[str, Any]:

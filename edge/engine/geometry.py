@@ -6,13 +6,12 @@ the torch side free of per-image Python work.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from edge.engine.config import InputGeometry
+from edge.engine.input_geometry import AREA_STEP, InputGeometry, multiple_of
 from edge.errors import ImageError, UsageError
 
 # Bounds on what one frame can cost, whatever its header says: a 1 x 20000 frame would otherwise be
@@ -21,30 +20,6 @@ from edge.errors import ImageError, UsageError
 MAX_ASPECT_RATIO = 32
 MAX_UPSCALE = 16
 MAX_INPUT_PIXELS = 2048 * 2048  # the whole-frame network input (7168 x 224 at 32:1 is 1.6 M)
-AREA_STEP = 16  # `area` inputs have sides in multiples of the deepest level's stride
-# `auto`: frames go in at their own resolution, but not below the paper's 224 x 224 input's pixel
-# count (small frames are enlarged, as the paper's resize does) nor above 384 x 384 (cost: the
-# search grows with the square of the pixel count). docs/engine.md gives the measurements.
-AUTO_MIN_SIDE = 224
-AUTO_MAX_SIDE = 384
-AUTO_SAMPLE = 16  # training frames whose sizes decide `auto`
-
-
-def resolve(geometry: InputGeometry, frame_hws: Sequence[tuple[int, int]]) -> InputGeometry:
-    """`auto` made concrete for a bank from (some of) its training frames' sizes: `area` at their
-    median pixel count (of the roi, where one is set), within [AUTO_MIN_SIDE², AUTO_MAX_SIDE²], so
-    every frame of the bank costs the same, keeps its aspect, and is not shrunk below what its
-    details need. Other modes come back as they are."""
-    if geometry.mode != "auto":
-        return geometry
-    if not frame_hws:
-        raise ImageError("geometry auto needs at least one training frame")
-    if geometry.roi is not None:
-        pixels = geometry.roi[2] * geometry.roi[3]
-    else:
-        pixels = float(np.median([h * w for h, w in frame_hws]))
-    side = min(AUTO_MAX_SIDE, max(AUTO_MIN_SIDE, _multiple(pixels**0.5, AREA_STEP)))
-    return InputGeometry(resize=side, crop=None, roi=geometry.roi, mode="area")
 
 
 @dataclass(frozen=True)
@@ -130,15 +105,11 @@ def _resized_hw(roi_hw: tuple[int, int], geometry: InputGeometry) -> tuple[int, 
         return geometry.resize, geometry.resize
     if geometry.mode == "area":  # about resize² pixels, aspect kept, sides on the stride-16 grid
         aspect = roi_w / roi_h
-        return _multiple(geometry.resize / aspect**0.5, AREA_STEP), _multiple(
+        return multiple_of(geometry.resize / aspect**0.5, AREA_STEP), multiple_of(
             geometry.resize * aspect**0.5, AREA_STEP
         )
     scale = geometry.resize / min(roi_h, roi_w)
     return max(1, round(roi_h * scale)), max(1, round(roi_w * scale))
-
-
-def _multiple(value: float, step: int) -> int:
-    return max(step, step * round(value / step))
 
 
 def _to_input(image: np.ndarray, placement: Placement, nearest: bool) -> np.ndarray:

@@ -34,7 +34,8 @@ from edge.engine.coreset import (
 )
 from edge.engine.extractors import Extractor, build_extractor, synchronize, torch_device
 from edge.engine.features import column_scales, equal_variance_scales
-from edge.engine.geometry import AUTO_SAMPLE, Placement, map_to_frame, place, prepare
+from edge.engine.geometry import Placement, map_to_frame, place, prepare
+from edge.engine.input_geometry import AUTO_SAMPLE
 from edge.engine.scoring import anomaly_map, map_peak, neighbour_table, reweighting_factors
 from edge.engine.search import build_index
 from edge.errors import ImageError, UsageError

@@ -16,7 +16,6 @@ from edge.engine.backbones import BACKBONES, backbone_name
 from edge.engine.config import (
     EXTRACTOR_PRECISIONS,
     EXTRACTORS,
-    GEOMETRY_MODES,
     IMAGE_SCORES,
     PROJECTIONS,
     SEARCH_BACKENDS,
@@ -24,6 +23,7 @@ from edge.engine.config import (
     EngineConfig,
     InputGeometry,
 )
+from edge.engine.input_geometry import GEOMETRY_MODES
 from edge.errors import UsageError
 from edge.eval.mvtec import load_category
 from edge.files import write_bytes_atomic

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import ImageError, UsageError
-from edge.imageio import read_mask
+from edge.imageio import image_files, read_mask
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
 @dataclass(frozen=True)
@@ -43,10 +42,6 @@ class Category:
     name: str
     train: list[Path]
     test: list[TestSample]
-
-
-def image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def load_category(root: Path, name: str) -> Category:

@@ -19,9 +19,8 @@ import cv2
 import numpy as np
 
 from edge.errors import ImageError, UsageError
-from edge.eval.mvtec import IMAGE_SUFFIXES
-from edge.eval.synthetic import DEFECT_TYPES, draw_defect, make_part
-from edge.imageio import read_image
+from edge.imageio import IMAGE_SUFFIXES, read_image
+from edge.synthetic_parts import DEFECT_TYPES, draw_defect, make_part
 
 log = logging.getLogger("edge.capture")
 STREAM_TIMEOUT_MS = 5000  # a network stream that opens or delivers nothing this long is reopened
