@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -97,7 +97,6 @@ class MqttCounters:
     connected: bool = False
     station_alive: bool = False
     drops_logged: int = 0
-    by_kind: dict[str, int] = field(default_factory=dict)
 
 
 class MqttBridge:
@@ -186,7 +185,9 @@ class MqttBridge:
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self.lock:
             done = self.inflight.pop(mid, None)
-            if done is None:  # acknowledged before _flush recorded it
+            if done is None:  # acknowledged before _flush recorded it (or the bridge's own online/offline)
+                if len(self.early) > MAX_INFLIGHT * 10:  # only ever needed for a moment
+                    self.early.clear()
                 self.early.add(mid)
                 return
             self._acknowledged(done)
