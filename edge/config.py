@@ -11,8 +11,9 @@ override string settings (for example `EDGE_SECURITY__PUBLISHER__SECRET_KEY`).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -24,7 +25,8 @@ from pydantic import (
     model_validator,
 )
 
-from edge.engine.config import IMAGE_SCORES, EngineConfig
+from edge.engine.config import BACKBONES, ENSEMBLE_SEPARATOR, RUNTIME_SETTINGS, SETTINGS
+from edge.engine.config import DEFAULTS as ENGINE
 from edge.engine.input_geometry import GEOMETRY_MODES
 from edge.errors import ConfigError
 from edge.pixel_formats import PIXEL_FORMATS
@@ -48,8 +50,28 @@ Endpoint = Annotated[str, Field(pattern=ENDPOINT_PATTERN)]
 Positive = Annotated[float, Field(gt=0)]
 Port = Annotated[int, Field(ge=0, le=65535)]
 ENV_PREFIX = "EDGE_"
-_BACKBONE = "(efficientnet_lite[012]|wide_resnet50_2)"
-BACKBONE_PATTERN = f"^{_BACKBONE}(\\+{_BACKBONE})*$"
+_BACKBONE = "(" + "|".join(map(re.escape, BACKBONES)) + ")"
+BACKBONE_PATTERN = f"^{_BACKBONE}({re.escape(ENSEMBLE_SEPARATOR)}{_BACKBONE})*$"
+
+
+def engine_setting(name: str, value_type: type = str) -> Any:
+    """The station file's type for engine setting `name`: its choices (and old names that still
+    read) or its bounds, with its help; declared once in edge/engine/config.py."""
+    meaning = SETTINGS[name]
+    if meaning.choices:
+        return Annotated[Literal[meaning.accepted], Field(description=meaning.help)]
+    bounds = Field(gt=meaning.above, ge=meaning.minimum, le=meaning.maximum, description=meaning.help)
+    return Annotated[value_type, bounds]
+
+
+Backbone = Annotated[str, Field(pattern=BACKBONE_PATTERN, description=SETTINGS["backbone"].help)]
+CoresetFraction = engine_setting("coreset_fraction", float)
+Seed = engine_setting("seed", int)
+ImageScore = engine_setting("image_score")
+Search = engine_setting("search")
+SearchPrecision = engine_setting("search_precision")
+Extractor = engine_setting("extractor")
+ExtractorPrecision = engine_setting("extractor_precision")
 
 
 class _Strict(BaseModel):
@@ -151,10 +173,10 @@ class WorkerConfig(_Strict):
     # a pool (needs endpoints.workers): one worker per listed device, else `count` on `device`
     devices: Annotated[list[Annotated[str, Field(pattern=DEVICE_PATTERN)]], Field(min_length=1)] | None = None
     count: Annotated[int, Field(ge=1, le=64)] = 1
-    search: Literal["auto", "projected", "exact", "faiss", "torch"] = "auto"
-    # auto: the installed runtime measured fastest for the backbone on the CPU, torch on CUDA
-    extractor: Literal["auto", "torch", "openvino", "onnxruntime", "tensorrt"] = "auto"
-    extractor_precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # fp16/bf16: torch on CUDA
+    search: Search = ENGINE.search
+    search_precision: SearchPrecision = ENGINE.search_precision
+    extractor: Extractor = ENGINE.extractor
+    extractor_precision: ExtractorPrecision = ENGINE.extractor_precision
     max_batch: Annotated[int, Field(ge=1, le=256)] = 8
     max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 5.0
     torch_threads: Annotated[int, Field(ge=1, le=256)] | None = None  # None: torch's default
@@ -274,22 +296,36 @@ class BridgesConfig(_Strict):
     opcua: OpcUaBridgeConfig | None = None
 
 
+TARGET_FRR_MEANING = "target false-reject rate on good parts"
+
+
 class CalibrationConfig(_Strict):
     """How edge-calibrate builds this station's banks (the recipe --add reuses)."""
 
-    frames: Annotated[int, Field(ge=1)] = 200  # good frames to collect
-    # one backbone, or an ensemble: distinct names joined by + (docs/engine.md)
-    backbone: Annotated[str, Field(pattern=BACKBONE_PATTERN)] = "efficientnet_lite0"
-    coreset_fraction: Annotated[float, Field(gt=0, le=1)] = 0.01
-    target_frr: Annotated[float, Field(gt=0, lt=0.5)] = 0.01  # target false-reject rate on good parts
-    margin: Annotated[float, Field(ge=0, le=1)] = 0.0  # threshold raised by this share
-    folds: Annotated[int, Field(ge=2, le=20)] = 5
-    seed: int = 0
-    # how frames become network input; auto: the whole frame at its own resolution, within bounds
-    geometry: Literal[GEOMETRY_MODES] = "auto"
-    input_size: Annotated[int, Field(ge=32, le=1024)] | None = None  # the geometry's size; None: its default
-    image_score: Literal[IMAGE_SCORES] = EngineConfig.image_score
-    full_frame: bool = False  # recipes before `geometry`: true is geometry full_frame at 224 px
+    frames: Annotated[int, Field(ge=1, description="good frames to collect (live) or read (folder)")] = 200
+    backbone: Backbone = ENGINE.backbone
+    coreset_fraction: CoresetFraction = ENGINE.coreset_fraction
+    target_frr: Annotated[float, Field(gt=0, lt=0.5, description=TARGET_FRR_MEANING)] = 0.01
+    margin: Annotated[float, Field(ge=0, le=1, description="raise the threshold by this share")] = 0.0
+    folds: Annotated[int, Field(ge=2, le=20, description="held-out folds")] = 5
+    seed: Seed = ENGINE.seed
+    geometry: Annotated[
+        Literal[GEOMETRY_MODES],
+        Field(description="how frames become network input (auto: the whole frame at its own resolution, "
+              "within bounds; docs/engine.md)"),
+    ] = ENGINE.geometry.mode  # fmt: skip
+    input_size: Annotated[
+        int | None, Field(ge=32, le=1024, description="the geometry's size in pixels (default: its own)")
+    ] = None
+    image_score: ImageScore = ENGINE.image_score
+    # recipes written before `geometry` had this
+    full_frame: Annotated[bool, Field(description="the same as geometry full_frame at 224 px")] = False
+
+
+# engine settings the station file sets: the recipe's are fixed when a bank is built, the worker's
+# chosen when it loads one
+RECIPE_ENGINE_SETTINGS = tuple(n for n in CalibrationConfig.model_fields if n in SETTINGS and n != "geometry")
+WORKER_ENGINE_SETTINGS = tuple(name for name in WorkerConfig.model_fields if name in RUNTIME_SETTINGS)
 
 
 class StationConfig(_Strict):

@@ -30,11 +30,10 @@ from tqdm import tqdm
 from edge.bankstore import BankStore
 from edge.cli_support import run_cli, setup_logging
 from edge.config import CalibrationConfig, StationConfig, describe_errors, load_config
-from edge.engine.config import IMAGE_SCORES
-from edge.engine.input_geometry import GEOMETRY_MODES
 from edge.errors import UsageError
 from edge.files import write_bytes_atomic
 from edge.imageio import image_files, read_image
+from edge.options import add_model_options, model_settings
 
 log = logging.getLogger("edge.calibrate")
 SILENCE_S = 30.0
@@ -71,39 +70,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--stage", action="store_true", help="write the new version and report it, but do not activate it"
     )
     parser.add_argument("--by", help="who activates, for the store's history (default: the login name)")
-    parser.add_argument("--frames", type=int, help="frames to collect or read at most")
     parser.add_argument(
         "--wait",
         type=float,
         default=SILENCE_S,
         help=f"live: give up after this many seconds without a frame (default {SILENCE_S:.0f})",
     )
-    defaults = CalibrationConfig()
-    parser.add_argument("--backbone", help=f"default {defaults.backbone}")
-    parser.add_argument(
-        "--coreset", type=float, help=f"coreset fraction (default {defaults.coreset_fraction})"
-    )
-    parser.add_argument(
-        "--target-frr", type=float, help=f"target false-reject rate (default {defaults.target_frr})"
-    )
-    parser.add_argument(
-        "--margin", type=float, help=f"raise the threshold by this share (default {defaults.margin})"
-    )
-    parser.add_argument("--folds", type=int, help=f"held-out folds (default {defaults.folds})")
-    parser.add_argument("--seed", type=int, help=f"default {defaults.seed}")
-    parser.add_argument(
-        "--geometry",
-        choices=GEOMETRY_MODES,
-        help=f"how frames become network input (default {defaults.geometry}: the whole frame at its "
-        "own resolution within bounds; docs/engine.md)",
-    )
-    parser.add_argument("--input-size", type=int, help="the geometry's size in pixels (default: its own)")
-    parser.add_argument(
-        "--image-score", choices=IMAGE_SCORES, help=f"image score (default {defaults.image_score})"
-    )
-    parser.add_argument(
-        "--full-frame", action="store_true", default=None, help="the same as --geometry full_frame at 224 px"
-    )
+    recipe = parser.add_argument_group("recipe (default: the station file's calibration section)")
+    add_model_options(recipe, CalibrationConfig)
     parser.add_argument("--weights", help="WideResNet50 weights file")
     parser.add_argument(
         "--validate", type=Path, metavar="CATEGORY_DIR", help="labelled MVTec-format category"
@@ -116,25 +90,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _recipe(args: argparse.Namespace, station: StationConfig | None) -> CalibrationConfig:
     base = station.calibration if station else CalibrationConfig()
-    overrides = {
-        "frames": args.frames,
-        "backbone": args.backbone,
-        "coreset_fraction": args.coreset,
-        "target_frr": args.target_frr,
-        "margin": args.margin,
-        "folds": args.folds,
-        "seed": args.seed,
-        "full_frame": args.full_frame,
-        "geometry": args.geometry,
-        "input_size": args.input_size,
-        "image_score": args.image_score,
-    }
-    given = {k: v for k, v in overrides.items() if v is not None and k != "frames"}
+    overrides = model_settings(args, CalibrationConfig)
+    given = {k: v for k, v in overrides.items() if k != "frames"}
     if (args.add or args.add_candidates) and given:
         raise UsageError(
             f"--add rebuilds with the active version's own recipe; it does not take {sorted(given)}"
         )
-    merged = base.model_dump() | {k: v for k, v in overrides.items() if v is not None}
+    merged = base.model_dump() | overrides
     try:
         return CalibrationConfig.model_validate(merged)
     except ValidationError as exc:

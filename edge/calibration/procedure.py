@@ -19,7 +19,7 @@ import numpy as np
 from edge.bankstore import BankStore
 from edge.calibration.quality import FrameStats, screen
 from edge.calibration.threshold import choose_threshold, held_out_scores
-from edge.config import CalibrationConfig
+from edge.config import RECIPE_ENGINE_SETTINGS, CalibrationConfig
 from edge.engine.artifact import read_artifact
 from edge.engine.backbones import build_backbone
 from edge.engine.config import EngineConfig, InputGeometry
@@ -46,13 +46,7 @@ def engine_config(recipe: CalibrationConfig) -> EngineConfig:
         geometry = InputGeometry.full_frame(224)
     else:
         geometry = InputGeometry.named(recipe.geometry, recipe.input_size)
-    return EngineConfig(
-        backbone=recipe.backbone,
-        geometry=geometry,
-        coreset_fraction=recipe.coreset_fraction,
-        seed=recipe.seed,
-        image_score=recipe.image_score,
-    )
+    return EngineConfig(geometry=geometry, **{name: getattr(recipe, name) for name in RECIPE_ENGINE_SETTINGS})
 
 
 def frame_name(image: np.ndarray) -> str:

@@ -19,20 +19,11 @@ from safetensors.torch import save
 
 from edge.bankfile import FORMAT, FORMAT_VERSION, checksum, read_bank_file
 from edge.engine.backbones import build_backbone
-from edge.engine.config import EngineConfig, InputGeometry
+from edge.engine.config import RUNTIME_SETTINGS, EngineConfig, InputGeometry
 from edge.engine.extractors import default_cache_dir
 from edge.engine.model import PatchCore, model_extractor
 from edge.errors import ArtifactError, EdgeError
 from edge.files import write_bytes_atomic
-
-RUNTIME_SETTINGS = (
-    "device",
-    "search",
-    "search_precision",
-    "batch_size",
-    "extractor",
-    "extractor_precision",
-)  # may differ between fitting and scoring
 
 
 def save_model(model: PatchCore, path: str | os.PathLike) -> Path:

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from edge.engine.config import ENSEMBLE_SEPARATOR, backbone_name
 from edge.engine.efficientnet_lite import EfficientNetLite, LiteTrunk
 from edge.engine.weights import WeightsFile, load_state_dict, locate, sha256_of, verify
 from edge.errors import UsageError, WeightsError
 
 RANDOM_WEIGHTS_ID = "random-untrained-seed0"
 RANDOM_WEIGHTS_SEED = 0
-ENSEMBLE_SEPARATOR = "+"  # "efficientnet_lite0+efficientnet_lite1": one trunk running both
 
 
 @dataclass(frozen=True)
@@ -200,20 +200,6 @@ _BUILDERS: dict[str, Callable[[str | os.PathLike | None, bool], Backbone]] = {
     **{spec.name: _lite_builder(variant) for variant, spec in LITE_SPECS.items()},
     WRN50_SPEC.name: _build_wrn50,
 }
-BACKBONES = tuple(_BUILDERS)
-
-
-def backbone_name(name: str) -> str:
-    """`name` if it names a backbone or an ensemble of distinct ones, else UsageError (argparse
-    shows its message)."""
-    names = name.split(ENSEMBLE_SEPARATOR)
-    unknown = [n for n in names if n not in _BUILDERS]
-    if unknown or len(set(names)) != len(names):
-        raise UsageError(
-            f"unknown backbone {name!r}: one of {', '.join(BACKBONES)}, or distinct ones joined by "
-            f"{ENSEMBLE_SEPARATOR}"
-        )
-    return name
 
 
 def build_backbone(

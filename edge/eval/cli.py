@@ -12,21 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from edge.cli_support import run_cli, setup_logging
-from edge.engine.backbones import BACKBONES, backbone_name
-from edge.engine.config import (
-    EXTRACTOR_PRECISIONS,
-    EXTRACTORS,
-    IMAGE_SCORES,
-    PROJECTIONS,
-    SEARCH_BACKENDS,
-    SEARCH_PRECISIONS,
-    EngineConfig,
-    InputGeometry,
-)
+from edge.engine.config import EngineConfig, InputGeometry
 from edge.engine.input_geometry import GEOMETRY_MODES
 from edge.errors import UsageError
 from edge.eval.mvtec import load_category
 from edge.files import write_bytes_atomic
+from edge.options import add_engine_options, engine_settings
 
 log = logging.getLogger("edge.eval")
 TABLE_COLUMNS = [
@@ -48,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="edge-eval",
         description="Fit PatchCore on each category's train/good images, score its test images, and "
-        "report image AUROC, pixel AUROC, PRO (to 30%% FPR), speed and memory.",
+        "report image AUROC, pixel AUROC, PRO (to 30% FPR), speed and memory.",
     )
     parser.add_argument("root", type=Path, help="folder in MVTec AD layout (CAT/train/good, CAT/test/...)")
     parser.add_argument(
@@ -57,25 +48,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="CAT",
         help="categories to evaluate (default: every sub-folder of ROOT)",
     )
-    parser.add_argument(
-        "--backbone",
-        default="efficientnet_lite0",
-        type=backbone_name,
-        help=f"one of {', '.join(BACKBONES)}, or several joined by + for an ensemble "
-        "(default efficientnet_lite0)",
-    )
     parser.add_argument("--weights", help="weights file for wide_resnet50_2 (default: the torch hub cache)")
     parser.add_argument(
         "--random-weights",
         action="store_true",
         help="run on untrained weights (timing only: the accuracy means nothing)",
-    )
-    parser.add_argument(
-        "--coreset",
-        type=float,
-        default=0.01,
-        metavar="FRACTION",
-        help="coreset fraction in (0, 1]; 0.01 is PatchCore-1%% (default)",
     )
     parser.add_argument(
         "--geometry",
@@ -93,55 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="the same as --geometry full_frame --resize 224 (the whole frame, shorter side 224)",
     )
-    parser.add_argument(
-        "--projection-dim",
-        type=int,
-        default=128,
-        help="projection width for coreset selection (default 128)",
-    )
-    parser.add_argument(
-        "--projection",
-        choices=PROJECTIONS,
-        default=EngineConfig.projection,
-        help="how features are projected for coreset selection: pca (principal axes of a sample of "
-        f"the training patches) or random (Gaussian, the paper's) (default {EngineConfig.projection})",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
-    parser.add_argument(
-        "--search",
-        default="auto",
-        choices=SEARCH_BACKENDS,
-        help="nearest-neighbour search: projected (candidates on the bank's principal axes, measured "
-        "exactly), exact, or faiss's flat index; auto: projected on the CPU, exact on a GPU",
-    )
-    parser.add_argument(
-        "--search-precision",
-        default="auto",
-        choices=SEARCH_PRECISIONS,
-        help="torch search products: bf16 finds candidates that fp32 then measures exactly "
-        "(auto: bf16 where the CPU has native bf16, else fp32)",
-    )
-    parser.add_argument(
-        "--extractor",
-        default="auto",
-        choices=EXTRACTORS,
-        help="feature extraction runtime (auto: on the CPU the installed runtime measured fastest for "
-        "the backbone, OpenVINO for EfficientNet-Lite; torch on CUDA; tensorrt needs a fixed input "
-        "size, a GPU and edge[gpu])",
-    )
-    parser.add_argument(
-        "--extractor-precision", default="fp32", choices=EXTRACTOR_PRECISIONS, help="fp16/bf16: CUDA only"
-    )
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument(
-        "--image-score",
-        choices=IMAGE_SCORES,
-        default=EngineConfig.image_score,
-        help="map_max: the peak of the smoothed anomaly map; eq7: the largest patch distance with "
-        f"the paper's eq. 7 (default {EngineConfig.image_score})",
-    )
-    parser.add_argument("--no-reweight", action="store_true", help="eq7 image score without eq. 7's factor")
+    add_engine_options(parser)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the figures as JSON here")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -156,23 +85,7 @@ def build_geometry(args: argparse.Namespace) -> InputGeometry:
 
 
 def build_config(args: argparse.Namespace) -> EngineConfig:
-    geometry = build_geometry(args)
-    return EngineConfig(
-        backbone=args.backbone,
-        geometry=geometry,
-        coreset_fraction=args.coreset,
-        projection_dim=args.projection_dim,
-        projection=args.projection,
-        seed=args.seed,
-        image_score=args.image_score,
-        reweight=not args.no_reweight,
-        search=args.search,
-        search_precision=args.search_precision,
-        device=args.device,
-        batch_size=args.batch_size,
-        extractor=args.extractor,
-        extractor_precision=args.extractor_precision,
-    )
+    return EngineConfig(geometry=build_geometry(args), **engine_settings(args))
 
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:

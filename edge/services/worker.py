@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edge.cli_support import run_cli
-from edge.config import StationConfig
+from edge.config import WORKER_ENGINE_SETTINGS, StationConfig
 from edge.errors import ConfigError
 from edge.pipeline.inspection import Bank
 from edge.services.runtime import (
@@ -45,10 +45,8 @@ def load_station_bank(config: StationConfig, device: str | None = None) -> Bank:
     model = load_model(
         ref.path,
         config.weights,
-        device=device or config.worker.device,
-        search=config.worker.search,
-        extractor=config.worker.extractor,
-        extractor_precision=config.worker.extractor_precision,
+        **{name: getattr(config.worker, name) for name in WORKER_ENGINE_SETTINGS}
+        | {"device": device or config.worker.device},
     )
     threshold = config.bank.threshold or model.threshold
     if threshold is None:
