@@ -22,8 +22,9 @@ from bench_engine import load_images
 
 from edge.engine.backbones import build_backbone
 from edge.engine.config import PROJECTIONS, EngineConfig, InputGeometry
+from edge.engine.embedding import embed_images, model_extractor
 from edge.engine.input_geometry import GEOMETRY_MODES
-from edge.engine.model import PatchCore, embed_images, model_extractor
+from edge.engine.model import PatchCore
 
 
 def main() -> int:

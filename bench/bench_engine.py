@@ -31,8 +31,9 @@ import torch
 
 from edge.engine.backbones import Backbone, build_backbone
 from edge.engine.config import EngineConfig, InputGeometry
+from edge.engine.embedding import model_extractor
 from edge.engine.input_geometry import GEOMETRY_MODES
-from edge.engine.model import PatchCore, StageTimer, model_extractor
+from edge.engine.model import PatchCore, StageTimer
 from edge.eval.mvtec import load_category
 from edge.eval.synthetic import SynthSpec, generate
 from edge.imageio import read_image

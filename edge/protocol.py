@@ -17,8 +17,9 @@ import math
 import re
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from enum import StrEnum
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -109,10 +110,53 @@ def _latency(value: Any) -> bool:
 
 
 @dataclass(frozen=True)
-class _Rule:
+class Rule:
+    """What a header field must hold: the check, the words of a refusal ("must be ..."), the type
+    as docs/protocol.md's field tables write it, and the kind of defect a receiver counts."""
+
     check: Callable[[Any], bool]
     meaning: str
+    doc: str
     kind: str = "field"
+
+    def or_null(self) -> Rule:
+        return Rule(_optional(self.check), f"{self.meaning} or null", f"{self.doc} or null", self.kind)
+
+
+def one_of(choices: Sequence[str], kind: str = "field") -> Rule:
+    words = " or ".join(choices) if len(choices) < 3 else ", ".join(choices[:-1]) + f" or {choices[-1]}"
+    return Rule(
+        lambda v: isinstance(v, str) and v in choices, words, ", ".join(f'`"{c}"`' for c in choices), kind
+    )
+
+
+NAME = Rule(is_name, NAME_MEANING, "name")
+COUNT = Rule(_whole, "a non-negative integer", "int ≥ 0")
+SIDE = Rule(lambda v: _whole(v, 1), "a positive integer", "int ≥ 1", "shape")
+TEXT = Rule(_text, "printable text of 1-256 characters", "string, 1–256 chars")
+TIME = Rule(lambda v: _text(v, 64), "an ISO 8601 time", "string, ISO 8601")
+NUMBER = Rule(_finite, "a finite number", "finite number")
+FLAG = Rule(lambda v: isinstance(v, bool), "true or false", "bool")
+
+
+def wire(rule: Rule, default: Any = MISSING, *, factory: Any = MISSING, required: bool | None = None) -> Any:
+    """A message field with its rule. It must be present on the wire when it has no default,
+    or when `required` says so (counters a sender always writes)."""
+    return field(default=default, default_factory=factory, metadata={"rule": rule, "required": required})
+
+
+@cache
+def declared(message: type) -> tuple[dict[str, Rule], tuple[str, ...]]:
+    """A message's field rules and the fields its header must carry (`schema` apart)."""
+    rules, required = {}, []
+    for item in fields(message):
+        if item.name == "schema":
+            continue
+        rules[item.name] = item.metadata["rule"]
+        needed = item.metadata["required"]
+        if needed or (needed is None and item.default is MISSING and item.default_factory is MISSING):
+            required.append(item.name)
+    return rules, tuple(required)
 
 
 def _check(condition: bool, kind: str, detail: str) -> None:
@@ -120,18 +164,25 @@ def _check(condition: bool, kind: str, detail: str) -> None:
         raise ProtocolError(kind, detail)
 
 
-def _validate(raw: dict[str, Any], rules: dict[str, _Rule], required: Sequence[str]) -> None:
+def _validate(raw: dict[str, Any], message: type, required: Sequence[str] | None = None) -> None:
     """Schema first, then unknown fields, then every field present (and every required one)."""
+    rules, needed = declared(message)
     schema = raw.get("schema")
     _check(_whole(schema) and schema == SCHEMA_VERSION, "schema", f"unknown schema version {schema!r}")
     unknown = set(raw) - set(rules) - {"schema"}
     _check(not unknown, "field", f"unknown fields {sorted(unknown)[:5]}")
-    for name in required:
+    for name in needed if required is None else required:
         _check(name in raw, rules[name].kind, f"{name} is missing")
     for name, value in raw.items():
         if name != "schema":
             rule = rules[name]
             _check(rule.check(value), rule.kind, f"{name} must be {rule.meaning}, got {_show(value)}")
+
+
+def _message(message: type, raw: dict[str, Any]) -> Any:
+    """A validated header as its dataclass."""
+    _validate(raw, message)
+    return message(**raw)
 
 
 def _show(value: Any) -> str:
@@ -172,19 +223,24 @@ def _parts(parts: Sequence[Any], count: int, topic: bytes | None) -> None:
 class FrameHeader:
     """One camera frame, as capture sends it to a worker."""
 
-    station: str
-    camera: str
-    seq: int  # per camera, increasing: a gap means frames were lost before the worker
-    frame_id: str
-    capture_utc: str  # ISO 8601, UTC
-    capture_monotonic_ns: int  # capture host's monotonic clock, for latency on one host
-    height: int
-    width: int
-    channels: int  # 1 (mono) or 3 (RGB)
-    pixel_type: str = "uint8"
-    trigger: str = "free_run"
-    part_id: str | None = None  # triggered mode: the physical part this frame shows
-    deadline_ms: float | None = None  # triggered mode: verdict due this long after capture
+    station: str = wire(NAME)
+    camera: str = wire(NAME)
+    seq: int = wire(COUNT)  # per camera, increasing: a gap means frames were lost before the worker
+    frame_id: str = wire(TEXT)
+    capture_utc: str = wire(TIME)  # UTC
+    capture_monotonic_ns: int = wire(COUNT)  # capture host's monotonic clock, for latency on one host
+    height: int = wire(SIDE)
+    width: int = wire(SIDE)
+    channels: int = wire(
+        Rule(lambda v: _whole(v) and v in (1, 3), "1 or 3", "1 or 3", "shape")
+    )  # 1 mono, 3 RGB
+    pixel_type: str = wire(one_of(tuple(PIXEL_TYPES), "dtype"), "uint8")
+    trigger: str = wire(one_of(TRIGGER_MODES), "free_run")
+    part_id: str | None = wire(TEXT.or_null(), None)  # triggered mode: the physical part this frame shows
+    # triggered mode: verdict due this long after capture
+    deadline_ms: float | None = wire(
+        Rule(lambda v: _finite(v) and v > 0, "a positive number", "number > 0").or_null(), None
+    )
     schema: int = SCHEMA_VERSION
 
     @property
@@ -196,30 +252,8 @@ class FrameHeader:
         return self.height * self.width * self.channels * np.dtype(PIXEL_TYPES[self.pixel_type]).itemsize
 
 
-_FRAME_RULES = {
-    "station": _Rule(is_name, NAME_MEANING),
-    "camera": _Rule(is_name, NAME_MEANING),
-    "seq": _Rule(_whole, "a non-negative integer"),
-    "frame_id": _Rule(_text, "printable text of 1-256 characters"),
-    "capture_utc": _Rule(lambda v: _text(v, 64), "an ISO 8601 time"),
-    "capture_monotonic_ns": _Rule(_whole, "a non-negative integer"),
-    "height": _Rule(lambda v: _whole(v, 1), "a positive integer", "shape"),
-    "width": _Rule(lambda v: _whole(v, 1), "a positive integer", "shape"),
-    "channels": _Rule(lambda v: _whole(v) and v in (1, 3), "1 or 3", "shape"),
-    "pixel_type": _Rule(lambda v: isinstance(v, str) and v in PIXEL_TYPES, "uint8 or uint16", "dtype"),
-    "trigger": _Rule(lambda v: isinstance(v, str) and v in TRIGGER_MODES, "free_run or triggered"),
-    "part_id": _Rule(_optional(_text), "printable text of 1-256 characters or null"),
-    "deadline_ms": _Rule(_optional(lambda v: _finite(v) and v > 0), "a positive number or null"),
-}
-_FRAME_REQUIRED = [
-    "station", "camera", "seq", "frame_id", "capture_utc", "capture_monotonic_ns", "height", "width",
-    "channels",
-]  # fmt: skip
-
-
 def _frame_header(raw: dict[str, Any]) -> FrameHeader:
-    _validate(raw, _FRAME_RULES, _FRAME_REQUIRED)
-    header = FrameHeader(**raw)
+    header: FrameHeader = _message(FrameHeader, raw)
     _check(
         header.payload_bytes <= MAX_PIXEL_BYTES,
         "shape",
@@ -301,44 +335,31 @@ class WorkerReady:
     least every heartbeat. Counts are cumulative since the worker started, so a lost or reordered
     report never makes the broker's view of the worker wrong for long."""
 
-    worker: str  # a name for logs and metrics (host and slot)
-    received: int  # frames received from the broker
-    answered: int  # frames received and answered (a verdict sent to the publisher)
-    capacity: int  # frames it can take now, beyond those received
-    received_bytes: int  # bytes of the frames received
-    capacity_bytes: int  # bytes it can take now, beyond those received
-    bank_id: str
-    bank_version: str
-    reloads: int = 0  # reloads finished (swapped in or failed)
-    reload_error: str | None = None  # why the latest reload failed, if it did
+    worker: str = wire(TEXT)  # a name for logs and metrics (host and slot)
+    received: int = wire(COUNT)  # frames received from the broker
+    answered: int = wire(COUNT)  # frames received and answered (a verdict sent to the publisher)
+    capacity: int = wire(COUNT)  # frames it can take now, beyond those received
+    received_bytes: int = wire(COUNT)  # bytes of the frames received
+    capacity_bytes: int = wire(COUNT)  # bytes it can take now, beyond those received
+    bank_id: str = wire(TEXT)
+    bank_version: str = wire(TEXT)
+    reloads: int = wire(COUNT, 0)  # reloads finished (swapped in or failed)
+    # why the latest reload failed, if it did
+    reload_error: str | None = wire(
+        Rule(lambda v: _text(v, MAX_ERROR_TEXT), "text", "string, 1–2048 chars").or_null(), None
+    )
     schema: int = SCHEMA_VERSION
-
-
-_READY_RULES = {
-    "worker": _Rule(_text, "printable text of 1-256 characters"),
-    "received": _Rule(_whole, "a non-negative integer"),
-    "answered": _Rule(_whole, "a non-negative integer"),
-    "capacity": _Rule(_whole, "a non-negative integer"),
-    "received_bytes": _Rule(_whole, "a non-negative integer"),
-    "capacity_bytes": _Rule(_whole, "a non-negative integer"),
-    "bank_id": _Rule(_text, "printable text of 1-256 characters"),
-    "bank_version": _Rule(_text, "printable text of 1-256 characters"),
-    "reloads": _Rule(_whole, "a non-negative integer"),
-    "reload_error": _Rule(_optional(lambda v: _text(v, MAX_ERROR_TEXT)), "text or null"),
-}
 
 
 def encode_ready(ready: WorkerReady) -> list[bytes]:
     body = asdict(ready)
-    _validate(body, _READY_RULES, list(_READY_RULES))
+    _validate(body, WorkerReady, list(declared(WorkerReady)[0]))
     return [READY_TOPIC, dump_json(body)]
 
 
 def decode_ready(parts: Sequence[Any]) -> WorkerReady:
     _parts(parts, 2, READY_TOPIC)
-    raw = _parse_header(parts[1])
-    _validate(raw, _READY_RULES, [k for k in _READY_RULES if k not in ("reloads", "reload_error")])
-    ready = WorkerReady(**raw)
+    ready: WorkerReady = _message(WorkerReady, _parse_header(parts[1]))
     _check(ready.answered <= ready.received, "field", "answered exceeds received")
     return ready
 
@@ -352,22 +373,23 @@ def encode_broker_message(topic_: bytes, error: str | None = None) -> list[bytes
 
 
 # ---- trigger (PLC bridge or MES → capture) --------------------------------------------------------
-_TRIGGER_RULES = {"part_id": _Rule(_text, "printable text of 1-256 characters")}
+@dataclass(frozen=True)
+class Trigger:
+    part_id: str = wire(TEXT)
+    schema: int = SCHEMA_VERSION
 
 
 def encode_trigger(part_id: str) -> list[bytes]:
     """A software trigger: take one frame of the part `part_id`."""
-    body = {"schema": SCHEMA_VERSION, "part_id": part_id}
-    _validate(body, _TRIGGER_RULES, ["part_id"])
+    body = asdict(Trigger(part_id))
+    _validate(body, Trigger)
     return [TRIGGER_TOPIC, dump_json(body)]
 
 
 def decode_trigger(parts: Sequence[Any]) -> str:
     """The part id a valid trigger message names."""
     _parts(parts, 2, TRIGGER_TOPIC)
-    raw = _parse_header(parts[1])
-    _validate(raw, _TRIGGER_RULES, ["part_id"])
-    return raw["part_id"]
+    return _message(Trigger, _parse_header(parts[1])).part_id
 
 
 # ---- verdict (publisher → subscribers) and result (worker or capture → publisher) -----------------
@@ -375,50 +397,36 @@ def decode_trigger(parts: Sequence[Any]) -> str:
 class VerdictMessage:
     """One frame's outcome, published on `verdict.<station>.<camera>.`."""
 
-    station: str
-    camera: str
-    frame_id: str
-    verdict: Verdict
-    capture_utc: str
-    capture_monotonic_ns: int
-    part_id: str | None = None
-    score: float | None = None
-    threshold: float | None = None
-    bank_id: str | None = None
-    bank_version: str | None = None
-    backend: str | None = None
-    latency_ms: dict[str, float] = field(default_factory=dict)
-    defect_area_px: int = 0
-    boxes: list[list[int]] = field(default_factory=list)  # [x, y, width, height] in frame pixels
-    error: str | None = None
-    has_mask: bool = False  # a mask message for this frame follows on mask.<station>.<camera>.
-    epoch: int = 0  # the publisher's start, set by the publisher: a new epoch means it restarted
-    seq: int = 0  # per topic and epoch, set by the publisher
+    station: str = wire(NAME)
+    camera: str = wire(NAME)
+    frame_id: str = wire(TEXT)
+    verdict: Verdict = wire(one_of(tuple(Verdict.__members__)))
+    capture_utc: str = wire(TIME)
+    capture_monotonic_ns: int = wire(COUNT)
+    part_id: str | None = wire(TEXT.or_null(), None)
+    score: float | None = wire(NUMBER.or_null(), None)
+    threshold: float | None = wire(NUMBER.or_null(), None)
+    bank_id: str | None = wire(TEXT.or_null(), None)
+    bank_version: str | None = wire(TEXT.or_null(), None)
+    backend: str | None = wire(TEXT.or_null(), None)
+    latency_ms: dict[str, float] = wire(
+        Rule(_latency, "an object of stage names to non-negative numbers", "object of stage → ms"),
+        factory=dict,
+    )
+    defect_area_px: int = wire(COUNT, 0)
+    # [x, y, width, height] in frame pixels
+    boxes: list[list[int]] = wire(
+        Rule(_boxes, f"a list of at most {MAX_BOXES} [x, y, width, height] lists of integers",
+             f"list of at most {MAX_BOXES} `[x, y, width, height]`"),
+        factory=list,
+    )  # fmt: skip
+    error: str | None = wire(
+        Rule(lambda v: isinstance(v, str) and len(v) <= MAX_ERROR_TEXT, "text", "string").or_null(), None
+    )
+    has_mask: bool = wire(FLAG, False)  # a mask message for this frame follows on mask.<station>.<camera>.
+    epoch: int = wire(COUNT, 0)  # the publisher's start, set by the publisher: a new epoch means it restarted
+    seq: int = wire(COUNT, 0)  # per topic and epoch, set by the publisher
     schema: int = SCHEMA_VERSION
-
-
-_VERDICT_RULES = {
-    "station": _Rule(is_name, NAME_MEANING),
-    "camera": _Rule(is_name, NAME_MEANING),
-    "frame_id": _Rule(_text, "printable text of 1-256 characters"),
-    "verdict": _Rule(lambda v: isinstance(v, str) and v in Verdict.__members__, "OK, NOK, ERROR or TIMEOUT"),
-    "capture_utc": _Rule(lambda v: _text(v, 64), "an ISO 8601 time"),
-    "capture_monotonic_ns": _Rule(_whole, "a non-negative integer"),
-    "part_id": _Rule(_optional(_text), "printable text of 1-256 characters or null"),
-    "score": _Rule(_optional(_finite), "a finite number or null"),
-    "threshold": _Rule(_optional(_finite), "a finite number or null"),
-    "bank_id": _Rule(_optional(_text), "printable text or null"),
-    "bank_version": _Rule(_optional(_text), "printable text or null"),
-    "backend": _Rule(_optional(_text), "printable text or null"),
-    "latency_ms": _Rule(_latency, "an object of stage names to non-negative numbers"),
-    "defect_area_px": _Rule(_whole, "a non-negative integer"),
-    "boxes": _Rule(_boxes, f"a list of at most {MAX_BOXES} [x, y, width, height] lists of integers"),
-    "error": _Rule(_optional(lambda v: isinstance(v, str) and len(v) <= MAX_ERROR_TEXT), "text or null"),
-    "has_mask": _Rule(lambda v: isinstance(v, bool), "true or false"),
-    "epoch": _Rule(_whole, "a non-negative integer"),
-    "seq": _Rule(_whole, "a non-negative integer"),
-}
-_VERDICT_REQUIRED = ["station", "camera", "frame_id", "verdict", "capture_utc", "capture_monotonic_ns"]
 
 
 def verdict_for(header: FrameHeader, verdict: Verdict, **fields: Any) -> VerdictMessage:
@@ -453,13 +461,13 @@ def verdict_body(message: VerdictMessage) -> dict[str, Any]:
 
 def encode_verdict(message: VerdictMessage) -> list[bytes]:
     body = verdict_body(message)
-    _validate(body, _VERDICT_RULES, _VERDICT_REQUIRED)
+    _validate(body, VerdictMessage)
     return [verdict_topic(message.station, message.camera), dump_json(body)]
 
 
 def verdict_from_body(raw: dict[str, Any]) -> VerdictMessage:
     """A verdict from its decoded JSON header (as in a replay reply), validated."""
-    _validate(raw, _VERDICT_RULES, _VERDICT_REQUIRED)
+    _validate(raw, VerdictMessage)
     return VerdictMessage(**{**raw, "verdict": Verdict(raw["verdict"])})
 
 
@@ -515,35 +523,24 @@ def decode_result(parts: Sequence[Any]) -> tuple[VerdictMessage, bytes | None]:
 # ---- mask and heartbeat (publisher → subscribers) -------------------------------------------------
 @dataclass(frozen=True)
 class MaskHeader:
-    station: str
-    camera: str
-    frame_id: str
-    epoch: int = 0
-    seq: int = 0
+    station: str = wire(NAME)
+    camera: str = wire(NAME)
+    frame_id: str = wire(TEXT)
+    epoch: int = wire(COUNT, 0, required=True)
+    seq: int = wire(COUNT, 0, required=True)
     schema: int = SCHEMA_VERSION
-
-
-_MASK_RULES = {
-    "station": _Rule(is_name, NAME_MEANING),
-    "camera": _Rule(is_name, NAME_MEANING),
-    "frame_id": _Rule(_text, "printable text of 1-256 characters"),
-    "epoch": _Rule(_whole, "a non-negative integer"),
-    "seq": _Rule(_whole, "a non-negative integer"),
-}
 
 
 def encode_mask(header: MaskHeader, png: bytes) -> list[bytes]:
     body = asdict(header)
-    _validate(body, _MASK_RULES, list(_MASK_RULES))
+    _validate(body, MaskHeader)
     check_png(png)
     return [topic("mask", header.station, header.camera), dump_json(body), png]
 
 
 def decode_mask(parts: Sequence[Any]) -> tuple[MaskHeader, bytes]:
     _parts(parts, 3, None)
-    raw = _parse_header(parts[1])
-    _validate(raw, _MASK_RULES, list(_MASK_RULES))
-    header = MaskHeader(**raw)
+    header: MaskHeader = _message(MaskHeader, _parse_header(parts[1]))
     _check(bytes(parts[0]) == topic("mask", header.station, header.camera), "topic", "topic mismatch")
     png = bytes(parts[2])
     check_png(png)
@@ -552,32 +549,22 @@ def decode_mask(parts: Sequence[Any]) -> tuple[MaskHeader, bytes]:
 
 @dataclass(frozen=True)
 class Heartbeat:
-    station: str
-    published: int  # verdicts published in this epoch
-    epoch: int = 0
-    seq: int = 0
+    station: str = wire(NAME)
+    published: int = wire(COUNT)  # verdicts published in this epoch
+    epoch: int = wire(COUNT, 0, required=True)
+    seq: int = wire(COUNT, 0, required=True)
     schema: int = SCHEMA_VERSION
-
-
-_HEARTBEAT_RULES = {
-    "station": _Rule(is_name, NAME_MEANING),
-    "published": _Rule(_whole, "a non-negative integer"),
-    "epoch": _Rule(_whole, "a non-negative integer"),
-    "seq": _Rule(_whole, "a non-negative integer"),
-}
 
 
 def encode_heartbeat(beat: Heartbeat) -> list[bytes]:
     body = asdict(beat)
-    _validate(body, _HEARTBEAT_RULES, list(_HEARTBEAT_RULES))
+    _validate(body, Heartbeat)
     return [topic("heartbeat", beat.station), dump_json(body)]
 
 
 def decode_heartbeat(parts: Sequence[Any]) -> Heartbeat:
     _parts(parts, 2, None)
-    raw = _parse_header(parts[1])
-    _validate(raw, _HEARTBEAT_RULES, list(_HEARTBEAT_RULES))
-    beat = Heartbeat(**raw)
+    beat: Heartbeat = _message(Heartbeat, _parse_header(parts[1]))
     _check(bytes(parts[0]) == topic("heartbeat", beat.station), "topic", "topic mismatch")
     return beat
 
@@ -588,19 +575,17 @@ class Query:
     """To the publisher's query endpoint: a camera's latest verdict, or (with `after_seq`) the
     verdicts it published for that camera after `after_seq` of `epoch` (what a subscriber missed)."""
 
-    camera: str
-    epoch: int | None = None
-    after_seq: int | None = None
+    camera: str = wire(NAME)
+    epoch: int | None = wire(COUNT.or_null(), None)
+    after_seq: int | None = wire(COUNT.or_null(), None)
 
 
-_QUERY_RULES = {
-    "camera": _Rule(is_name, NAME_MEANING),
-    "epoch": _Rule(_optional(_whole), "a non-negative integer or null"),
-    "after_seq": _Rule(_optional(_whole), "a non-negative integer or null"),
-}
-_CONTROL_RULES = {
-    "command": _Rule(lambda v: isinstance(v, str) and v in CONTROL_COMMANDS, "status or reload")
-}
+@dataclass(frozen=True)
+class Control:
+    """To a worker's (or the pool broker's) control endpoint."""
+
+    command: str = wire(one_of(CONTROL_COMMANDS))
+    schema: int = SCHEMA_VERSION
 
 
 def _single(parts: Sequence[Any]) -> dict[str, Any]:
@@ -610,13 +595,13 @@ def _single(parts: Sequence[Any]) -> dict[str, Any]:
 
 def encode_query(query: Query) -> list[bytes]:
     body = {"schema": SCHEMA_VERSION, **{k: v for k, v in asdict(query).items() if v is not None}}
-    _validate(body, _QUERY_RULES, ["camera"])
+    _validate(body, Query)
     return [dump_json(body)]
 
 
 def decode_query(parts: Sequence[Any]) -> Query:
     raw = _single(parts)
-    _validate(raw, _QUERY_RULES, ["camera"])
+    _validate(raw, Query)
     query = Query(**{k: v for k, v in raw.items() if k != "schema"})
     _check((query.epoch is None) == (query.after_seq is None), "field", "epoch and after_seq go together")
     return query
@@ -624,14 +609,12 @@ def decode_query(parts: Sequence[Any]) -> Query:
 
 def encode_control(command: str) -> list[bytes]:
     body = {"schema": SCHEMA_VERSION, "command": command}
-    _validate(body, _CONTROL_RULES, ["command"])
+    _validate(body, Control)
     return [dump_json(body)]
 
 
 def decode_control(parts: Sequence[Any]) -> str:
-    raw = _single(parts)
-    _validate(raw, _CONTROL_RULES, ["command"])
-    return raw["command"]
+    return _message(Control, _single(parts)).command
 
 
 def encode_reply(ok: bool, **fields: Any) -> list[bytes]:

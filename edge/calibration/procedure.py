@@ -22,9 +22,11 @@ from edge.calibration.threshold import choose_threshold, held_out_scores
 from edge.config import RECIPE_ENGINE_SETTINGS, CalibrationConfig
 from edge.engine.artifact import read_artifact
 from edge.engine.backbones import build_backbone
+from edge.engine.bank import training_summary
 from edge.engine.config import EngineConfig, InputGeometry
+from edge.engine.embedding import embed_images, model_extractor
 from edge.engine.input_geometry import AUTO_SAMPLE
-from edge.engine.model import PatchCore, embed_images, model_extractor, training_summary
+from edge.engine.model import PatchCore
 from edge.errors import ArtifactError, UsageError
 from edge.files import write_bytes_atomic
 from edge.imageio import encode_png, read_image
@@ -117,10 +119,7 @@ def calibrate(
 
     config = config.resolved([image.shape[:2] for image in kept_images[:AUTO_SAMPLE]])
     extractor = model_extractor(config, backbone)
-    embeddings = []
-    for start in range(0, len(kept_images), config.batch_size):
-        embeddings.extend(embed_images(extractor, config, kept_images[start : start + config.batch_size]))
-        progress("embed", len(embeddings), len(kept_images))
+    embeddings = embed_images(extractor, config, kept_images, lambda done, n: progress("embed", done, n))
     progress("held-out scores", 0, 1)
     scores, method = held_out_scores(
         extractor,

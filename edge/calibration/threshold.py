@@ -25,8 +25,9 @@ import torch
 from scipy.stats import beta, norm
 
 from edge.engine.config import EngineConfig
+from edge.engine.embedding import embed_images
 from edge.engine.extractors import Extractor
-from edge.engine.model import PatchCore, embed_images
+from edge.engine.model import PatchCore
 
 LOW_SHOT = 10  # up to this many frames: leave-one-out, and a low-shot warning
 CONFIDENCE = 0.95

@@ -20,8 +20,9 @@ from safetensors.torch import save
 from edge.bankfile import FORMAT, FORMAT_VERSION, checksum, read_bank_file
 from edge.engine.backbones import build_backbone
 from edge.engine.config import RUNTIME_SETTINGS, EngineConfig, InputGeometry
+from edge.engine.embedding import model_extractor
 from edge.engine.extractors import default_cache_dir
-from edge.engine.model import PatchCore, model_extractor
+from edge.engine.model import PatchCore
 from edge.errors import ArtifactError, EdgeError
 from edge.files import write_bytes_atomic
 

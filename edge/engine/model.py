@@ -1,16 +1,15 @@
-"""PatchCore orchestration: fitting a memory bank from good images and scoring new ones.
+"""PatchCore: a fitted model, and scoring new images with it.
 
-The pure compute lives in extractors / features / coreset / search / scoring; this module batches
-images, keeps results in input order, and records what the fitted model is (for the artifact).
-Scoring is batched on the model's device: per micro-batch of same-size inputs one upload (uint8
-pixels), one search over all their patches, eq. 7 from a neighbour table built once per bank, and
-one download (image scores and patch-grid distances); the maps are then made on the host at the
-network input's size.
+Building the bank is bank.py's (scales, coreset) and embedding.py's (same-size batches); this
+module fits by running both, batches images for scoring, keeps results in input order, and
+records what the fitted model is (for the artifact). Scoring is batched on the model's device:
+per micro-batch of same-size inputs one upload (uint8 pixels), one search over all their patches,
+eq. 7 from a neighbour table built once per bank, and one download (image scores and patch-grid
+distances); the maps are then made on the host at the network input's size.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import time
 from collections import defaultdict
@@ -24,16 +23,12 @@ import numpy as np
 import torch
 
 from edge import __version__
-from edge.engine.backbones import Backbone, build_backbone
+from edge.engine.backbones import build_backbone
+from edge.engine.bank import TrainingSummary, build_bank
 from edge.engine.config import EngineConfig
-from edge.engine.coreset import (
-    PROJECTION_SEED_OFFSET,
-    greedy_coreset,
-    principal_projection,
-    random_projection,
-)
-from edge.engine.extractors import Extractor, build_extractor, synchronize, torch_device
-from edge.engine.features import column_scales, equal_variance_scales
+from edge.engine.embedding import embed_images, embed_stream, model_extractor, position_batches
+from edge.engine.extractors import Extractor, synchronize, torch_device
+from edge.engine.features import column_scales
 from edge.engine.geometry import Placement, map_to_frame, place, prepare
 from edge.engine.input_geometry import AUTO_SAMPLE
 from edge.engine.scoring import anomaly_map, map_peak, neighbour_table, reweighting_factors
@@ -66,7 +61,6 @@ class StageTimer:
 
 
 _NO_TIMER = StageTimer()
-PCA_SAMPLE_ROWS = 65536  # principal axes of 472 values settle long before this many rows
 
 
 @dataclass
@@ -87,50 +81,6 @@ class ImageResult:
 class _Prepared:
     pixels: np.ndarray
     placement: Placement
-
-
-class _TrainingSummary:
-    """Counts, frame sizes, intensity statistics and a fingerprint of the images a bank saw."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.sizes: dict[str, int] = defaultdict(int)
-        self.channels: dict[str, int] = defaultdict(int)
-        self.pixel_sum = 0.0
-        self.pixel_sq_sum = 0.0
-        self.pixels = 0
-        self.digest = hashlib.sha256()
-
-    def add(self, image: np.ndarray) -> None:
-        self.count += 1
-        self.sizes[f"{image.shape[1]}x{image.shape[0]}"] += 1
-        self.channels[str(1 if image.ndim == 2 else image.shape[2])] += 1
-        values = image.astype(np.float64)
-        self.pixel_sum += float(values.sum())
-        self.pixel_sq_sum += float((values * values).sum())
-        self.pixels += values.size
-        self.digest.update(np.ascontiguousarray(image).tobytes())
-
-    def to_dict(self) -> dict[str, Any]:
-        mean = self.pixel_sum / max(self.pixels, 1)
-        std = max(self.pixel_sq_sum / max(self.pixels, 1) - mean * mean, 0.0) ** 0.5
-        return {
-            "count": self.count,
-            "frame_sizes": dict(self.sizes),
-            "channels": dict(self.channels),
-            "pixel_mean": round(mean, 3),
-            "pixel_std": round(std, 3),
-            "sha256": self.digest.hexdigest(),
-        }
-
-
-def training_summary(images: Iterable[np.ndarray]) -> dict[str, Any]:
-    """What a bank saw (counts, frame sizes, intensities, fingerprint), for banks fitted from
-    embeddings (calibration), as `fit` records it."""
-    summary = _TrainingSummary()
-    for image in images:
-        summary.add(image)
-    return summary.to_dict()
 
 
 class PatchCore:
@@ -188,7 +138,7 @@ class PatchCore:
         """
         torch_device(config.device)
         extractor = model_extractor(config, build_backbone(config.backbone, weights, random_weights))
-        summary = _TrainingSummary()
+        summary = TrainingSummary()
         started = time.perf_counter()
         stream = iter(images)
         head = list(itertools.islice(stream, AUTO_SAMPLE))  # an `auto` geometry is decided by these
@@ -202,7 +152,7 @@ class PatchCore:
                 yield image
 
         chunks: list[torch.Tensor] = []
-        for embeddings in _embed_batches(extractor, config, counted()):
+        for embeddings in embed_stream(extractor, config, counted()):
             chunks.extend(e.reshape(-1, e.shape[-1]).cpu() for e in embeddings)
             if progress is not None:
                 progress(len(embeddings))
@@ -228,17 +178,13 @@ class PatchCore:
             raise UsageError("no training images: a bank needs at least one good image")
         if config.geometry.mode == "auto":
             raise UsageError("resolve an auto geometry (EngineConfig.resolved) before embedding")
-        widths = extractor.widths
-        scales = equal_variance_scales(chunks, widths)
-        _scale_levels(chunks, scales, widths)
-        started = time.perf_counter()
-        bank = _coreset_bank(chunks, config, coreset_progress)
+        bank, scales, coreset_s = build_bank(chunks, config, extractor.widths, coreset_progress)
         info = {
             "edge_version": __version__,
             "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
             **info,
             "total_patches": sum(c.shape[0] for c in chunks),
-            "timings": {"coreset_s": time.perf_counter() - started},
+            "timings": {"coreset_s": coreset_s},
         }
         return cls(config, extractor, bank, scales, info)
 
@@ -254,7 +200,7 @@ class PatchCore:
         with timer.stage("preprocess"):
             prepared = [self._prepare(image) for image in images]
         results: list[ImageResult | None] = [None] * len(prepared)
-        for positions in self._batches_by_shape(prepared):
+        for positions in position_batches([item.pixels.shape for item in prepared], self.config.batch_size):
             with timer.stage("extract"):
                 embeddings = self.extractor(np.stack([prepared[p].pixels for p in positions]))
             scores, max_distances, grids = self._score_batch(embeddings * self.column_scales, timer)
@@ -313,16 +259,11 @@ class PatchCore:
     def image_scores(self, embeddings: Sequence[torch.Tensor]) -> list[float]:
         """Image scores (eq. 7) of unscaled embeddings from `embed`, without anomaly maps."""
         scores: list[float | None] = [None] * len(embeddings)
-        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-        for position, embedding in enumerate(embeddings):
-            groups[tuple(embedding.shape)].append(position)
-        for positions in groups.values():
-            for start in range(0, len(positions), self.config.batch_size):
-                chunk = positions[start : start + self.config.batch_size]
-                batch = torch.stack([embeddings[p] for p in chunk]).to(self.device) * self.column_scales
-                values, _, grids = self._score_batch(batch, _NO_TIMER)
-                for position, value, grid in zip(chunk, values, grids, strict=True):
-                    scores[position] = self._image_score(float(value), grid)
+        for chunk in position_batches([e.shape for e in embeddings], self.config.batch_size):
+            batch = torch.stack([embeddings[p] for p in chunk]).to(self.device) * self.column_scales
+            values, _, grids = self._score_batch(batch, _NO_TIMER)
+            for position, value, grid in zip(chunk, values, grids, strict=True):
+                scores[position] = self._image_score(float(value), grid)
         return [s for s in scores if s is not None]
 
     def warm_up(self, input_hw: tuple[int, int] | None = None, batches: Sequence[int] = (1,)) -> None:
@@ -366,15 +307,6 @@ class PatchCore:
         pixels, placement = prepare(image, self.config.geometry)
         return _Prepared(pixels, placement)
 
-    def _batches_by_shape(self, prepared: Sequence[_Prepared]) -> Iterator[list[int]]:
-        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-        for position, item in enumerate(prepared):
-            groups[item.pixels.shape].append(position)
-        size = self.config.batch_size
-        for positions in groups.values():
-            for start in range(0, len(positions), size):
-                yield positions[start : start + size]
-
     def metadata(self) -> dict[str, Any]:
         """What the model is, for the artifact and reports."""
         spec = self.extractor.spec
@@ -395,100 +327,3 @@ class PatchCore:
             "bank_shape": list(self.bank.shape),
             **self.info,
         }
-
-
-def _scale_levels(chunks: list[torch.Tensor], scales: torch.Tensor, widths: tuple[int, ...]) -> None:
-    column_scales = torch.repeat_interleave(scales, torch.tensor(widths))
-    for chunk in chunks:
-        chunk.mul_(column_scales)
-
-
-def _coreset_bank(
-    chunks: list[torch.Tensor], config: EngineConfig, progress: Callable[[int, int], None] | None = None
-) -> torch.Tensor:
-    """Select the coreset rows from per-batch feature chunks without concatenating them all."""
-    total = sum(c.shape[0] for c in chunks)
-    count = max(1, round(config.coreset_fraction * total))
-    if count >= total:
-        return torch.cat(chunks)
-    projection = _projection(chunks, config)
-    if projection is None:
-        projected = torch.cat(chunks)
-    else:  # filled in place: a list of projected chunks plus their concatenation would double it
-        projected = torch.empty(total, projection.shape[1])
-        start = 0
-        for chunk in chunks:
-            torch.mm(chunk, projection, out=projected[start : start + chunk.shape[0]])
-            start += chunk.shape[0]
-    chosen = greedy_coreset(projected, count, config.seed, progress=progress)
-    del projected
-    return _gather(chunks, chosen)
-
-
-def _projection(chunks: list[torch.Tensor], config: EngineConfig) -> torch.Tensor | None:
-    """The coreset's projection: a seeded Gaussian one, or principal axes of a seeded row sample."""
-    dim = chunks[0].shape[1]
-    if config.projection == "random":
-        return random_projection(dim, config.projection_dim, config.seed)
-    total = sum(c.shape[0] for c in chunks)
-    generator = torch.Generator().manual_seed(config.seed + PROJECTION_SEED_OFFSET)
-    sample = torch.randint(total, (min(total, PCA_SAMPLE_ROWS),), generator=generator)
-    return principal_projection(_gather(chunks, sample), config.projection_dim)
-
-
-def _gather(chunks: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
-    """Rows of the chunks' concatenation, by global index, without concatenating them."""
-    offsets = np.cumsum([0] + [c.shape[0] for c in chunks])
-    owner = torch.from_numpy(np.searchsorted(offsets, rows.numpy(), side="right") - 1)
-    out = torch.empty(rows.shape[0], chunks[0].shape[1], dtype=chunks[0].dtype)
-    for index in owner.unique().tolist():
-        mine = owner == index
-        out[mine] = chunks[index][rows[mine] - int(offsets[index])]
-    return out
-
-
-def model_extractor(config: EngineConfig, backbone: Backbone, cache_dir: Any = None) -> Extractor:
-    """The extractor a model of this configuration runs (its one input size, where fixed)."""
-    return build_extractor(
-        backbone,
-        config.extractor,
-        config.device,
-        input_hw=config.geometry.fixed_input_hw,
-        cache_dir=cache_dir,
-        precision=config.extractor_precision,
-    )
-
-
-def embed_images(
-    extractor: Extractor, config: EngineConfig, images: Sequence[np.ndarray]
-) -> list[torch.Tensor]:
-    """Unscaled (h, w, D) embeddings of each image on the CPU, in input order."""
-    out: list[torch.Tensor | None] = [None] * len(images)
-    prepared = [prepare(image, config.geometry)[0] for image in images]
-    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for position, pixels in enumerate(prepared):
-        groups[pixels.shape].append(position)
-    for positions in groups.values():
-        for start in range(0, len(positions), config.batch_size):
-            chunk = positions[start : start + config.batch_size]
-            embeddings = extractor(np.stack([prepared[p] for p in chunk])).cpu()
-            for position, embedding in zip(chunk, embeddings, strict=True):
-                out[position] = embedding
-    return [e for e in out if e is not None]
-
-
-def _embed_batches(
-    extractor: Extractor, config: EngineConfig, images: Iterable[np.ndarray]
-) -> Iterator[torch.Tensor]:
-    """Embed a stream of images in same-size batches without holding the stream in memory."""
-    pending: dict[tuple[int, ...], list[np.ndarray]] = defaultdict(list)
-    for image in images:
-        pixels = prepare(image, config.geometry)[0]
-        group = pending[pixels.shape]
-        group.append(pixels)
-        if len(group) == config.batch_size:
-            yield extractor(np.stack(group))
-            group.clear()
-    for group in pending.values():
-        if group:
-            yield extractor(np.stack(group))
