@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -52,6 +53,26 @@ Port = Annotated[int, Field(ge=0, le=65535)]
 ENV_PREFIX = "EDGE_"
 _BACKBONE = "(" + "|".join(map(re.escape, BACKBONES)) + ")"
 BACKBONE_PATTERN = f"^{_BACKBONE}({re.escape(ENSEMBLE_SEPARATOR)}{_BACKBONE})*$"
+
+
+@dataclass(frozen=True)
+class MustExist:
+    """Marks a path setting that `check_station` verifies before anything starts: it walks the
+    schema for these, so a new file setting is checked where it is declared."""
+
+    kind: str  # file, folder, or path (either)
+    says: str  # what the problem line says after the path
+
+    def problem(self, value: str) -> str | None:
+        path = Path(value)
+        found = {"file": path.is_file, "folder": path.is_dir, "path": path.exists}[self.kind]()
+        return None if found else self.says
+
+
+KeyFile = Annotated[str, MustExist("file", "is not a key file (edge-keys makes it)")]
+KeyFolder = Annotated[str, MustExist("folder", "is not a folder of public keys")]
+AFile = Annotated[str, MustExist("file", "is not a file")]
+OptionalFile = Annotated[str | None, MustExist("file", "is not a file")]
 
 
 def engine_setting(name: str, value_type: type = str) -> Any:
@@ -111,7 +132,7 @@ class FolderSourceConfig(_Strict):
     """Replay of a folder's images in name order."""
 
     kind: Literal["folder"]
-    path: str
+    path: Annotated[str, MustExist("folder", "is not a folder")]
     rate_hz: Annotated[float, Field(ge=0)] = 0.0
     loop: bool = False
 
@@ -151,7 +172,8 @@ class CameraConfig(_Strict):
 
 
 class BankConfig(_Strict):
-    path: str  # a bank version store (edge-calibrate's output folder) or one bank file
+    # a bank version store (edge-calibrate's output folder) or one bank file
+    path: Annotated[str, MustExist("path", "does not exist (run edge-calibrate to create a bank)")]
     threshold: Positive | None = None  # overrides the threshold stored in the bank
 
 
@@ -221,13 +243,13 @@ class SupervisorConfig(_Strict):
 
 
 class CurveServerConfig(_Strict):
-    secret_key: str  # this server's .key_secret (edge-keys)
-    allowed_clients: str  # folder of the public .key files of the clients allowed to connect
+    secret_key: KeyFile  # this server's .key_secret (edge-keys)
+    allowed_clients: KeyFolder  # folder of the public .key files of the clients allowed to connect
 
 
 class CurveClientConfig(_Strict):
-    secret_key: str  # this client's .key_secret
-    server_key: str  # the server's public .key
+    secret_key: KeyFile  # this client's .key_secret
+    server_key: KeyFile  # the server's public .key
 
 
 class FramesSecurityConfig(_Strict):
@@ -257,10 +279,10 @@ class MqttBridgeConfig(_Strict):
     topic_root: Annotated[str, Field(pattern=TOPIC_ROOT_PATTERN)] = "edge"  # e.g. acme/plant1/line3
     client_id: str | None = None  # default edge-<station>-<root>; fixed: the broker keeps its session
     username: str | None = None
-    password_file: str | None = None  # a file holding the password (not the password itself)
-    tls_ca: str | None = None  # TLS: the CA bundle that signed the broker's certificate
-    tls_cert: str | None = None  # TLS client certificate (with tls_key)
-    tls_key: str | None = None
+    password_file: OptionalFile = None  # a file holding the password (not the password itself)
+    tls_ca: OptionalFile = None  # TLS: the CA bundle that signed the broker's certificate
+    tls_cert: OptionalFile = None  # TLS client certificate (with tls_key)
+    tls_key: OptionalFile = None
     buffer: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000  # verdicts kept while the broker is away
     masks: bool = False  # NOK masks as PNG under <root>/<station>/<camera>/mask/<frame id>
     alive_timeout_s: Positive = 3.0  # the station is "not alive" after this long without heartbeats
@@ -279,10 +301,11 @@ class OpcUaBridgeConfig(_Strict):
     """edge-opcua-bridge (edge/bridges/opcua.py): this station's results in an OPC UA server."""
 
     endpoint_url: Annotated[str, Field(pattern=OPCUA_URL_PATTERN)] = "opc.tcp://0.0.0.0:4840/edge/"
-    certificate: str  # the server's certificate (DER; edge-opcua-bridge --make-certificate)
-    private_key: str  # its private key (PEM)
-    trust_dir: str  # a folder of trusted client certificates; others are refused
-    users_file: str | None = None  # set: clients log in with a user name and password (--add-user)
+    certificate: AFile  # the server's certificate (DER; edge-opcua-bridge --make-certificate)
+    private_key: AFile  # its private key (PEM)
+    # a folder of trusted client certificates; others are refused
+    trust_dir: Annotated[str, MustExist("folder", "is not a folder of trusted client certificates")]
+    users_file: OptionalFile = None  # set: clients log in with a user name and password (--add-user)
     allow_anonymous: bool = False  # also an unsecured endpoint and anonymous login
     alive_timeout_s: Positive = 3.0  # VisionAlive falls after this long without heartbeats
     curve: CurveClientConfig | None = None  # with security.publisher: this bridge's keys
@@ -333,7 +356,8 @@ class StationConfig(_Strict):
     bank: BankConfig
     endpoints: EndpointsConfig
     cameras: Annotated[list[CameraConfig], Field(min_length=1)]
-    weights: str | None = None  # WideResNet50 weights file; efficientnet_lite0 ships with edge
+    # WideResNet50 weights file; efficientnet_lite0 ships with edge
+    weights: Annotated[str | None, MustExist("file", "is not a file (the WideResNet50 weights file)")] = None
     worker: WorkerConfig = WorkerConfig()
     broker: BrokerConfig = BrokerConfig()
     publisher: PublisherConfig = PublisherConfig()
@@ -503,55 +527,36 @@ def _bindable(endpoint: str) -> str | None:
         context.term()
 
 
-def _key_problems(security: SecurityConfig) -> list[str]:
-    keys = {}
-    if security.publisher:
-        keys["security.publisher"] = security.publisher
-    if security.frames:
-        keys["security.frames.worker"] = security.frames.worker
-        keys["security.frames.capture"] = security.frames.capture
-    if security.workers:
-        keys["security.workers.broker"] = security.workers.broker
-        keys["security.workers.worker"] = security.workers.worker
+def path_problems(section: BaseModel, prefix: str = "") -> list[str]:
+    """Every MustExist setting of `section` and its sub-sections whose path is not there."""
     problems = []
-    for section, keyset in keys.items():
-        for name, value in keyset.model_dump().items():
-            exists = Path(value).is_dir() if name == "allowed_clients" else Path(value).is_file()
-            if not exists:
-                kind = (
-                    "folder of public keys" if name == "allowed_clients" else "key file (edge-keys makes it)"
-                )
-                problems.append(f"{section}.{name}: {value} is not a {kind}")
+    for name, info in type(section).model_fields.items():
+        value, key = getattr(section, name), prefix + name
+        marker = next((m for m in info.metadata if isinstance(m, MustExist)), None)
+        if marker is not None:
+            problem = None if value is None else marker.problem(value)
+            problems += [f"{key}: {value} {problem}"] if problem else []
+        elif isinstance(value, BaseModel):
+            problems += path_problems(value, key + ".")
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    problems += path_problems(item, f"{key}[{index}].")
     return problems
 
 
 def bridge_problems(config: StationConfig) -> list[str]:
     """Files the bridges read that are not there, and a bridge with no way to the publisher."""
+    problems = path_problems(config.bridges, "bridges.")
+    return problems + _bridge_link_problems(config)
+
+
+def _bridge_link_problems(config: StationConfig) -> list[str]:
+    """A bridge without CURVE keys where the publisher takes only CURVE clients."""
     problems = []
-    for name, bridge in (("mqtt", config.bridges.mqtt), ("opcua", config.bridges.opcua)):
-        if bridge is None:
-            continue
-        fields = (
-            "password_file",
-            "tls_ca",
-            "tls_cert",
-            "tls_key",
-            "certificate",
-            "private_key",
-            "users_file",
-        )
-        files = {field: getattr(bridge, field) for field in fields if hasattr(bridge, field)}
-        if bridge.curve is not None:
-            files.update({f"curve.{k}": v for k, v in bridge.curve.model_dump().items()})
-        for field, path in files.items():
-            if path and not Path(path).is_file():
-                problems.append(f"bridges.{name}.{field}: {path} is not a file")
-        trust = getattr(bridge, "trust_dir", None)
-        if trust is not None and not Path(trust).is_dir():
-            problems.append(
-                f"bridges.{name}.trust_dir: {trust} is not a folder of trusted client certificates"
-            )
-        if config.security.publisher is not None and bridge.curve is None:
+    for name in ("mqtt", "opcua"):
+        bridge = getattr(config.bridges, name)
+        if bridge is not None and config.security.publisher is not None and bridge.curve is None:
             problems.append(
                 f"bridges.{name}.curve: the publisher uses CURVE (security.publisher): the bridge needs keys"
             )
@@ -574,16 +579,8 @@ def _device_problems(config: StationConfig) -> list[str]:
 def check_station(config: StationConfig, bind: bool = False) -> None:
     """What the schema cannot see: files that must exist, endpoints that must differ; with `bind`
     (edge-run --check-config), also camera devices present and endpoints bindable."""
-    problems = []
-    if not Path(config.bank.path).exists():
-        problems.append(f"bank.path: {config.bank.path} does not exist (run edge-calibrate to create a bank)")
-    if config.weights is not None and not Path(config.weights).is_file():
-        problems.append(f"weights: {config.weights} is not a file (the WideResNet50 weights file)")
-    problems += _key_problems(config.security)
-    problems += bridge_problems(config)
-    for index, camera in enumerate(config.cameras):
-        if isinstance(camera.source, FolderSourceConfig) and not Path(camera.source.path).is_dir():
-            problems.append(f"cameras[{index}].source.path: {camera.source.path} is not a folder")
+    problems = path_problems(config)  # every file and folder a setting names
+    problems += _bridge_link_problems(config)
     endpoints = bound_endpoints(config)
     by_address: dict[str, list[str]] = {}
     for key, address in endpoints.items():

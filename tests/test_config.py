@@ -186,3 +186,25 @@ def test_the_opcua_bridge_section_names_its_missing_files(valid, tmp_path):
     settings, metrics_port = settings_from_config(path)
     assert settings.station == "line1" and settings.cameras == ("cam0",) and metrics_port is None
     assert settings.query_endpoint == "tcp://127.0.0.1:5557" and settings.endpoint_url.endswith(":4840/edge/")
+
+
+def test_check_config_walks_the_schema_for_every_file_a_setting_names(valid, tmp_path):
+    """Every CURVE section, and each file and folder setting, is found by walking the schema:
+    none is listed by hand, so a new section cannot be skipped."""
+    server = {"secret_key": str(tmp_path / "s.key_secret"), "allowed_clients": str(tmp_path / "clients")}
+    client = {"secret_key": str(tmp_path / "c.key_secret"), "server_key": str(tmp_path / "s.key")}
+    valid["security"] = {
+        "publisher": server,
+        "frames": {"worker": server, "capture": client},
+        "workers": {"broker": server, "worker": client},
+    }
+    valid["weights"] = str(tmp_path / "wrn50.pth")
+    valid["cameras"][0]["source"]["path"] = str(tmp_path / "gone")
+    message = problems(valid)
+    sections = ["security.publisher", "security.frames.worker", "security.workers.broker"]
+    for section in sections:
+        assert f"{section}.secret_key: " in message and f"{section}.allowed_clients: " in message
+    for section in ["security.frames.capture", "security.workers.worker"]:
+        assert f"{section}.secret_key: " in message and f"{section}.server_key: " in message
+    assert "weights: " in message and "cameras[0].source.path: " in message
+    assert message.startswith("12 problem(s)")  # 10 keys and folders, the weights, the folder source
