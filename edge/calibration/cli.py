@@ -21,6 +21,7 @@ import json
 import logging
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,17 @@ def _notify(endpoint: str | None, version: str) -> None:
         log.error("the worker could not load %s: %s", version, reply.get("error"))
 
 
+@dataclass(frozen=True)
+class _Session:
+    """What every action works on: the parsed options, the station file (if any), the bank store
+    and the worker control endpoint to notify."""
+
+    args: argparse.Namespace
+    station: StationConfig | None
+    store: BankStore
+    notify: str | None
+
+
 def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     setup_logging(fitting=True)
@@ -180,111 +192,132 @@ def _main(argv: list[str] | None) -> int:
         raise UsageError("say where the bank store is: --out BANK_DIR or --config CONFIG")
     if root.is_file():
         raise UsageError(f"{root} is a bank file, not a bank store folder")
-    store = BankStore(root)
     notify = args.notify or (station.endpoints.control if station else None)
-    report: dict[str, Any] = {"store": str(root)}
-
+    session = _Session(args, station, BankStore(root), notify)
+    builds = bool(args.from_folder or args.add or args.add_candidates)
     if args.list:
-        if not store.versions():
-            raise UsageError(f"{root} holds no bank versions: is it the folder edge-calibrate --out wrote?")
-        print(json.dumps(store.reports(), indent=2))
-        return 0
-    if args.stage and not (args.from_folder or args.add or args.add_candidates or station):
+        return _list(session)
+    if args.stage and not (builds or station):
         raise UsageError("--stage needs a new version: --from-folder, --add, --add-candidates or --config")
+    report: dict[str, Any] = {"store": str(root)}
     if args.activate:
-        store.activate(args.activate, args.by or _login())
-        log.info("%s is active", args.activate)
-        report["version"] = args.activate
-        _notify(notify, args.activate)
-    elif args.from_folder or args.add or args.add_candidates or (station and not args.validate):
-        from edge.calibration.procedure import calibrate
-
-        recipe = _recipe(args, station)
-        candidates = None
-        if args.add_candidates:
-            frames, candidates = _candidate_frames(store, args.quiet)
-        elif args.add:
-            frames = _folder_frames(args.add, args.frames, args.quiet)
-        elif args.from_folder:
-            frames = _folder_frames(args.from_folder, args.frames, args.quiet)
-        else:
-            frames = _live_frames(station, recipe.frames, args.wait, args.quiet)
-        update, bars = _progress_bars(args.quiet)
-        result = calibrate(
-            store,
-            frames,
-            recipe,
-            args.weights or (station.weights if station else None),
-            bool(args.add or args.add_candidates),
-            update,
-            activate=not args.stage,
-            candidates=candidates,
-        )
-        for bar in bars.values():
-            bar.close()
-        choice = result.record["choice"]
-        log.info(
-            "%s %s: threshold %.4g from %d held-out good frames (%s); expected false-reject rate "
-            "%.1f%% (95%% bound %.1f%%), target %.1f%%, margin %.0f%%",
-            result.version,
-            "staged (activate it with --activate or from edge-view)" if args.stage else "active",
-            result.record["threshold"],
-            choice["held_out"],
-            choice["method"],
-            100 * choice["expected_frr"],
-            100 * choice["frr_upper_95"],
-            100 * choice["target_frr"],
-            100 * choice["margin"],
-        )
-        report |= {
-            "version": result.version,
-            "threshold": result.record["threshold"],
-            "expected_false_reject_rate": choice["expected_frr"],
-            "false_reject_rate_upper_95": choice["frr_upper_95"],
-            "held_out": choice["held_out"],
-            "method": choice["method"],
-            "frames": len(result.record["frames"]),
-            "quality": result.record["quality"],
-            "warnings": result.warnings,
-            "active": not args.stage,
-            "candidates": result.record.get("candidates"),
-        }
-        if not args.stage:
-            _notify(notify, result.version)
+        report |= _activate(session)
+    elif builds or (station and not args.validate):
+        report |= _build(session)
     elif not args.validate:
         raise UsageError(
             "nothing to do: give --from-folder, --add, --add-candidates, --activate, --list, --validate "
             "or --config"
         )
-
     if args.validate:
-        from edge.calibration.validate import validate
-        from edge.engine.artifact import load_model
-
-        model = load_model(store.active().path, args.weights)
-        bar = tqdm(desc="validate", disable=args.quiet, leave=False)
-
-        def show(done: int, total: int) -> None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
-        outcome = validate(model, args.validate, show)
-        bar.close()
-        log.info(
-            "%s: threshold %.4g, false-reject rate %.3f (%d of %d good), recall %.3f (%d defective)",
-            args.validate,
-            outcome["threshold"],
-            outcome["false_reject_rate"] or 0.0,
-            outcome["false_rejects"],
-            outcome["good_images"],
-            outcome["recall"] or 0.0,
-            outcome["defective_images"],
-        )
-        report |= outcome | {"version": store.active_version()}
+        report |= _validate(session)
     if args.json:
         write_bytes_atomic(args.json, json.dumps(report, indent=2).encode())
     return 0
+
+
+def _list(session: _Session) -> int:
+    if not session.store.versions():
+        raise UsageError(
+            f"{session.store.root} holds no bank versions: is it the folder edge-calibrate --out wrote?"
+        )
+    print(json.dumps(session.store.reports(), indent=2))
+    return 0
+
+
+def _activate(session: _Session) -> dict[str, Any]:
+    version = session.args.activate
+    session.store.activate(version, session.args.by or _login())
+    log.info("%s is active", version)
+    _notify(session.notify, version)
+    return {"version": version}
+
+
+def _build(session: _Session) -> dict[str, Any]:
+    """A new bank version from a folder, the store's candidates or the live cameras."""
+    from edge.calibration.procedure import calibrate
+
+    args, station, store = session.args, session.station, session.store
+    recipe = _recipe(args, station)
+    candidates = None
+    if args.add_candidates:
+        frames, candidates = _candidate_frames(store, args.quiet)
+    elif args.add or args.from_folder:
+        frames = _folder_frames(args.add or args.from_folder, args.frames, args.quiet)
+    else:
+        assert station is not None
+        frames = _live_frames(station, recipe.frames, args.wait, args.quiet)
+    update, bars = _progress_bars(args.quiet)
+    result = calibrate(
+        store,
+        frames,
+        recipe,
+        args.weights or (station.weights if station else None),
+        bool(args.add or args.add_candidates),
+        update,
+        activate=not args.stage,
+        candidates=candidates,
+    )
+    for bar in bars.values():
+        bar.close()
+    choice = result.record["choice"]
+    log.info(
+        "%s %s: threshold %.4g from %d held-out good frames (%s); expected false-reject rate "
+        "%.1f%% (95%% bound %.1f%%), target %.1f%%, margin %.0f%%",
+        result.version,
+        "staged (activate it with --activate or from edge-view)" if args.stage else "active",
+        result.record["threshold"],
+        choice["held_out"],
+        choice["method"],
+        100 * choice["expected_frr"],
+        100 * choice["frr_upper_95"],
+        100 * choice["target_frr"],
+        100 * choice["margin"],
+    )
+    if not args.stage:
+        _notify(session.notify, result.version)
+    return {
+        "version": result.version,
+        "threshold": result.record["threshold"],
+        "expected_false_reject_rate": choice["expected_frr"],
+        "false_reject_rate_upper_95": choice["frr_upper_95"],
+        "held_out": choice["held_out"],
+        "method": choice["method"],
+        "frames": len(result.record["frames"]),
+        "quality": result.record["quality"],
+        "warnings": result.warnings,
+        "active": not args.stage,
+        "candidates": result.record.get("candidates"),
+    }
+
+
+def _validate(session: _Session) -> dict[str, Any]:
+    """The active version's false rejects and recall on a labelled MVTec-format category."""
+    from edge.calibration.validate import validate
+    from edge.engine.artifact import load_model
+
+    args, store = session.args, session.store
+    model = load_model(store.active().path, args.weights)
+    bar = tqdm(desc="validate", disable=args.quiet, leave=False)
+
+    def show(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    outcome = validate(model, args.validate, show)
+    bar.close()
+    log.info(
+        "%s: threshold %.4g, false-reject rate %.3f (%d of %d good), recall %.3f (%d defective)",
+        args.validate,
+        outcome["threshold"],
+        outcome["false_reject_rate"] or 0.0,
+        outcome["false_rejects"],
+        outcome["good_images"],
+        outcome["recall"] or 0.0,
+        outcome["defective_images"],
+    )
+    return outcome | {"version": store.active_version()}
 
 
 def main(argv: list[str] | None = None) -> int:
