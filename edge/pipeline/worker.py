@@ -45,7 +45,7 @@ POLL_MS = 100
 # Frames waiting in the worker, in bytes: a micro-batch holds at most one largest frame's worth of
 # pixels (or several smaller frames), the inbox at most QUEUE_BYTES (plus the frame that crossed
 # it) and ZeroMQ's own queue two frames; with the model this keeps the worker's memory bounded
-# whatever headers arrive (tests/test_hostile.py measures it), while small frames still queue
+# whatever headers arrive (tests/station/test_hostile.py measures it), while small frames still queue
 # two micro-batches deep, so the next batch is ready when the last one is scored.
 BATCH_BYTES = MAX_PIXEL_BYTES
 QUEUE_BYTES = 2 * MAX_PIXEL_BYTES  # with 4, one CI run peaked at 1509 MB under the largest frames

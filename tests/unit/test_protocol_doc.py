@@ -23,7 +23,7 @@ from edge.protocol import (
     declared,
 )
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 
 
 def section(heading: str) -> str:

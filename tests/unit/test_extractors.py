@@ -228,7 +228,7 @@ def test_device_check_smoke_runs_on_the_cpu(tmp_path):
     import subprocess
     import sys
 
-    script = Path(__file__).resolve().parents[1] / "bench" / "device_check.py"
+    script = Path(__file__).resolve().parents[2] / "bench" / "device_check.py"
     result = subprocess.run(
         [sys.executable, str(script), "--smoke", "--out", str(tmp_path)],
         capture_output=True,

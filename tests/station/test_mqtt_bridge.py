@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 import zmq
-from bridge_kit import Station, free_port, wait_until
+from bridge_kit import Station, free_port
+from station_kit import wait_until
 
 from edge.protocol import Verdict, VerdictMessage
 

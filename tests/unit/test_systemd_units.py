@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-UNITS = Path(__file__).parents[1] / "systemd"
+UNITS = Path(__file__).parents[2] / "systemd"
 INSTALL_PREFIX = "/opt/edge/venv"
 SERVICES = (
     "edge-publisher.service",

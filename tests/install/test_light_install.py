@@ -18,7 +18,7 @@ import pytest
 from edge.pipeline.publisher import Publisher, PublisherSettings
 from edge.protocol import Verdict, VerdictMessage, encode_result
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LIMIT_MB = 150
 
 

@@ -58,7 +58,7 @@ def test_every_stage_reports_progress_up_to_its_own_total(tmp_path, good_folder)
     assert list(seen) == ["keep frames", "embed", "held-out scores", "final bank"]
     assert seen["held-out scores"][-1] == (5, 5)  # 5 folds of 12 frames
     rows = load_model(store.path_of(result.version)).bank.shape[0]
-    assert seen["final bank"][-1] == (rows, rows)  # rounds in between: tests/test_coreset.py
+    assert seen["final bank"][-1] == (rows, rows)  # rounds in between: tests/unit/test_coreset.py
     for updates in seen.values():
         assert [done for done, _ in updates] == sorted(done for done, _ in updates)
 
@@ -301,11 +301,13 @@ def test_worker_switches_banks_between_frames_on_reload(tmp_path, bank_store, sy
         thread.start()
     results = context.socket(zmq.SUB)
     results.setsockopt(zmq.SUBSCRIBE, b"verdict.")
+    results.setsockopt(zmq.SUBSCRIBE, b"heartbeat.")
     results.connect(endpoints["pub"])
+    assert results.poll(30_000), "no heartbeat: the subscription did not reach the publisher"
+    results.setsockopt(zmq.UNSUBSCRIBE, b"heartbeat.")  # subscribed: from here on, verdicts only
     sender = context.socket(zmq.PUSH)
     sender.connect(endpoints["frames"])
     image = read_image(synthetic_category.test[0].path)
-    time.sleep(0.5)  # the subscription reaches the publisher
     new = load_model(store.active().path)
     new.calibrate({"threshold": 2.0 * new.threshold, "frames": [], "recipe": {}})
     control = context.socket(zmq.REQ)
@@ -321,7 +323,10 @@ def test_worker_switches_banks_between_frames_on_reload(tmp_path, bank_store, sy
     reply = decode_reply(control.recv_multipart())
     verdicts = {}
     while len(verdicts) < 40 and results.poll(10_000):
-        body = json.loads(results.recv_multipart()[1])
+        topic, header = results.recv_multipart()
+        if not topic.startswith(b"verdict."):
+            continue  # a heartbeat sent before the unsubscription took effect
+        body = json.loads(header)
         assert body["frame_id"] not in verdicts
         verdicts[body["frame_id"]] = body
     stop.set()

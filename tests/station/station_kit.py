@@ -85,6 +85,27 @@ def child_pid(parent: int, module: str) -> int | None:
     return None
 
 
+def wait_until(condition, timeout_s: float, what: str, every_s: float = 0.05) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout_s` (never a fixed sleep)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(every_s)
+
+
+def subscribed(subscriber: Subscriber, timeout_s: float = 30) -> None:
+    """Return once `subscriber` (which takes the heartbeat topic) hears a heartbeat: its
+    subscription has then reached the publisher, and nothing published later is missed. The
+    handshake that replaces a fixed "let it subscribe" sleep."""
+    deadline = time.monotonic() + timeout_s
+    while (remaining := deadline - time.monotonic()) > 0:
+        event = subscriber.receive(remaining)
+        if event is not None and event.heartbeat is not None:
+            return
+        assert event is None or event.verdict is None, f"a verdict came before the handshake: {event}"
+    raise AssertionError(f"no heartbeat within {timeout_s} s: the subscription did not reach the publisher")
+
+
 def wait_for_pool(endpoint: str, workers: int, timeout_s: float = 90) -> dict:
     """Ask the broker for its status until `workers` workers have joined and take frames."""
     deadline = time.monotonic() + timeout_s

@@ -27,6 +27,7 @@ from station_kit import (
     start_station,
     station_config,
     stop_station,
+    subscribed,
     wait_for_worker,
 )
 
@@ -100,6 +101,15 @@ def station(tmp_path_factory, bank_store):
     assert "restarting it" not in output, output  # no process died and was restarted
 
 
+def verdict_subscriber(station) -> Subscriber:
+    """A subscriber whose subscription has reached the station's publisher (a heartbeat came)."""
+    subscriber = Subscriber(
+        station.endpoint("pub"), STATION, topics=("verdict", "heartbeat"), context=station.context
+    )
+    subscribed(subscriber)
+    return subscriber
+
+
 def verdicts_by_frame(subscriber: Subscriber, frame_ids: set[str], timeout_s: float) -> dict[str, list]:
     found: dict[str, list] = defaultdict(list)
     deadline = time.monotonic() + timeout_s
@@ -161,8 +171,7 @@ def test_requests_of_any_shape_are_answered_and_kill_nothing(station):
 def test_hostile_frames_get_error_verdicts_and_good_frames_all_pass(station):
     """Unhashable and wrong-typed headers, a non-ASCII or dotted camera, schema `true`, shapes
     whose work would be unbounded, a uint16 frame: interleaved with good frames on one socket."""
-    subscriber = Subscriber(station.endpoint("pub"), STATION, topics=("verdict",), context=station.context)
-    time.sleep(0.3)
+    subscriber = verdict_subscriber(station)
     good = good_pixels()
     base = json.loads(station.frame("template", good)[1])
     expected: dict[str, set[Verdict]] = {}
@@ -205,10 +214,9 @@ def test_results_are_typed_and_a_rogue_worker_cannot_take_the_publisher_down(sta
     """What a buggy worker could push to the publisher: wrong types, NaN, negative areas, a mask
     that is not a PNG, unhashable ids, another station. None is published; a good result after
     them is."""
-    subscriber = Subscriber(station.endpoint("pub"), STATION, topics=("verdict",), context=station.context)
+    subscriber = verdict_subscriber(station)
     rogue = station.context.socket(zmq.PUSH)
     rogue.connect(station.endpoint("results"))
-    time.sleep(0.3)
     good = VerdictMessage(STATION, "cam0", "rogue-good", Verdict.OK, "t", 1, score=1.0, threshold=2.0)
     topic, body = encode_verdict(good)
     raw = json.loads(body)
@@ -236,8 +244,7 @@ def test_results_are_typed_and_a_rogue_worker_cannot_take_the_publisher_down(sta
 def test_worker_memory_stays_bounded_whatever_the_headers_say(station):
     """The largest frames the protocol admits (64 MiB of pixels: 8192 x 8192 mono, 4729 x 4729
     RGB, 5792 x 5792 uint16), several at once, and shapes whose scaling would be unbounded."""
-    subscriber = Subscriber(station.endpoint("pub"), STATION, topics=("verdict",), context=station.context)
-    time.sleep(0.3)
+    subscriber = verdict_subscriber(station)
     worker = station.pids["edge.services.worker"]
     frames = {
         "mono8k": np.full((8192, 8192), 100, np.uint8),
@@ -271,10 +278,9 @@ def test_worker_memory_stays_bounded_whatever_the_headers_say(station):
 def test_a_message_over_the_size_cap_disconnects_its_sender_only(station):
     """A part larger than the cap (ZMQ_MAXMSGSIZE) drops that peer's connection before the
     worker allocates it; a well-behaved capture on another connection carries on."""
-    subscriber = Subscriber(station.endpoint("pub"), STATION, topics=("verdict",), context=station.context)
+    subscriber = verdict_subscriber(station)
     rogue = station.context.socket(zmq.PUSH)
     rogue.connect(station.endpoint("frames"))
-    time.sleep(0.3)
     rogue.send_multipart([b"frame", b"{}", bytes(65 * 1024 * 1024)])
     rogue.send_multipart([b"frame", b"x" * (1024 * 1024)])
     for i in range(3):

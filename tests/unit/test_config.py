@@ -119,7 +119,7 @@ def test_environment_overrides_string_settings(valid):
 def test_the_example_configurations_are_valid(example):
     from pathlib import Path
 
-    path = Path(__file__).parents[1] / "deploy" / "examples" / f"{example}.yaml"
+    path = Path(__file__).parents[2] / "deploy" / "examples" / f"{example}.yaml"
     config = load_config(path, environ={})
     assert config.station and config.cameras
 

@@ -1,7 +1,7 @@
 """A real RTSP server for tests (GStreamer's gst-rtsp-server through PyGObject): serves a moving test
 pattern as Motion JPEG over RTP at rtsp://127.0.0.1:PORT/test until killed.
 
-Usage: python tests/tools/rtsp_server.py PORT [WIDTH HEIGHT FPS]
+Usage: python tests/station/tools/rtsp_server.py PORT [WIDTH HEIGHT FPS]
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """An IP camera's RTSP stream read by the OpenCV source (its FFmpeg backend), served by a real RTSP
-server on 127.0.0.1 (GStreamer's gst-rtsp-server, tests/tools/rtsp_server.py), which is killed and
+server on 127.0.0.1 (GStreamer's gst-rtsp-server, tests/station/tools/rtsp_server.py), which is killed and
 started again mid-stream."""
 
 from __future__ import annotations

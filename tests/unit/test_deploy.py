@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-INSTALL = Path(__file__).parents[1] / "deploy" / "install.sh"
+INSTALL = Path(__file__).parents[2] / "deploy" / "install.sh"
 
 
 def install(*arguments: str) -> subprocess.CompletedProcess:

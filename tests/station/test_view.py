@@ -29,7 +29,7 @@ from edge.pipeline.publisher import Publisher, PublisherSettings
 from edge.protocol import Verdict, VerdictMessage, encode_result
 
 STATION = "line1"
-SCREENSHOT = Path(__file__).parents[1] / "docs" / "images" / "edge-view.png"
+SCREENSHOT = Path(__file__).parents[2] / "docs" / "images" / "edge-view.png"
 
 
 def _chromium() -> str:

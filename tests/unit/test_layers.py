@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "edge"
+PACKAGE = Path(__file__).resolve().parents[2] / "edge"
 HEAVY = ("torch", "torchvision", "cv2", "faiss", "openvino", "onnxruntime", "onnx")
 WIRE = ("edge.protocol", "edge.sockets", "edge.security", "edge.client", "edge.tail", "edge.keys")
 ENGINE_MUST_NOT = ("edge.pipeline", "edge.services", "edge.config", "edge.protocol", "edge.eval",
