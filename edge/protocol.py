@@ -280,7 +280,7 @@ def encode_frame(header: FrameHeader, pixels: np.ndarray) -> list[Any]:
     """Multipart frame message; the pixel part is a buffer view of `pixels` (no copy)."""
     if pixels.shape != header.shape or pixels.dtype != PIXEL_TYPES[header.pixel_type]:
         raise ValueError(f"pixels {pixels.shape} {pixels.dtype} do not match the header {header.shape}")
-    return [FRAME_TOPIC, _encode_header(header), memoryview(np.ascontiguousarray(pixels)).cast("B")]
+    return [FRAME_TOPIC, _encode_header(header), memoryview(np.ascontiguousarray(pixels).data).cast("B")]
 
 
 def decode_frame(parts: Sequence[Any]) -> tuple[FrameHeader, np.ndarray]:

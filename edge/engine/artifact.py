@@ -53,9 +53,10 @@ def read_artifact(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, to
 def _config_from(meta: dict[str, Any], overrides: dict[str, Any]) -> EngineConfig:
     try:
         raw = dict(meta["config"])
-        raw["geometry"] = InputGeometry(
-            **{k: tuple(v) if k == "roi" and v else v for k, v in raw["geometry"].items()}
-        )
+        stored: dict[str, Any] = dict(raw["geometry"])
+        if stored.get("roi"):
+            stored["roi"] = tuple(stored["roi"])
+        raw["geometry"] = InputGeometry(**stored)
         raw.setdefault("image_score", "eq7")  # banks from before map_max were thresholded on eq. 7
         raw.setdefault("projection", "random")  # the only projection before there was a choice
         known = {f.name for f in fields(EngineConfig)}
@@ -84,7 +85,7 @@ def load_model(path: str | os.PathLike, weights: str | None = None, **runtime: A
             f"{path} was fitted on backbone weights {stored.get('weights_id')}, but this "
             f"station's {config.backbone} weights are {backbone.weights_id}: refit the model"
         )
-    info = {
+    info: dict[str, Any] = {
         k: meta[k]
         for k in ("edge_version", "created_utc", "training", "total_patches", "timings", "calibration")
         if k in meta

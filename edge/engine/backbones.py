@@ -10,6 +10,7 @@ import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,7 +52,7 @@ class Backbone:
 class _WideResNetTrunk(nn.Module):
     """WideResNet50-2 up to layer3; returns layer2 (stride 8) and layer3 (stride 16)."""
 
-    def __init__(self, full: nn.Module) -> None:
+    def __init__(self, full: Any) -> None:  # torchvision's ResNet
         super().__init__()
         self.stem = nn.Sequential(full.conv1, full.bn1, full.relu, full.maxpool, full.layer1)
         self.layer2 = full.layer2
@@ -121,7 +122,9 @@ def lite_weights_path(variant: str = "lite0") -> str:
     return getattr(module, f"EfficientnetLite{number}ModelFile").get_model_file_path()
 
 
-def build_lite_classifier(random_weights: bool = False, variant: str = "lite0") -> tuple[nn.Module, str]:
+def build_lite_classifier(
+    random_weights: bool = False, variant: str = "lite0"
+) -> tuple[EfficientNetLite, str]:
     """The full Lite classifier with the packaged ImageNet weights (used by the weights guard)."""
     model = EfficientNetLite(variant=variant)
     if random_weights:

@@ -296,7 +296,7 @@ class OnnxExtractor(GraphExtractor):
         self.runtime = onnxruntime
         self.tensorrt = tensorrt
         self.name = "tensorrt" if tensorrt else f"onnxruntime-{self.device.type}"
-        self.input_hw = tuple(input_hw) if input_hw is not None else None
+        self.input_hw = (int(input_hw[0]), int(input_hw[1])) if input_hw is not None else None
         if self.input_hw is not None:
             self.runner(self.input_hw)
 
@@ -438,7 +438,7 @@ def build_extractor(
     if kind == "openvino":
         extractor: GraphExtractor = OpenVinoExtractor(backbone, cache, device)
         if input_hw is not None:
-            extractor.runner(tuple(input_hw))
+            extractor.runner((int(input_hw[0]), int(input_hw[1])))
         return extractor
     return OnnxExtractor(backbone, input_hw, cache, device, tensorrt=kind == "tensorrt")
 

@@ -12,6 +12,8 @@ and the levels are concatenated. docs/engine.md gives the figures behind these c
 from __future__ import annotations
 
 import math
+import operator
+from functools import reduce
 from itertools import pairwise
 
 import torch
@@ -47,6 +49,7 @@ class LocalAggregation(nn.Module):
         weight = torch.stack(
             [dense[j, (j // outs) * per_group : (j // outs + 1) * per_group] for j in range(width)]
         )
+        self.weight: torch.Tensor
         self.register_buffer("weight", weight.float())
 
     def forward(self, level: torch.Tensor) -> torch.Tensor:
@@ -94,6 +97,8 @@ class PatchEmbedder(nn.Module):
         self.aggregations = nn.ModuleList(
             LocalAggregation(c, w) for c, w in zip(self.channels, self.widths, strict=True)
         )
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1) * 255.0)
 
@@ -140,8 +145,8 @@ def equal_variance_scales(chunks: list[torch.Tensor], widths: tuple[int, ...]) -
     patches, so each level weighs in proportion to its width (as when the reference implementation
     pools levels to chosen widths), whatever the backbone's activation magnitudes."""
     count = sum(c.shape[0] for c in chunks)
-    total = sum(c.double().sum(0) for c in chunks)
-    total_sq = sum((c.double() ** 2).sum(0) for c in chunks)
+    total = reduce(operator.add, (c.double().sum(0) for c in chunks))
+    total_sq = reduce(operator.add, ((c.double() ** 2).sum(0) for c in chunks))
     variance = (total_sq / count - (total / count) ** 2).clamp(min=0)
     bounds = torch.cumsum(torch.tensor((0, *widths)), 0).tolist()
     per_level = torch.stack([variance[a:b].mean() for a, b in pairwise(bounds)])

@@ -6,6 +6,7 @@ the torch side free of per-image Python work.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -135,7 +136,7 @@ def mask_to_frame(mask: np.ndarray, placement: Placement) -> np.ndarray:
     return frame
 
 
-def box_to_frame(box: tuple[int, int, int, int], placement: Placement) -> list[int]:
+def box_to_frame(box: Sequence[int], placement: Placement) -> list[int]:
     """An [x, y, width, height] box in input pixels → the frame pixels it covers."""
     top, left, _, _ = placement.crop_box
     x, y, w, h = placement.roi

@@ -96,7 +96,7 @@ def resolve(geometry: InputGeometry, frame_hws: Sequence[tuple[int, int]]) -> In
     if not frame_hws:
         raise ImageError("geometry auto needs at least one training frame")
     if geometry.roi is not None:
-        pixels = geometry.roi[2] * geometry.roi[3]
+        pixels = float(geometry.roi[2] * geometry.roi[3])
     else:
         pixels = float(np.median([h * w for h, w in frame_hws]))
     side = min(AUTO_MAX_SIDE, max(AUTO_MIN_SIDE, multiple_of(pixels**0.5, AREA_STEP)))

@@ -234,8 +234,8 @@ class PatchCore:
                 worst_patches = patches[torch.arange(n, device=self.device), worst]
                 scores = scores * reweighting_factors(worst_patches, self.neighbours[nearest], self.bank)
             packed = torch.cat([scores[:, None], max_distances.double()[:, None], distances.double()], 1)
-            packed = packed.cpu().numpy()  # the batch's one device → host transfer
-        return packed[:, 0], packed[:, 1], packed[:, 2:].astype(np.float32).reshape(n, grid_h, grid_w)
+            host = packed.cpu().numpy()  # the batch's one device → host transfer
+        return host[:, 0], host[:, 1], host[:, 2:].astype(np.float32).reshape(n, grid_h, grid_w)
 
     def _image_score(self, eq7_score: float, grid: np.ndarray) -> float:
         if self.config.image_score == "map_max":

@@ -116,7 +116,7 @@ class TorchIndex:
             else:
                 values, indices = torch.topk(block, min(k, block.shape[1]), dim=1, largest=False)
             indices += start
-            if best_s is None:
+            if best_s is None or best_i is None:
                 best_s, best_i = values, indices
             elif k == 1:
                 better = values < best_s

@@ -26,6 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import zmq
 
@@ -203,7 +204,7 @@ class Broker:
         elif was and not worker.refused:
             log.info("worker %s now has the pool's bank %s %s; it gets frames again", worker.name, *self.bank)
 
-    def _send(self, worker: PoolWorker, parts: Sequence[object]) -> bool:
+    def _send(self, worker: PoolWorker, parts: Sequence[Any]) -> bool:
         try:
             self.pool.send_multipart([worker.identity, *parts], copy=False)
             return True
@@ -248,6 +249,7 @@ class Broker:
         return max(ready, key=lambda w: (w.credit, -w.sent)) if ready else None
 
     def _dispatch(self, worker: PoolWorker, frame: InFlight) -> None:
+        assert frame.parts is not None, "a waiting frame keeps its parts"
         if not self._send(worker, frame.parts):  # not delivered: first in line for the next worker
             self.waiting.appendleft(frame)
             return
@@ -335,6 +337,7 @@ class Broker:
         else:
             log.info("pool reloaded: bank %s %s", bank_id, version)
             reply = encode_reply(True, bank_id=bank_id, bank_version=version)
+        assert self.control is not None
         self.control.send_multipart(reply)
 
     # ---- the loop --------------------------------------------------------------------------------

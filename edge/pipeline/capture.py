@@ -184,6 +184,7 @@ class Capture:
 
     def _take_trigger(self, timeout_ms: int) -> bool:
         """Serve one trigger (if one comes within `timeout_ms`); False if its part got no frame."""
+        assert self.triggers is not None, "a triggered camera has its trigger socket"
         if not self.triggers.poll(timeout_ms):
             return True
         parts = self.triggers.recv_multipart()
@@ -215,6 +216,7 @@ class Capture:
             progress()
 
     def _serve_triggers(self, stop: threading.Event, progress: Callable[[], None]) -> None:
+        assert self.triggers is not None
         while not stop.is_set():
             if self._take_trigger(100):
                 progress()

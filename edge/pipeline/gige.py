@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -80,7 +81,8 @@ class AravisSource:
         self.incomplete: Counter[str] = Counter()  # buffers not inspected, by Aravis status
         self.stale_discarded = 0  # triggered: frames that came after their part had given up
         self.complete = 0  # frames decoded and handed on
-        self.camera = self.stream = None
+        self.camera: Any = None  # Aravis.Camera, Aravis.Stream (GObject introspection: untyped)
+        self.stream: Any = None
         self.pixel_format = ""
         self.lost = threading.Event()  # set by Aravis's heartbeat thread
         self.retry_at = 0.0

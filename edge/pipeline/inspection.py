@@ -145,10 +145,13 @@ def inspect(
     if live:
         timer = StageTimer(bank.model.device)  # synchronised readings on a GPU
         started = time.perf_counter()
-        results = _score(bank, pixels, timer)
-        if isinstance(results, Exception):
-            results = [_score(bank, [p], timer) for p in pixels]
-            results = [r if isinstance(r, Exception) else r[0] for r in results]
+        together = _score(bank, pixels, timer)
+        results: list[ImageResult | Exception] = []
+        if isinstance(together, Exception):  # one at a time: only the bad frame fails
+            alone = [_score(bank, [p], timer) for p in pixels]
+            results = [r if isinstance(r, Exception) else r[0] for r in alone]
+        else:
+            results = list(together)
         per_frame = {stage: 1000 * seconds / len(live) for stage, seconds in timer.seconds.items()}
         per_frame["total"] = 1000 * (time.perf_counter() - started) / len(live)
         for position, result in zip(live, results, strict=True):

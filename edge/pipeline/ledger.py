@@ -22,6 +22,7 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from edge.errors import ConfigError
 from edge.files import write_bytes_atomic
@@ -68,6 +69,7 @@ class Journal:
         self.lines = len(records)
 
     def append(self, record: dict) -> None:
+        assert self.handle is not None, "the journal was closed"
         os.write(self.handle, dump_json(record) + b"\n")
         self.lines += 1
 
@@ -97,6 +99,7 @@ class Ledger:
 
     # ---- the journal ---------------------------------------------------------------------------
     def _recover(self) -> None:
+        assert self.journal is not None
         now_s, now_utc = time.monotonic(), time.time()
         for record in self.journal.read():
             if isinstance(record.get("answered"), str):
@@ -117,7 +120,8 @@ class Ledger:
 
     def _compact(self) -> None:
         now_s, now_utc = time.monotonic(), time.time()
-        records = [{"answered": frame_id} for frame_id in self._answered_order]
+        assert self.journal is not None
+        records: list[dict[str, Any]] = [{"answered": frame_id} for frame_id in self._answered_order]
         records += [
             {"expect": asdict(header), "due_utc_s": now_utc + (at - now_s)}
             for header, at in self.outstanding.values()

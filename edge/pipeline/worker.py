@@ -310,6 +310,7 @@ class Worker:
             return encode_reply(True, **self._bank_identity())
         if not self._start_reload():
             return encode_reply(False, error="this worker has no bank store to reload from", kind="reload")
+        assert self.reload is not None
         self.reload.reply_owed = True
         return None
 
@@ -339,6 +340,7 @@ class Worker:
             log.error("bank reload failed; bank %s stays: %s", self.bank.version, message)
             reply = encode_reply(False, error=message, kind="reload", bank_version=self.bank.version)
         if reload.reply_owed:
+            assert self.control is not None
             self.control.send_multipart(reply)
 
     # ---- the loop ------------------------------------------------------------------------------
@@ -358,6 +360,7 @@ class Worker:
             if frame is not None:
                 frames.append(frame)
                 continue
+            assert error is not None, "a frame that did not decode comes with its error"
             self.counters.malformed.count(error)
             if error_verdict is not None:
                 self._send(error_verdict, None)
