@@ -50,8 +50,17 @@ def _main(argv: list[str] | None) -> int:
         args.endpoint, args.station, topics=("verdict", "heartbeat"), curve=curve, query_endpoint=args.query
     )
     restarts = 0
+    heard = False
     with subscriber:
         for event in subscriber.events(args.timeout):
+            if not heard:  # the subscription reached the publisher: nothing published from now is missed
+                heard = True
+                log.info(
+                    "receiving from %s: station %s, publisher epoch %d",
+                    args.endpoint,
+                    args.station,
+                    event.epoch,
+                )
             if subscriber.restarts > restarts:  # reported once, on whichever topic shows it first
                 restarts = subscriber.restarts
                 log.warning(

@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 import zmq
+from station_kit import wait_until
 
 from edge.errors import UsageError
 from edge.pipeline.capture import Capture, CaptureSettings
@@ -114,7 +115,12 @@ def test_run_serves_triggers_and_answers_a_part_without_a_frame(tmp_path):
         encode_trigger("P3"),  # the source has only two frames
     ):
         plc.send_multipart(message)
-    time.sleep(1.0)
+    counters = capture.counters  # every trigger served: 2 frames, 1 part without one, 3 refused
+    wait_until(
+        lambda: (counters.sent, counters.failed, counters.malformed_triggers.total()) == (2, 1, 3),
+        10,
+        "the six trigger messages to be served",
+    )
     stop.set()
     running.join(5)
     frames = [decode_frame(m)[0] for m in _drain(sockets["frames"])]

@@ -3,6 +3,7 @@ import time
 
 import pytest
 import zmq
+from station_kit import subscribed, wait_until
 
 from edge.client import Subscriber
 from edge.imageio import read_image
@@ -126,17 +127,20 @@ def test_stopping_publisher_answers_announced_parts_it_never_got_a_verdict_for(t
     publisher = Publisher(
         PublisherSettings("s", endpoints["results"], endpoints["pub"], default_deadline_ms=60_000), context
     )
-    subscriber = Subscriber(endpoints["pub"], "s", topics=("verdict",), context=context)
+    subscriber = Subscriber(endpoints["pub"], "s", topics=("verdict", "heartbeat"), context=context)
     announce = context.socket(zmq.PUSH)
     announce.connect(endpoints["results"])
     announce.send_multipart(encode_expect(header("part-1", deadline_ms=None)))
     stop = threading.Event()
     running = threading.Thread(target=publisher.run, args=(stop,))
     running.start()
-    time.sleep(0.5)  # announced, subscribed; the deadline is a minute away
+    subscribed(subscriber)
+    wait_until(lambda: "part-1" in publisher.ledger.outstanding, 10, "the announcement")  # due in a minute
     stop.set()
     running.join(10)
     event = subscriber.receive(2)
+    while event is not None and event.heartbeat is not None:
+        event = subscriber.receive(2)
     announce.close()
     subscriber.socket.close()
     context.destroy(linger=0)

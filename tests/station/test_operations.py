@@ -16,6 +16,7 @@ import pytest
 import yaml
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
+from station_kit import wait_until
 
 from edge.metrics import for_capture, for_publisher, for_worker
 from edge.pipeline.capture import Capture, CaptureSettings
@@ -171,7 +172,8 @@ def test_metrics_endpoints_count_a_streamed_run(tmp_path, fitted_model, syntheti
     deadline = time.monotonic() + 60
     while worker.counters.frames_in < capture.counters.sent + 3 and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.5)
+    sent = capture.counters.sent
+    wait_until(lambda: publisher.counters.published >= sent, 30, "every scored frame's verdict published")
     worker_metrics, publisher_metrics, capture_metrics = (scrape(p) for p in ports)
     stop.set()
     for thread in threads:
@@ -182,7 +184,6 @@ def test_metrics_endpoints_count_a_streamed_run(tmp_path, fitted_model, syntheti
     raw.close()
     context.destroy(linger=0)
 
-    sent = capture.counters.sent
     assert capture_metrics[("edge_frames_in_total", ())] == 12
     assert capture_metrics[("edge_frames_out_total", ())] == sent
     assert capture_metrics[("edge_frames_dropped_total", ())] == 12 - sent

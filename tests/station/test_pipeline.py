@@ -137,10 +137,11 @@ def test_every_frame_gets_exactly_its_engine_score(pipeline, fitted_model, synth
             "20",
         ],
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
     assert _first(pipeline["subscriber"], lambda e: e.heartbeat is not None, 10)
-    time.sleep(1.0)  # let edge-tail subscribe before the frames go out
+    assert "receiving from" in tail.stderr.readline(), "edge-tail did not hear the publisher"  # subscribed
     for index in range(2):
         pipeline["sender"].send_multipart(_frame(1000 + index, images[index]))
     out, _ = tail.communicate(timeout=60)
