@@ -20,9 +20,9 @@ gets a graph of its own, exported once (about 1 s). All are cached on disk under
 decides their numbers (backbone, weights, size, torch/ONNX versions). The first MAX_FIXED_SIZES
 input sizes an extractor meets are each compiled for their own size (the fastest; a station's
 cameras and banks use few sizes); further sizes run on one compilation of the shared graph with
-a free height and width (about 1.3x slower, and its memory does not grow with the number of
-sizes: OpenVINO held about 180 MB per fixed size at batch 8). Sizes the shared graph cannot take
-replace the least recently used fixed size. No size ever falls back to another runtime.
+a free height and width (slower, and its memory does not grow with the number of sizes). Sizes
+the shared graph cannot take replace the least recently used fixed size. No size ever falls back
+to another runtime.
 
 `build_extractor` chooses: `auto` is the runtime measured fastest on the CPU for the backbone
 among those installed (AUTO_CPU_RUNTIMES, docs/engine.md), torch on CUDA. Asking for a runtime
@@ -41,6 +41,7 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -368,9 +369,11 @@ class OnnxExtractor(GraphExtractor):
 
 
 class OpenVinoExtractor(GraphExtractor):
-    """OpenVINO on the CPU: the exported graph read once, compiled once per input size it meets
-    (height and width fixed, batch free: fixed spatial sizes ran 1.3x faster than a fully dynamic
-    compilation here), in fp32 (a bf16-capable CPU would otherwise run bf16: parity first)."""
+    """OpenVINO on the CPU: the exported graph read once, compiled once per input size it meets,
+    in fp32 (a bf16-capable CPU would otherwise run bf16: parity first). Frames run one at a time
+    on a compilation for batch 1 and one fixed size: at 320² that was 1.3-1.5x faster per image
+    than batches of 8 on a compilation with a free batch (the activations of one frame stay in the
+    caches), and it holds about 20 MB per size instead of 180 (docs/decisions.md)."""
 
     def __init__(self, backbone: Backbone, cache_dir: Path, device: str = "cpu") -> None:
         if torch_device(device).type != "cpu":
@@ -383,13 +386,13 @@ class OpenVinoExtractor(GraphExtractor):
         self.openvino = openvino
         self.core = openvino.Core()
         self.name = "openvino-cpu"
-        self.models: dict[Path, object] = {}
+        self.models: dict[Path, Any] = {}
 
     def _open(self, path: Path, input_hw: tuple[int, int] | None) -> Runner:
         model = self.models.get(path)
         if model is None:
             model = self.models[path] = self.core.read_model(str(path))
-        settings = {
+        settings: dict[str, Any] = {
             "INFERENCE_NUM_THREADS": torch.get_num_threads(),
             "INFERENCE_PRECISION_HINT": "f32",
             "PERFORMANCE_HINT": "LATENCY",
@@ -397,25 +400,15 @@ class OpenVinoExtractor(GraphExtractor):
         if input_hw is None:  # kernels are not kept per shape: 270 MB instead of 445 MB after 30 sizes,
             settings["CPU_RUNTIME_CACHE_CAPACITY"] = 0  # no slower (176 against 196 ms per batch of 8)
             compiled = self.core.compile_model(model, "CPU", settings)
-            return lambda pixels: compiled(pixels)[0]  # a copy: the request's buffer is reused
-        batched = self._compile(model, settings, -1, input_hw)
-        single: list = []  # batch 1, a station's frame at a time, compiled at its first use
+        else:
+            sized = model.clone()
+            sized.reshape({"frames": self.openvino.PartialShape([1, input_hw[0], input_hw[1], 3])})
+            compiled = self.core.compile_model(sized, "CPU", settings)
 
-        def run(pixels: np.ndarray) -> np.ndarray:
-            if len(pixels) != 1:
-                return batched(pixels)[0]
-            if not single:
-                single.append(self._compile(model, settings, 1, input_hw))
-            return single[0](pixels)[0]
+        def run(pixels: np.ndarray) -> np.ndarray:  # each result a copy: the request's buffer is reused
+            return np.concatenate([compiled(pixels[i : i + 1])[0] for i in range(len(pixels))])
 
         return run
-
-    def _compile(self, model: object, settings: dict, batch: int, input_hw: tuple[int, int]) -> Callable:
-        """`model` compiled for one input size and `batch` (-1: any); a static batch 1 ran 15 %
-        faster than batch 1 on the any-batch compilation here and holds 20 MB more."""
-        sized = model.clone()  # type: ignore[attr-defined]
-        sized.reshape({"frames": self.openvino.PartialShape([batch, input_hw[0], input_hw[1], 3])})
-        return self.core.compile_model(sized, "CPU", settings)
 
 
 def build_extractor(
