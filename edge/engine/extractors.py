@@ -7,7 +7,7 @@ knows nothing of banks, so one extractor serves every bank of its backbone and s
 - `torch`: eager torch on the CPU or a CUDA GPU (uint8 uploaded, normalised on the device; on CUDA
   from pinned memory, optionally in fp16 or bf16).
 - `openvino`: the whole graph (pixels → embeddings) exported to ONNX once, run by OpenVINO (CPU;
-  also Intel GPUs), compiled once per input size it meets (about 0.1 s each).
+  also Intel GPUs), compiled once per input size it meets (about 0.1 s each), frames one at a time.
 - `onnxruntime`: the same exported graph run by ONNX Runtime (CPU here; its CUDA provider where
   installed), one session per input size.
 - `tensorrt`: an ONNX graph of the one fixed input size, built into a TensorRT fp16 engine by ONNX
