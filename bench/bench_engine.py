@@ -37,7 +37,7 @@ from edge.engine.model import PatchCore, StageTimer
 from edge.eval.mvtec import load_category
 from edge.eval.synthetic import SynthSpec, generate
 from edge.imageio import read_image
-from edge.memory import peak_rss_mb, reset_peak_rss
+from edge.memory import peak_rss_mb, reset_peak_rss, tune_allocator
 
 STAGES = ("preprocess", "extract", "search", "map")
 
@@ -126,6 +126,7 @@ def main() -> int:
         "--searches", nargs="+", default=["projected", "exact"], choices=["projected", "exact"]
     )
     args = parser.parse_args()
+    tune_allocator()  # as every edge command does at start-up (edge.cli_support.setup_logging)
 
     label, train, test = load_images(args)
     test = test[: args.test_images]

@@ -24,6 +24,7 @@ from edge.bankstore import BankStore
 from edge.client import Subscriber, control_request
 from edge.engine.config import EngineConfig
 from edge.engine.model import PatchCore
+from edge.memory import tune_allocator
 from edge.pipeline.sources import SyntheticSource
 from edge.protocol import FrameHeader, encode_frame
 
@@ -184,6 +185,7 @@ def main() -> int:
         "--paced", type=float, default=0.6, help="paced run at this share of the in-process rate"
     )
     args = parser.parse_args()
+    tune_allocator()  # as every edge command does at start-up (edge.cli_support.setup_logging)
 
     model = PatchCore.fit(frames_of(40, 1, 0.0), EngineConfig(coreset_fraction=args.coreset))
     frames = frames_of(args.frames, 3, 0.2)

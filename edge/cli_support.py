@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 
 from edge.errors import EdgeError, UsageError
-from edge.memory import return_large_blocks_to_os
+from edge.memory import tune_allocator
 
 EXIT_INTERRUPTED = 130
 JOURNAL_PRIORITIES = {
@@ -20,13 +20,11 @@ JOURNAL_PRIORITIES = {
 }
 
 
-def setup_logging(verbose: bool = False, fitting: bool = False) -> None:
-    """Process start-up for every command: journal-friendly logging, and for commands that fit
-    banks (`fitting`) glibc's mmap threshold pinned, which bounds their peak memory; a scoring
-    daemon does without it, since returning its per-batch buffers to the OS costs it about 7 %
-    of its throughput in page faults."""
-    if fitting:
-        return_large_blocks_to_os()
+def setup_logging(verbose: bool = False) -> None:
+    """Process start-up for every command: journal-friendly logging, and glibc's allocator tuned
+    (edge.memory.tune_allocator: large blocks back to the OS, which bounds a fit's peak memory;
+    a batch's freed temporaries kept for the next, which spares every batch its page faults)."""
+    tune_allocator()
     handler = logging.StreamHandler(sys.stderr)
     if os.environ.get("JOURNAL_STREAM"):  # under systemd: the journal stamps time and unit itself
         handler.setFormatter(JournalFormatter())

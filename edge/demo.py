@@ -221,7 +221,7 @@ def _summary(line: _Line, parts: list, elapsed: float, threshold: float, overlay
 
 def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
-    setup_logging(fitting=True)
+    setup_logging()
     if args.frames < 1 or args.train < 2 or not 0.0 <= args.defect_rate <= 1.0 or args.size < 64:
         raise UsageError("need --frames >= 1, --train >= 2, --defect-rate in [0, 1] and --size >= 64")
     from edge.client import control_request

@@ -185,7 +185,7 @@ class _Session:
 
 def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
-    setup_logging(fitting=True)
+    setup_logging()
     station = load_config(args.config) if args.config else None
     root = args.out or (Path(station.bank.path) if station else None)
     if root is None:

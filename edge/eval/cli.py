@@ -113,7 +113,7 @@ def mean_row(results: dict[str, dict[str, Any]]) -> dict[str, float]:
 
 def _main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging(fitting=True)
+    setup_logging()
     import torch
 
     from edge.eval.runner import EvalOptions, evaluate_category
