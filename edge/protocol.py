@@ -164,14 +164,14 @@ def _check(condition: bool, kind: str, detail: str) -> None:
         raise ProtocolError(kind, detail)
 
 
-def _validate(raw: dict[str, Any], message: type, required: Sequence[str] | None = None) -> None:
+def _validate(raw: dict[str, Any], message: type) -> None:
     """Schema first, then unknown fields, then every field present (and every required one)."""
     rules, needed = declared(message)
     schema = raw.get("schema")
     _check(_whole(schema) and schema == SCHEMA_VERSION, "schema", f"unknown schema version {schema!r}")
     unknown = set(raw) - set(rules) - {"schema"}
     _check(not unknown, "field", f"unknown fields {sorted(unknown)[:5]}")
-    for name in needed if required is None else required:
+    for name in needed:
         _check(name in raw, rules[name].kind, f"{name} is missing")
     for name, value in raw.items():
         if name != "schema":
@@ -353,7 +353,7 @@ class WorkerReady:
 
 def encode_ready(ready: WorkerReady) -> list[bytes]:
     body = asdict(ready)
-    _validate(body, WorkerReady, list(declared(WorkerReady)[0]))
+    _validate(body, WorkerReady)
     return [READY_TOPIC, dump_json(body)]
 
 
