@@ -9,9 +9,11 @@ with Subscriber("tcp://station:5556", station="line1", query_endpoint="tcp://sta
 Every published message names the publisher's epoch and a per-topic sequence number. A jump in the
 sequence within an epoch is a loss (PUB/SUB drops under load); a new epoch is a restart, and the
 sequence starts again at 1. With `query_endpoint` (the publisher's latest/replay endpoint), verdicts
-missed in a gap or at a restart are fetched from the publisher and delivered, marked `replayed`,
-before the message that revealed the loss; a verdict already delivered (same frame id) is never
-delivered twice.
+missed in a gap, at a restart or while away (`resume`) are fetched from the publisher, page by
+page, and delivered, marked `replayed`, before the message that revealed the loss; a verdict
+already delivered (same frame id) is never delivered twice. What the publisher no longer holds is
+a `Loss` with its exact range (`take_losses`); a publisher that does not answer is asked again
+every RETRY_S until it does.
 """
 
 from __future__ import annotations
@@ -40,18 +42,20 @@ from edge.protocol import (
     verdict_from_body,
 )
 from edge.security import CurveClient
-from edge.sockets import REPLY_BYTES, check_endpoint, open_socket
+from edge.sockets import REPLY_BYTES, ErrorTally, check_endpoint, open_socket
 
 log = logging.getLogger("edge.client")
 PROBE_S = 2.0  # a running worker answers a status request at once (between two micro-batches)
-REMEMBERED_FRAMES = 10_000  # frame ids of delivered verdicts, to drop duplicates after a restart
+REMEMBERED_FRAMES = 100_000  # frame ids of delivered verdicts, to drop duplicates after a restart
+REMEMBERED_LOSSES = 1000  # losses not yet taken by the application
+RETRY_S = 1.0  # a replay the publisher did not answer is asked again this often
 
 
 @dataclass
 class Event:
     topic: str
     seq: int
-    gap: int  # messages on this topic lost just before this one, within the publisher's epoch
+    gap: int  # messages on this topic known lost just before this one (after what a replay recovered)
     epoch: int = 0
     restart: bool = False  # the publisher restarted since the previous message on this topic
     replayed: bool = False  # fetched from the publisher after a gap or restart, not heard live
@@ -59,6 +63,26 @@ class Event:
     mask_png: bytes | None = None
     frame_id: str | None = None  # for masks: the frame whose verdict it belongs to
     heartbeat: Heartbeat | None = None
+
+
+@dataclass(frozen=True)
+class Loss:
+    """Messages of `topic` the publisher sent and no longer holds: seq `from_seq`..`to_seq` of
+    `epoch` (to_seq None: from there on, an unknown number: the station kept no trace of them)."""
+
+    topic: str
+    epoch: int
+    from_seq: int
+    to_seq: int | None
+
+    @property
+    def count(self) -> int | None:
+        return None if self.to_seq is None else self.to_seq - self.from_seq + 1
+
+    def __str__(self) -> str:
+        end = "?" if self.to_seq is None else self.to_seq
+        what = "an unknown number of" if self.count is None else str(self.count)
+        return f"{what} message(s) of {self.topic} lost: epoch {self.epoch}, seq {self.from_seq}..{end}"
 
 
 def subscription(kind: str, station: str = "", camera: str = "") -> bytes:
@@ -134,11 +158,19 @@ class Subscriber:
         self.delivered_set: set[str] = set()
         self.pending: deque[Event] = deque()
         self.lost = 0  # messages known lost (gaps), after what replays recovered
+        self.losses: deque[Loss] = deque(maxlen=REMEMBERED_LOSSES)  # not yet taken (take_losses)
+        self.unfetched: dict[str, tuple[int, int]] = {}  # topic → position a fetch must start from
+        self.next_retry = 0.0
         self.restarts = 0  # publisher restarts seen (on any topic)
         self.epochs: set[int] = set()
         self.recovered = 0  # verdicts fetched from the publisher after a gap or restart
         self.duplicates = 0  # verdicts dropped because their frame was already delivered
-        self.malformed = 0
+        self.refused = ErrorTally("message from the station", log)  # by kind, each kind logged
+
+    @property
+    def malformed(self) -> int:
+        """Messages from the station refused as malformed (live or in a replay answer)."""
+        return sum(self.refused.values())
 
     def __enter__(self) -> Subscriber:
         return self
@@ -164,6 +196,7 @@ class Subscriber:
 
     def receive(self, timeout_s: float) -> Event | None:
         """The next valid event, or None after `timeout_s` without one (malformed ones are counted)."""
+        self.retry_fetches()
         while not self.pending and self.socket.poll(int(timeout_s * 1000)):
             self._decode(self.socket.recv_multipart())
         return self.pending.popleft() if self.pending else None
@@ -171,6 +204,7 @@ class Subscriber:
     def _decode(self, parts: list[bytes]) -> None:
         kind = bytes(parts[0]).split(b".", 1)[0]
         try:
+            bytes(parts[0]).decode("ascii")
             if kind == b"verdict":
                 self._verdict(decode_verdict(parts), bytes(parts[0]).decode())
             elif kind == b"mask":
@@ -181,23 +215,33 @@ class Subscriber:
                 self._other(bytes(parts[0]).decode(), beat, heartbeat=beat)
             else:
                 raise ProtocolError("topic", f"unknown topic {bytes(parts[0])[:32]!r}")
-        except ProtocolError:
-            self.malformed += 1
+        except ProtocolError as error:
+            self.refused.count(error)
+        except UnicodeDecodeError:
+            self.refused.count("topic", f"a topic that is not ASCII: {bytes(parts[0])[:32]!r}")
 
     def _other(self, topic: str, header: MaskHeader | Heartbeat, **fields: object) -> None:
         gap, restart = self._track(topic, header.epoch, header.seq)
-        self.lost += gap
+        if gap:
+            self._lost(Loss(topic, header.epoch, header.seq - gap, header.seq - 1))
         self.pending.append(Event(topic, header.seq, gap, header.epoch, restart, **fields))
 
     def _verdict(self, verdict: VerdictMessage, topic: str) -> None:
         previous = self.position.get(topic)
         gap, restart = self._track(topic, verdict.epoch, verdict.seq)
-        if gap or restart:
-            after = previous[1] if previous is not None and previous[0] == verdict.epoch else 0
-            gap -= self._replay(verdict, after, gap)
-        self.lost += gap
+        if previous is not None and (gap or restart):
+            lost_before = self.lost
+            if self.query_endpoint is None:
+                self._lost(Loss(topic, verdict.epoch, verdict.seq - gap, verdict.seq - 1))
+            else:  # fetched and delivered first; what the station no longer holds is a Loss
+                self._fetch(topic, previous, (verdict.epoch, verdict.seq))
+            gap = self.lost - lost_before  # known lost; a fetch that is retried later tells its own
         if self._first(verdict.frame_id):
             self.pending.append(Event(topic, verdict.seq, gap, verdict.epoch, restart, verdict=verdict))
+
+    def _lost(self, loss: Loss) -> None:
+        self.lost += loss.count or 0
+        self.losses.append(loss)
 
     def _first(self, frame_id: str) -> bool:
         if frame_id in self.delivered_set:
@@ -209,65 +253,100 @@ class Subscriber:
         self.delivered_set.add(frame_id)
         return True
 
-    def _replay(self, verdict: VerdictMessage, after_seq: int, gap: int) -> int:
-        """Fetch this camera's verdicts between `after_seq` and `verdict` of its epoch; how many
-        of the `gap` were recovered."""
-        recovered, _ = self._fetch(verdict.camera, verdict.epoch, after_seq, verdict.seq)
-        return min(recovered, gap)
+    def _fetch(self, topic: str, start: tuple[int, int], before: tuple[int, int] | None) -> bool:
+        """Queue the verdicts of `topic` after position `start` (and before `before`), as the
+        publisher still holds them, page by page, marked replayed; positions it no longer holds
+        become Losses. False when the publisher did not answer: the fetch is retried later
+        (`retry_fetches`), so a station that is down or answered garbage costs time, not verdicts."""
+        camera = topic.split(".")[2]
+        position = start
+        while True:
+            page = self._page(camera, position)
+            if page is None:
+                self.unfetched.setdefault(topic, start)
+                return False
+            done = not page.get("more")
+            for gap in page.get("missing", []):
+                loss = Loss(topic, gap["epoch"], gap["from_seq"], gap["to_seq"])
+                if before is None or (loss.epoch, loss.from_seq) < before:
+                    self._lost(loss)
+            if page.get("known") is False and position == start and start[0]:
+                self._lost(Loss(topic, start[0], start[1] + 1, None))  # the station kept no trace
+            for missed in page["verdicts"]:
+                if before is not None and (missed.epoch, missed.seq) >= before:
+                    done = True
+                    break
+                if self._first(missed.frame_id):
+                    self.pending.append(
+                        Event(topic, missed.seq, 0, missed.epoch, replayed=True, verdict=missed)
+                    )
+                    self.recovered += 1
+                position = (missed.epoch, missed.seq)
+                if before is None and position > self.position.get(topic, (0, 0)):
+                    self.position[topic] = position  # resuming: live verdicts continue after it
+                    self.epochs.add(missed.epoch)
+            if done or not page["verdicts"]:
+                self.unfetched.pop(topic, None)
+                return True
 
-    def _fetch(
-        self, camera: str, epoch: int, after_seq: int, before_seq: int | None
-    ) -> tuple[int, int | None]:
-        """Queue the camera's verdicts after `after_seq` of `epoch` (and before `before_seq`), as
-        the publisher still holds them, marked replayed: (how many, the publisher's epoch or None
-        when it did not answer). A publisher of another epoch sends all it holds of its own."""
-        if self.query_endpoint is None:
-            return 0, None
-        query = Query(camera, epoch=epoch, after_seq=after_seq)
+    def _page(self, camera: str, position: tuple[int, int]) -> dict | None:
+        """One page of the publisher's replay answer, its verdicts decoded (None: no valid answer)."""
+        assert self.query_endpoint is not None
+        query = Query(camera, epoch=position[0], after_seq=position[1])
         try:
             reply = request(self.query_endpoint, encode_query(query), self.query_timeout_s, self.context)
         except (ProtocolError, zmq.ZMQError) as exc:
             log.warning("could not fetch missed verdicts from %s: %s", self.query_endpoint, exc)
-            return 0, None
+            return None
         if reply is None or not reply.get("ok") or not isinstance(reply.get("verdicts"), list):
-            return 0, None
-        current = reply.get("epoch") if isinstance(reply.get("epoch"), int) else epoch
-        recovered = 0
+            return None
+        missing = reply.get("missing", [])
+        ranges_ok = isinstance(missing, list) and all(
+            isinstance(m, dict) and all(isinstance(m.get(k), int) for k in ("epoch", "from_seq", "to_seq"))
+            for m in missing
+        )
+        if not ranges_ok:
+            return None
+        verdicts = []
         for body in reply["verdicts"]:
             try:
                 missed = verdict_from_body(body) if isinstance(body, dict) else None
             except ProtocolError:
                 missed = None
-            if missed is None or missed.camera != camera or missed.epoch != current:
+            if missed is None or missed.camera != camera or (missed.epoch, missed.seq) <= position:
+                self.refused.count("replay", f"a replayed verdict that is not {camera}'s after {position}")
                 continue
-            if current == epoch and missed.seq <= after_seq:
-                continue
-            if before_seq is not None and (missed.epoch != epoch or missed.seq >= before_seq):
-                continue
-            if self._first(missed.frame_id):
-                topic = f"verdict.{missed.station}.{missed.camera}."
-                self.pending.append(Event(topic, missed.seq, 0, missed.epoch, replayed=True, verdict=missed))
-                if before_seq is None:  # resuming: live verdicts continue after the last fetched
-                    self.position[topic] = (
-                        missed.epoch,
-                        max(missed.seq, self.position.get(topic, (0, 0))[1]),
-                    )
-                recovered += 1
-        self.recovered += recovered
-        return recovered, current
+            verdicts.append(missed)
+        return {**reply, "verdicts": verdicts, "missing": missing}
+
+    def retry_fetches(self) -> None:
+        """Fetch again what the publisher did not answer for (every RETRY_S at most)."""
+        now = time.monotonic()
+        if not self.unfetched or now < self.next_retry:
+            return
+        self.next_retry = now + RETRY_S
+        for topic, start in list(self.unfetched.items()):
+            self._fetch(topic, start, None)
 
     def resume(self, positions: dict[str, tuple[int, int]]) -> None:
         """Continue where an earlier subscriber stopped (a bridge before its restart): `positions`
         maps verdict topics to the (epoch, seq) of the last verdict it handled. What the
         publisher sent since is fetched (with `query_endpoint`) and delivered first, marked
-        replayed; a loss found later is fetched as usual."""
+        replayed; a station that does not answer yet is asked again until it does."""
         for topic, (epoch, seq) in positions.items():
             parts = topic.split(".")
             if len(parts) != 4 or parts[0] != "verdict" or not is_name(parts[2]):
                 raise ValueError(f"{topic!r} is not a verdict topic")
             self.position[topic] = (epoch, seq)
             self.epochs.add(epoch)
-            self._fetch(parts[2], epoch, seq, None)
+            if self.query_endpoint is not None:
+                self._fetch(topic, (epoch, seq), None)
+
+    def take_losses(self) -> list[Loss]:
+        """The losses found since the last call (bridges log, count and report each)."""
+        losses = list(self.losses)
+        self.losses.clear()
+        return losses
 
     def events(self, timeout_s: float) -> Iterator[Event]:
         """Events until none arrives for `timeout_s`."""

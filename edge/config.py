@@ -223,6 +223,11 @@ class PublisherConfig(_Strict):
     # the ledger's journal (a restarted publisher takes over the parts it awaited); None: in
     # $STATE_DIRECTORY under systemd, in edge-run's run folder under edge-run
     journal: str | None = None
+    # every verdict is kept this long on the station's disk, for bridges and clients that missed it
+    # (about 0.5 kB each: an hour at 10 parts/s is about 20 MB); at most 30 days
+    replay_s: Annotated[float, Field(gt=0, le=30 * 86400)] = 3600.0
+    # where they are kept (SQLite); None: beside the journal, or in memory where there is none
+    replay_file: str | None = None
     metrics_port: Port | None = None  # Prometheus /metrics
 
 

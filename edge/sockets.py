@@ -103,7 +103,13 @@ def answer(
     """Receive one request on a REP socket and answer it: `handle`'s reply, or an error reply when
     the request is malformed or `handle` fails. Returns False when `handle` returned None: it
     deferred its answer, and the caller owes exactly one reply before this socket may receive."""
-    parts = socket.recv_multipart()
+    try:
+        # never block: a REP socket reports a message lacking the REQ envelope as readable, then
+        # drops it inside recv, which would wait for the next valid request (a stalled process)
+        parts = socket.recv_multipart(zmq.NOBLOCK)
+    except zmq.Again:
+        errors.count("envelope", "a message without a request envelope (a DEALER or raw peer)")
+        return True
     try:
         reply = handle(parts)
     except ProtocolError as error:

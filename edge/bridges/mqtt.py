@@ -7,9 +7,13 @@ names):
     ROOT/STATION/CAMERA/verdict   every verdict, JSON (docs/protocol.md's verdict fields), QoS 1
     ROOT/STATION/CAMERA/last      the camera's latest verdict, the same JSON, retained
     ROOT/STATION/CAMERA/mask/ID   with --masks: the NOK mask as PNG bytes, QoS 1; ID is the frame id
-                                  with / + # % escaped as %2F %2B %23 %25
+                                  with / + # % escaped as %2F %2B %23 %25. Best effort: masks
+                                  published while the bridge was away are not fetched again (counted
+                                  in edge_mqtt_lost_masks_total and logged)
     ROOT/STATION/status           retained JSON: {"station_alive": bool, "last_heartbeat_utc": ...,
-                                  "bridge": "online"}; station_alive follows the station's heartbeats
+                                  "lost_verdicts": N, "last_loss": {...} or null}; station_alive
+                                  follows the station's heartbeats, lost_verdicts counts what the
+                                  station no longer held when the bridge asked for it
     ROOT/STATION/bridge           retained: "online" while the bridge is connected; its last will,
                                   "offline", when it goes without disconnecting (killed, cut off)
 
@@ -37,7 +41,7 @@ from pathlib import Path
 
 from edge.bridges.feed import Positions, station_side
 from edge.cli_support import run_cli, setup_logging
-from edge.client import Event, Subscriber
+from edge.client import RETRY_S, Event, Subscriber
 from edge.errors import UsageError
 from edge.protocol import VerdictMessage, dump_json, verdict_body
 from edge.security import CurveClient
@@ -47,6 +51,8 @@ log = logging.getLogger("edge.mqtt")
 MAX_INFLIGHT = 100  # QoS 1 messages handed to the client library and not yet acknowledged
 STATUS_EVERY_S = 30.0  # the retained status is refreshed this often even when nothing changes
 DROP_LOG_S = 10.0
+MASK_WAIT_S = 5.0  # a NOK verdict's mask follows it at once; one not here by then was lost
+MAX_AWAITED_MASKS = 10_000
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,7 @@ class MqttCounters:
     connected: bool = False
     station_alive: bool = False
     drops_logged: int = 0
+    lost_masks: int = 0  # masks published while the bridge was away (masks are best effort)
 
 
 class MqttBridge:
@@ -123,6 +130,9 @@ class MqttBridge:
         self.queue_full = mqtt.MQTT_ERR_QUEUE_SIZE
         self.last_heard = -math.inf
         self.last_heartbeat_utc: str | None = None
+        self.last_loss: dict | None = None
+        # NOK frames whose mask has not come yet (those of OK verdicts are not published)
+        self.awaiting_masks: dict[str, float] = {}
         self.alive: bool | None = None
         self.next_status = 0.0
         self.next_drop_log = 0.0
@@ -153,9 +163,13 @@ class MqttBridge:
         self.client.loop_start()
         if self.positions.saved:
             self.subscriber.resume(self.positions.saved)
-            log.info("resumed after %s: %d verdict(s) published meanwhile fetched from the station",
-                     ", ".join(f"{t}{e}/{s}" for t, (e, s) in self.positions.saved.items()),
-                     self.subscriber.recovered)  # fmt: skip
+            where = ", ".join(f"{t}{e}/{s}" for t, (e, s) in self.positions.saved.items())
+            if self.subscriber.unfetched:
+                log.warning("resuming after %s: the station does not answer yet; asking again every %.0f s",
+                            where, RETRY_S)  # fmt: skip
+            else:
+                log.info("resumed after %s: %d verdict(s) published meanwhile fetched from the station",
+                         where, self.subscriber.recovered)  # fmt: skip
 
     # ---- broker side (the client library's thread) -------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -229,17 +243,39 @@ class MqttBridge:
                 else:
                     self.inflight[info.mid] = message
 
+    def _losses(self) -> None:
+        """What the station no longer held when asked: counted, logged with its range, reported
+        on the status topic."""
+        for loss in self.subscriber.take_losses():
+            kind = loss.topic.split(".")[0]
+            if kind == "verdict" and self.settings.camera in (None, loss.topic.split(".")[2]):
+                self.counters.lost += loss.count or 0
+                self.last_loss = {"topic": loss.topic, "epoch": loss.epoch, "from_seq": loss.from_seq,
+                                  "to_seq": loss.to_seq, "count": loss.count}  # fmt: skip
+                log.error("%s (not recoverable from the station)", loss)
+                self.next_status = 0.0  # the status says so at once
+
+    def _masks_lost(self, frame_ids: list[str], why: str) -> None:
+        self.counters.lost_masks += len(frame_ids)
+        log.warning("no mask for %s (%s): masks are best effort, %d lost so far",
+                    ", ".join(frame_ids[:5]) + (" ..." if len(frame_ids) > 5 else ""), why,
+                    self.counters.lost_masks)  # fmt: skip
+
+    def _overdue_masks(self, now: float) -> None:
+        overdue = [frame for frame, due in self.awaiting_masks.items() if due < now]
+        if overdue:
+            for frame in overdue:
+                del self.awaiting_masks[frame]
+            self._masks_lost(overdue, "not received")
+
     def _verdict(self, event: Event) -> None:
         verdict = event.verdict
         assert verdict is not None
-        if event.gap:
-            self.counters.lost += event.gap
-            log.warning(
-                "%d verdict(s) lost on %s before seq %d (not recoverable from the station)",
-                event.gap,
-                event.topic,
-                event.seq,
-            )
+        if verdict.verdict == "NOK" and verdict.has_mask and self.settings.masks:
+            if event.replayed:
+                self._masks_lost([verdict.frame_id], "published while the bridge was away")
+            elif len(self.awaiting_masks) < MAX_AWAITED_MASKS:
+                self.awaiting_masks[verdict.frame_id] = time.monotonic() + MASK_WAIT_S
         payload = dump_json(verdict_body(verdict))
         camera = f"{self.base}/{verdict.camera}"
         self._enqueue(_Outgoing(f"{camera}/verdict", payload, verdict=verdict))
@@ -254,7 +290,12 @@ class MqttBridge:
             self.alive = alive
             self.counters.station_alive = alive
             self.next_status = now + STATUS_EVERY_S
-            body = {"station_alive": alive, "last_heartbeat_utc": self.last_heartbeat_utc, "bridge": "online"}
+            body = {
+                "station_alive": alive,
+                "last_heartbeat_utc": self.last_heartbeat_utc,
+                "lost_verdicts": self.counters.lost,
+                "last_loss": self.last_loss,
+            }
             with self.lock:
                 # the newest status replaces any not yet sent: retained state, not a history
                 self.waiting = deque(m for m in self.waiting if m.topic != f"{self.base}/status")
@@ -264,16 +305,19 @@ class MqttBridge:
         event = self.subscriber.receive(timeout_s)
         now = time.monotonic()
         if event is not None:
-            self.last_heard = now
+            if not event.replayed:  # a replayed verdict says nothing about the station now
+                self.last_heard = now
             if event.heartbeat is not None:
                 self.last_heartbeat_utc = datetime.now(UTC).isoformat(timespec="milliseconds")
             elif event.verdict is not None and self.settings.camera in (None, event.verdict.camera):
                 self._verdict(event)
             elif event.mask_png is not None and event.frame_id is not None:
                 camera = event.topic.split(".")[2]
-                if self.settings.camera in (None, camera):
+                if self.settings.camera in (None, camera) and self.awaiting_masks.pop(event.frame_id, None):
                     topic = f"{self.base}/{camera}/mask/{mask_topic_key(event.frame_id)}"
                     self._enqueue(_Outgoing(topic, event.mask_png))
+        self._losses()
+        self._overdue_masks(now)
         self._status(now)
         self._flush()
         self._report_drops(now)
@@ -319,7 +363,8 @@ class MqttBridge:
         return [
             ("counter", "edge_mqtt_published", "messages the broker acknowledged", c.published),
             ("counter", "edge_mqtt_dropped", "messages dropped past the buffer's bound", c.dropped),
-            ("counter", "edge_mqtt_lost_verdicts", "verdicts lost at the station side", c.lost),
+            ("counter", "edge_mqtt_lost_verdicts", "verdicts the station no longer held when asked", c.lost),
+            ("counter", "edge_mqtt_lost_masks", "masks published while the bridge was away", c.lost_masks),
             ("counter", "edge_mqtt_malformed", "malformed messages from the station", c.malformed),
             ("counter", "edge_mqtt_connects", "connections made to the broker", c.connects),
             ("gauge", "edge_mqtt_buffered", "messages waiting for the broker", waiting),

@@ -12,19 +12,26 @@ alive". Node ids are strings in namespace `urn:edge:machine-vision` (docs/operat
                                          Threshold, CaptureTime, DecisionTime, DefectAreaPx, BankId,
                                          BankVersion, Epoch, Seq
     <station>.<camera>.Counters.<Name>   Total, Ok, Nok, Error, Timeout (since the bridge started)
-    <station>.GetResultsSince(camera, epoch, seq) -> JSON   the station's verdicts after (epoch, seq)
-    <station>.GetResult(resultId) -> JSON                   one recent result by frame id ("" if unknown)
+    <station>.<camera>.Counters.LostResults  results the station no longer held when the bridge asked
+    <station>.GetResultsSince(Camera, Epoch, Seq) -> Results (JSON)   one page of the station's
+                                         verdicts after (Epoch, Seq): {"results": [...], "more": bool,
+                                         "missing": [{"epoch", "from_seq", "to_seq"}], "complete": bool}
+    <station>.GetResult(ResultId) -> Result (JSON)   one recent result by frame id ("" if unknown)
 
 Events are not stored by OPC UA: a client that must see every verdict keeps the Epoch and Seq of the
-last one it handled and, after a reconnect or a jump in Seq, calls GetResultsSince, which asks the
-station's publisher (it keeps the last 1,000 per camera). The methods only read: nothing about the
-bank or the station can be changed over OPC UA.
+last one it handled and, after a reconnect or a jump in Seq, calls GetResultsSince from there, again
+from the last result of each page while "more" is true. The station's publisher keeps every verdict
+for `publisher.replay_s` (an hour by default), across its restarts. While the station is not alive
+the method answers {"error": ...} at once rather than wait. Results the bridge found lost raise a
+ResultsLostEventType event (Severity 900) naming the range. The methods only read: nothing about
+the bank or the station can be changed over OPC UA.
 
 Security: Basic256Sha256 with Sign and SignAndEncrypt, a server certificate and key
 (`--make-certificate` writes both), and a folder of trusted client certificates; a client whose
-certificate is not there is refused. With `--users FILE` clients also log in with a user name and
-password (`--add-user NAME` stores a salted scrypt hash). No unsecured endpoint and no anonymous
-login unless `--allow-anonymous`.
+certificate is not there is refused (at CreateSession). With `--users FILE` clients also log in with
+a user name and password (`--add-user NAME` stores a salted scrypt hash); without it, the trusted
+certificate is the client's identity. A channel with security None is refused, whatever the client
+asked for, and so is a session without a trusted certificate, unless `--allow-anonymous`.
 """
 
 from __future__ import annotations
@@ -61,14 +68,15 @@ log = logging.getLogger("edge.opcua")
 NAMESPACE = "urn:edge:machine-vision"
 APPLICATION_URI = "urn:edge:opcua-bridge"
 RECENT_RESULTS = 1000  # per camera, for GetResult
-QUERY_TIMEOUT_S = 2.0
+QUERY_TIMEOUT_S = 0.5  # the publisher answers a page at once; an OPC UA client must not wait on a dead one
+LOST_SEVERITY = 900
 RESULT_FIELDS = (  # name, OPC UA type, from a verdict
     ("ResultId", "String"), ("PartId", "String"), ("Verdict", "String"), ("IsPartGood", "Boolean"),
     ("Score", "Double"), ("Threshold", "Double"), ("CaptureTime", "DateTime"), ("DecisionTime", "DateTime"),
     ("DefectAreaPx", "UInt32"), ("BankId", "String"), ("BankVersion", "String"), ("Epoch", "UInt64"),
     ("Seq", "UInt64"),
 )  # fmt: skip
-COUNTERS = ("Total", "Ok", "Nok", "Error", "Timeout")
+COUNTERS = ("Total", "Ok", "Nok", "Error", "Timeout", "LostResults")
 NO_TIME = datetime(1601, 1, 1, tzinfo=UTC)  # OPC UA's null DateTime
 EMPTY = {
     "String": "",
@@ -166,6 +174,35 @@ class _Users:
         return User(role=UserRole.User)
 
 
+class _RefuseUnsecured:
+    """A security policy factory that matches a channel asking for security None and refuses it.
+    asyncua's server otherwise falls back to the None policy its connections start with, whatever
+    endpoints it advertises, so a client that skips its own endpoint check gets a plaintext channel."""
+
+    def matches(self, uri: str, mode=None) -> bool:
+        from asyncua.crypto.security_policies import SecurityPolicyNone
+
+        return uri == SecurityPolicyNone.URI
+
+    def create(self, peer_certificate):
+        from asyncua import ua
+
+        log.warning("refused a client asking for an unsecured channel (security policy None)")
+        raise ua.UaStatusCodeError(ua.StatusCodes.BadSecurityPolicyRejected)
+
+
+class _OneLine(logging.Filter):
+    """asyncua logs a refused client (an untrusted certificate, a None channel) with a traceback:
+    one line says it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("asyncua") and record.exc_info and record.exc_info[1] is not None:
+            record.msg = f"{record.getMessage()}: {record.exc_info[1]!r}"
+            record.args = ()
+            record.exc_info = None
+        return True
+
+
 class OpcUaBridge:
     def __init__(self, settings: OpcUaSettings) -> None:
         self.settings = settings
@@ -205,6 +242,16 @@ class OpcUaBridge:
         if settings.allow_anonymous:
             policies.append(ua.SecurityPolicyType.NoSecurity)
         server.set_security_policy(policies)
+        if not settings.allow_anonymous:
+            server._policies.append(_RefuseUnsecured())  # asked before asyncua's fallback to None
+        await server.set_build_info(
+            product_uri=APPLICATION_URI,
+            manufacturer_name="edge",
+            product_name="edge-opcua-bridge",
+            software_version=_version(),
+            build_number=_version(),
+            build_date=datetime(2026, 1, 1, tzinfo=UTC),
+        )
         tokens: list[type] = [ua.UserNameIdentityToken] if users is not None else [ua.AnonymousIdentityToken]
         if settings.allow_anonymous and ua.AnonymousIdentityToken not in tokens:
             tokens.append(ua.AnonymousIdentityToken)
@@ -243,6 +290,15 @@ class OpcUaBridge:
             [("Camera", ua.VariantType.String), *properties],
         )
         self.events = await server.get_event_generator(self.event_type, self.station_node)
+        lost_type = await server.create_custom_event_type(
+            idx,
+            "ResultsLostEventType",
+            ua.ObjectIds.BaseEventType,
+            [("Camera", ua.VariantType.String), ("Epoch", ua.VariantType.UInt64),
+             ("FromSeq", ua.VariantType.UInt64), ("ToSeq", ua.VariantType.UInt64),
+             ("Count", ua.VariantType.UInt64)],
+        )  # fmt: skip
+        self.lost_events = await server.get_event_generator(lost_type, self.station_node)
 
         @uamethod
         async def get_results_since(parent, camera: str, epoch: int, seq: int) -> str:
@@ -258,13 +314,18 @@ class OpcUaBridge:
                         return json.dumps(body)
             return ""
 
+        since_in = [_argument("Camera", "String", "the camera's name"),
+                    _argument("Epoch", "UInt64", "Epoch of the last result handled (0: all kept)"),
+                    _argument("Seq", "UInt64", "Seq of the last result handled")]  # fmt: skip
+        since_out = [_argument("Results", "String", "JSON: results, more, missing, complete (or error)")]
         await self.station_node.add_method(
             ua.NodeId(f"{station}.GetResultsSince", idx), f"{idx}:GetResultsSince", get_results_since,
-            [ua.VariantType.String, ua.VariantType.UInt64, ua.VariantType.UInt64], [ua.VariantType.String],
+            since_in, since_out,
         )  # fmt: skip
         await self.station_node.add_method(
             ua.NodeId(f"{station}.GetResult", idx), f"{idx}:GetResult", get_result,
-            [ua.VariantType.String], [ua.VariantType.String],
+            [_argument("ResultId", "String", "a frame id")],
+            [_argument("Result", "String", "JSON of that result, or empty if not recent")],
         )  # fmt: skip
         for camera in self.settings.cameras:
             await self._camera(camera)
@@ -280,8 +341,12 @@ class OpcUaBridge:
         nodes = {"values": {}, "counters": {}, "counts": dict.fromkeys(COUNTERS, 0)}
         for name, kind in RESULT_FIELDS:
             variant = getattr(ua.VariantType, kind)
-            nodes["values"][name] = await result.add_variable(
+            node = nodes["values"][name] = await result.add_variable(
                 ua.NodeId(f"{base}.Result.{name}", idx), f"{idx}:{name}", EMPTY[kind], variant
+            )
+            waiting = ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData)  # no result yet
+            await node.write_attribute(
+                ua.AttributeIds.Value, ua.DataValue(ua.Variant(EMPTY[kind], variant), StatusCode=waiting)
             )
         for name in COUNTERS:
             nodes["counters"][name] = await counters.add_variable(
@@ -295,6 +360,10 @@ class OpcUaBridge:
         """The station's verdicts of `camera` after (epoch, seq), from the publisher (blocking)."""
         if self.settings.query_endpoint is None:
             return json.dumps({"error": "the bridge was started without the station's query endpoint"})
+        if self.settings.cameras and camera not in self.settings.cameras and camera not in self.cameras:
+            return json.dumps({"error": f"no camera {camera!r} at station {self.settings.station}"})
+        if not self.alive:
+            return json.dumps({"error": "the station is not alive (no heartbeat): ask again later"})
         try:
             reply = request(
                 self.settings.query_endpoint,
@@ -305,7 +374,10 @@ class OpcUaBridge:
             return json.dumps({"error": str(exc)})
         if reply is None:
             return json.dumps({"error": "the station did not answer"})
+        if not reply.get("ok"):
+            return json.dumps({"error": str(reply.get("error"))})
         return json.dumps({"epoch": reply.get("epoch"), "complete": reply.get("complete"),
+                           "more": reply.get("more", False), "missing": reply.get("missing", []),
                            "results": reply.get("verdicts", [])})  # fmt: skip
 
     async def _result(self, verdict: VerdictMessage) -> None:
@@ -359,16 +431,34 @@ class OpcUaBridge:
             await self.alive_node.write_value(alive)
 
     async def _on(self, event: Event) -> None:
-        self.last_heard = time.monotonic()
+        if not event.replayed:
+            self.last_heard = time.monotonic()
         if event.heartbeat is not None:
             await self.heartbeat_node.write_value(
                 self.ua.Variant(datetime.now(UTC), self.ua.VariantType.DateTime)
             )
         elif event.verdict is not None:
-            if event.gap:
-                self.lost += event.gap
-                log.warning("%d verdict(s) lost on %s before seq %d", event.gap, event.topic, event.seq)
             await self._result(event.verdict)
+
+    async def _losses(self) -> None:
+        """What the station no longer held when asked: counted, logged, announced as an event."""
+        ua = self.ua
+        for loss in self.subscriber.take_losses():
+            camera = loss.topic.split(".")[2]
+            count = loss.count or 0
+            self.lost += count
+            log.error("%s (not recoverable from the station)", loss)
+            nodes = await self._camera(camera)
+            nodes["counts"]["LostResults"] += count
+            await nodes["counters"]["LostResults"].write_value(
+                ua.Variant(nodes["counts"]["LostResults"], ua.VariantType.UInt64)
+            )
+            event = self.lost_events.event
+            event.Camera, event.Epoch, event.FromSeq = camera, loss.epoch, loss.from_seq
+            event.ToSeq, event.Count = loss.to_seq or 0, count
+            event.Message = ua.LocalizedText(str(loss))
+            event.Severity = LOST_SEVERITY
+            await self.lost_events.trigger()
 
     async def serve(self, ready: threading.Event | None = None) -> None:
         server = await self._server()
@@ -383,9 +473,31 @@ class OpcUaBridge:
                 event = await loop.run_in_executor(None, self.subscriber.receive, 0.05)
                 if event is not None:
                     await self._on(event)
+                await self._losses()
                 await self._alive(time.monotonic())
             await self.alive_node.write_value(False)
         self.subscriber.close()
+
+
+def _argument(name: str, kind: str, description: str):
+    """A named, described method argument (what a client's browser shows)."""
+    from asyncua import ua
+
+    argument = ua.Argument()
+    argument.Name = name
+    argument.DataType = ua.NodeId(getattr(ua.ObjectIds, kind))
+    argument.ValueRank = -1
+    argument.Description = ua.LocalizedText(description)
+    return argument
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("edge")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def make_certificate(key_path: Path, cert_path: Path, host: str, uri: str, client: bool) -> None:
@@ -446,6 +558,8 @@ def _main(argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     logging.getLogger("asyncua").setLevel(logging.WARNING)  # its INFO is per request
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_OneLine())
     try:
         import asyncua  # noqa: F401
     except ImportError:

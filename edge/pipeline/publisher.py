@@ -23,7 +23,7 @@ import itertools
 import logging
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,6 +31,7 @@ from pathlib import Path
 import zmq
 
 from edge.pipeline.ledger import Ledger
+from edge.pipeline.replay import ReplayStore
 from edge.protocol import (
     EXPECT_TOPIC,
     Heartbeat,
@@ -54,7 +55,8 @@ from edge.sockets import FRAME_BYTES, LOG_EVERY, REQUEST_BYTES, ErrorTally, answ
 
 log = logging.getLogger("edge.publisher")
 DRAIN_IDLE_MS = 300  # at shutdown: publishing ends once no result came for this long
-REPLAY_DEPTH = 1000  # recent verdicts per camera a subscriber can fetch after missing them
+# a replay reply's verdicts stop short of this many bytes of JSON: every reply fits the request cap
+REPLAY_PAGE_BYTES = REQUEST_BYTES - 8 * 1024
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,8 @@ class PublisherSettings:
     journal: Path | None = None  # the ledger's journal: a restarted publisher takes over its parts
     cameras: tuple[str, ...] = ()  # results for other cameras are refused (empty: any camera)
     reorder_window_ms: float = 1000.0  # longest a verdict waits for an earlier frame's
+    replay: Path | None = None  # the verdicts kept for replay (SQLite); None: in memory
+    replay_s: float = 3600.0  # how long each verdict is kept for replay
 
 
 @dataclass
@@ -90,7 +94,7 @@ class Publisher:
         self.epoch = time.time_ns() // 1000
         self.sequence: Counter = Counter()
         self.latest: dict[str, dict] = {}
-        self.recent: dict[str, deque[dict]] = {}
+        self.replay = ReplayStore(settings.replay, settings.replay_s)
         self.held: list[tuple[VerdictMessage, bytes | None]] = []  # results waiting for the hold's end
         self.held_ids: set[str] = set()
         # per camera, verdicts waiting for earlier frames': (capture ns, tiebreak, arrival s, verdict, mask)
@@ -177,10 +181,10 @@ class Publisher:
     def _publish(self, message: VerdictMessage, mask_png: bytes | None) -> None:
         verdict_topic = topic("verdict", message.station, message.camera)
         message = replace(message, epoch=self.epoch, seq=self._next_seq(verdict_topic))
-        self.pub.send_multipart(encode_verdict(message))
         body = verdict_body(message)
+        self.replay.add(message.camera, self.epoch, message.seq, body)  # kept before it is sent
+        self.pub.send_multipart(encode_verdict(message))
         self.latest[message.camera] = body
-        self.recent.setdefault(message.camera, deque(maxlen=REPLAY_DEPTH)).append(body)
         self.counters.published += 1
         self.ledger.published(message.frame_id, triggered=message.part_id is not None)
         if mask_png:
@@ -243,14 +247,19 @@ class Publisher:
     def _query(self, parts: Sequence[bytes]) -> list[bytes]:
         query = decode_query(parts)
         if query.after_seq is None:
-            return encode_reply(True, epoch=self.epoch, verdict=self.latest.get(query.camera))
-        recent = list(self.recent.get(query.camera, ()))
-        after = query.after_seq if query.epoch == self.epoch else 0
-        verdicts = [v for v in recent if v["seq"] > after]
-        complete = not recent or recent[0]["seq"] <= after + 1
-        if query.epoch != self.epoch:
-            complete = False  # what an earlier publisher sent after that seq is not kept
-        return encode_reply(True, epoch=self.epoch, verdicts=verdicts, complete=complete)
+            latest = self.latest.get(query.camera) or self.replay.latest(query.camera)
+            return encode_reply(True, epoch=self.epoch, verdict=latest)
+        assert query.epoch is not None  # decode_query: they go together
+        page = self.replay.page(query.camera, query.epoch, query.after_seq, REPLAY_PAGE_BYTES)
+        return encode_reply(
+            True,
+            epoch=self.epoch,
+            verdicts=page.verdicts,
+            more=page.more,
+            missing=[m.wire() for m in page.missing],
+            known=page.known,
+            complete=page.known and not page.missing,
+        )
 
     def _heartbeat(self) -> None:
         now = time.monotonic()
@@ -300,6 +309,7 @@ class Publisher:
 
     def close(self) -> None:
         self.ledger.close()
+        self.replay.close()
         for socket in (self.results, self.pub, self.rep):
             if socket is not None:
                 socket.close()

@@ -39,7 +39,19 @@ def journal_path(config: StationConfig) -> Path | None:
     return None
 
 
+def replay_path(config: StationConfig, journal: Path | None) -> Path | None:
+    """The replay store: the configured file, else beside the journal; None (in memory, with a
+    warning) where there is neither."""
+    if config.publisher.replay_file:
+        return Path(config.publisher.replay_file)
+    if journal is not None:
+        return journal.with_name(f"publisher-{config.station}.replay.sqlite")
+    log.warning("no replay file (publisher.replay_file): verdicts are kept for replay in memory only")
+    return None
+
+
 def publisher_settings(config: StationConfig) -> PublisherSettings:
+    journal = journal_path(config)
     return PublisherSettings(
         station=config.station,
         results_endpoint=config.endpoints.results,
@@ -49,9 +61,11 @@ def publisher_settings(config: StationConfig) -> PublisherSettings:
         default_deadline_ms=config.publisher.default_deadline_ms,
         curve=curve_server(config.security.publisher),
         startup_hold_s=config.publisher.startup_hold_s,
-        journal=journal_path(config),
+        journal=journal,
         cameras=tuple(config.camera_names),
         reorder_window_ms=config.publisher.reorder_window_ms,
+        replay=replay_path(config, journal),
+        replay_s=config.publisher.replay_s,
     )
 
 

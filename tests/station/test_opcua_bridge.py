@@ -76,6 +76,7 @@ class Mes:
         self.events: list[str] = []  # frame ids, in the order events came
         self.changes = 0
         self.last: tuple[int, int] = (0, 0)  # (epoch, seq) of the newest result handled
+        self.pages = 0
 
     def event_notification(self, event) -> None:
         self.events.append(event.ResultId)
@@ -103,13 +104,20 @@ class Mes:
         await subscription.subscribe_data_change(
             client.get_node(ua.NodeId("line1.cam1.Result.ResultId", idx))
         )
-        reply = await station.call_method(
-            ua.NodeId("line1.GetResultsSince", idx), "cam1",
-            ua.Variant(self.last[0], ua.VariantType.UInt64), ua.Variant(self.last[1], ua.VariantType.UInt64),
-        )  # fmt: skip
-        for body in json.loads(reply).get("results", []):
-            self.keep(body)
+        await self.catch_up(station, idx)
         return client
+
+    async def catch_up(self, station, idx: int) -> None:
+        """GetResultsSince from the last result handled, page after page while "more"."""
+        while True:
+            epoch, seq = (ua.Variant(value, ua.VariantType.UInt64) for value in self.last)
+            since = ua.NodeId("line1.GetResultsSince", idx)
+            reply = json.loads(await station.call_method(since, "cam1", epoch, seq))
+            for body in reply.get("results", []):
+                self.keep(body)
+            self.pages += 1
+            if not reply.get("more"):
+                return
 
 
 async def alive(client: Client) -> bool:
@@ -317,3 +325,53 @@ def test_with_a_users_file_a_session_needs_the_right_password(tmp_path, certific
         bridge.wait(15)
         station.close()
     assert (right, wrong, anonymous) == (True, False, False)
+
+
+def test_a_raw_client_that_skips_the_endpoint_check_gets_no_unsecured_channel(tmp_path, certificates):
+    """A client that asks for security None without looking at the advertised endpoints (as a
+    hostile or careless one does) is refused at OpenSecureChannel: nothing is browsed, read or
+    called in plaintext, and the bridge logs one line, no traceback."""
+    station = Station(tmp_path)
+    port = free_port()
+    log = tmp_path / "bridge.log"
+    bridge = start_bridge(station, certificates, port, log)
+
+    async def scenario() -> tuple[bool, bool]:
+        for _ in range(100):  # until the bridge listens
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                await asyncio.sleep(0.2)
+        raw = Client(f"opc.tcp://127.0.0.1:{port}/edge/", timeout=4)  # security None
+        await raw.connect_socket()
+        await raw.send_hello()
+        try:
+            await raw.open_secure_channel()
+            opened = True
+        except Exception:
+            opened = False
+        session = False
+        if opened:  # the defect: then an anonymous session reads the address space
+            try:
+                await raw.create_session()
+                await raw.activate_session()
+                await raw.nodes.server_state.read_value()
+                session = True
+            except Exception:
+                pass
+        raw.disconnect_socket()
+        secure = await connect(port, certificates)  # a trusted client still gets in
+        await secure.nodes.server_state.read_value()
+        await secure.disconnect()
+        return opened, session
+
+    try:
+        opened, session = asyncio.run(scenario())
+    finally:
+        bridge.terminate()
+        bridge.wait(15)
+        station.close()
+    output = log.read_text()
+    assert (opened, session) == (False, False), output[-2000:]
+    assert "refused a client asking for an unsecured channel" in output and "Traceback" not in output
