@@ -42,6 +42,7 @@ from edge.protocol import (
     encode_frame,
     encode_query,
     encode_result,
+    encode_trigger,
     encode_verdict,
 )
 
@@ -349,3 +350,56 @@ def test_publisher_killed_three_times_no_part_goes_without_a_verdict(tmp_path, b
     assert tail_err.count("publisher restarted") == 3, tail_err
     tailed = {json.loads(row)["part_id"] for row in tail_out.splitlines()}
     assert set(parts) <= tailed
+
+
+def test_a_stray_message_of_any_envelope_stalls_no_process(station):
+    """What a DEALER or a raw peer sends to a REP socket — no empty delimiter, only a delimiter,
+    a delimiter and two parts — reported readable and then dropped by ZeroMQ, left a process
+    waiting in its receive until the next valid request. Sent alone to the publisher's query and
+    the worker's control socket while parts flow at 10/s: heartbeats keep their rate and every
+    part gets its OK/NOK verdict in normal time."""
+    shapes = [
+        [b'{"schema":2,"camera":"cam0"}'],
+        [b"no delimiter", b'{"schema":2,"camera":"cam0"}'],
+        [b""],
+        [b"", b"first", b"second"],
+    ]
+    subscriber = verdict_subscriber(station)
+    worst_beat_gap, worst_latency, answered, sent = 0.0, 0.0, {}, {}
+    last_beat: float | None = None
+    for name in ("latest", "control"):
+        for number, shape in enumerate(shapes):
+            stray = station.context.socket(zmq.DEALER)
+            stray.setsockopt(zmq.LINGER, 0)
+            stray.connect(station.endpoint(name))
+            stray.send_multipart(shape)
+            for index in range(10):
+                part = f"stray-{name}-{number}-{index}"
+                sent[part] = time.monotonic()
+                station.line.trigger.send_multipart(encode_trigger(part))
+                until = time.monotonic() + 0.1
+                while (left := until - time.monotonic()) > 0:
+                    event = subscriber.receive(left)
+                    now = time.monotonic()
+                    if event is None:
+                        continue
+                    if event.heartbeat is not None:
+                        worst_beat_gap = max(worst_beat_gap, now - last_beat) if last_beat else worst_beat_gap
+                        last_beat = now
+                    elif event.verdict is not None and event.verdict.part_id in sent:
+                        answered[event.verdict.part_id] = event.verdict.verdict
+                        worst_latency = max(worst_latency, now - sent[event.verdict.part_id])
+            stray.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and set(answered) != set(sent):
+        event = subscriber.receive(0.2)
+        if event is not None and event.verdict is not None and event.verdict.part_id in sent:
+            answered[event.verdict.part_id] = event.verdict.verdict
+            worst_latency = max(worst_latency, time.monotonic() - sent[event.verdict.part_id])
+    subscriber.close()
+    assert set(answered) == set(sent)
+    assert set(answered.values()) <= {Verdict.OK, Verdict.NOK}, answered
+    assert worst_beat_gap < 1.0, f"heartbeats (every 0.2 s) stalled for {worst_beat_gap:.2f} s"
+    assert worst_latency < 2.0, f"a part waited {worst_latency:.2f} s for its verdict"
+    status = request(station.endpoint("control"), encode_control("status"), 5, station.context)
+    assert status["ok"] and station.children() == station.pids

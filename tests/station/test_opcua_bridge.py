@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -375,3 +376,66 @@ def test_a_raw_client_that_skips_the_endpoint_check_gets_no_unsecured_channel(tm
     output = log.read_text()
     assert (opened, session) == (False, False), output[-2000:]
     assert "refused a client asking for an unsecured channel" in output and "Traceback" not in output
+
+
+# a 5 s outage runs in every suite; EDGE_LONG_OUTAGES=1 adds a minute and ten minutes
+OUTAGES = [5, *([60, 600] if os.environ.get("EDGE_LONG_OUTAGES") == "1" else [])]
+
+
+@pytest.mark.parametrize("outage_s", OUTAGES)
+def test_a_bridge_killed_for_an_outage_costs_the_mes_no_result(tmp_path, certificates, outage_s):
+    """edge-opcua-bridge SIGKILLed for `outage_s` at 10 parts/s: the MES reconnects as the docs
+    say (GetResultsSince from its last result, page by page) and holds every result."""
+    station = Station(tmp_path)
+    port = free_port()
+    log = tmp_path / "bridge.log"
+    bridge = start_bridge(station, certificates, port, log)
+    sent: list[str] = []
+
+    async def feed(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            sent.append(station.send(len(sent)))
+            await asyncio.sleep(0.1)
+
+    async def reconnect(mes: Mes) -> Client:
+        for _ in range(600):
+            try:
+                return await mes.session(port, certificates)
+            except Exception:
+                await asyncio.sleep(0.2)
+        raise AssertionError(log.read_text()[-2000:])
+
+    async def scenario() -> Mes:
+        nonlocal bridge
+        mes = Mes()
+        client = await reconnect(mes)
+        stop = asyncio.Event()
+        feeding = asyncio.create_task(feed(stop))
+        await asyncio.sleep(3)
+        bridge.send_signal(signal.SIGKILL)
+        bridge.wait(10)
+        await asyncio.sleep(outage_s)
+        bridge = start_bridge(station, certificates, port, log)
+        client = await reconnect(mes)
+        await asyncio.sleep(3)
+        stop.set()
+        await feeding
+        await asyncio.sleep(1)
+        idx = await client.get_namespace_index(NAMESPACE)
+        await mes.catch_up(client.get_node(ua.NodeId("line1", idx)), idx)
+        await client.disconnect()
+        return mes
+
+    try:
+        mes = asyncio.run(scenario())
+    finally:
+        bridge.terminate()
+        bridge.wait(15)
+        station.close()
+    lost = len(set(sent) - set(mes.results))
+    doubled = len(mes.events) - len(set(mes.events))
+    print(f"\nOPC UA bridge down {outage_s} s at 10 parts/s: sent {len(sent)}, delivered "
+          f"{len(set(sent) & set(mes.results))}, lost {lost}, doubled events {doubled}, "
+          f"GetResultsSince pages {mes.pages}")  # fmt: skip
+    assert lost == 0 and doubled == 0
+    assert "lost" not in log.read_text()
