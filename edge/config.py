@@ -10,6 +10,7 @@ override string settings (for example `EDGE_SECURITY__PUBLISHER__SECRET_KEY`).
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from pydantic import (
 from edge.engine.config import BACKBONES, ENSEMBLE_SEPARATOR, RUNTIME_SETTINGS, SETTINGS
 from edge.engine.config import DEFAULTS as ENGINE
 from edge.engine.input_geometry import GEOMETRY_MODES
-from edge.errors import ConfigError
+from edge.errors import ConfigError, EdgeError
 from edge.pixel_formats import PIXEL_FORMATS
 from edge.protocol import NAME_MEANING, NAME_PATTERN
 from edge.sockets import ENDPOINT_MEANING, ENDPOINT_PATTERN
@@ -65,8 +66,14 @@ class MustExist:
 
     def problem(self, value: str) -> str | None:
         path = Path(value)
-        found = {"file": path.is_file, "folder": path.is_dir, "path": path.exists}[self.kind]()
-        return None if found else self.says
+        try:
+            found = {"file": path.is_file, "folder": path.is_dir, "path": path.exists}[self.kind]()
+        except OSError as exc:  # a folder above it that this user may not enter
+            return f"cannot be read ({exc.strerror or exc})"
+        if not found:
+            return self.says
+        readable = os.R_OK | (os.X_OK if path.is_dir() else 0)
+        return None if os.access(path, readable) else "cannot be read by this user (check its owner and mode)"
 
 
 KeyFile = Annotated[str, MustExist("file", "is not a key file (edge-keys makes it)")]
@@ -516,9 +523,12 @@ def bound_endpoints(config: StationConfig) -> dict[str, str]:
 
 
 def _bindable(endpoint: str) -> str | None:
-    """None if the endpoint can be bound now, else why not."""
+    """None if the endpoint can be bound now, else why not. An ipc socket file the probe made is
+    removed again: left behind (by root, say), it would read as "in use" to the service user."""
     import zmq
 
+    ipc_path = Path(endpoint.removeprefix("ipc://")) if endpoint.startswith("ipc://") else None
+    existed = ipc_path is not None and ipc_path.exists()
     context = zmq.Context()
     socket = context.socket(zmq.PULL)
     try:
@@ -526,10 +536,28 @@ def _bindable(endpoint: str) -> str | None:
         socket.bind(endpoint)
         return None
     except zmq.ZMQError as exc:
-        return str(exc)
+        return f"{exc}: another program holds it" if exc.errno == errno.EADDRINUSE else str(exc)
     finally:
         socket.close(linger=0)
         context.term()
+        if ipc_path is not None and not existed:
+            ipc_path.unlink(missing_ok=True)
+
+
+def _bank_problems(config: StationConfig) -> list[str]:
+    """A bank store with no active version: the worker would have nothing to score with."""
+    from edge.bankstore import BankStore
+
+    path = Path(config.bank.path)
+    if not path.is_dir():
+        return []
+    try:
+        active = BankStore(path).active_version()
+    except EdgeError as exc:
+        return [f"bank.path: {exc}"]
+    if active is None:
+        return [f"bank.path: {path} holds no active bank yet: run edge-calibrate first (docs: cold start)"]
+    return []
 
 
 def path_problems(section: BaseModel, prefix: str = "") -> list[str]:
@@ -594,7 +622,7 @@ def check_station(config: StationConfig, bind: bool = False) -> None:
         if len(keys) > 1:
             problems.append(f"{', '.join(keys)}: the same endpoint {address} is bound twice")
     if bind:  # what exists only on the station itself, at run time
-        problems += _device_problems(config)
+        problems += _device_problems(config) + _bank_problems(config)
     if bind and not problems:
         for key, address in endpoints.items():
             reason = _bindable(address)

@@ -103,7 +103,7 @@ def _overlay(frame: np.ndarray, mask_png: bytes) -> np.ndarray:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="edge-demo",
-        description=__doc__.splitlines()[0],
+        description=__doc__.split("\n\n")[0],
         epilog="exit codes: 0 every part got its verdict; 1 some did not; 2 bad options",
     )
     parser.add_argument("--frames", type=int, default=300, help="parts streamed (default 300)")

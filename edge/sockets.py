@@ -10,6 +10,7 @@ by kind and logs each kind rarely, so a hostile peer can neither go unnoticed no
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 from collections import Counter
@@ -17,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 import zmq
 
-from edge.errors import UsageError
+from edge.errors import ConfigError, UsageError
 from edge.protocol import MAX_HEADER_BYTES, MAX_PIXEL_BYTES, ProtocolError, encode_reply
 from edge.security import CurveClient, CurveServer
 
@@ -72,6 +73,12 @@ def open_socket(
         elif isinstance(curve, CurveClient):
             curve.secure(socket)
         (socket.bind if bind else socket.connect)(endpoint)
+    except zmq.ZMQError as exc:
+        socket.close(linger=0)
+        if bind:  # not transient: say it once; a supervisor does not restart a ConfigError (exit 6)
+            held = ": another program holds it" if exc.errno == errno.EADDRINUSE else ""
+            raise ConfigError(f"{endpoint} cannot be bound ({exc}){held}") from None
+        raise
     except BaseException:
         socket.close(linger=0)
         raise

@@ -20,7 +20,7 @@ EXIT_NO_TRAFFIC = 3
 def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="edge-tail",
-        description=__doc__.splitlines()[0],
+        description=__doc__.split("\n\n")[0],
         epilog=f"exit codes: 0 done; 2 bad usage; {EXIT_NO_TRAFFIC} silence; 6 bad key file",
     )
     parser.add_argument("endpoint", help="the publisher's PUB endpoint, e.g. tcp://station:5556")

@@ -72,7 +72,7 @@ def generate(
 
 
 def _main(argv: list[str] | None) -> int:
-    parser = argparse.ArgumentParser(prog="edge-synth", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="edge-synth", description=__doc__.split("\n\n")[0])
     parser.add_argument("root", type=Path, help="folder to write the MVTec-layout category into")
     parser.add_argument("--category", default="synthetic_part")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels")

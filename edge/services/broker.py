@@ -32,7 +32,7 @@ def broker_settings(config: StationConfig) -> BrokerSettings:
 
 
 def _main(argv: list[str] | None) -> int:
-    args = service_parser("edge-broker", __doc__.splitlines()[0]).parse_args(argv)
+    args = service_parser("edge-broker", __doc__.split("\n\n")[0]).parse_args(argv)
     config = start_service(args)
     stop = stop_on_signals()
     broker = Broker(broker_settings(config))

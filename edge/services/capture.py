@@ -61,7 +61,7 @@ def capture_settings(config: StationConfig, camera: CameraConfig) -> CaptureSett
 
 
 def _main(argv: list[str] | None) -> int:
-    parser = service_parser("edge-capture", __doc__.splitlines()[0])
+    parser = service_parser("edge-capture", __doc__.split("\n\n")[0])
     parser.add_argument("--camera", required=True, help="the camera's name in the configuration")
     args = parser.parse_args(argv)
     config = start_service(args)

@@ -70,7 +70,7 @@ def publisher_settings(config: StationConfig) -> PublisherSettings:
 
 
 def _main(argv: list[str] | None) -> int:
-    args = service_parser("edge-publisher", __doc__.splitlines()[0]).parse_args(argv)
+    args = service_parser("edge-publisher", __doc__.split("\n\n")[0]).parse_args(argv)
     config = start_service(args)
     stop = stop_on_signals()
     publisher = Publisher(publisher_settings(config))

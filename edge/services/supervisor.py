@@ -29,6 +29,13 @@ from edge.services.sdnotify import stop_on_signals
 
 log = logging.getLogger("edge.run")
 EXIT_RESTART_LIMIT = 7
+# a child's exit codes that say a user's mistake (its own log line names it): restarting cannot help
+NOT_TRANSIENT = {
+    2: "a usage mistake",
+    3: "backbone weights missing or foreign",
+    4: "a bank that cannot be used",
+    6: "a configuration error",
+}
 POLL_S = 0.2
 
 
@@ -113,7 +120,8 @@ class Supervisor:
         child.start(self.env)
         return True
 
-    def _check_children(self) -> bool:
+    def _check_children(self) -> int | None:
+        """None while the station runs on; else the exit code it stops with."""
         for child in self.children:
             code = None if child.process is None or child.ended else child.process.poll()
             if code is None:
@@ -121,17 +129,23 @@ class Supervisor:
             if code == 0 and child.is_capture:
                 log.info("%s: its source has ended", child.name)
                 child.ended = True
+            elif code in NOT_TRANSIENT:
+                why = NOT_TRANSIENT[code]
+                log.error("%s stopped with exit code %d (%s, which a restart cannot fix; its own line "
+                          "above says what): stopping the station", child.name, code, why)  # fmt: skip
+                return code
             elif not self._restart(child, code):
-                return False
-        return True
+                return EXIT_RESTART_LIMIT
+        return None
 
     def run(self, stop: threading.Event) -> int:
         for child in self.children:
             child.start(self.env)
         code = 0
         while not stop.is_set():
-            if not self._check_children():
-                code = EXIT_RESTART_LIMIT
+            failed = self._check_children()
+            if failed is not None:
+                code = failed
                 break
             if all(child.ended for child in self.children if child.is_capture):
                 log.info("every camera's source has ended")
@@ -151,7 +165,7 @@ class Supervisor:
 
 
 def _main(argv: list[str] | None) -> int:
-    parser = service_parser("edge-run", __doc__.splitlines()[0])
+    parser = service_parser("edge-run", __doc__.split("\n\n")[0])
     parser.epilog = f"{EXIT_CODES}; {EXIT_RESTART_LIMIT} a process failed more often than its restart limit"
     parser.add_argument(
         "--check-config",
@@ -161,7 +175,7 @@ def _main(argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     config = load_config(args.config)
-    check_station(config, bind=args.check_config)
+    check_station(config, bind=True)  # what --check-config refuses, edge-run refuses too
     if args.check_config:
         log.info(
             "%s is valid: station %s, cameras %s, bank %s",

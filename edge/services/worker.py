@@ -101,7 +101,7 @@ def frame_recorder(config: StationConfig) -> FrameRecorder | None:
 
 
 def _main(argv: list[str] | None) -> int:
-    parser = service_parser("edge-worker", __doc__.splitlines()[0])
+    parser = service_parser("edge-worker", __doc__.split("\n\n")[0])
     parser.add_argument(
         "--slot", type=int, default=0, help="this worker's slot in the pool: its device, metrics port + slot"
     )

@@ -29,7 +29,7 @@ from edge.view.server import serve  # aiohttp (the `view` extra): edge.commands 
 def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="edge-view",
-        description=__doc__.splitlines()[0],
+        description=__doc__.split("\n\n")[0],
         epilog="exit codes: 0 stopped; 2 bad usage (a message says what)",
     )
     parser.add_argument("endpoint", help="the publisher's PUB endpoint, e.g. tcp://station:5556")

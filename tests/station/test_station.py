@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -83,16 +85,61 @@ def test_sigterm_drains_triggered_parts_before_stopping(tmp_path, bank_store):
 
 
 def test_a_process_failing_too_often_stops_the_station(tmp_path, bank_store):
-    broken = tmp_path / "broken"
-    (broken / "versions").mkdir(parents=True)
-    (broken / "ACTIVE").write_text("v0009\n")  # names a version that is not there: the worker exits 4
-    config = station_config(tmp_path, broken, restart_burst=1)
+    """A worker that keeps dying (killed here) is restarted up to the limit, then the station stops."""
+    config = station_config(tmp_path, bank_store.root, restart_burst=1)
     station = start_station(config)
+    control = f"ipc://{tmp_path}/control"
+    for _ in range(2):
+        wait_for_worker(control)
+        os.kill(child_pid(station.pid, "edge.services.worker"), signal.SIGKILL)
+        time.sleep(0.5)
     output, _ = station.communicate(timeout=120)
     assert station.returncode == EXIT_RESTART_LIMIT, output
-    assert "worker failed (exit code 4); restarting it" in output
-    assert "worker failed (exit code 4) after 1 restarts" in output
+    assert "worker failed (signal SIGKILL); restarting it" in output
+    assert "worker failed (signal SIGKILL) after 1 restarts" in output
     assert "Traceback" not in output
+
+
+def run_station(config: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "edge.services.supervisor", str(config), *extra],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_a_configuration_mistake_is_said_once_and_stops_without_restarts(tmp_path, bank_store):
+    """What a restart cannot fix — a port another program holds, a bank store with no active
+    bank, an ACTIVE file naming a missing version — is one line and exit 6, from --check-config
+    and from edge-run alike; no traceback, no restart loop."""
+    with socket.socket() as holder:  # another program on the publisher's port
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        config = station_config(tmp_path, bank_store.root)
+        raw = yaml.safe_load(config.read_text())
+        raw["endpoints"]["publish"] = f"tcp://127.0.0.1:{port}"
+        config.write_text(yaml.safe_dump(raw))
+        for extra in (["--check-config"], []):
+            result = run_station(config, *extra)
+            output = result.stdout + result.stderr
+            assert result.returncode == 6, output
+            assert f"endpoints.publish: tcp://127.0.0.1:{port} cannot be bound" in output, output
+            assert "another program holds it" in output
+            assert "Traceback" not in output and "restarting" not in output
+    empty = tmp_path / "empty-store"
+    empty.mkdir()
+    broken = tmp_path / "broken-store"
+    (broken / "versions").mkdir(parents=True)
+    (broken / "ACTIVE").write_text("v0009\n")
+    cases = ((empty, "holds no active bank yet"), (broken, "names 'v0009', which is not a version"))
+    for store, says in cases:
+        config = station_config(tmp_path, store, name=f"{store.name}.yaml")
+        for extra in (["--check-config"], []):
+            result = run_station(config, *extra)
+            output = result.stdout + result.stderr
+            assert result.returncode == 6 and says in output, output
+            assert "Traceback" not in output and "restarting" not in output
+    assert not list(tmp_path.glob("*.sock")) and not (tmp_path / "pub").exists()  # no probe left behind
 
 
 def test_check_config_validates_without_starting(tmp_path, bank_store, caplog):
