@@ -257,6 +257,8 @@ def test_an_untrusted_client_is_refused_and_hostile_input_is_survived(tmp_path, 
         found = asyncio.run(scenario())
         assert json.loads(found)["frame_id"] == "frame-0001"
         assert bridge.poll() is None and victim.poll() is None, (tmp_path / "victim.log").read_text()[-2000:]
+        assert "Traceback" not in log.read_text()  # the refused stranger is one line, not a library trace
+        assert "refused message from the station" in (tmp_path / "victim.log").read_text()
     finally:
         for process in (bridge, victim):
             process.terminate()
