@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -441,3 +442,43 @@ def test_a_bridge_killed_for_an_outage_costs_the_mes_no_result(tmp_path, certifi
           f"GetResultsSince pages {mes.pages}")  # fmt: skip
     assert lost == 0 and doubled == 0
     assert "lost" not in log.read_text()
+
+
+def test_get_results_since_answers_at_once_while_the_station_is_down(tmp_path, certificates):
+    """While the station is down an MES following the reconnect recipe gets an error at once, not a
+    blocked session that asyncua's watchdog then drops."""
+    station = Station(tmp_path)
+    port = free_port()
+    log = tmp_path / "bridge.log"
+    bridge = start_bridge(station, certificates, port, log)
+
+    async def scenario() -> tuple[dict, float, bool]:
+        for _ in range(100):
+            try:
+                client = await connect(port, certificates)
+                break
+            except Exception:
+                await asyncio.sleep(0.2)
+        idx = await client.get_namespace_index(NAMESPACE)
+        alive = client.get_node(ua.NodeId("line1.VisionAlive", idx))
+        station.close()  # the station goes away
+        for _ in range(100):
+            if await alive.read_value() is False:
+                break
+            await asyncio.sleep(0.1)
+        started = time.monotonic()
+        reply = await client.get_node(ua.NodeId("line1", idx)).call_method(
+            ua.NodeId("line1.GetResultsSince", idx), "cam1",
+            ua.Variant(1, ua.VariantType.UInt64), ua.Variant(1, ua.VariantType.UInt64),
+        )  # fmt: skip
+        took = time.monotonic() - started
+        still = await alive.read_value() is False  # the session is still served
+        await client.disconnect()
+        return json.loads(reply), took, still
+
+    try:
+        reply, took, served = asyncio.run(scenario())
+    finally:
+        bridge.terminate()
+        bridge.wait(15)
+    assert "not alive" in reply["error"] and took < 0.5 and served, (reply, took)
