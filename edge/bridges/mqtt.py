@@ -301,7 +301,18 @@ class MqttBridge:
                 self.waiting = deque(m for m in self.waiting if m.topic != f"{self.base}/status")
             self._enqueue(_Outgoing(f"{self.base}/status", json.dumps(body).encode(), retain=True))
 
+    def _backlogged(self) -> bool:
+        """Connected, with half the buffer waiting: a replay after an outage arrives faster than
+        the broker acknowledges it, so the broker catches up before more is taken (the station
+        holds the rest; the buffer's bound is for a broker that is away, not for a replay)."""
+        with self.lock:
+            return self.counters.connected and len(self.waiting) >= max(self.settings.buffer // 2, 1)
+
     def step(self, timeout_s: float = 0.05) -> None:
+        if self._backlogged():
+            self._flush()
+            time.sleep(min(timeout_s, 0.01))  # acknowledgements free room
+            return
         event = self.subscriber.receive(timeout_s)
         now = time.monotonic()
         if event is not None:

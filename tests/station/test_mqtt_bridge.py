@@ -333,10 +333,12 @@ class Feeder:
 def test_a_bridge_killed_for_an_outage_loses_no_verdict(tmp_path, broker, outage_s):
     """edge-mqtt-bridge SIGKILLed for `outage_s` while the line runs at 10 parts/s: after its
     restart it fetches everything it missed from the station's replay, page by page; the
-    historian gets every verdict, and the bridge reports nothing lost."""
+    historian gets every verdict, and the bridge reports nothing lost. Its buffer (for a broker
+    that is away) holds less than the replay: a replay waits for the broker, it does not overflow."""
     station = Station(tmp_path)
     historian = Historian(broker.port)
-    bridge = start_bridge(station.pub, station.query, broker.port, tmp_path)
+    buffer = ("--buffer", "4")  # far less than any replay: 10 verdicts (20 messages) a second away
+    bridge = start_bridge(station.pub, station.query, broker.port, tmp_path, *buffer)
     try:
         wait_until(lambda: historian.payloads("/status"), 15, "the bridge's first status")
         feeder = Feeder(station)
@@ -344,7 +346,7 @@ def test_a_bridge_killed_for_an_outage_loses_no_verdict(tmp_path, broker, outage
         bridge.send_signal(signal.SIGKILL)
         bridge.wait(10)
         time.sleep(outage_s)
-        bridge = start_bridge(station.pub, station.query, broker.port, tmp_path)
+        bridge = start_bridge(station.pub, station.query, broker.port, tmp_path, *buffer)
         time.sleep(3)
         sent = feeder.finish()
         wait_until(lambda: set(sent) <= set(historian.verdict_frames()), 60 + outage_s / 5, "every verdict")
@@ -360,4 +362,5 @@ def test_a_bridge_killed_for_an_outage_loses_no_verdict(tmp_path, broker, outage
     print(f"\nMQTT bridge down {outage_s} s at 10 parts/s: sent {len(sent)}, delivered {len(set(frames))}, "
           f"lost {lost}, doubled {doubled}, bridge's lost_verdicts {status['lost_verdicts']}")  # fmt: skip
     assert lost == 0 and status["lost_verdicts"] == 0
+    assert "buffer full" not in (tmp_path / "bridge.log").read_text()
     assert doubled <= 100  # at least once: only what was in flight at the kill may come twice
