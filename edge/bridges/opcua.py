@@ -362,7 +362,7 @@ class OpcUaBridge:
             return json.dumps({"error": "the bridge was started without the station's query endpoint"})
         if self.settings.cameras and camera not in self.settings.cameras and camera not in self.cameras:
             return json.dumps({"error": f"no camera {camera!r} at station {self.settings.station}"})
-        if not self.alive:
+        if self.alive is False:  # (None: the bridge just started and has not heard yet: ask)
             return json.dumps({"error": "the station is not alive (no heartbeat): ask again later"})
         try:
             reply = request(

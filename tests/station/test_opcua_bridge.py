@@ -110,11 +110,18 @@ class Mes:
         return client
 
     async def catch_up(self, station, idx: int) -> None:
-        """GetResultsSince from the last result handled, page after page while "more"."""
+        """GetResultsSince from the last result handled, page after page while "more"; an
+        error (the station not alive yet) is asked again, as the docs say."""
+        errors = 0
         while True:
             epoch, seq = (ua.Variant(value, ua.VariantType.UInt64) for value in self.last)
             since = ua.NodeId("line1.GetResultsSince", idx)
             reply = json.loads(await station.call_method(since, "cam1", epoch, seq))
+            if "error" in reply:
+                errors += 1
+                assert errors < 100, reply
+                await asyncio.sleep(0.2)
+                continue
             for body in reply.get("results", []):
                 self.keep(body)
             self.pages += 1
