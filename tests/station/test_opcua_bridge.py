@@ -129,6 +129,16 @@ class Mes:
                 return
 
 
+async def listening(port: int) -> None:
+    """Until the bridge accepts TCP connections on `port` (it starts in about 2 s)."""
+    for _ in range(100):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            await asyncio.sleep(0.2)
+
+
 async def alive(client: Client) -> bool:
     try:
         await asyncio.wait_for(client.nodes.server_state.read_value(), 2)
@@ -317,12 +327,7 @@ def test_with_a_users_file_a_session_needs_the_right_password(tmp_path, certific
         return True
 
     async def scenario() -> tuple[bool, bool, bool]:
-        for _ in range(100):  # until the bridge listens
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                await asyncio.sleep(0.2)
+        await listening(port)
         return (
             await session("mes", "correct horse battery"),
             await session("mes", "wrong"),
@@ -348,12 +353,7 @@ def test_a_raw_client_that_skips_the_endpoint_check_gets_no_unsecured_channel(tm
     bridge = start_bridge(station, certificates, port, log)
 
     async def scenario() -> tuple[bool, bool]:
-        for _ in range(100):  # until the bridge listens
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                await asyncio.sleep(0.2)
+        await listening(port)
         raw = Client(f"opc.tcp://127.0.0.1:{port}/edge/", timeout=4)  # security None
         await raw.connect_socket()
         await raw.send_hello()
