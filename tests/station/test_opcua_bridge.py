@@ -84,15 +84,20 @@ class Mes:
         self.events.append(event.ResultId)
         self.keep({"frame_id": event.ResultId, "verdict": event.Verdict, "part_id": event.PartId,
                    "score": event.Score, "epoch": event.Epoch, "seq": event.Seq,
-                   "defect_area_px": event.DefectAreaPx, "bank_version": event.BankVersion})  # fmt: skip
+                   "defect_area_px": event.DefectAreaPx, "bank_version": event.BankVersion},
+                  in_order=True)  # fmt: skip
 
     def datachange_notification(self, node, value, data) -> None:
         self.changes += 1
 
-    def keep(self, result: dict) -> None:
+    def keep(self, result: dict, in_order: bool = False) -> None:
+        """Keep a result; the position to ask GetResultsSince from moves only past results handled
+        in order: an event after a jump in Seq (or a new Epoch) leaves it, so the gap is fetched."""
         self.results.setdefault(result["frame_id"], result)
-        if (result["epoch"], result["seq"]) > self.last:
-            self.last = (result["epoch"], result["seq"])
+        position = (result["epoch"], result["seq"])
+        next_in_order = self.last == (0, 0) or position == (self.last[0], self.last[1] + 1)
+        if position > self.last and (next_in_order or not in_order):
+            self.last = position
 
     async def session(self, port: int, pki: Path) -> Client:
         client = await connect(port, pki)
