@@ -76,15 +76,23 @@ class ReplayStore:
             self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
         self.next_prune = 0.0
+        self.failed = 0  # verdicts that could not be kept (published all the same)
 
     def add(self, camera: str, epoch: int, seq: int, body: dict) -> None:
-        """Keep one verdict (before it is published)."""
-        self.db.execute(
-            "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?, ?)",
-            (camera, epoch, seq, time.time(), json.dumps(body, separators=(",", ":"))),
-        )
-        self.db.execute("INSERT OR REPLACE INTO epochs VALUES (?, ?, ?)", (camera, epoch, seq))
-        self.prune()
+        """Keep one verdict (before it is published). A store that cannot write (a full disk)
+        costs the replay of that verdict, logged and counted, never its publication."""
+        try:
+            self.db.execute(
+                "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?, ?)",
+                (camera, epoch, seq, time.time(), json.dumps(body, separators=(",", ":"))),
+            )
+            self.db.execute("INSERT OR REPLACE INTO epochs VALUES (?, ?, ?)", (camera, epoch, seq))
+            self.prune()
+        except sqlite3.Error as exc:
+            self.failed += 1
+            if self.failed % 1000 == 1:
+                log.error("could not keep verdicts for replay in %s (%s): %d so far",
+                          self.path, exc, self.failed)  # fmt: skip
 
     def latest(self, camera: str) -> dict | None:
         row = self.db.execute(
