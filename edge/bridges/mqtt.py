@@ -308,8 +308,16 @@ class MqttBridge:
         with self.lock:
             return self.counters.connected and len(self.waiting) >= max(self.settings.buffer // 2, 1)
 
+    def _holding_replay(self) -> bool:
+        """The broker is away (not connected yet, say, at start) and the next event is a replayed
+        verdict: it stays with the station, which holds it, rather than overflow a buffer that is
+        meant for live verdicts."""
+        with self.lock:
+            connected = self.counters.connected
+        return not connected and bool(self.subscriber.pending) and self.subscriber.pending[0].replayed
+
     def step(self, timeout_s: float = 0.05) -> None:
-        if self._backlogged():
+        if self._backlogged() or self._holding_replay():
             self._flush()
             time.sleep(min(timeout_s, 0.01))  # acknowledgements free room
             return
