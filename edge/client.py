@@ -253,18 +253,18 @@ class Subscriber:
         self.delivered_set.add(frame_id)
         return True
 
-    def _fetch(self, topic: str, start: tuple[int, int], before: tuple[int, int] | None) -> bool:
+    def _fetch(self, topic: str, start: tuple[int, int], before: tuple[int, int] | None) -> None:
         """Queue the verdicts of `topic` after position `start` (and before `before`), as the
         publisher still holds them, page by page, marked replayed; positions it no longer holds
-        become Losses. False when the publisher did not answer: the fetch is retried later
+        become Losses. Where the publisher stops answering, the fetch is retried from there later
         (`retry_fetches`), so a station that is down or answered garbage costs time, not verdicts."""
         camera = topic.split(".")[2]
         position = start
         while True:
             page = self._page(camera, position)
-            if page is None:
-                self.unfetched.setdefault(topic, start)
-                return False
+            if page is None:  # from where this one got to (its losses so far are counted), or earlier
+                self.unfetched[topic] = min(self.unfetched.get(topic, position), position)
+                return
             done = not page.get("more")
             for gap in page.get("missing", []):
                 loss = Loss(topic, gap["epoch"], gap["from_seq"], gap["to_seq"])
@@ -286,8 +286,9 @@ class Subscriber:
                     self.position[topic] = position  # resuming: live verdicts continue after it
                     self.epochs.add(missed.epoch)
             if done or not page["verdicts"]:
-                self.unfetched.pop(topic, None)
-                return True
+                if self.unfetched.get(topic, start) >= start:  # an earlier unanswered start stays
+                    self.unfetched.pop(topic, None)
+                return
 
     def _page(self, camera: str, position: tuple[int, int]) -> dict | None:
         """One page of the publisher's replay answer, its verdicts decoded (None: no valid answer)."""
@@ -325,8 +326,8 @@ class Subscriber:
         if not self.unfetched or now < self.next_retry:
             return
         self.next_retry = now + RETRY_S
-        for topic, start in list(self.unfetched.items()):
-            self._fetch(topic, start, None)
+        for topic in list(self.unfetched):
+            self._fetch(topic, self.unfetched.pop(topic), None)
 
     def resume(self, positions: dict[str, tuple[int, int]]) -> None:
         """Continue where an earlier subscriber stopped (a bridge before its restart): `positions`

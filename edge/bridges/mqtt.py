@@ -103,7 +103,7 @@ class MqttCounters:
     connected: bool = False
     station_alive: bool = False
     drops_logged: int = 0
-    lost_masks: int = 0  # masks published while the bridge was away (masks are best effort)
+    lost_masks: int = 0  # NOK masks published while the bridge was away, or not received (best effort)
 
 
 class MqttBridge:
@@ -383,7 +383,7 @@ class MqttBridge:
             ("counter", "edge_mqtt_published", "messages the broker acknowledged", c.published),
             ("counter", "edge_mqtt_dropped", "messages dropped past the buffer's bound", c.dropped),
             ("counter", "edge_mqtt_lost_verdicts", "verdicts the station no longer held when asked", c.lost),
-            ("counter", "edge_mqtt_lost_masks", "masks published while the bridge was away", c.lost_masks),
+            ("counter", "edge_mqtt_lost_masks", "NOK masks missed (best effort)", c.lost_masks),
             ("counter", "edge_mqtt_malformed", "malformed messages from the station", c.malformed),
             ("counter", "edge_mqtt_connects", "connections made to the broker", c.connects),
             ("gauge", "edge_mqtt_buffered", "messages waiting for the broker", waiting),

@@ -444,6 +444,8 @@ class OpcUaBridge:
         """What the station no longer held when asked: counted, logged, announced as an event."""
         ua = self.ua
         for loss in self.subscriber.take_losses():
+            if not loss.topic.startswith("verdict."):
+                continue  # a heartbeat lost says nothing about results
             camera = loss.topic.split(".")[2]
             count = loss.count or 0
             self.lost += count
