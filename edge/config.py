@@ -109,10 +109,16 @@ class _Strict(BaseModel):
 
 
 class OpenCVSourceConfig(_Strict):
-    """A USB/V4L2 camera (index or /dev path), a video file or stream URL, or a GStreamer pipeline."""
+    """A USB/V4L2 camera (index or /dev path), a video file or stream URL, or a GStreamer pipeline.
+    Cameras and streams are read by a thread that keeps only the newest frames (no buffering)."""
 
     kind: Literal["opencv"]
     uri: str | int
+    width: Annotated[int, Field(ge=1, le=16_384)] | None = None  # asked of a USB camera; None: its own
+    height: Annotated[int, Field(ge=1, le=16_384)] | None = None
+    fps: Annotated[float, Field(gt=0, le=1000)] | None = None  # frames per second asked of a USB camera
+    fourcc: Annotated[str, Field(min_length=4, max_length=4)] | None = None  # e.g. MJPG, YUYV
+    rtsp_transport: Literal["tcp", "udp"] | None = None  # None: FFmpeg's choice (UDP first)
 
 
 class AravisSourceConfig(_Strict):
@@ -125,6 +131,7 @@ class AravisSourceConfig(_Strict):
     pixel_format: Literal[PIXEL_FORMATS] | None = None
     exposure_us: Annotated[float, Field(gt=0, le=10_000_000)] | None = None
     gain_db: Annotated[float, Field(ge=0, le=48)] | None = None
+    frame_rate: Annotated[float, Field(gt=0, le=10_000)] | None = None  # free run: frames per second
     # x, y, width, height on the sensor
     region: Annotated[list[NonNegativeInt], Field(min_length=4, max_length=4)] | None = None
     packet_size: Annotated[int, Field(ge=576, le=16_000)] | None = None  # None: largest that gets through
@@ -168,7 +175,10 @@ class CameraConfig(_Strict):
     trigger: Literal["free_run", "triggered"] = "free_run"
     trigger_endpoint: Endpoint | None = None  # triggered: capture binds a PULL for trigger messages here
     deadline_ms: Positive | None = None  # triggered: a verdict is due this long after capture
-    stale_after_s: Positive = 5.0  # no frame for this long: the camera is reported stale
+    # triggered: longest from a trigger's arrival to its frame, then ERROR; None: 4 frame periods, ≥ 500 ms
+    trigger_timeout_ms: Positive | None = None
+    # free run: no frame for this long is a lost camera; away for this long, a camera is reported gone
+    stale_after_s: Positive = 5.0
     metrics_port: Port | None = None  # Prometheus /metrics of this camera's capture process
 
     @model_validator(mode="after")
@@ -596,23 +606,26 @@ def _bridge_link_problems(config: StationConfig) -> list[str]:
     return problems
 
 
-def _device_problems(config: StationConfig) -> list[str]:
-    """OpenCV cameras named by index or /dev path whose device node is not there."""
-    problems = []
+def camera_warnings(config: StationConfig) -> list[str]:
+    """OpenCV cameras that will not open now: a device node that is not there, an RTSP URL its
+    server refuses. Not fatal (edge-run --check-config and edge-run say the same): the station
+    starts, reports the camera as reconnecting and answers its triggered parts ERROR until it opens."""
+    from edge.pipeline.camera_probe import stream_problem
+
+    warnings = []
     for index, camera in enumerate(config.cameras):
-        source = camera.source
-        if not isinstance(source, OpenCVSourceConfig):
-            continue
-        device = f"/dev/video{source.uri}" if isinstance(source.uri, int) else source.uri
-        if device.startswith("/dev/") and not Path(device).exists():
-            problems.append(f"cameras[{index}].source.uri: {device} does not exist (camera unplugged?)")
-    return problems
+        if isinstance(camera.source, OpenCVSourceConfig):
+            problem = stream_problem(camera.source.uri)
+            if problem:
+                warnings.append(f"cameras[{index}].source.uri ({camera.name}): {problem}")
+    return warnings
 
 
-def check_station(config: StationConfig, bind: bool = False) -> None:
+def check_station(config: StationConfig, bind: bool = False, bank: bool = True) -> None:
     """What the schema cannot see: files that must exist, endpoints that must differ; with `bind`
-    (edge-run --check-config), also camera devices present and endpoints bindable."""
-    problems = path_problems(config)  # every file and folder a setting names
+    (edge-run and its --check-config), also endpoints bindable and a bank to score with. `bank`
+    False: a process that needs none (capture and publisher run at cold start, before there is one)."""
+    problems = [p for p in path_problems(config) if bank or not p.startswith("bank.path:")]
     problems += _bridge_link_problems(config)
     endpoints = bound_endpoints(config)
     by_address: dict[str, list[str]] = {}
@@ -622,7 +635,7 @@ def check_station(config: StationConfig, bind: bool = False) -> None:
         if len(keys) > 1:
             problems.append(f"{', '.join(keys)}: the same endpoint {address} is bound twice")
     if bind:  # what exists only on the station itself, at run time
-        problems += _device_problems(config) + _bank_problems(config)
+        problems += _bank_problems(config)
     if bind and not problems:
         for key, address in endpoints.items():
             reason = _bindable(address)

@@ -8,7 +8,9 @@ process has its own registry, so tests can run several components in one process
 Names: edge_frames_in_total, edge_frames_out_total, edge_frames_dropped_total, edge_errors_total{kind},
 edge_verdicts_total{verdict}, edge_stage_latency_seconds{stage}, edge_score_ratio (score / threshold),
 edge_bank{bank="<bank_id>/<version>"} 1, edge_bank_reloads_total, edge_queue_depth,
-edge_camera_reconnects_total, edge_camera_stale_total, edge_parts_failed_total, edge_timeouts_total,
+edge_camera_up, edge_camera_state{state}, edge_camera_reconnects_total (streaming again after a loss),
+edge_camera_reopen_attempts_total, edge_camera_stale_total, edge_parts_failed_total{reason},
+edge_parts_unannounced_total, edge_timeouts_total,
 edge_late_verdicts_total; every one labelled with
 station, component and (capture) camera; plus the process_* metrics (resident memory, CPU).
 """
@@ -193,7 +195,10 @@ def for_publisher(publisher: Publisher, station: str) -> ProcessMetrics:
 
 
 def for_capture(capture: Capture, station: str) -> ProcessMetrics:
+    from edge.pipeline.camera_state import STREAMING
+
     metrics = ProcessMetrics("capture", station, camera=capture.settings.camera)
+    health = capture.source.health.snapshot
     metrics.snapshot(
         lambda: [
             ("counter", "edge_frames_in", "Frames taken from the camera", capture.seq),
@@ -205,7 +210,26 @@ def for_capture(capture: Capture, station: str) -> ProcessMetrics:
                 "Times the camera gave no frame for stale_after_s",
                 capture.counters.stale,
             ),
-            ("counter", "edge_camera_reconnects", "Camera reopens", capture.source.reopens),
+            ("gauge", "edge_camera_up", "1 while the camera streams", int(health().state == STREAMING)),
+            (
+                "gauge",
+                "edge_camera_state",
+                "The camera's state (1 for the current one)",
+                {health().reported(capture.settings.stale_after_s): 1},
+                "state",
+            ),
+            (
+                "counter",
+                "edge_camera_reconnects",
+                "Times the camera streamed again after a loss",
+                capture.source.health.reconnects,
+            ),
+            (
+                "counter",
+                "edge_camera_reopen_attempts",
+                "Attempts to open the camera (successful or not)",
+                capture.source.health.attempts,
+            ),
             (
                 "counter",
                 "edge_camera_incomplete",
@@ -222,8 +246,15 @@ def for_capture(capture: Capture, station: str) -> ProcessMetrics:
             (
                 "counter",
                 "edge_parts_failed",
-                "Triggered parts with no frame (ERROR)",
+                "Triggered parts answered ERROR by capture (no frame in time), by reason",
                 capture.counters.failed,
+                "reason",
+            ),
+            (
+                "counter",
+                "edge_parts_unannounced",
+                "Triggered parts the publisher could not be told of",
+                capture.counters.unannounced,
             ),
             (
                 "gauge",

@@ -31,6 +31,7 @@ TRIGGER_TOPIC = b"trigger"
 READY_TOPIC = b"ready"  # worker → broker (worker pool): credit, progress, bank
 RELOAD_TOPIC = b"reload"  # broker → worker: load the bank store's active version
 REFUSED_TOPIC = b"refused"  # broker → worker: no frames for you, and why
+CAMERA_TOPIC = b"camera"  # capture → publisher: the camera's state
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # station and camera names: topics, file names, metric labels
 NAME_MEANING = "1 to 64 letters, digits, '_' or '-'"
 MAX_PIXEL_BYTES = 64 * 1024 * 1024  # a frame's pixel part: 8K x 8K mono; larger declared shapes are refused
@@ -42,6 +43,9 @@ MAX_LATENCY_STAGES = 32
 PIXEL_TYPES = {"uint8": np.uint8, "uint16": np.uint16}
 TRIGGER_MODES = ("free_run", "triggered")
 CONTROL_COMMANDS = ("status", "reload")
+# a camera's state (docs/protocol.md): silent is the publisher's word for a capture that stopped reporting
+CAMERA_STATES = ("starting", "streaming", "reconnecting", "gone", "ended", "silent")
+MAX_CAMERAS = 256
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _NAME = re.compile(NAME_PATTERN)
 
@@ -166,9 +170,23 @@ def _check(condition: bool, kind: str, detail: str) -> None:
 
 def _validate(raw: dict[str, Any], message: type) -> None:
     """Schema first, then unknown fields, then every field present (and every required one)."""
-    rules, needed = declared(message)
     schema = raw.get("schema")
     _check(_whole(schema) and schema == SCHEMA_VERSION, "schema", f"unknown schema version {schema!r}")
+    _check_fields(raw, message)
+
+
+def _conforms(raw: Any, message: type) -> bool:
+    """A nested object (no schema of its own) holds what `message` declares."""
+    try:
+        _check(isinstance(raw, dict) and "schema" not in raw, "field", "not an object")
+        _check_fields(raw, message)
+    except ProtocolError:
+        return False
+    return True
+
+
+def _check_fields(raw: dict[str, Any], message: type) -> None:
+    rules, needed = declared(message)
     unknown = set(raw) - set(rules) - {"schema"}
     _check(not unknown, "field", f"unknown fields {sorted(unknown)[:5]}")
     for name in needed:
@@ -547,10 +565,60 @@ def decode_mask(parts: Sequence[Any]) -> tuple[MaskHeader, bytes]:
     return header, png
 
 
+ERROR_TEXT = Rule(lambda v: _text(v, MAX_ERROR_TEXT), "text", "string, 1–2048 chars")
+
+
+@dataclass(frozen=True)
+class CameraState:
+    """How a camera is, as its capture process sees it (and the publisher passes on)."""
+
+    state: str = wire(one_of(CAMERA_STATES))
+    since_utc: str = wire(TIME)  # when it entered this state
+    reason: str | None = wire(ERROR_TEXT.or_null(), None)  # why it is not streaming
+    width: int | None = wire(SIDE.or_null(), None)  # the latest frame's size
+    height: int | None = wire(SIDE.or_null(), None)
+    reconnects: int = wire(COUNT, 0)  # times it streamed again after a loss
+    failed_parts: int = wire(COUNT, 0)  # triggered parts capture answered ERROR (no frame in time)
+
+
+CAMERA_STATE = Rule(lambda v: _conforms(v, CameraState), "a camera state object", "camera state")
+CAMERA_STATES_BY_NAME = Rule(
+    lambda v: isinstance(v, dict) and len(v) <= MAX_CAMERAS
+    and all(is_name(k) and _conforms(s, CameraState) for k, s in v.items()),
+    "an object of camera names to camera states",
+    "object of camera → camera state",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CameraReport:
+    """Capture → publisher (results endpoint), on every change and every second."""
+
+    station: str = wire(NAME)
+    camera: str = wire(NAME)
+    state: dict[str, Any] = wire(CAMERA_STATE)
+    schema: int = SCHEMA_VERSION
+
+
+def encode_camera_report(station: str, camera: str, state: CameraState) -> list[bytes]:
+    body = asdict(CameraReport(station, camera, asdict(state)))
+    _validate(body, CameraReport)
+    return [CAMERA_TOPIC, dump_json(body)]
+
+
+def decode_camera_report(parts: Sequence[Any]) -> tuple[str, str, CameraState]:
+    """Station, camera and state of a valid camera report."""
+    _parts(parts, 2, CAMERA_TOPIC)
+    report: CameraReport = _message(CameraReport, _parse_header(parts[1]))
+    return report.station, report.camera, CameraState(**report.state)
+
+
 @dataclass(frozen=True)
 class Heartbeat:
     station: str = wire(NAME)
     published: int = wire(COUNT)  # verdicts published in this epoch
+    # every camera's newest state (state objects as in a camera report)
+    cameras: dict[str, dict[str, Any]] = wire(CAMERA_STATES_BY_NAME, factory=dict)
     epoch: int = wire(COUNT, 0, required=True)
     seq: int = wire(COUNT, 0, required=True)
     schema: int = SCHEMA_VERSION

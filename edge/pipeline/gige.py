@@ -1,5 +1,7 @@
 """A GigE Vision (or USB3 Vision) camera through Aravis: free run, or triggered by the camera's own
 software trigger; settings applied at every (re)open; incomplete buffers counted, never inspected.
+A thread of its own opens the camera, takes every buffer as it arrives (stamped with the time
+Aravis received it) and reopens a lost camera, so the capture loop never waits on the camera.
 
 Aravis comes from the system (Debian: gir1.2-aravis-0.8) and PyGObject from the `gige` extra (or
 the system's python3-gi with a venv made with --system-site-packages). Tested against Aravis's own
@@ -20,6 +22,7 @@ import cv2
 import numpy as np
 
 from edge.errors import UsageError
+from edge.pipeline.camera_state import CameraHealth, Frame, RecentFrames
 from edge.pixel_formats import BAYER_FORMATS, PIXEL_FORMATS
 
 log = logging.getLogger("edge.capture")
@@ -42,6 +45,7 @@ class GigESettings:
     pixel_format: str | None = None  # one of PIXEL_FORMATS
     exposure_us: float | None = None
     gain_db: float | None = None
+    frame_rate: float | None = None  # free run: frames per second (AcquisitionFrameRate)
     region: tuple[int, int, int, int] | None = None  # x, y, width, height on the sensor
     packet_size: int | None = None  # GVSP packet bytes; None: the largest that reaches this host
     packet_resend: bool = True  # ask the camera again for lost packets
@@ -49,7 +53,7 @@ class GigESettings:
     frame_retention_ms: float = 200.0  # give up on an incomplete frame after this long
     socket_buffer_bytes: int | None = None  # None: Aravis sizes it to one frame
     buffers: int = 8
-    timeout_s: float = 1.0  # one read's wait for a frame
+    timeout_s: float = 1.0  # free run: no frame for 3 times this long (at least 3 s): the camera is reopened
     triggered: bool = False  # TriggerMode=On, TriggerSource=Software; `trigger()` fires it
 
 
@@ -69,25 +73,31 @@ def _aravis():
 
 
 class AravisSource:
-    """`read()` gives the next complete frame (Mono8/Mono16 as is, RGB8, Bayer demosaiced to RGB)
-    or None. A camera whose control connection is lost, or that sends nothing for a while in free
-    run, is reopened every RETRY_S; `reopens` and `incomplete` (buffers by status) count it."""
+    """`next_frame()` gives complete frames (Mono8/Mono16 as is, RGB8, Bayer demosaiced to RGB). A
+    camera whose control connection is lost, or that sends nothing for a while in free run, is
+    reopened every RETRY_S; `health` and `incomplete` (buffers by status) say so."""
 
-    def __init__(self, settings: GigESettings) -> None:
+    def __init__(self, settings: GigESettings, camera: str = "camera") -> None:
         self.aravis = _aravis()
         self.settings = settings
         self.exhausted = False
-        self.reopens = 0
+        self.health = CameraHealth(camera)
+        self.period_s: float | None = 1 / settings.frame_rate if settings.frame_rate else None
         self.incomplete: Counter[str] = Counter()  # buffers not inspected, by Aravis status
-        self.stale_discarded = 0  # triggered: frames that came after their part had given up
         self.complete = 0  # frames decoded and handed on
         self.camera: Any = None  # Aravis.Camera, Aravis.Stream (GObject introspection: untyped)
         self.stream: Any = None
         self.pixel_format = ""
-        self.lost = threading.Event()  # set by Aravis's heartbeat thread
-        self.retry_at = 0.0
+        self.lost = threading.Event()  # set by Aravis's heartbeat thread, or by a failed trigger
         self.last_frame = time.monotonic()
-        self._open()
+        self.recent = RecentFrames()
+        self.closing = threading.Event()
+        self.reader = threading.Thread(target=self._read_on, name=f"camera-{camera}", daemon=True)
+        self.reader.start()
+
+    @property
+    def name(self) -> str:
+        return self.health.camera
 
     # ---- opening -------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -104,17 +114,23 @@ class AravisSource:
             camera.get_device().connect("control-lost", lambda _device: self.lost.set())
             camera.start_acquisition()
         except Exception as exc:  # GLib errors: camera absent, busy, unreachable, setting refused
-            log.warning("GigE camera %s did not open (%s); retrying", settings.camera_id or "(first)", exc)
-            self.retry_at = time.monotonic() + RETRY_S
+            where = settings.camera_id or "(the first found)"
+            self.health.lost(f"GigE camera {where} did not open ({str(exc).strip() or type(exc).__name__})")
             return
-        self.camera, self.stream = camera, stream
         self.pixel_format = camera.get_pixel_format_as_string()
         self.lost.clear()
         self.last_frame = time.monotonic()
+        with contextlib.suppress(Exception):  # a camera without AcquisitionFrameRate
+            rate = camera.get_frame_rate()
+            self.period_s = 1 / rate if rate > 0 and not settings.triggered else self.period_s
         x, y, width, height = camera.get_region()
-        log.info("GigE camera %s (%s %s): %dx%d at (%d, %d), %s, %s", camera.get_device_id(),
-                 camera.get_vendor_name(), camera.get_model_name(), width, height, x, y, self.pixel_format,
-                 "software trigger" if settings.triggered else "free run")  # fmt: skip
+        mode = "software trigger" if settings.triggered else "free run"
+        log.info("camera %s: GigE camera %s (%s %s): %dx%d at (%d, %d), %s, %s", self.name,
+                 camera.get_device_id(), camera.get_vendor_name(), camera.get_model_name(), width, height,
+                 x, y, self.pixel_format, mode)  # fmt: skip
+        self.camera, self.stream = camera, stream
+        self.health.streaming()
+        self.health.frame_size(width, height)
 
     def _configure(self, camera) -> None:  # an Aravis.Camera
         settings = self.settings
@@ -126,6 +142,8 @@ class AravisSource:
             camera.set_exposure_time(settings.exposure_us)
         if settings.gain_db is not None:
             camera.set_gain(settings.gain_db)
+        if settings.frame_rate is not None and not settings.triggered:
+            camera.set_frame_rate(settings.frame_rate)
         if settings.triggered:
             camera.set_trigger("Software")
         else:
@@ -152,45 +170,56 @@ class AravisSource:
             stream.set_property("socket-buffer-size", settings.socket_buffer_bytes)
 
     def _drop_camera(self, why: str) -> None:
-        log.error(
-            "GigE camera %s: %s; reopening every %.0f s", self.settings.camera_id or "(first)", why, RETRY_S
-        )
+        self.health.lost(f"{why}; reopening every {RETRY_S:.0f} s")
         with contextlib.suppress(Exception):  # the camera is gone: there is nothing to stop
             self.camera.stop_acquisition()
         self.camera = self.stream = None
-        self.retry_at = time.monotonic() + RETRY_S
+        self.recent.wake()
 
-    def _usable(self) -> bool:
-        """A camera to read from, reopening a lost one when its retry is due."""
+    def _check_alive(self) -> None:
+        lost_for = time.monotonic() - self.last_frame
+        if self.lost.is_set():
+            self._drop_camera("control connection lost")
+        elif not self.settings.triggered and lost_for > max(3.0, 3 * self.settings.timeout_s):
+            self._drop_camera(f"no frame for {lost_for:.1f} s")
+
+    def _read_on(self) -> None:
+        """The reader thread: open, take every buffer, reopen a lost camera every RETRY_S."""
+        while not self.closing.is_set():
+            if self.camera is None:
+                self.health.attempt()
+                self._open()
+                if self.camera is None and self.closing.wait(RETRY_S):
+                    break
+                continue
+            self._check_alive()
+            if self.stream is not None:
+                frame = self._pop(self.stream)
+                if frame is not None:
+                    self.recent.put(frame)
         if self.camera is not None:
-            lost_for = time.monotonic() - self.last_frame
-            if self.lost.is_set():
-                self._drop_camera("control connection lost")
-            elif not self.settings.triggered and lost_for > max(3.0, 3 * self.settings.timeout_s):
-                self._drop_camera(f"no frame for {lost_for:.1f} s")
-        if self.camera is None and time.monotonic() >= self.retry_at:
-            self.reopens += 1
-            self._open()
-        return self.camera is not None
+            with contextlib.suppress(Exception):  # a camera already gone
+                self.camera.stop_acquisition()
+        self.camera = self.stream = None
 
     # ---- frames --------------------------------------------------------------------------------
     def trigger(self) -> None:
-        """Triggered mode: fire the camera's software trigger for the next part, after setting aside
-        frames still queued (they belong to parts that already gave up waiting)."""
-        if not self._usable():
+        """Triggered mode: fire the camera's software trigger for the next part (its frame is the
+        first one taken after the trigger came; frames already on their way are passed over)."""
+        camera = self.camera
+        if camera is None:
             return
-        while (old := self.stream.try_pop_buffer()) is not None:
-            self.stale_discarded += 1
-            self.stream.push_buffer(old)
         try:
-            self.camera.software_trigger()
+            camera.software_trigger()
         except Exception as exc:
-            self._drop_camera(f"trigger failed ({exc})")
+            self.health.lost(f"trigger failed ({exc})")
+            self.lost.set()
 
-    def read(self) -> np.ndarray | None:
-        if not self._usable():
-            return None
-        buffer = self.stream.timeout_pop_buffer(int(self.settings.timeout_s * 1e6))
+    def next_frame(self, after_ns: int, timeout_s: float) -> Frame | None:
+        return self.recent.first_after(after_ns, timeout_s)
+
+    def _pop(self, stream) -> Frame | None:  # an Aravis.Stream
+        buffer = stream.timeout_pop_buffer(100_000)  # µs: the thread looks at the camera's state often
         if buffer is None:
             return None
         try:
@@ -198,15 +227,21 @@ class AravisSource:
             if status != self.aravis.BufferStatus.SUCCESS:
                 self.incomplete[status.value_nick] += 1
                 if sum(self.incomplete.values()) % 100 == 1:
-                    log.warning("GigE camera: buffer %s, not inspected (%s so far)", status.value_nick,
-                                dict(self.incomplete))  # fmt: skip
+                    log.warning("camera %s: buffer %s, not inspected (%s so far)", self.name,
+                                status.value_nick, dict(self.incomplete))  # fmt: skip
                 return None
             self.last_frame = time.monotonic()
-            frame = self._decode(buffer)
-            self.complete += frame is not None
-            return frame
+            pixels = self._decode(buffer)
+            if pixels is None:
+                return None
+            self.complete += 1
+            self.health.frame_size(pixels.shape[1], pixels.shape[0])
+            received_ns, number = buffer.get_system_timestamp(), buffer.get_frame_id()
+            if not received_ns:
+                return Frame.now(pixels, number)
+            return Frame.at_wall_clock(pixels, received_ns, number)
         finally:
-            self.stream.push_buffer(buffer)
+            stream.push_buffer(buffer)
 
     def _decode(self, buffer) -> np.ndarray | None:  # an Aravis.Buffer
         height, width = buffer.get_image_height(), buffer.get_image_width()
@@ -222,14 +257,13 @@ class AravisSource:
             return cv2.cvtColor(data[: height * width].reshape(height, width), BAYER_TO_RGB[fmt])
         self.incomplete[f"format {fmt}"] += 1
         if self.incomplete[f"format {fmt}"] == 1:
-            log.error("GigE camera sends %s; set pixel_format to one of %s", fmt, ", ".join(PIXEL_FORMATS))
+            log.error(
+                "camera %s sends %s; set pixel_format to one of %s", self.name, fmt, ", ".join(PIXEL_FORMATS)
+            )
         return None
 
     def close(self) -> None:
-        log.info("GigE camera %s: %d frames, incomplete buffers %s, %d stale frames set aside, %d reopens",
-                 self.settings.camera_id or "(first)", self.complete, dict(self.incomplete),
-                 self.stale_discarded, self.reopens)  # fmt: skip
-        if self.camera is not None:
-            with contextlib.suppress(Exception):  # a camera already gone
-                self.camera.stop_acquisition()
-        self.camera = self.stream = None
+        self.closing.set()
+        self.reader.join(RETRY_S + 5)
+        log.info("camera %s: %d frames, incomplete buffers %s, %d reconnects", self.name, self.complete,
+                 dict(self.incomplete), self.health.reconnects)  # fmt: skip

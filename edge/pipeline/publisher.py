@@ -25,7 +25,8 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import zmq
@@ -33,12 +34,15 @@ import zmq
 from edge.pipeline.ledger import Ledger
 from edge.pipeline.replay import ReplayStore
 from edge.protocol import (
+    CAMERA_TOPIC,
     EXPECT_TOPIC,
+    CameraState,
     Heartbeat,
     MaskHeader,
     ProtocolError,
     Verdict,
     VerdictMessage,
+    decode_camera_report,
     decode_expect,
     decode_query,
     decode_result,
@@ -57,6 +61,7 @@ log = logging.getLogger("edge.publisher")
 DRAIN_IDLE_MS = 300  # at shutdown: publishing ends once no result came for this long
 # a replay reply's verdicts stop short of this many bytes of JSON: every reply fits the request cap
 REPLAY_PAGE_BYTES = REQUEST_BYTES - 8 * 1024
+CAMERA_SILENT_S = 5.0  # a capture that reported no camera state for this long is reported silent
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,9 @@ class Publisher:
         if self.rep is not None:
             self.poller.register(self.rep, zmq.POLLIN)
         self.next_heartbeat = 0.0
+        self.started = time.monotonic()
+        self.started_utc = datetime.now(UTC).isoformat()
+        self.camera_states: dict[str, tuple[CameraState, float]] = {}  # newest report, when it came
         self.publish_from = time.monotonic() + settings.startup_hold_s
 
     def _next_seq(self, topic: bytes) -> int:
@@ -141,6 +149,11 @@ class Publisher:
     def _receive(self, parts: Sequence[bytes]) -> None:
         """A worker's result [verdict topic, verdict, mask PNG] or capture's [expect, frame header]."""
         try:
+            if bytes(parts[0]) == CAMERA_TOPIC:
+                station, camera, state = decode_camera_report(parts)
+                self._check_source(station, camera)
+                self.camera_states[camera] = (state, time.monotonic())
+                return
             if bytes(parts[0]) == EXPECT_TOPIC:
                 header = decode_expect(parts)
                 self._check_source(header.station, header.camera)
@@ -261,6 +274,26 @@ class Publisher:
             complete=page.known and not page.missing,
         )
 
+    def cameras_now(self) -> dict[str, CameraState]:
+        """Each camera's newest reported state; silent where its capture stopped reporting (or,
+        CAMERA_SILENT_S after the publisher started, never reported)."""
+        now = time.monotonic()
+        states: dict[str, CameraState] = {}
+        for name in sorted({*self.settings.cameras, *self.camera_states}):
+            state, received = self.camera_states.get(name, (None, self.started))
+            if now - received <= CAMERA_SILENT_S and state is not None:
+                states[name] = state
+            elif now - received > CAMERA_SILENT_S:
+                since = state.since_utc if state is not None else self.started_utc
+                why = f"its capture process has reported nothing for {now - received:.0f} s"
+                states[name] = CameraState(
+                    "silent",
+                    since,
+                    why,
+                    *((state.width, state.height, state.reconnects, state.failed_parts) if state else ()),
+                )
+        return states
+
     def _heartbeat(self) -> None:
         now = time.monotonic()
         if now < self.next_heartbeat:
@@ -268,7 +301,11 @@ class Publisher:
         self.next_heartbeat = now + self.settings.heartbeat_s
         beat_topic = topic("heartbeat", self.settings.station)
         beat = Heartbeat(
-            self.settings.station, self.counters.published, self.epoch, self._next_seq(beat_topic)
+            self.settings.station,
+            published=self.counters.published,
+            cameras={name: asdict(state) for name, state in self.cameras_now().items()},
+            epoch=self.epoch,
+            seq=self._next_seq(beat_topic),
         )
         self.pub.send_multipart(encode_heartbeat(beat))
 

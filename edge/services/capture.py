@@ -19,7 +19,7 @@ from edge.config import (
 from edge.metrics import for_capture
 from edge.pipeline.capture import Capture, CaptureSettings
 from edge.pipeline.gige import AravisSource, GigESettings
-from edge.pipeline.sources import FolderSource, FrameSource, OpenCVSource, SyntheticSource
+from edge.pipeline.sources import FolderSource, FrameSource, OpenCVSettings, OpenCVSource, SyntheticSource
 from edge.services.runtime import (
     curve_client,
     operate,
@@ -34,15 +34,18 @@ log = logging.getLogger("edge.capture")
 def open_source(camera: CameraConfig) -> FrameSource:
     source = camera.source
     if isinstance(source, OpenCVSourceConfig):
-        return OpenCVSource(source.uri)
+        settings = OpenCVSettings(**source.model_dump(exclude={"kind", "uri"}))
+        return OpenCVSource(source.uri, camera=camera.name, settings=settings)
     if isinstance(source, AravisSourceConfig):
-        settings = source.model_dump(exclude={"kind", "region"})
+        fields = source.model_dump(exclude={"kind", "region"})
         region = tuple(source.region) if source.region else None
-        return AravisSource(GigESettings(**settings, region=region, triggered=camera.trigger == "triggered"))
+        gige = GigESettings(**fields, region=region, triggered=camera.trigger == "triggered")
+        return AravisSource(gige, camera=camera.name)
     if isinstance(source, FolderSourceConfig):
-        return FolderSource(source.path, source.rate_hz, source.loop)
+        return FolderSource(source.path, source.rate_hz, source.loop, camera=camera.name)
     if isinstance(source, SyntheticSourceConfig):
-        return SyntheticSource(source.size, source.defect_rate, source.count, source.seed, source.rate_hz)
+        return SyntheticSource(source.size, source.defect_rate, source.count, source.seed, source.rate_hz,
+                               camera=camera.name)  # fmt: skip
     raise TypeError(f"no source for {source!r}")
 
 
@@ -54,7 +57,8 @@ def capture_settings(config: StationConfig, camera: CameraConfig) -> CaptureSett
         trigger=camera.trigger,
         deadline_ms=camera.deadline_ms,
         stale_after_s=camera.stale_after_s,
-        expect_endpoint=config.endpoints.results,
+        trigger_timeout_ms=camera.trigger_timeout_ms,
+        results_endpoint=config.endpoints.results,
         trigger_endpoint=camera.trigger_endpoint,
         curve=curve_client(config.security.frames.capture if config.security.frames else None),
     )

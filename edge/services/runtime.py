@@ -32,11 +32,12 @@ def service_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def start_service(args: argparse.Namespace) -> StationConfig:
-    """Logging, then the configuration, checked for what this process needs (files, not ports)."""
+def start_service(args: argparse.Namespace, needs_bank: bool = False) -> StationConfig:
+    """Logging, then the configuration, checked for what this process needs (files, not ports; the
+    bank only where it scores: capture and publisher run at cold start, before there is a bank)."""
     setup_logging(args.verbose)
     config = load_config(args.config)
-    check_station(config, bind=False)
+    check_station(config, bind=False, bank=needs_bank)
     return config
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.cli_support import run_cli, setup_logging
-from edge.config import StationConfig, check_station, load_config
+from edge.config import StationConfig, camera_warnings, check_station, load_config
 from edge.services.runtime import EXIT_CODES, RUN_DIR_VARIABLE, service_parser
 from edge.services.sdnotify import stop_on_signals
 
@@ -176,6 +176,8 @@ def _main(argv: list[str] | None) -> int:
     setup_logging(args.verbose)
     config = load_config(args.config)
     check_station(config, bind=True)  # what --check-config refuses, edge-run refuses too
+    for warning in camera_warnings(config):  # and what it warns of, edge-run warns of
+        log.warning("%s: the station starts; the camera is reported reconnecting until it opens", warning)
     if args.check_config:
         log.info(
             "%s is valid: station %s, cameras %s, bank %s",

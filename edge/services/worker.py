@@ -109,7 +109,7 @@ def _main(argv: list[str] | None) -> int:
     # torch's OpenMP threads spin while idle by default, which starves capture and publisher on a
     # small CPU; passive waiting must be set before torch is imported
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    config = start_service(args)
+    config = start_service(args, needs_bank=True)
     import torch
 
     from edge.metrics import for_worker

@@ -10,6 +10,7 @@ import zmq
 from station_kit import wait_until
 
 from edge.errors import UsageError
+from edge.pipeline.camera_state import Frame
 from edge.pipeline.capture import Capture, CaptureSettings
 from edge.pipeline.gige import AravisSource, GigESettings
 from edge.pipeline.sources import FolderSource, OpenCVSource, SyntheticSource, frames
@@ -28,14 +29,16 @@ def test_folder_replay_in_order_and_loop(tmp_path):
     assert time.monotonic() - started >= 6 / 200 * 0.9  # paced at the rate
 
 
-def test_missing_camera_is_retried_with_backoff_not_raised():
-    source = OpenCVSource("/dev/video-does-not-exist", backoff_s=(0.01, 0.02))
-    deadline = time.monotonic() + 0.5
-    while time.monotonic() < deadline:
-        assert source.read() is None
-        time.sleep(0.005)
-    assert source.reopens >= 3 and not source.exhausted
-    source.close()
+def test_missing_camera_is_retried_with_backoff_and_reported_with_its_reason():
+    source = OpenCVSource("/dev/video-does-not-exist", backoff_s=(0.01, 0.02), camera="top")
+    try:
+        assert source.next_frame(0, 0.5) is None
+        health = source.health.snapshot()
+        assert health.attempts >= 3 and not source.exhausted and health.reconnects == 0
+        assert health.state == "starting" and "/dev/video-does-not-exist does not exist" in health.reason
+        assert health.reported(gone_after_s=0.1) == "gone"
+    finally:
+        source.close()
 
 
 def test_free_run_keeps_only_the_newest_frame_and_counts_drops(tmp_path):
@@ -43,7 +46,7 @@ def test_free_run_keeps_only_the_newest_frame_and_counts_drops(tmp_path):
     endpoint = f"ipc://{tmp_path}/frames"
     capture = Capture(SyntheticSource(64, count=0), CaptureSettings("s", "cam", endpoint), context)
     for _ in range(10):  # no worker yet: nothing can be sent
-        capture.offer(np.zeros((16, 16), np.uint8))
+        capture.offer(Frame.now(np.zeros((16, 16), np.uint8)))
     # one frame fits the socket's one-slot queue, the newest waits, the 8 between are dropped
     assert capture.counters.dropped == 8 and capture.counters.sent == 1
     worker = context.socket(zmq.PULL)
@@ -97,7 +100,7 @@ def test_run_serves_triggers_and_answers_a_part_without_a_frame(tmp_path):
         trigger="triggered",
         deadline_ms=500,
         stale_after_s=0.2,
-        expect_endpoint=f"ipc://{tmp_path}/results",
+        results_endpoint=f"ipc://{tmp_path}/results",
         trigger_endpoint=f"ipc://{tmp_path}/trigger",
     )
     capture = Capture(SyntheticSource(64, count=2), settings, context)
@@ -117,19 +120,19 @@ def test_run_serves_triggers_and_answers_a_part_without_a_frame(tmp_path):
         plc.send_multipart(message)
     counters = capture.counters  # every trigger served: 2 frames, 1 part without one, 3 refused
     wait_until(
-        lambda: (counters.sent, counters.failed, counters.malformed_triggers.total()) == (2, 1, 3),
+        lambda: (counters.sent, counters.failed.total(), counters.malformed_triggers.total()) == (2, 1, 3),
         10,
         "the six trigger messages to be served",
     )
     stop.set()
     running.join(5)
     frames = [decode_frame(m)[0] for m in _drain(sockets["frames"])]
-    announced = _drain(sockets["results"])
+    announced = [m for m in _drain(sockets["results"]) if m[0] != b"camera"]  # not the camera's state
     assert [(f.part_id, f.seq) for f in frames] == [("P1", 0), ("P2", 1)]
     assert [decode_expect(m).part_id for m in announced[:2]] == ["P1", "P2"]
     error = decode_verdict(announced[2][:2])
     assert (error.part_id, error.verdict) == ("P3", Verdict.ERROR) and "no frame" in error.error
-    assert len(announced) == 3 and capture.counters.failed == 1
+    assert len(announced) == 3 and capture.counters.failed == {"no_frame": 1}
     assert capture.counters.malformed_triggers == {"json": 1, "field": 1, "parts": 1}
     for socket in (*sockets.values(), plc):
         socket.close()

@@ -7,6 +7,7 @@ from station_kit import subscribed, wait_until
 
 from edge.client import Subscriber
 from edge.imageio import read_image
+from edge.pipeline.camera_state import Frame
 from edge.pipeline.capture import Capture, CaptureSettings
 from edge.pipeline.inspection import Bank
 from edge.pipeline.ledger import Ledger
@@ -75,7 +76,7 @@ def test_a_lost_worker_turns_frames_in_flight_into_timeouts_and_nothing_twice(
             endpoints["frames"],
             trigger="triggered",
             deadline_ms=2000,
-            expect_endpoint=endpoints["results"],
+            results_endpoint=endpoints["results"],
         ),
         context,
     )
@@ -84,12 +85,12 @@ def test_a_lost_worker_turns_frames_in_flight_into_timeouts_and_nothing_twice(
         bank, WorkerSettings("s", endpoints["frames"], endpoints["results"], max_batch=1), context
     )
     for _ in range(5):
-        capture.offer(image)
+        capture.offer(Frame.now(image))
     while worker.counters.verdicts_out < 5:
         worker.step()
     worker.close()  # the worker is gone: the next frames wait, unanswered, past their deadline
     for _ in range(5):
-        capture.offer(image)
+        capture.offer(Frame.now(image))
     deadline = time.monotonic() + 10
     while publisher.counters.timeouts < 5 and time.monotonic() < deadline:
         time.sleep(0.05)  # the publisher answers the waiting frames TIMEOUT once their deadline passes

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from station_kit import wait_until
 
 from edge.pipeline.sources import OpenCVSource
 
@@ -45,13 +46,12 @@ def _serve(port: int) -> subprocess.Popen:
 
 
 def _read(source: OpenCVSource, count: int, timeout_s: float) -> list:
-    frames, deadline = [], time.monotonic() + timeout_s
+    frames, deadline, after = [], time.monotonic() + timeout_s, 0
     while len(frames) < count and time.monotonic() < deadline:
-        frame = source.read()
+        frame = source.next_frame(after, 0.5)
         if frame is not None:
-            frames.append(frame)
-        else:
-            time.sleep(0.05)
+            frames.append(frame.pixels)
+            after = frame.taken_ns + 1
     return frames
 
 
@@ -65,13 +65,10 @@ def test_rtsp_frames_and_reconnect_after_the_server_restarts():
         assert len(first) == 10 and all(f.shape == (240, 320, 3) for f in first)
         server.kill()
         server.wait()
-        deadline = time.monotonic() + 20
-        while source.capture is not None and time.monotonic() < deadline:  # the read times out
-            source.read()
-        assert source.capture is None, "a dead stream was not noticed"
+        wait_until(lambda: source.health.snapshot().state == "reconnecting", 20, "the dead stream noticed")
         server = _serve(port)
         again = _read(source, 10, timeout_s=60)
     finally:
         source.close()
         server.kill()
-    assert len(again) == 10 and source.reopens >= 1
+    assert len(again) == 10 and source.health.snapshot().reconnects == 1

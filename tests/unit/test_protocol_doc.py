@@ -12,6 +12,7 @@ import pytest
 
 from edge.protocol import (
     SCHEMA_VERSION,
+    CameraState,
     Control,
     FrameHeader,
     Heartbeat,
@@ -45,8 +46,13 @@ def field_table(heading: str) -> dict[str, tuple[str, str]]:
 
 @pytest.mark.parametrize(
     ("heading", "message"),
-    [("`frame`", FrameHeader), ("`verdict.", VerdictMessage), ("Worker pool", WorkerReady)],
-    ids=["frame", "verdict", "ready"],
+    [
+        ("`frame`", FrameHeader),
+        ("`verdict.", VerdictMessage),
+        ("Worker pool", WorkerReady),
+        ("`camera`", CameraState),
+    ],
+    ids=["frame", "verdict", "ready", "camera"],
 )
 def test_the_field_tables_match_the_messages(heading, message):
     table = field_table(heading)
