@@ -31,6 +31,8 @@ from edge.synthetic_parts import DEFECT_TYPES, draw_defect, make_part
 
 log = logging.getLogger("edge.capture")
 STREAM_TIMEOUT_MS = 5000  # a network stream that opens or delivers nothing this long is reopened
+CATCH_UP_WAIT_S = 0.01  # a just-opened camera's read that waits this long (or a quarter period) is live
+CATCH_UP_LIMIT_S = 5.0
 
 
 class FrameSource(Protocol):
@@ -196,6 +198,7 @@ class OpenCVSource:
         self.period_s: float | None = 1 / self.settings.fps if self.settings.fps else None
         self.live = not (isinstance(self.uri, str) and Path(self.uri).is_file())
         self.recent = RecentFrames()
+        self.backlog = 0  # buffered frames passed over after (re)opening
         self.closing = threading.Event()
         self.capture: cv2.VideoCapture | None = None
         if self.settings.rtsp_transport and is_stream(self.uri):  # FFmpeg reads it when opening
@@ -237,6 +240,8 @@ class OpenCVSource:
         while not self.closing.is_set():
             self.health.attempt()
             self.capture = self._open()
+            if self.capture is not None:
+                self._catch_up(self.capture)
             while self.capture is not None and not self.closing.is_set():
                 frame = self._take(self.capture)
                 if frame is None:
@@ -250,6 +255,18 @@ class OpenCVSource:
             if self.closing.wait(backoff):
                 break
             backoff = min(backoff * 2, self.backoff_max)
+
+    def _catch_up(self, capture: cv2.VideoCapture) -> None:
+        """Pass over what a just-opened stream or device had buffered (FFmpeg reads about 2 s of an
+        RTSP stream while it opens it; V4L2 drivers hold a few frames): such frames come back to
+        back, a live one only after a wait. Only frames after the first wait are used."""
+        live_wait_s = min(0.25 * self.period_s, CATCH_UP_WAIT_S) if self.period_s else CATCH_UP_WAIT_S
+        give_up = time.monotonic() + CATCH_UP_LIMIT_S
+        while time.monotonic() < give_up and not self.closing.is_set():
+            started = time.monotonic()
+            if not capture.grab() or time.monotonic() - started >= live_wait_s:
+                return  # a live frame (or none: the next read finds out), taken from the next one on
+            self.backlog += 1
 
     def _take(self, capture: cv2.VideoCapture) -> Frame | None:
         if not capture.grab():

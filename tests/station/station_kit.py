@@ -140,14 +140,52 @@ class Line:
         )
         self.verdicts: dict[str, list] = defaultdict(list)
         self.arrivals: list = []  # every verdict, in the order the publisher sent them
+        self.sent: dict[str, int] = {}  # part → time.monotonic_ns() its trigger was sent
+        self.cameras: dict[str, dict] = {}  # camera → its state in the latest heartbeat
+        self.context = context
+        self.folder = folder
 
     def wait_for_publisher(self) -> None:
         assert self.subscriber.receive(30) is not None, "the publisher did not start"
 
-    def trigger_parts(self, names: list[str], period_s: float = 0.05) -> None:
+    def trigger_parts(
+        self, names: list[str], period_s: float = 0.05, socket: zmq.Socket | None = None
+    ) -> None:
         for name in names:
-            self.trigger.send_multipart(encode_trigger(name))
+            self.sent[name] = time.monotonic_ns()
+            (socket or self.trigger).send_multipart(encode_trigger(name))
             self.collect(period_s)
+
+    def trigger_socket(self, name: str) -> zmq.Socket:
+        """Another camera's trigger endpoint (ipc://<folder>/<name>)."""
+        socket = self.context.socket(zmq.PUSH)
+        socket.setsockopt(zmq.LINGER, 1000)
+        socket.connect(f"ipc://{self.folder}/{name}")
+        return socket
+
+    def tally(self, timeout_s: float) -> dict[str, int]:
+        """What an integrator counts: parts sent, answered (exactly once), doubled, lost, and late —
+        judged on a frame taken before its trigger was sent or more than `timeout_s` after."""
+        answered = [p for p in self.sent if self.verdicts.get(p)]
+        late = [
+            p for p in answered if self.verdicts[p][0].verdict.value in ("OK", "NOK")
+            and not 0 <= self.verdicts[p][0].capture_monotonic_ns - self.sent[p] <= timeout_s * 1e9
+        ]  # fmt: skip
+        return {
+            "sent": len(self.sent),
+            "answered": len(answered),
+            "doubled": sum(len(self.verdicts[p]) > 1 for p in answered),
+            "lost": len(self.sent) - len(answered),
+            "late": len(late),
+        }
+
+    def wait_for_camera(self, camera: str, states: tuple[str, ...], timeout_s: float) -> dict:
+        """Collect until the heartbeats say `camera` is in one of `states`; its state object."""
+        deadline = time.monotonic() + timeout_s
+        while self.cameras.get(camera, {}).get("state") not in states:
+            assert time.monotonic() < deadline, f"{camera} not {states} within {timeout_s} s: {self.cameras}"
+            self.collect(0.2)
+        return self.cameras[camera]
 
     def collect(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -156,6 +194,8 @@ class Line:
             if event is not None and event.verdict is not None:
                 self.verdicts[event.verdict.part_id].append(event.verdict)
                 self.arrivals.append(event.verdict)
+            if event is not None and event.heartbeat is not None:
+                self.cameras = event.heartbeat.cameras
 
     def collect_until_answered(self, parts: list[str], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

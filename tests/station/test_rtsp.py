@@ -13,11 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
-from station_kit import wait_until
+import yaml
+import zmq
+from station_kit import Line, start_station, station_config, stop_station, wait_for_worker, wait_until
 
 from edge.pipeline.sources import OpenCVSource
+from edge.protocol import Verdict
 
 SERVER = Path(__file__).parent / "tools" / "rtsp_server.py"
+TRIGGER_TIMEOUT_S = 1.0
 
 
 def _server_available() -> None:
@@ -72,3 +76,75 @@ def test_rtsp_frames_and_reconnect_after_the_server_restarts():
         source.close()
         server.kill()
     assert len(again) == 10 and source.health.snapshot().reconnects == 1
+
+
+def test_rtsp_station_with_a_stream_that_dies_a_url_that_never_existed_and_a_missing_device(
+    tmp_path, bank_store
+):
+    """Three triggered cameras: a live RTSP stream whose server is killed for good, a URL its server
+    answers 404, and /dev/video7 that is not there. --check-config and edge-run warn of the same two
+    and start; every part of every camera gets exactly one verdict, also those triggered when the
+    station is stopped during the outage; the heartbeats say which camera is away and why."""
+    _server_available()
+    port = _free_port()
+    server = _serve(port)
+    config = station_config(tmp_path, bank_store.root)
+    raw = yaml.safe_load(config.read_text())
+    base = raw["cameras"][0]
+    raw["cameras"] = [
+        {**base, "name": name, "source": {"kind": "opencv", "uri": uri}, "trigger_endpoint": f"ipc://{tmp_path}/{trig}",
+         "trigger_timeout_ms": TRIGGER_TIMEOUT_S * 1000, "stale_after_s": 2.0}
+        for name, uri, trig in (
+            ("cam0", f"rtsp://127.0.0.1:{port}/test", "trig"),
+            ("cam1", f"rtsp://127.0.0.1:{port}/nothing", "trig1"),
+            ("cam2", "/dev/video7", "trig2"),
+        )
+    ]  # fmt: skip
+    config.write_text(yaml.safe_dump(raw))
+    check = subprocess.run([sys.executable, "-m", "edge.services.supervisor", str(config), "--check-config"],
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert check.returncode == 0, check.stderr
+    assert "cam1): the RTSP server answered 404 Not Found" in check.stderr, check.stderr
+    assert "cam2): /dev/video7 does not exist" in check.stderr, check.stderr
+    station = start_station(config)
+    context = zmq.Context()
+    try:
+        line = Line(context, tmp_path)
+        others = {"cam1": line.trigger_socket("trig1"), "cam2": line.trigger_socket("trig2")}
+        line.wait_for_publisher()
+        wait_for_worker(f"ipc://{tmp_path}/control")
+        line.wait_for_camera("cam0", ("streaming",), 30)
+        parts: dict[str, list[str]] = {"cam0": [], "cam1": [], "cam2": []}
+
+        def round_of_parts(label: str, count: int) -> None:
+            for index in range(count):
+                for camera, socket in (("cam0", None), *others.items()):
+                    parts[camera].append(f"{label}{index:02d}-{camera}")
+                    line.trigger_parts(parts[camera][-1:], period_s=0.1, socket=socket)
+
+        round_of_parts("A", 6)
+        states = dict(line.cameras)
+        server.kill()  # the stream dies for good
+        round_of_parts("B", 8)
+        line.trigger_parts(["C00-cam0"], period_s=0.0)
+        parts["cam0"].append("C00-cam0")
+    finally:
+        code, output = stop_station(station)
+        server.kill()
+    line.collect(1.0)
+    context.destroy(linger=0)
+    assert code == 0, output
+    tally = line.tally(TRIGGER_TIMEOUT_S)
+    assert tally == {"sent": tally["sent"], "answered": tally["sent"], "doubled": 0, "lost": 0, "late": 0}
+    verdict = {part: verdicts[0] for part, verdicts in line.verdicts.items()}
+    assert all(verdict[p].verdict in (Verdict.OK, Verdict.NOK) for p in parts["cam0"][:6]), output
+    assert all(
+        verdict[p].verdict == Verdict.ERROR and "404 Not Found" in verdict[p].error for p in parts["cam1"]
+    )
+    assert all(
+        verdict[p].verdict == Verdict.ERROR and "/dev/video7" in verdict[p].error for p in parts["cam2"]
+    )
+    assert states["cam0"]["state"] == "streaming" and states["cam0"]["width"] == 320
+    assert states["cam1"]["state"] in ("starting", "gone") and "404" in states["cam1"]["reason"]
+    assert states["cam2"]["state"] in ("starting", "gone") and "does not exist" in states["cam2"]["reason"]
+    assert "cam2): /dev/video7 does not exist" in output  # edge-run warns as --check-config did
