@@ -57,12 +57,15 @@ class Child:
         self.process = subprocess.Popen(self.argv, env=env)
         log.info("started %s (pid %d)", self.name, self.process.pid)
 
-    def stop(self, timeout_s: float) -> None:
-        if self.process is None or self.process.poll() is not None:
+    def terminate(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def wait_or_kill(self, deadline: float, timeout_s: float) -> None:
+        if self.process is None:
             return
-        self.process.send_signal(signal.SIGTERM)
         try:
-            self.process.wait(timeout_s)
+            self.process.wait(max(deadline - time.monotonic(), 0))
         except subprocess.TimeoutExpired:
             log.error("%s did not stop within %.0f s after SIGTERM; killing it", self.name, timeout_s)
             self.process.kill()
@@ -155,11 +158,16 @@ class Supervisor:
         return code
 
     def shutdown(self) -> None:
-        """Data-flow order: captures, the broker, the workers, then the publisher, each drained."""
+        """Data-flow order: the captures, the broker, the workers, then the publisher, each drained;
+        the processes of one rank (every capture, every worker) drain at the same time."""
         timeout = self.config.supervisor.drain_timeout_s
-        rank = {"capture": 0, "broker": 1, "worker": 2, "publisher": 3}
-        for child in sorted(self.children, key=lambda c: rank[c.name.split(":")[0]]):
-            child.stop(timeout)
+        for rank in ("capture", "broker", "worker", "publisher"):
+            group = [child for child in self.children if child.name.split(":")[0] == rank]
+            for child in group:
+                child.terminate()
+            deadline = time.monotonic() + timeout
+            for child in group:
+                child.wait_or_kill(deadline, timeout)
         self.run_dir.cleanup()
         log.info("station %s stopped", self.config.station)
 
