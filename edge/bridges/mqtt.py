@@ -11,9 +11,11 @@ names):
                                   published while the bridge was away are not fetched again (counted
                                   in edge_mqtt_lost_masks_total and logged)
     ROOT/STATION/status           retained JSON: {"station_alive": bool, "last_heartbeat_utc": ...,
-                                  "lost_verdicts": N, "last_loss": {...} or null}; station_alive
-                                  follows the station's heartbeats, lost_verdicts counts what the
-                                  station no longer held when the bridge asked for it
+                                  "lost_verdicts": N, "last_loss": {...} or null, "cameras": {...}};
+                                  station_alive follows the station's heartbeats, lost_verdicts
+                                  counts what the station no longer held when the bridge asked for
+                                  it, cameras is each camera's state as the heartbeats carry it
+                                  (docs/protocol.md), published again whenever a state changes
     ROOT/STATION/bridge           retained: "online" while the bridge is connected; its last will,
                                   "offline", when it goes without disconnecting (killed, cut off)
 
@@ -135,6 +137,7 @@ class MqttBridge:
         self.awaiting_masks: dict[str, float] = {}
         self.alive: bool | None = None
         self.next_status = 0.0
+        self.camera_states: dict[str, dict] = {}  # from the latest heartbeat
         self.next_drop_log = 0.0
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
@@ -281,6 +284,16 @@ class MqttBridge:
         self._enqueue(_Outgoing(f"{camera}/verdict", payload, verdict=verdict))
         self._enqueue(_Outgoing(f"{camera}/last", payload, retain=True))
 
+    def _cameras(self, cameras: dict[str, dict]) -> None:
+        """A heartbeat's camera states; a change of any camera's state or reason is published at once."""
+
+        def key(states: dict[str, dict]) -> dict:
+            return {name: (state["state"], state.get("reason")) for name, state in states.items()}
+
+        if key(cameras) != key(self.camera_states):
+            self.next_status = 0.0
+        self.camera_states = cameras
+
     def _status(self, now: float) -> None:
         alive = now - self.last_heard < self.settings.alive_timeout_s
         if alive != self.alive or now >= self.next_status:
@@ -295,6 +308,7 @@ class MqttBridge:
                 "last_heartbeat_utc": self.last_heartbeat_utc,
                 "lost_verdicts": self.counters.lost,
                 "last_loss": self.last_loss,
+                "cameras": self.camera_states,
             }
             with self.lock:
                 # the newest status replaces any not yet sent: retained state, not a history
@@ -328,6 +342,7 @@ class MqttBridge:
                 self.last_heard = now
             if event.heartbeat is not None:
                 self.last_heartbeat_utc = datetime.now(UTC).isoformat(timespec="milliseconds")
+                self._cameras(event.heartbeat.cameras)
             elif event.verdict is not None and self.settings.camera in (None, event.verdict.camera):
                 self._verdict(event)
             elif event.mask_png is not None and event.frame_id is not None:

@@ -13,6 +13,9 @@ alive". Node ids are strings in namespace `urn:edge:machine-vision` (docs/operat
                                          BankVersion, Epoch, Seq
     <station>.<camera>.Counters.<Name>   Total, Ok, Nok, Error, Timeout (since the bridge started)
     <station>.<camera>.Counters.LostResults  results the station no longer held when the bridge asked
+    <station>.<camera>.CameraState       String: streaming, starting, reconnecting, gone, ended or
+                                         silent (docs/protocol.md); CameraStateReason (String, why it
+                                         is not streaming) and CameraStateSince (DateTime) beside it
     <station>.GetResultsSince(Camera, Epoch, Seq) -> Results (JSON)   one page of the station's
                                          verdicts after (Epoch, Seq): {"results": [...], "more": bool,
                                          "missing": [{"epoch", "from_seq", "to_seq"}], "complete": bool}
@@ -335,9 +338,9 @@ class OpcUaBridge:
         if nodes is not None:
             return nodes
         ua, idx, base = self.ua, self.index, f"{self.settings.station}.{camera}"
-        node = await self.station_node.add_object(ua.NodeId(base, idx), f"{idx}:{camera}")
-        result = await node.add_object(ua.NodeId(f"{base}.Result", idx), f"{idx}:Result")
-        counters = await node.add_object(ua.NodeId(f"{base}.Counters", idx), f"{idx}:Counters")
+        camera_node = await self.station_node.add_object(ua.NodeId(base, idx), f"{idx}:{camera}")
+        result = await camera_node.add_object(ua.NodeId(f"{base}.Result", idx), f"{idx}:Result")
+        counters = await camera_node.add_object(ua.NodeId(f"{base}.Counters", idx), f"{idx}:Counters")
         nodes = {"values": {}, "counters": {}, "counts": dict.fromkeys(COUNTERS, 0)}
         for name, kind in RESULT_FIELDS:
             variant = getattr(ua.VariantType, kind)
@@ -352,6 +355,21 @@ class OpcUaBridge:
             nodes["counters"][name] = await counters.add_variable(
                 ua.NodeId(f"{base}.Counters.{name}", idx), f"{idx}:{name}", 0, ua.VariantType.UInt64
             )
+        nodes["state"] = {}
+        for name, kind in (
+            ("CameraState", "String"),
+            ("CameraStateReason", "String"),
+            ("CameraStateSince", "DateTime"),
+        ):
+            variant = getattr(ua.VariantType, kind)
+            node = nodes["state"][name] = await camera_node.add_variable(
+                ua.NodeId(f"{base}.{name}", idx), f"{idx}:{name}", EMPTY[kind], variant
+            )
+            waiting = ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData)  # no heartbeat yet
+            await node.write_attribute(
+                ua.AttributeIds.Value, ua.DataValue(ua.Variant(EMPTY[kind], variant), StatusCode=waiting)
+            )
+        nodes["shown_state"] = None
         self.cameras[camera] = nodes
         self.recent[camera] = deque(maxlen=RECENT_RESULTS)
         return nodes
@@ -437,8 +455,29 @@ class OpcUaBridge:
             await self.heartbeat_node.write_value(
                 self.ua.Variant(datetime.now(UTC), self.ua.VariantType.DateTime)
             )
+            for camera, state in event.heartbeat.cameras.items():
+                await self._camera_state(camera, state)
         elif event.verdict is not None:
             await self._result(event.verdict)
+
+    async def _camera_state(self, camera: str, state: dict[str, Any]) -> None:
+        """A camera's state from a heartbeat, written when it changed."""
+        if self.settings.cameras and camera not in self.settings.cameras and camera not in self.cameras:
+            return
+        nodes = await self._camera(camera)
+        shown = (state["state"], state.get("reason"), state["since_utc"])
+        if shown == nodes["shown_state"]:
+            return
+        nodes["shown_state"] = shown
+        ua = self.ua
+        try:
+            since = datetime.fromisoformat(state["since_utc"])
+        except ValueError:  # a publisher's text that is not a time: the state still shows
+            since = NO_TIME
+        for name, value, kind in (("CameraState", state["state"], "String"),
+                                  ("CameraStateReason", state.get("reason") or "", "String"),
+                                  ("CameraStateSince", since, "DateTime")):  # fmt: skip
+            await nodes["state"][name].write_value(ua.Variant(value, getattr(ua.VariantType, kind)))
 
     async def _losses(self) -> None:
         """What the station no longer held when asked: counted, logged, announced as an event."""

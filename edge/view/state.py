@@ -30,6 +30,7 @@ class CameraView:
     rejects: deque = field(default_factory=lambda: deque(maxlen=REJECTS))
     latest: dict[str, Any] | None = None
     received_at: float | None = None  # monotonic time of the latest part: a stale camera shows
+    state: dict[str, Any] | None = None  # the camera's state in the latest heartbeat
 
     def add(self, body: dict[str, Any], now: float) -> None:
         verdict = body["verdict"]
@@ -50,6 +51,7 @@ class CameraView:
         recent = Counter(self.recent)
         return {
             "name": self.name,
+            "camera": self.state,
             "latest": self.latest,
             "age_s": None if self.received_at is None else now - self.received_at,
             "counts": dict(self.counts),
@@ -83,6 +85,8 @@ class LineState:
         self.epoch = event.epoch or self.epoch
         if event.heartbeat is not None:
             self.last_heartbeat = now
+            for name, state in event.heartbeat.cameras.items():
+                self.cameras.setdefault(name, CameraView(name)).state = state
         elif event.verdict is not None:
             camera = event.verdict.camera
             self.cameras.setdefault(camera, CameraView(camera)).add(verdict_body(event.verdict), now)

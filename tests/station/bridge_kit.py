@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import socket
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import zmq
 
 from edge.pipeline.publisher import Publisher, PublisherSettings
-from edge.protocol import Verdict, VerdictMessage, encode_result
+from edge.protocol import CameraState, Verdict, VerdictMessage, encode_camera_report, encode_result
 
 
 def free_port() -> int:
@@ -56,6 +57,13 @@ class Station:
         )  # fmt: skip
         self.worker.send_multipart(encode_result(message, None))
         return frame
+
+    def report_camera(self, camera: str, state: str, reason: str | None = None) -> None:
+        """A camera's state, as its capture process reports it to the publisher."""
+        since = datetime.now(UTC).isoformat()
+        self.worker.send_multipart(
+            encode_camera_report(self.station, camera, CameraState(state, since, reason))
+        )
 
     def close(self) -> None:
         self.stop.set()

@@ -364,3 +364,30 @@ def test_a_bridge_killed_for_an_outage_loses_no_verdict(tmp_path, broker, outage
     assert lost == 0 and status["lost_verdicts"] == 0
     assert "buffer full" not in (tmp_path / "bridge.log").read_text()
     assert doubled <= 100  # at least once: only what was in flight at the kill may come twice
+
+
+def test_camera_states_reach_the_retained_status(tmp_path, broker):
+    """The station's heartbeats carry each camera's state: the retained status says at once when a
+    camera is gone, with the reason, and when it streams again."""
+    station = Station(tmp_path)
+    historian = Historian(broker.port)
+    bridge = start_bridge(station.pub, station.query, broker.port, tmp_path)
+
+    def status_of(camera: str) -> dict | None:
+        payloads = historian.payloads("/status")
+        return json.loads(payloads[-1]).get("cameras", {}).get(camera) if payloads else None
+
+    try:
+        wait_until(lambda: historian.payloads("/status"), 15, "the bridge's first status")
+        station.report_camera("cam1", "gone", "the RTSP server answered 404 Not Found")
+        wait_until(lambda: (status_of("cam1") or {}).get("state") == "gone", 5, "cam1 gone in the status")
+        assert status_of("cam1")["reason"] == "the RTSP server answered 404 Not Found"
+        station.report_camera("cam1", "streaming")
+        wait_until(lambda: (status_of("cam1") or {}).get("state") == "streaming", 5, "cam1 streaming again")
+        retained_status = json.loads(retained(broker.port, f"{ROOT}/line1/status"))
+        assert retained_status["cameras"]["cam1"]["state"] == "streaming"
+    finally:
+        bridge.terminate()
+        bridge.wait(15)
+        historian.close()
+        station.close()

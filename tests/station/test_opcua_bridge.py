@@ -7,6 +7,7 @@ restarted mid-run; an untrusted client is refused; hostile input costs nothing."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -494,3 +495,45 @@ def test_get_results_since_answers_at_once_while_the_station_is_down(tmp_path, c
         bridge.terminate()
         bridge.wait(15)
     assert "not alive" in reply["error"] and took < 0.5 and served, (reply, took)
+
+
+def test_a_camera_state_reaches_the_address_space(tmp_path, certificates):
+    """A capture's report that its camera is gone shows on <station>.<camera>.CameraState with the
+    reason, and streaming again once it is back."""
+    station = Station(tmp_path)
+    port = free_port()
+    bridge = start_bridge(station, certificates, port, tmp_path / "bridge.log")
+
+    async def shown(client, idx, wanted: str) -> tuple[str, str]:
+        state = client.get_node(ua.NodeId("line1.cam1.CameraState", idx))
+        reason = client.get_node(ua.NodeId("line1.cam1.CameraStateReason", idx))
+        for _ in range(100):
+            with contextlib.suppress(ua.UaStatusCodeError):  # no heartbeat yet: waiting for data
+                if await state.read_value() == wanted:
+                    return wanted, await reason.read_value()
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"CameraState never became {wanted}")
+
+    async def scenario() -> list[tuple[str, str]]:
+        for _ in range(100):
+            try:
+                client = await connect(port, certificates)
+                break
+            except Exception:
+                await asyncio.sleep(0.2)
+        idx = await client.get_namespace_index(NAMESPACE)
+        seen = []
+        station.report_camera("cam1", "gone", "control connection lost")
+        seen.append(await shown(client, idx, "gone"))
+        station.report_camera("cam1", "streaming")
+        seen.append(await shown(client, idx, "streaming"))
+        await client.disconnect()
+        return seen
+
+    try:
+        seen = asyncio.run(scenario())
+    finally:
+        bridge.terminate()
+        bridge.wait(15)
+        station.close()
+    assert seen == [("gone", "control connection lost"), ("streaming", "")]

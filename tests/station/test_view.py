@@ -26,7 +26,7 @@ from station_kit import start_station, station_config, stop_station, wait_for_wo
 from edge.bankstore import BankStore
 from edge.calibration.cli import main as calibrate_main
 from edge.pipeline.publisher import Publisher, PublisherSettings
-from edge.protocol import Verdict, VerdictMessage, encode_result
+from edge.protocol import CameraState, Verdict, VerdictMessage, encode_camera_report, encode_result
 
 STATION = "line1"
 SCREENSHOT = Path(__file__).parents[2] / "docs" / "images" / "edge-view.png"
@@ -132,6 +132,25 @@ def test_edge_view_has_help():
     result = subprocess.run([sys.executable, "-m", "edge.view.cli", "--help"], capture_output=True,
                             text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0 and "exit codes" in result.stdout and "--bind" in result.stdout
+
+
+def test_a_camera_away_is_shown_dead_with_its_reason(view):
+    """A camera whose capture reports it gone is drawn dead, its latest (OK) verdict dimmed, the
+    reason spelled out; once it streams again it is drawn live."""
+    line, page = view
+    page.wait_for_selector("#health.alive", timeout=10_000)
+    line.send("side", Verdict.OK, 2.0)
+    since = datetime.now(UTC).isoformat()
+    gone = CameraState("gone", since, "the RTSP server answered 404 Not Found")
+    line.results.send_multipart(encode_camera_report(STATION, "side", gone))
+    page.wait_for_selector("#camera-side.dead [data-role=camera-state][data-state=gone]", timeout=3000)
+    assert "404 Not Found" in page.inner_text("#camera-side [data-role=camera-state]")
+    back = CameraState("streaming", since, None, 640, 480, reconnects=1)
+    line.results.send_multipart(encode_camera_report(STATION, "side", back))
+    page.wait_for_selector(
+        "#camera-side:not(.dead) [data-role=camera-state][data-state=streaming]", timeout=3000
+    )
+    assert "640×480" in page.inner_text("#camera-side [data-role=camera-state]")
 
 
 def test_live_verdicts_masks_and_a_publisher_restart(view):
