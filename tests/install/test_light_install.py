@@ -59,7 +59,7 @@ def test_the_base_install_is_small_and_has_no_ml_stack(light_venv):
 
 def test_light_commands_run_and_station_commands_say_which_extra(light_venv):
     bin_ = light_venv / "bin"
-    for command in ("edge-tail", "edge-keys"):
+    for command in ("edge-tail", "edge-trigger", "edge-keys"):
         result = subprocess.run([str(bin_ / command), "--help"], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0 and "usage" in result.stdout
     bridge = ["tcp://127.0.0.1:5556", "--station", "s", "--plc", "127.0.0.1"]

@@ -53,3 +53,15 @@ def test_cold_start_builds_the_first_bank_from_the_running_capture(tmp_path, tri
     assert after.returncode == 0, after.stderr
     if plc is not None:
         assert plc.returncode == 130 and "triggers sent, 0 not sent" in trigger_log, trigger_log
+
+
+def test_edge_trigger_counts_what_no_capture_took_and_refuses_bad_usage(tmp_path):
+    options = ["--count", "2", "--rate", "50", "--send-timeout", "0.2"]
+    command = [sys.executable, "-m", "edge.trigger", f"ipc://{tmp_path}/nobody", *options]
+    nobody = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert nobody.returncode == 3 and "0 triggers sent, 2 not sent" in nobody.stderr, nobody.stderr
+    for bad in (["x", "--rate", "0"], [], ["x", "--config", "y.yaml"]):
+        usage = subprocess.run(
+            [sys.executable, "-m", "edge.trigger", *bad], capture_output=True, text=True, timeout=60
+        )
+        assert usage.returncode == 2 and "Traceback" not in usage.stderr, usage.stderr
