@@ -377,7 +377,7 @@ class StationConfig(_Strict):
     station: Name
     bank: BankConfig
     endpoints: EndpointsConfig
-    cameras: Annotated[list[CameraConfig], Field(min_length=1)]
+    cameras: Annotated[list[CameraConfig], Field(min_length=1, max_length=256)]  # a heartbeat names each
     # WideResNet50 weights file; efficientnet_lite0 ships with edge
     weights: Annotated[str | None, MustExist("file", "is not a file (the WideResNet50 weights file)")] = None
     worker: WorkerConfig = WorkerConfig()
@@ -610,7 +610,7 @@ def camera_warnings(config: StationConfig) -> list[str]:
     """OpenCV cameras that will not open now: a device node that is not there, an RTSP URL its
     server refuses. Not fatal (edge-run --check-config and edge-run say the same): the station
     starts, reports the camera as reconnecting and answers its triggered parts ERROR until it opens."""
-    from edge.pipeline.camera_probe import stream_problem
+    from edge.camera_probe import stream_problem
 
     warnings = []
     for index, camera in enumerate(config.cameras):

@@ -93,10 +93,13 @@ class CameraHealth:
     def lost(self, reason: str) -> None:
         """The camera did not open, or stopped delivering: frames stop until a reopen works."""
         with self._lock:
-            if self._state in (STARTING, RECONNECTING) and self._reason == reason:
+            if self._state in (STARTING, RECONNECTING):  # still away: since when is kept
+                if self._reason != reason:
+                    log.warning("camera %s: %s; reconnecting", self.camera, reason)
+                    self._reason = reason
                 return
             log.warning("camera %s: %s; reconnecting", self.camera, reason)
-            self._move(STARTING if self._state == STARTING else RECONNECTING, reason)
+            self._move(RECONNECTING, reason)
 
     def attempt(self) -> None:
         with self._lock:

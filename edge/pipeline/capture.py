@@ -261,6 +261,11 @@ class Capture:
         self._tell_publisher(encode_result(verdict, None))
 
     def _check_stale(self) -> None:
+        """Free run: a camera said to stream that gave no frame for stale_after_s is lost (one
+        already away keeps its own reason, and the time it went away)."""
+        if self.source.health.snapshot().state != STREAMING:
+            self.last_frame = time.monotonic()
+            return
         if time.monotonic() - self.last_frame > self.settings.stale_after_s:
             self.counters.stale += 1
             self.source.health.lost(f"no frame for {self.settings.stale_after_s:.1f} s")

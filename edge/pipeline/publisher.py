@@ -36,6 +36,7 @@ from edge.pipeline.replay import ReplayStore
 from edge.protocol import (
     CAMERA_TOPIC,
     EXPECT_TOPIC,
+    MAX_CAMERAS,
     CameraState,
     Heartbeat,
     MaskHeader,
@@ -152,6 +153,8 @@ class Publisher:
             if bytes(parts[0]) == CAMERA_TOPIC:
                 station, camera, state = decode_camera_report(parts)
                 self._check_source(station, camera)
+                if camera not in self.camera_states and len(self.camera_states) >= MAX_CAMERAS:
+                    raise ProtocolError("camera", f"more than {MAX_CAMERAS} cameras report their state")
                 self.camera_states[camera] = (state, time.monotonic())
                 return
             if bytes(parts[0]) == EXPECT_TOPIC:

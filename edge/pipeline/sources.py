@@ -23,9 +23,9 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from edge.camera_probe import is_stream, stream_problem
 from edge.errors import ImageError, UsageError
 from edge.imageio import IMAGE_SUFFIXES, read_image
-from edge.pipeline.camera_probe import is_stream, stream_problem
 from edge.pipeline.camera_state import CameraHealth, Frame, RecentFrames
 from edge.synthetic_parts import DEFECT_TYPES, draw_defect, make_part
 

@@ -159,7 +159,7 @@ def test_every_triggered_part_answered_once_through_camera_loss_return_and_a_sto
     context.destroy(linger=0)
     assert code == 0, output
     tally = line.tally(TRIGGER_TIMEOUT_S)
-    print(tally)
+    print(f"GigE station: {tally}")
     assert tally == {"sent": tally["sent"], "answered": tally["sent"], "doubled": 0, "lost": 0, "late": 0}
     verdict = {part: verdicts[0] for part, verdicts in line.verdicts.items()}
     assert all(verdict[p].verdict in (Verdict.OK, Verdict.NOK) for p in before + after), output
@@ -185,4 +185,4 @@ def test_free_run_through_a_station(tmp_path, bank_store, simulator):
     verdicts = line.arrivals
     assert len(verdicts) >= 10, output  # a CPU worker on 2 cores keeps up with part of 25 frames/s
     assert all(v.verdict in (Verdict.OK, Verdict.NOK) for v in verdicts)
-    assert "GigE camera 127.0.0.1:" in output and "incomplete buffers {}" in output
+    assert "camera cam0: GigE camera " in output and "incomplete buffers {}" in output

@@ -234,6 +234,17 @@ def test_results_are_typed_and_a_rogue_worker_cannot_take_the_publisher_down(sta
     rogue.send_multipart([topic, body.replace(b'"score":1.0', b'"score":NaN'), b""])
     rogue.send_multipart([topic, body])  # two parts: no mask part
     rogue.send_multipart([b"expect", b"{}"])
+    state = {"state": "streaming", "since_utc": "2026-12-07T10:00:00+00:00"}
+    for report in (
+        {},
+        {"station": STATION, "camera": "cam0", "state": {**state, "state": "exploded"}},
+        {"station": STATION, "camera": "cam0", "state": {**state, "extra": 1}},
+        {"station": STATION, "camera": "cam0", "state": {**state, "width": -1}},
+        {"station": STATION, "camera": "cam0", "state": [state]},
+        {"station": "another", "camera": "cam0", "state": state},
+        {"station": STATION, "camera": "cam9", "state": state},  # not a camera of this station
+    ):  # camera reports a buggy capture could send: refused, and the heartbeats stay valid
+        rogue.send_multipart([b"camera", json.dumps({"schema": 2, **report}).encode()])
     rogue.send_multipart(encode_result(good, None))
     found = verdicts_by_frame(subscriber, {"rogue-good"}, timeout_s=10)
     rogue.close(linger=0)

@@ -129,12 +129,15 @@ def test_rtsp_station_with_a_stream_that_dies_a_url_that_never_existed_and_a_mis
         line.trigger_parts(["C00-cam0"], period_s=0.0)
         parts["cam0"].append("C00-cam0")
     finally:
+        stopping = time.monotonic()
         code, output = stop_station(station)
+        stopped_s = time.monotonic() - stopping
         server.kill()
     line.collect(1.0)
     context.destroy(linger=0)
     assert code == 0, output
     tally = line.tally(TRIGGER_TIMEOUT_S)
+    print(f"RTSP station, 3 cameras: {tally}; stopped {stopped_s:.1f} s after SIGTERM")
     assert tally == {"sent": tally["sent"], "answered": tally["sent"], "doubled": 0, "lost": 0, "late": 0}
     verdict = {part: verdicts[0] for part, verdicts in line.verdicts.items()}
     assert all(verdict[p].verdict in (Verdict.OK, Verdict.NOK) for p in parts["cam0"][:6]), output

@@ -105,6 +105,7 @@ def test_loaded_files_cannot_run_code(tmp_path):
 
 
 def test_capture_to_worker_link_admits_only_allowed_captures(tmp_path, keys, fitted_model):
+    from edge.pipeline.camera_state import Frame
     from edge.pipeline.capture import Capture, CaptureSettings
     from edge.pipeline.inspection import Bank
     from edge.pipeline.sources import SyntheticSource
@@ -131,7 +132,7 @@ def test_capture_to_worker_link_admits_only_allowed_captures(tmp_path, keys, fit
             SyntheticSource(160, count=0), CaptureSettings("s", name, frames, curve=curve), context
         )
         for _ in range(3):
-            capture.offer(image)
+            capture.offer(Frame.now(image))
             threading.Event().wait(0.3)
         threading.Event().wait(1.0)
         counts[name] = worker.counters.frames_in  # frames received so far, all captures together
