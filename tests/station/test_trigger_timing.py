@@ -110,10 +110,10 @@ def test_rtsp_part_gets_the_first_frame_taken_after_its_trigger(tmp_path):
         server.kill()
     pushed = dict(tuple(map(int, row.split())) for row in log.read_text().splitlines())
     assert sorted(frames) == sorted(line.sent), "every trigger got a frame"
-    ages = [(line.sent[p] - pushed[frame_number(pixels)]) / 1e6 for p, (_, pixels) in frames.items()]
+    after = [(pushed[frame_number(pixels)] - line.sent[p]) / 1e6 for p, (_, pixels) in frames.items()]
     print(
-        f"RTSP: {len(frames)} parts; frame left the server {min(ages):.0f} to {max(ages):.0f} ms "
-        "before the trigger"
+        f"RTSP: {len(frames)} parts; frame left the server {min(after):.0f} to {max(after):.0f} ms "
+        "after the trigger (one frame period: 100 ms)"
     )
     for part, (header, pixels) in frames.items():
         number, sent = frame_number(pixels), line.sent[part]
