@@ -43,14 +43,15 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _serve(port: int) -> subprocess.Popen:
-    server = subprocess.Popen([sys.executable, str(SERVER), str(port)], stdout=subprocess.PIPE, text=True)
+def _serve(port: int, *shape: int) -> subprocess.Popen:
+    command = [sys.executable, str(SERVER), str(port), *map(str, shape)]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert "serving" in server.stdout.readline()
     return server
 
 
 def _read(source: OpenCVSource, count: int, timeout_s: float) -> list:
-    frames, deadline, after = [], time.monotonic() + timeout_s, 0
+    frames, deadline, after = [], time.monotonic() + timeout_s, time.monotonic_ns()  # frames from now on
     while len(frames) < count and time.monotonic() < deadline:
         frame = source.next_frame(after, 0.5)
         if frame is not None:
@@ -59,7 +60,7 @@ def _read(source: OpenCVSource, count: int, timeout_s: float) -> list:
     return frames
 
 
-def test_rtsp_frames_and_reconnect_after_the_server_restarts():
+def test_rtsp_frames_and_reconnect_after_the_server_restarts_at_another_size(caplog):
     _server_available()
     port = _free_port()
     server = _serve(port)
@@ -70,12 +71,15 @@ def test_rtsp_frames_and_reconnect_after_the_server_restarts():
         server.kill()
         server.wait()
         wait_until(lambda: source.health.snapshot().state == "reconnecting", 20, "the dead stream noticed")
-        server = _serve(port)
+        server = _serve(port, 640, 480, 10)  # the camera comes back at another resolution
         again = _read(source, 10, timeout_s=60)
     finally:
         source.close()
         server.kill()
-    assert len(again) == 10 and source.health.snapshot().reconnects == 1
+    health = source.health.snapshot()
+    assert len(again) == 10 and health.reconnects == 1 and all(f.shape == (480, 640, 3) for f in again)
+    assert (health.width, health.height) == (640, 480)
+    assert "frame size changed from 320x240 to 640x480" in caplog.text  # taken, and said
 
 
 def test_rtsp_station_with_a_stream_that_dies_a_url_that_never_existed_and_a_missing_device(
