@@ -25,8 +25,6 @@ from edge.protocol import decode_frame, decode_verdict, encode_trigger
 sys.path.insert(0, str(SERVER.parent))
 from rtsp_server import frame_number
 
-PERIOD_S = 0.1  # the numbered stream's 10 frames/s
-
 
 class TriggeredCapture:
     """A Capture serving triggers in a thread, its frames and results caught by the test."""
