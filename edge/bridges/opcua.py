@@ -81,6 +81,12 @@ RESULT_FIELDS = (  # name, OPC UA type, from a verdict
 )  # fmt: skip
 COUNTERS = ("Total", "Ok", "Nok", "Error", "Timeout", "LostResults")
 NO_TIME = datetime(1601, 1, 1, tzinfo=UTC)  # OPC UA's null DateTime
+# a camera's state as a heartbeat carries it: state, reason, since
+CAMERA_STATE_FIELDS = (
+    ("CameraState", "String"),
+    ("CameraStateReason", "String"),
+    ("CameraStateSince", "DateTime"),
+)
 EMPTY = {
     "String": "",
     "Boolean": False,
@@ -333,6 +339,17 @@ class OpcUaBridge:
         for camera in self.settings.cameras:
             await self._camera(camera)
 
+    async def _waiting_variable(self, parent: Any, node_id: str, name: str, kind: str) -> Any:
+        """A variable that reads BadWaitingForInitialData until its first value is written."""
+        ua, idx = self.ua, self.index
+        variant = getattr(ua.VariantType, kind)
+        node = await parent.add_variable(ua.NodeId(node_id, idx), f"{idx}:{name}", EMPTY[kind], variant)
+        waiting = ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData)
+        await node.write_attribute(
+            ua.AttributeIds.Value, ua.DataValue(ua.Variant(EMPTY[kind], variant), StatusCode=waiting)
+        )
+        return node
+
     async def _camera(self, camera: str) -> dict[str, Any]:
         nodes = self.cameras.get(camera)
         if nodes is not None:
@@ -343,32 +360,15 @@ class OpcUaBridge:
         counters = await camera_node.add_object(ua.NodeId(f"{base}.Counters", idx), f"{idx}:Counters")
         nodes = {"values": {}, "counters": {}, "counts": dict.fromkeys(COUNTERS, 0)}
         for name, kind in RESULT_FIELDS:
-            variant = getattr(ua.VariantType, kind)
-            node = nodes["values"][name] = await result.add_variable(
-                ua.NodeId(f"{base}.Result.{name}", idx), f"{idx}:{name}", EMPTY[kind], variant
-            )
-            waiting = ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData)  # no result yet
-            await node.write_attribute(
-                ua.AttributeIds.Value, ua.DataValue(ua.Variant(EMPTY[kind], variant), StatusCode=waiting)
-            )
+            nodes["values"][name] = await self._waiting_variable(result, f"{base}.Result.{name}", name, kind)
         for name in COUNTERS:
             nodes["counters"][name] = await counters.add_variable(
                 ua.NodeId(f"{base}.Counters.{name}", idx), f"{idx}:{name}", 0, ua.VariantType.UInt64
             )
-        nodes["state"] = {}
-        for name, kind in (
-            ("CameraState", "String"),
-            ("CameraStateReason", "String"),
-            ("CameraStateSince", "DateTime"),
-        ):
-            variant = getattr(ua.VariantType, kind)
-            node = nodes["state"][name] = await camera_node.add_variable(
-                ua.NodeId(f"{base}.{name}", idx), f"{idx}:{name}", EMPTY[kind], variant
-            )
-            waiting = ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData)  # no heartbeat yet
-            await node.write_attribute(
-                ua.AttributeIds.Value, ua.DataValue(ua.Variant(EMPTY[kind], variant), StatusCode=waiting)
-            )
+        nodes["state"] = {
+            name: await self._waiting_variable(camera_node, f"{base}.{name}", name, kind)
+            for name, kind in CAMERA_STATE_FIELDS
+        }
         nodes["shown_state"] = None
         self.cameras[camera] = nodes
         self.recent[camera] = deque(maxlen=RECENT_RESULTS)
@@ -474,9 +474,8 @@ class OpcUaBridge:
             since = datetime.fromisoformat(state["since_utc"])
         except ValueError:  # a publisher's text that is not a time: the state still shows
             since = NO_TIME
-        for name, value, kind in (("CameraState", state["state"], "String"),
-                                  ("CameraStateReason", state.get("reason") or "", "String"),
-                                  ("CameraStateSince", since, "DateTime")):  # fmt: skip
+        values = (state["state"], state.get("reason") or "", since)
+        for (name, kind), value in zip(CAMERA_STATE_FIELDS, values, strict=True):
             await nodes["state"][name].write_value(ua.Variant(value, getattr(ua.VariantType, kind)))
 
     async def _losses(self) -> None:

@@ -132,13 +132,10 @@ class RecentFrames:
     def __init__(self) -> None:
         self._frames: deque[Frame] = deque(maxlen=RECENT_FRAMES)
         self._changed = threading.Condition()
-        self.taken = 0  # frames the thread put here
-        self.handed = 0  # frames handed to the capture loop
 
     def put(self, frame: Frame) -> None:
         with self._changed:
             self._frames.append(frame)
-            self.taken += 1
             self._changed.notify_all()
 
     def first_after(self, after_ns: int, timeout_s: float) -> Frame | None:
@@ -148,7 +145,6 @@ class RecentFrames:
             while True:
                 frame = next((f for f in self._frames if f.taken_ns >= after_ns), None)
                 if frame is not None:
-                    self.handed += 1
                     return frame
                 remaining = give_up - time.monotonic()
                 if remaining <= 0:

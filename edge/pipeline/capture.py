@@ -154,6 +154,7 @@ class Capture:
             )
         self.last_frame = time.monotonic()
         self.reported: tuple[CameraState, float] | None = None  # the latest report, when it was sent
+        self.next_look = 0.0  # when report() next looks at the camera's state
 
     def frame_id(self, seq: int) -> str:
         return f"{self.settings.camera}-{self.run_id}-{seq}"
@@ -201,7 +202,12 @@ class Capture:
         )
 
     def report(self, force: bool = False) -> None:
-        """The camera's state to the publisher (for heartbeats): on a change, and every second."""
+        """The camera's state to the publisher (for heartbeats): on a change (looked at every
+        WAIT_S, not per frame), and every second."""
+        now = time.monotonic()
+        if not force and now < self.next_look:
+            return
+        self.next_look = now + WAIT_S
         state = self.camera_state()
         if self.reported is not None and not force:
             last, sent_at = self.reported

@@ -287,14 +287,9 @@ class Publisher:
             if now - received <= CAMERA_SILENT_S and state is not None:
                 states[name] = state
             elif now - received > CAMERA_SILENT_S:
-                since = state.since_utc if state is not None else self.started_utc
                 why = f"its capture process has reported nothing for {now - received:.0f} s"
-                states[name] = CameraState(
-                    "silent",
-                    since,
-                    why,
-                    *((state.width, state.height, state.reconnects, state.failed_parts) if state else ()),
-                )
+                last = state or CameraState("silent", self.started_utc)
+                states[name] = replace(last, state="silent", reason=why)
         return states
 
     def _heartbeat(self) -> None:

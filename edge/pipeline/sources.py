@@ -198,7 +198,6 @@ class OpenCVSource:
         self.period_s: float | None = 1 / self.settings.fps if self.settings.fps else None
         self.live = not (isinstance(self.uri, str) and Path(self.uri).is_file())
         self.recent = RecentFrames()
-        self.backlog = 0  # buffered frames passed over after (re)opening
         self.closing = threading.Event()
         self.capture: cv2.VideoCapture | None = None
         if self.settings.rtsp_transport and is_stream(self.uri):  # FFmpeg reads it when opening
@@ -262,11 +261,16 @@ class OpenCVSource:
         back, a live one only after a wait. Only frames after the first wait are used."""
         live_wait_s = min(0.25 * self.period_s, CATCH_UP_WAIT_S) if self.period_s else CATCH_UP_WAIT_S
         give_up = time.monotonic() + CATCH_UP_LIMIT_S
+        passed_over = 0
         while time.monotonic() < give_up and not self.closing.is_set():
             started = time.monotonic()
             if not capture.grab() or time.monotonic() - started >= live_wait_s:
-                return  # a live frame (or none: the next read finds out), taken from the next one on
-            self.backlog += 1
+                break  # a live frame (or none: the next read finds out), taken from the next one on
+            passed_over += 1
+        if passed_over:
+            log.info(
+                "camera %s: %d frames buffered before opening passed over", self.health.camera, passed_over
+            )
 
     def _take(self, capture: cv2.VideoCapture) -> Frame | None:
         if not capture.grab():

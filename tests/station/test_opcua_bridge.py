@@ -70,6 +70,16 @@ async def connect(port: int, pki: Path, who: str = "client") -> Client:
     return client
 
 
+async def connect_when_up(port: int, pki: Path) -> Client:
+    """A session once the bridge answers (it starts in a subprocess)."""
+    for _ in range(100):
+        try:
+            return await connect(port, pki)
+        except Exception:
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"the bridge on port {port} did not answer")
+
+
 class Mes:
     """What a careful MES client does: ResultReady events, and after a reconnect or a jump in Seq
     the results it missed through GetResultsSince; results kept by frame id."""
@@ -466,12 +476,7 @@ def test_get_results_since_answers_at_once_while_the_station_is_down(tmp_path, c
     bridge = start_bridge(station, certificates, port, log)
 
     async def scenario() -> tuple[dict, float, bool]:
-        for _ in range(100):
-            try:
-                client = await connect(port, certificates)
-                break
-            except Exception:
-                await asyncio.sleep(0.2)
+        client = await connect_when_up(port, certificates)
         idx = await client.get_namespace_index(NAMESPACE)
         alive = client.get_node(ua.NodeId("line1.VisionAlive", idx))
         station.close()  # the station goes away
@@ -515,12 +520,7 @@ def test_a_camera_state_reaches_the_address_space(tmp_path, certificates):
         raise AssertionError(f"CameraState never became {wanted}")
 
     async def scenario() -> list[tuple[str, str]]:
-        for _ in range(100):
-            try:
-                client = await connect(port, certificates)
-                break
-            except Exception:
-                await asyncio.sleep(0.2)
+        client = await connect_when_up(port, certificates)
         idx = await client.get_namespace_index(NAMESPACE)
         seen = []
         station.report_camera("cam1", "gone", "control connection lost")
