@@ -39,7 +39,11 @@ from edge.protocol import (
     encode_control,
     encode_query,
     is_name,
+    parse_topic,
     verdict_from_body,
+)
+from edge.protocol import (
+    topic as topic_of,
 )
 from edge.security import CurveClient
 from edge.sockets import REPLY_BYTES, ErrorTally, check_endpoint, open_socket
@@ -90,7 +94,7 @@ def subscription(kind: str, station: str = "", camera: str = "") -> bytes:
     for name in (station, camera):
         if name and not is_name(name):
             raise ValueError(f"{name!r} is not a station or camera name")
-    return ".".join(part for part in (kind, station, camera) if part).encode() + b"."
+    return topic_of(kind, station, camera)
 
 
 def request(
@@ -258,7 +262,7 @@ class Subscriber:
         publisher still holds them, page by page, marked replayed; positions it no longer holds
         become Losses. Where the publisher stops answering, the fetch is retried from there later
         (`retry_fetches`), so a station that is down or answered garbage costs time, not verdicts."""
-        camera = topic.split(".")[2]
+        camera = parse_topic(topic).camera
         position = start
         while True:
             page = self._page(camera, position)
@@ -335,8 +339,11 @@ class Subscriber:
         publisher sent since is fetched (with `query_endpoint`) and delivered first, marked
         replayed; a station that does not answer yet is asked again until it does."""
         for topic, (epoch, seq) in positions.items():
-            parts = topic.split(".")
-            if len(parts) != 4 or parts[0] != "verdict" or not is_name(parts[2]):
+            try:
+                kind, _, camera = parse_topic(topic)
+            except ProtocolError:
+                kind, camera = "", ""
+            if kind != "verdict" or not is_name(camera):
                 raise ValueError(f"{topic!r} is not a verdict topic")
             self.position[topic] = (epoch, seq)
             self.epochs.add(epoch)

@@ -31,6 +31,7 @@ from edge.engine.config import BACKBONES, ENSEMBLE_SEPARATOR, RUNTIME_SETTINGS, 
 from edge.engine.config import DEFAULTS as ENGINE
 from edge.engine.input_geometry import GEOMETRY_MODES
 from edge.errors import ConfigError, EdgeError
+from edge.options import Flag
 from edge.pixel_formats import PIXEL_FORMATS
 from edge.protocol import NAME_MEANING, NAME_PATTERN
 from edge.sockets import ENDPOINT_MEANING, ENDPOINT_PATTERN
@@ -100,6 +101,11 @@ Search = engine_setting("search")
 SearchPrecision = engine_setting("search_precision")
 Extractor = engine_setting("extractor")
 ExtractorPrecision = engine_setting("extractor_precision")
+
+
+def about(text: str) -> Any:
+    """A setting's meaning, said once: the station file's reference and a bridge's --help read it."""
+    return Field(description=text)
 
 
 class _Strict(BaseModel):
@@ -270,8 +276,8 @@ class CurveServerConfig(_Strict):
 
 
 class CurveClientConfig(_Strict):
-    secret_key: KeyFile  # this client's .key_secret
-    server_key: KeyFile  # the server's public .key
+    secret_key: Annotated[KeyFile, Flag("--client-key"), about("this client's .key_secret (edge-keys)")]
+    server_key: Annotated[KeyFile, Flag("--server-key"), about("the server's public .key")]
 
 
 class FramesSecurityConfig(_Strict):
@@ -294,23 +300,52 @@ class SecurityConfig(_Strict):
     workers: WorkersSecurityConfig | None = None
 
 
-class MqttBridgeConfig(_Strict):
+class BridgeConfig(_Strict):
+    """What every bridge has (edge/bridges/base.py); each bridge's section adds its own. Its
+    options (edge-<name>-bridge --help) are derived from these fields."""
+
+    cameras: Annotated[
+        list[Name] | None, Flag("--camera"), about("only these cameras (repeat the option); default: all")
+    ] = None
+    alive_timeout_s: Annotated[
+        float,
+        Field(gt=0),
+        Flag("--alive-timeout"),
+        about("seconds without heartbeats: the station is not alive"),
+    ] = 3.0
+    state: Annotated[
+        str | None,
+        about("positions file: a restarted bridge resumes where it stopped (needs the station's "
+              "endpoints.latest); default under systemd $STATE_DIRECTORY/<bridge>-positions.json"),
+    ] = None  # fmt: skip
+    curve: Annotated[
+        CurveClientConfig | None, about("CURVE keys toward the publisher (with security.publisher)")
+    ] = None
+    metrics_port: Annotated[Port | None, about("serve Prometheus /metrics on this port")] = None
+
+
+class MqttBridgeConfig(BridgeConfig):
     """edge-mqtt-bridge (edge/bridges/mqtt.py): this station's verdicts onto the site's MQTT broker."""
 
-    broker: Annotated[str, Field(pattern=BROKER_PATTERN)]  # HOST or HOST:PORT (1883; 8883 with TLS)
-    topic_root: Annotated[str, Field(pattern=TOPIC_ROOT_PATTERN)] = "edge"  # e.g. acme/plant1/line3
-    client_id: str | None = None  # default edge-<station>-<root>; fixed: the broker keeps its session
-    username: str | None = None
-    password_file: OptionalFile = None  # a file holding the password (not the password itself)
-    tls_ca: OptionalFile = None  # TLS: the CA bundle that signed the broker's certificate
-    tls_cert: OptionalFile = None  # TLS client certificate (with tls_key)
-    tls_key: OptionalFile = None
-    buffer: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000  # verdicts kept while the broker is away
-    masks: bool = False  # NOK masks as PNG under <root>/<station>/<camera>/mask/<frame id>
-    alive_timeout_s: Positive = 3.0  # the station is "not alive" after this long without heartbeats
-    state: str | None = None  # positions file; None: $STATE_DIRECTORY/mqtt-positions.json or none
-    curve: CurveClientConfig | None = None  # with security.publisher: this bridge's keys
-    metrics_port: Port | None = None  # Prometheus /metrics
+    broker: Annotated[
+        str, Field(pattern=BROKER_PATTERN), about("MQTT broker HOST[:PORT] (1883; 8883 with TLS)")
+    ]
+    topic_root: Annotated[
+        str, Field(pattern=TOPIC_ROOT_PATTERN), about("topic prefix, e.g. acme/plant1/line3")
+    ] = "edge"
+    client_id: Annotated[
+        str | None,
+        about("MQTT client id (default edge-<station>-<root>); fixed: the broker keeps its session"),
+    ] = None
+    username: Annotated[str | None, about("broker user name")] = None
+    password_file: Annotated[OptionalFile, about("a file holding the broker password")] = None
+    tls_ca: Annotated[OptionalFile, about("TLS: the CA bundle that signed the broker's certificate")] = None
+    tls_cert: Annotated[OptionalFile, about("TLS: this bridge's certificate (with tls_key)")] = None
+    tls_key: Annotated[OptionalFile, about("TLS: this bridge's private key")] = None
+    buffer: Annotated[int, Field(ge=1, le=1_000_000), about("verdicts kept while the broker is away")] = (
+        10_000
+    )
+    masks: Annotated[bool, about("NOK masks as PNG under <root>/<station>/<camera>/mask/<frame id>")] = False
 
     @model_validator(mode="after")
     def _tls_pairs(self) -> MqttBridgeConfig:
@@ -319,26 +354,48 @@ class MqttBridgeConfig(_Strict):
         return self
 
 
-class OpcUaBridgeConfig(_Strict):
+class OpcUaBridgeConfig(BridgeConfig):
     """edge-opcua-bridge (edge/bridges/opcua.py): this station's results in an OPC UA server."""
 
-    endpoint_url: Annotated[str, Field(pattern=OPCUA_URL_PATTERN)] = "opc.tcp://0.0.0.0:4840/edge/"
-    certificate: AFile  # the server's certificate (DER; edge-opcua-bridge --make-certificate)
-    private_key: AFile  # its private key (PEM)
-    # a folder of trusted client certificates; others are refused
-    trust_dir: Annotated[str, MustExist("folder", "is not a folder of trusted client certificates")]
-    users_file: OptionalFile = None  # set: clients log in with a user name and password (--add-user)
-    allow_anonymous: bool = False  # also an unsecured endpoint and anonymous login
-    alive_timeout_s: Positive = 3.0  # VisionAlive falls after this long without heartbeats
-    curve: CurveClientConfig | None = None  # with security.publisher: this bridge's keys
-    metrics_port: Port | None = None  # Prometheus /metrics
+    endpoint_url: Annotated[
+        str, Field(pattern=OPCUA_URL_PATTERN), Flag("--endpoint"), about("the OPC UA endpoint URL")
+    ] = "opc.tcp://0.0.0.0:4840/edge/"
+    certificate: Annotated[AFile, about("the server's certificate (DER; --make-certificate writes a pair)")]
+    private_key: Annotated[AFile, about("the server's private key (PEM)")]
+    trust_dir: Annotated[
+        str,
+        MustExist("folder", "is not a folder of trusted client certificates"),
+        Flag("--trust"),
+        about("a folder of trusted client certificates; others are refused"),
+    ]
+    users_file: Annotated[
+        OptionalFile, Flag("--users"), about("users file: logins need a user name and password (--add-user)")
+    ] = None
+    allow_anonymous: Annotated[bool, about("also an unsecured endpoint and anonymous login")] = False
+
+
+MODBUS_OFFSETS = 13  # the registers a verdict and the alive word take (edge/bridges/modbus.py)
+
+
+class ModbusBridgeConfig(BridgeConfig):
+    """edge-modbus-bridge (edge/bridges/modbus.py): the latest verdict in a PLC's holding registers."""
+
+    plc: Annotated[str, Field(pattern=BROKER_PATTERN), about("PLC address HOST[:PORT] (port 502)")]
+    device_id: Annotated[int, Field(ge=0, le=255), about("Modbus unit/device id")] = 1
+    base: Annotated[int, Field(ge=0, le=65536 - MODBUS_OFFSETS), about("first holding register")] = 0
 
 
 class BridgesConfig(_Strict):
-    """Plant protocols, each a process of its own (a systemd unit installed when configured)."""
+    """Plant protocols, each a process of its own (edge-run runs it; a systemd unit where configured)."""
 
     mqtt: MqttBridgeConfig | None = None
     opcua: OpcUaBridgeConfig | None = None
+    modbus: ModbusBridgeConfig | None = None
+
+    def configured(self) -> dict[str, BridgeConfig]:
+        """Each configured bridge's section, by its name."""
+        sections = {name: getattr(self, name) for name in type(self).model_fields}
+        return {name: section for name, section in sections.items() if section is not None}
 
 
 TARGET_FRR_MEANING = "target false-reject rate on good parts"
@@ -597,9 +654,8 @@ def bridge_problems(config: StationConfig) -> list[str]:
 def _bridge_link_problems(config: StationConfig) -> list[str]:
     """A bridge without CURVE keys where the publisher takes only CURVE clients."""
     problems = []
-    for name in ("mqtt", "opcua"):
-        bridge = getattr(config.bridges, name)
-        if bridge is not None and config.security.publisher is not None and bridge.curve is None:
+    for name, bridge in config.bridges.configured().items():
+        if config.security.publisher is not None and bridge.curve is None:
             problems.append(
                 f"bridges.{name}.curve: the publisher uses CURVE (security.publisher): the bridge needs keys"
             )

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from enum import StrEnum
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -461,14 +461,33 @@ def verdict_for(header: FrameHeader, verdict: Verdict, **fields: Any) -> Verdict
     )
 
 
-def topic(kind: str, station: str, camera: str | None = None) -> bytes:
+class Topic(NamedTuple):
+    """A topic's levels; `camera` is empty for a station's own topics (heartbeat)."""
+
+    kind: str
+    station: str
+    camera: str = ""
+
+
+def topic(kind: str, station: str = "", camera: str | None = None) -> bytes:
     """`kind.station.camera.` (or `kind.station.`): every topic ends with a dot, so that a
-    subscription prefix such as `verdict.line1.cam1.` never also matches camera `cam10`."""
-    return f"{kind}.{station}.{camera}.".encode() if camera else f"{kind}.{station}.".encode()
+    subscription prefix such as `verdict.line1.cam1.` never also matches camera `cam10`. Without
+    a station (or camera), the prefix that subscribes to every one: `kind.` (`kind.station.`).
+    The one place a topic is built; `parse_topic` is the one that reads one."""
+    levels = [kind]
+    for level in (station, camera or ""):
+        if not level:
+            break
+        levels.append(level)
+    return "".join(f"{level}." for level in levels).encode()
 
 
-def verdict_topic(station: str, camera: str) -> bytes:
-    return topic("verdict", station, camera)
+def parse_topic(value: str | bytes) -> Topic:
+    """The levels of a topic `topic` built; a ProtocolError for anything else."""
+    levels = (value.decode("ascii", "replace") if isinstance(value, bytes) else value).split(".")
+    named = all(is_name(level) for level in levels[:-1])
+    _check(len(levels) in (3, 4) and levels[-1] == "" and named, "topic", f"not a topic: {value[:64]!r}")
+    return Topic(*levels[:-1])
 
 
 def verdict_body(message: VerdictMessage) -> dict[str, Any]:
@@ -480,7 +499,7 @@ def verdict_body(message: VerdictMessage) -> dict[str, Any]:
 def encode_verdict(message: VerdictMessage) -> list[bytes]:
     body = verdict_body(message)
     _validate(body, VerdictMessage)
-    return [verdict_topic(message.station, message.camera), dump_json(body)]
+    return [topic("verdict", message.station, message.camera), dump_json(body)]
 
 
 def verdict_from_body(raw: dict[str, Any]) -> VerdictMessage:
@@ -494,7 +513,7 @@ def decode_verdict(parts: Sequence[Any]) -> VerdictMessage:
     _parts(parts, 2, None)
     message = verdict_from_body(_parse_header(parts[1]))
     _check(
-        bytes(parts[0]) == verdict_topic(message.station, message.camera),
+        bytes(parts[0]) == topic("verdict", message.station, message.camera),
         "topic",
         f"topic {bytes(parts[0])[:64]!r} does not match station and camera",
     )

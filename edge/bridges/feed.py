@@ -1,5 +1,5 @@
-"""What every plant bridge needs from a station: its verdicts, masks and heartbeats, resumed where
-the bridge stopped.
+"""Where a bridge stopped: the position of the last verdict passed on, per topic, so that a
+restarted bridge resumes there.
 
 A bridge passes verdicts on to something that acknowledges them (an MQTT broker's PUBACK, an OPC UA
 address space once written). `Positions` keeps, per verdict topic, the (epoch, seq) of the last
@@ -16,17 +16,15 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from edge.files import write_bytes_atomic
-from edge.protocol import VerdictMessage
-from edge.security import CurveClient
+from edge.protocol import VerdictMessage, topic
 
 log = logging.getLogger("edge.bridge")
 
 
 def verdict_topic_of(verdict: VerdictMessage) -> str:
-    return f"verdict.{verdict.station}.{verdict.camera}."
+    return topic("verdict", verdict.station, verdict.camera).decode()
 
 
 @dataclass
@@ -94,40 +92,3 @@ class Positions:
             write_bytes_atomic(self.path, json.dumps(body).encode())
         except OSError as exc:  # a full disk costs resumption after a restart, not the bridge
             log.error("could not save positions to %s: %s", self.path, exc)
-
-
-@dataclass(frozen=True)
-class StationSide:
-    """What a bridge started with --config takes from the station's YAML."""
-
-    station: str
-    station_endpoint: str  # the publisher's PUB, as a process on the station connects to it
-    query_endpoint: str | None  # its latest/replay endpoint, where configured
-    cameras: tuple[str, ...]
-    section: Any  # the bridge's own section (bridges.<name>)
-    curve: CurveClient | None  # the bridge's CURVE keys toward the publisher
-
-
-def station_side(path: Path, bridge: str) -> StationSide:
-    """The station's side of bridge `bridge` (mqtt, opcua) from its YAML; a missing section, or a
-    file the section names that is not there, is a ConfigError naming the key."""
-    from edge.config import bridge_problems, load_config
-    from edge.errors import ConfigError
-    from edge.sockets import local_endpoint
-
-    config = load_config(path)
-    section = getattr(config.bridges, bridge)
-    if section is None:
-        raise ConfigError(f"{path}: no bridges.{bridge} section: nothing for edge-{bridge}-bridge to do")
-    problems = [p for p in bridge_problems(config) if p.startswith(f"bridges.{bridge}.")]
-    if problems:
-        raise ConfigError(f"{path}: {len(problems)} problem(s):\n" + "\n".join(f"  {p}" for p in problems))
-    latest = config.endpoints.latest
-    return StationSide(
-        station=config.station,
-        station_endpoint=local_endpoint(config.endpoints.publish),
-        query_endpoint=local_endpoint(latest) if latest else None,
-        cameras=tuple(config.camera_names),
-        section=section,
-        curve=CurveClient(section.curve.secret_key, section.curve.server_key) if section.curve else None,
-    )

@@ -47,25 +47,21 @@ import hashlib
 import hmac
 import json
 import logging
-import math
 import os
 import socket
 import sys
 import threading
-import time
 from collections import deque
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edge.bridges.feed import station_side
-from edge.cli_support import run_cli, setup_logging
-from edge.client import Event, Subscriber, request
+from edge.bridges.base import Bridge, StationLink, bridge_main
+from edge.cli_support import run_cli
+from edge.client import Event, Loss, request
+from edge.config import OpcUaBridgeConfig
 from edge.errors import UsageError
-from edge.protocol import Query, VerdictMessage, encode_query, verdict_body
-from edge.security import CurveClient
-from edge.services.sdnotify import stop_on_signals
+from edge.protocol import Heartbeat, Query, VerdictMessage, encode_query, verdict_body
 
 log = logging.getLogger("edge.opcua")
 NAMESPACE = "urn:edge:machine-vision"
@@ -95,22 +91,6 @@ EMPTY = {
     "UInt32": 0,
     "UInt64": 0,
 }
-
-
-@dataclass(frozen=True)
-class OpcUaSettings:
-    station_endpoint: str
-    station: str
-    certificate: Path  # the server's certificate (DER or PEM)
-    private_key: Path  # its private key (PEM)
-    trust_dir: Path  # trusted client certificates, one file each
-    query_endpoint: str | None = None  # the publisher's: GetResultsSince and the latest result at start
-    cameras: tuple[str, ...] = ()  # known at start; others are added when their first verdict comes
-    endpoint_url: str = "opc.tcp://0.0.0.0:4840/edge/"
-    users: Path | None = None  # name:scrypt-hash lines (--add-user); set: user name and password required
-    allow_anonymous: bool = False
-    alive_timeout_s: float = 3.0
-    curve: CurveClient | None = None
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
@@ -212,38 +192,51 @@ class _OneLine(logging.Filter):
         return True
 
 
-class OpcUaBridge:
-    def __init__(self, settings: OpcUaSettings) -> None:
-        self.settings = settings
-        self.subscriber = Subscriber(
-            settings.station_endpoint,
-            settings.station,
-            topics=("verdict", "heartbeat"),
-            curve=settings.curve,
-            query_endpoint=settings.query_endpoint,
-        )
-        self.last_heard = -math.inf
-        self.alive: bool | None = None
+class OpcUaBridge(Bridge):
+    """The address space lives on an asyncio loop of its own; the frame's loop hands each verdict,
+    heartbeat and loss to it and waits until it is written (then the verdict counts as passed on)."""
+
+    name = "opcua"
+    section_type = OpcUaBridgeConfig
+    requires = ("asyncua", "opcua")
+    section: OpcUaBridgeConfig
+
+    def __init__(self, link: StationLink, section: OpcUaBridgeConfig) -> None:
+        self.users = read_users(Path(section.users_file)) if section.users_file else None
         self.cameras: dict[str, dict[str, Any]] = {}  # camera → its nodes
         self.recent: dict[str, deque[dict]] = {}
         self.published = 0
-        self.lost = 0
-        self.stop = threading.Event()
+        super().__init__(link, section)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="opcua", daemon=True)
+        self.thread.start()
+        self.server = self._call(self._start())
+
+    def _call(self, work: Any) -> Any:
+        """Run coroutine `work` on the address space's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(work, self.loop).result()
+
+    async def _start(self) -> Any:
+        server = await self._server()
+        await self._build(server)
+        await server.start()
+        log.info("serving %s (%s) for station %s", self.section.endpoint_url,
+                 "users" if self.users is not None else "certificates", self.link.station)  # fmt: skip
+        return server
 
     async def _server(self):  # -> asyncua.Server
         from asyncua import Server, ua
         from asyncua.crypto.truststore import TrustStore
         from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 
-        settings = self.settings
-        users = read_users(settings.users) if settings.users else None
+        settings, users = self.section, self.users
         server = Server(user_manager=_Users(users) if users is not None else None)
         await server.init()
         server.set_endpoint(settings.endpoint_url)
-        server.set_server_name(f"edge vision {settings.station}")
+        server.set_server_name(f"edge vision {self.link.station}")
         await server.set_application_uri(APPLICATION_URI)
-        await server.load_certificate(str(settings.certificate))
-        await server.load_private_key(str(settings.private_key))
+        await server.load_certificate(settings.certificate)
+        await server.load_private_key(settings.private_key)
         policies = [
             ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
             ua.SecurityPolicyType.Basic256Sha256_Sign,
@@ -277,7 +270,7 @@ class OpcUaBridge:
 
         self.ua = ua
         idx = self.index = await server.register_namespace(NAMESPACE)
-        station = self.settings.station
+        station = self.link.station
         self.station_node = await server.nodes.objects.add_object(ua.NodeId(station, idx), f"{idx}:{station}")
         await self.station_node.write_attribute(
             ua.AttributeIds.EventNotifier, ua.DataValue(ua.Variant(1, ua.VariantType.Byte))
@@ -336,7 +329,7 @@ class OpcUaBridge:
             [_argument("ResultId", "String", "a frame id")],
             [_argument("Result", "String", "JSON of that result, or empty if not recent")],
         )  # fmt: skip
-        for camera in self.settings.cameras:
+        for camera in self.link.cameras:
             await self._camera(camera)
 
     async def _waiting_variable(self, parent: Any, node_id: str, name: str, kind: str) -> Any:
@@ -354,7 +347,7 @@ class OpcUaBridge:
         nodes = self.cameras.get(camera)
         if nodes is not None:
             return nodes
-        ua, idx, base = self.ua, self.index, f"{self.settings.station}.{camera}"
+        ua, idx, base = self.ua, self.index, f"{self.link.station}.{camera}"
         camera_node = await self.station_node.add_object(ua.NodeId(base, idx), f"{idx}:{camera}")
         result = await camera_node.add_object(ua.NodeId(f"{base}.Result", idx), f"{idx}:Result")
         counters = await camera_node.add_object(ua.NodeId(f"{base}.Counters", idx), f"{idx}:Counters")
@@ -376,15 +369,15 @@ class OpcUaBridge:
 
     def _results_since(self, camera: str, epoch: int, seq: int) -> str:
         """The station's verdicts of `camera` after (epoch, seq), from the publisher (blocking)."""
-        if self.settings.query_endpoint is None:
+        if self.link.query_endpoint is None:
             return json.dumps({"error": "the bridge was started without the station's query endpoint"})
-        if self.settings.cameras and camera not in self.settings.cameras and camera not in self.cameras:
-            return json.dumps({"error": f"no camera {camera!r} at station {self.settings.station}"})
+        if not self.link.serves(camera):
+            return json.dumps({"error": f"no camera {camera!r} at station {self.link.station}"})
         if self.alive is False:  # (None: the bridge just started and has not heard yet: ask)
             return json.dumps({"error": "the station is not alive (no heartbeat): ask again later"})
         try:
             reply = request(
-                self.settings.query_endpoint,
+                self.link.query_endpoint,
                 encode_query(Query(camera, epoch=epoch, after_seq=seq)),
                 QUERY_TIMEOUT_S,
             )
@@ -421,48 +414,44 @@ class OpcUaBridge:
         self.recent[verdict.camera].append(verdict_body(verdict))
         self.published += 1
 
-    def samples(self) -> list[tuple]:
-        """Prometheus samples (edge.metrics.ProcessMetrics.snapshot)."""
+    def own_samples(self) -> list[tuple]:
         return [
-            ("counter", "edge_opcua_results", "results written and announced (ResultReady)", self.published),
-            ("counter", "edge_opcua_lost_verdicts", "verdicts lost at the station side", self.lost),
-            (
-                "counter",
-                "edge_opcua_malformed",
-                "malformed messages from the station",
-                self.subscriber.malformed,
-            ),
-            (
-                "gauge",
-                "edge_opcua_station_alive",
-                "1 while the station's heartbeats arrive",
-                int(bool(self.alive)),
-            ),
+            ("counter", "edge_opcua_results", "results written and announced (ResultReady)", self.published)
         ]
 
-    async def _alive(self, now: float) -> None:
-        alive = now - self.last_heard < self.settings.alive_timeout_s
-        if alive != self.alive:
-            if self.alive is not None or not alive:
-                log.log(logging.INFO if alive else logging.WARNING, "vision alive: %s", alive)
-            self.alive = alive
-            await self.alive_node.write_value(alive)
+    # ---- what the frame hands on, written on the address space's loop ------------------------------
+    def on_verdict(self, event: Event, verdict: VerdictMessage) -> None:
+        self._call(self._result(verdict))
+        self.delivered(verdict)
 
-    async def _on(self, event: Event) -> None:
-        if not event.replayed:
-            self.last_heard = time.monotonic()
-        if event.heartbeat is not None:
-            await self.heartbeat_node.write_value(
-                self.ua.Variant(datetime.now(UTC), self.ua.VariantType.DateTime)
-            )
-            for camera, state in event.heartbeat.cameras.items():
-                await self._camera_state(camera, state)
-        elif event.verdict is not None:
-            await self._result(event.verdict)
+    def on_heartbeat(self, heartbeat: Heartbeat) -> None:
+        self._call(self._heartbeat(heartbeat))
+
+    def on_alive(self, alive: bool) -> None:
+        self._call(self.alive_node.write_value(alive))
+
+    def on_loss(self, camera: str, loss: Loss) -> None:
+        self._call(self._lost(camera, loss))
+
+    def close(self) -> None:
+        self._call(self._stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        super().close()
+
+    async def _stop(self) -> None:
+        await self.alive_node.write_value(False)
+        await self.server.stop()
+
+    async def _heartbeat(self, heartbeat: Heartbeat) -> None:
+        ua = self.ua
+        await self.heartbeat_node.write_value(ua.Variant(datetime.now(UTC), ua.VariantType.DateTime))
+        for camera, state in heartbeat.cameras.items():
+            await self._camera_state(camera, state)
 
     async def _camera_state(self, camera: str, state: dict[str, Any]) -> None:
         """A camera's state from a heartbeat, written when it changed."""
-        if self.settings.cameras and camera not in self.settings.cameras and camera not in self.cameras:
+        if not self.link.serves(camera):
             return
         nodes = await self._camera(camera)
         shown = (state["state"], state.get("reason"), state["since_utc"])
@@ -478,45 +467,20 @@ class OpcUaBridge:
         for (name, kind), value in zip(CAMERA_STATE_FIELDS, values, strict=True):
             await nodes["state"][name].write_value(ua.Variant(value, getattr(ua.VariantType, kind)))
 
-    async def _losses(self) -> None:
-        """What the station no longer held when asked: counted, logged, announced as an event."""
-        ua = self.ua
-        for loss in self.subscriber.take_losses():
-            if not loss.topic.startswith("verdict."):
-                continue  # a heartbeat lost says nothing about results
-            camera = loss.topic.split(".")[2]
-            count = loss.count or 0
-            self.lost += count
-            log.error("%s (not recoverable from the station)", loss)
-            nodes = await self._camera(camera)
-            nodes["counts"]["LostResults"] += count
-            await nodes["counters"]["LostResults"].write_value(
-                ua.Variant(nodes["counts"]["LostResults"], ua.VariantType.UInt64)
-            )
-            event = self.lost_events.event
-            event.Camera, event.Epoch, event.FromSeq = camera, loss.epoch, loss.from_seq
-            event.ToSeq, event.Count = loss.to_seq or 0, count
-            event.Message = ua.LocalizedText(str(loss))
-            event.Severity = LOST_SEVERITY
-            await self.lost_events.trigger()
-
-    async def serve(self, ready: threading.Event | None = None) -> None:
-        server = await self._server()
-        await self._build(server)
-        loop = asyncio.get_running_loop()
-        async with server:
-            log.info("serving %s (%s) for station %s", self.settings.endpoint_url,
-                     "users" if self.settings.users else "certificates", self.settings.station)  # fmt: skip
-            if ready is not None:
-                ready.set()
-            while not self.stop.is_set():
-                event = await loop.run_in_executor(None, self.subscriber.receive, 0.05)
-                if event is not None:
-                    await self._on(event)
-                await self._losses()
-                await self._alive(time.monotonic())
-            await self.alive_node.write_value(False)
-        self.subscriber.close()
+    async def _lost(self, camera: str, loss: Loss) -> None:
+        """Results the station no longer held: the camera's LostResults and a ResultsLost event."""
+        ua, count = self.ua, loss.count or 0
+        nodes = await self._camera(camera)
+        nodes["counts"]["LostResults"] += count
+        await nodes["counters"]["LostResults"].write_value(
+            ua.Variant(nodes["counts"]["LostResults"], ua.VariantType.UInt64)
+        )
+        event = self.lost_events.event
+        event.Camera, event.Epoch, event.FromSeq = camera, loss.epoch, loss.from_seq
+        event.ToSeq, event.Count = loss.to_seq or 0, count
+        event.Message = ua.LocalizedText(str(loss))
+        event.Severity = LOST_SEVERITY
+        await self.lost_events.trigger()
 
 
 def _argument(name: str, kind: str, description: str):
@@ -556,148 +520,49 @@ def make_certificate(key_path: Path, cert_path: Path, host: str, uri: str, clien
     key_path.chmod(0o600)
 
 
-def _main(argv: list[str] | None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="edge-opcua-bridge",
-        description=__doc__.split("\n\n")[0],
-        epilog="exit codes: 0 stopped; 2 bad usage; 6 bad key file; 130 interrupted",
-    )
-    parser.add_argument(
-        "station_endpoint", nargs="?", help="the station's PUB endpoint, e.g. tcp://station:5556"
-    )
-    parser.add_argument(
-        "--config", type=Path, help="the station's YAML: endpoints, cameras, keys, bridges.opcua"
-    )
-    parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
-    parser.add_argument("--station", help="station name")
-    parser.add_argument("--query", help="the publisher's query endpoint (GetResultsSince, the latest result)")
-    parser.add_argument(
-        "--camera", action="append", default=[], help="a camera to show before its first verdict"
-    )
-    parser.add_argument("--endpoint", default="opc.tcp://0.0.0.0:4840/edge/", help="the OPC UA endpoint URL")
-    parser.add_argument("--certificate", type=Path, help="the server's certificate (DER)")
-    parser.add_argument("--private-key", type=Path, help="the server's private key (PEM)")
-    parser.add_argument("--trust", type=Path, help="folder of trusted client certificates")
-    parser.add_argument("--users", type=Path, help="users file: logins need a user name and password")
-    parser.add_argument(
-        "--allow-anonymous", action="store_true", help="also an unsecured endpoint and anonymous login"
-    )
-    parser.add_argument(
-        "--alive-timeout", type=float, default=3.0, help="seconds without heartbeats (default 3)"
-    )
-    parser.add_argument("--client-key", help="CURVE: this bridge's .key_secret")
-    parser.add_argument("--server-key", help="CURVE: the publisher's public .key")
-    parser.add_argument(
+def _options(parser: argparse.ArgumentParser) -> None:
+    chores = parser.add_argument_group("chores (each does its work and exits)")
+    chores.add_argument(
         "--make-certificate", nargs=2, metavar=("KEY", "CERT"), type=Path,
-        help="write a self-signed certificate and key (the server's, or with --client-uri a client's), exit",
+        help="write a self-signed certificate and key (the server's, or with --client-uri a client's)",
     )  # fmt: skip
-    parser.add_argument("--client-uri", help="with --make-certificate: the client application's URI")
-    parser.add_argument(
+    chores.add_argument("--client-uri", help="with --make-certificate: the client application's URI")
+    chores.add_argument(
         "--add-user", metavar="NAME", help="add a user to --users (password from standard input)"
     )
-    args = parser.parse_args(argv)
-    setup_logging()
+
+
+def _chores(args: argparse.Namespace) -> bool:
+    """--make-certificate and --add-user; True when one ran."""
     logging.getLogger("asyncua").setLevel(logging.WARNING)  # its INFO is per request
     for handler in logging.getLogger().handlers:
         handler.addFilter(_OneLine())
-    try:
-        import asyncua  # noqa: F401
-    except ImportError:
-        raise UsageError("the OPC UA bridge needs asyncua: pip install 'edge[opcua]'") from None
     if args.make_certificate:
         key, cert = args.make_certificate
         uri = args.client_uri or APPLICATION_URI
         make_certificate(key, cert, socket.gethostname(), uri, client=args.client_uri is not None)
         log.info("wrote %s and %s for %s", cert, key, uri)
-        return 0
-    if args.add_user:
-        if args.users is None:
-            raise UsageError("--add-user needs --users FILE")
-        password = (
-            getpass.getpass(f"password for {args.add_user}: ") if sys.stdin.isatty() else sys.stdin.readline()
-        )
-        password = password.rstrip("\n")
-        if len(password) < 8 or ":" in args.add_user:
-            raise UsageError("a password has at least 8 characters and a user name no ':'")
-        existing = args.users.read_text() if args.users.exists() else ""
-        lines = [line for line in existing.splitlines() if not line.startswith(f"{args.add_user}:")]
-        args.users.write_text("\n".join([*lines, f"{args.add_user}:{hash_password(password)}"]) + "\n")
-        args.users.chmod(0o600)
-        return 0
-    if args.config is not None:
-        if args.station_endpoint or args.station:
-            raise UsageError("--config gives the station and its endpoints: leave the others out")
-        settings, metrics_port = settings_from_config(args.config)
-    else:
-        settings, metrics_port = settings_from(args), args.metrics_port
-    stop = stop_on_signals()
-    bridge = OpcUaBridge(settings)
-    if metrics_port is not None:
-        from edge.metrics import ProcessMetrics
-
-        metrics = ProcessMetrics("opcua-bridge", settings.station)
-        metrics.snapshot(bridge.samples)
-        metrics.serve(metrics_port)
-    threading.Thread(target=lambda: (stop.wait(), bridge.stop.set()), daemon=True).start()
-    asyncio.run(bridge.serve())
-    return 0
-
-
-def settings_from(args: argparse.Namespace) -> OpcUaSettings:
-    if not (args.station_endpoint and args.station):
-        raise UsageError("give the station's endpoint and --station")
-    for name in ("certificate", "private_key", "trust"):
-        if getattr(args, name) is None:
-            raise UsageError(f"--{name.replace('_', '-')} is required (--make-certificate writes a pair)")
-    for path in (args.certificate, args.private_key, args.users):
-        if path is not None and not path.is_file():
-            raise UsageError(f"{path} does not exist")
-    if not args.trust.is_dir():
-        raise UsageError(f"{args.trust} is not a folder of trusted client certificates")
-    if (args.client_key is None) != (args.server_key is None):
-        raise UsageError("CURVE needs both --client-key and --server-key")
-    if args.users is not None:
-        read_users(args.users)
-    return OpcUaSettings(
-        station_endpoint=args.station_endpoint,
-        station=args.station,
-        certificate=args.certificate,
-        private_key=args.private_key,
-        trust_dir=args.trust,
-        query_endpoint=args.query,
-        cameras=tuple(args.camera),
-        endpoint_url=args.endpoint,
-        users=args.users,
-        allow_anonymous=args.allow_anonymous,
-        alive_timeout_s=args.alive_timeout,
-        curve=CurveClient(args.client_key, args.server_key) if args.client_key else None,
+        return True
+    if not args.add_user:
+        return False
+    if args.users_file is None:
+        raise UsageError("--add-user needs --users FILE")
+    users = Path(args.users_file)
+    password = (
+        getpass.getpass(f"password for {args.add_user}: ") if sys.stdin.isatty() else sys.stdin.readline()
     )
-
-
-def settings_from_config(path: Path) -> tuple[OpcUaSettings, int | None]:
-    """The bridge's settings from the station's YAML (`bridges.opcua`, endpoints, cameras, keys)
-    and its metrics port; a mistake is a ConfigError naming the key."""
-    side = station_side(path, "opcua")
-    opcua = side.section
-    settings = OpcUaSettings(
-        station_endpoint=side.station_endpoint,
-        station=side.station,
-        certificate=Path(opcua.certificate),
-        private_key=Path(opcua.private_key),
-        trust_dir=Path(opcua.trust_dir),
-        query_endpoint=side.query_endpoint,
-        cameras=side.cameras,
-        endpoint_url=opcua.endpoint_url,
-        users=Path(opcua.users_file) if opcua.users_file else None,
-        allow_anonymous=opcua.allow_anonymous,
-        alive_timeout_s=opcua.alive_timeout_s,
-        curve=side.curve,
-    )
-    return settings, opcua.metrics_port
+    password = password.rstrip("\n")
+    if len(password) < 8 or ":" in args.add_user:
+        raise UsageError("a password has at least 8 characters and a user name no ':'")
+    existing = users.read_text() if users.exists() else ""
+    lines = [line for line in existing.splitlines() if not line.startswith(f"{args.add_user}:")]
+    users.write_text("\n".join([*lines, f"{args.add_user}:{hash_password(password)}"]) + "\n")
+    users.chmod(0o600)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(lambda: _main(argv))
+    return run_cli(lambda: bridge_main(OpcUaBridge, argv, __doc__.split("\n\n")[0], _options, _chores))
 
 
 if __name__ == "__main__":

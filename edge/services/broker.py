@@ -8,10 +8,10 @@ import sys
 from edge.cli_support import run_cli
 from edge.config import StationConfig
 from edge.errors import ConfigError
+from edge.lifecycle import stop_on_signals
 from edge.metrics import for_broker
 from edge.pipeline.broker import Broker, BrokerSettings
 from edge.services.runtime import curve_server, operate, service_parser, start_service
-from edge.services.sdnotify import stop_on_signals
 
 log = logging.getLogger("edge.broker")
 

@@ -16,6 +16,7 @@ from edge.config import (
     StationConfig,
     SyntheticSourceConfig,
 )
+from edge.lifecycle import stop_on_signals
 from edge.metrics import for_capture
 from edge.pipeline.capture import Capture, CaptureSettings
 from edge.pipeline.gige import AravisSource, GigESettings
@@ -26,7 +27,6 @@ from edge.services.runtime import (
     service_parser,
     start_service,
 )
-from edge.services.sdnotify import stop_on_signals
 
 log = logging.getLogger("edge.capture")
 

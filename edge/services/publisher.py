@@ -9,6 +9,7 @@ from pathlib import Path
 
 from edge.cli_support import run_cli
 from edge.config import StationConfig
+from edge.lifecycle import stop_on_signals
 from edge.metrics import for_publisher
 from edge.pipeline.publisher import Publisher, PublisherSettings
 from edge.services.runtime import (
@@ -18,7 +19,6 @@ from edge.services.runtime import (
     service_parser,
     start_service,
 )
-from edge.services.sdnotify import stop_on_signals
 
 log = logging.getLogger("edge.publisher")
 

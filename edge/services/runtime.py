@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 from edge.cli_support import setup_logging
 from edge.config import CurveClientConfig, CurveServerConfig, StationConfig, check_station, load_config
+from edge.lifecycle import Watchdog, notify
 from edge.security import CurveClient, CurveServer
-from edge.services.sdnotify import Watchdog, notify
 
 if TYPE_CHECKING:
     from edge.metrics import ProcessMetrics

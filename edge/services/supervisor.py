@@ -24,8 +24,8 @@ from pathlib import Path
 
 from edge.cli_support import run_cli, setup_logging
 from edge.config import StationConfig, camera_warnings, check_station, load_config
+from edge.lifecycle import stop_on_signals
 from edge.services.runtime import EXIT_CODES, RUN_DIR_VARIABLE, service_parser
-from edge.services.sdnotify import stop_on_signals
 
 log = logging.getLogger("edge.run")
 EXIT_RESTART_LIMIT = 7

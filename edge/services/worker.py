@@ -18,6 +18,7 @@ import numpy as np
 from edge.cli_support import run_cli
 from edge.config import WORKER_ENGINE_SETTINGS, StationConfig
 from edge.errors import ConfigError
+from edge.lifecycle import stop_on_signals
 from edge.pipeline.inspection import Bank
 from edge.services.runtime import (
     curve_client,
@@ -26,7 +27,6 @@ from edge.services.runtime import (
     service_parser,
     start_service,
 )
-from edge.services.sdnotify import stop_on_signals
 
 if TYPE_CHECKING:  # imported when run: it brings torch, after OMP_WAIT_POLICY is set
     from edge.pipeline.recorder import FrameRecorder

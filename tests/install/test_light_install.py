@@ -161,9 +161,10 @@ def test_the_bridges_install_reads_its_station_config_without_torch_or_opencv(tm
         "bridges: {mqtt: {broker: 'mqtt.site:1883', topic_root: acme/plant1}}\n"
     )  # fmt: skip
     check = (
-        "import sys, asyncua; from pathlib import Path; from edge.bridges.mqtt import settings_from_config;"
-        f"s, _ = settings_from_config(Path({str(config)!r}));"
-        "print(s.station_endpoint, s.query_endpoint, s.broker_host, s.broker_port, s.topic_root,"
+        "import sys, asyncua; from pathlib import Path;"
+        "from edge.bridges.base import link_from_config, host_port;"
+        f"s, m = link_from_config(Path({str(config)!r}), 'mqtt');"
+        "print(s.station_endpoint, s.query_endpoint, *host_port(m.broker, 1883), m.topic_root,"
         "'torch' in sys.modules, 'cv2' in sys.modules)"
     )
     result = subprocess.run(

@@ -14,7 +14,9 @@ from pymodbus.client import ModbusTcpClient
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from edge.bridges.modbus import ALIVE_OFFSET, Bridge, BridgeSettings, decode_registers
+from edge.bridges.base import StationLink
+from edge.bridges.modbus import ALIVE_OFFSET, ModbusBridge, decode_registers
+from edge.config import ModbusBridgeConfig
 from edge.pipeline.publisher import Publisher, PublisherSettings
 from edge.protocol import Verdict, VerdictMessage, encode_result
 
@@ -71,8 +73,9 @@ def test_verdicts_reach_the_plc_registers_and_alive_drops(tmp_path, plc):
     stop_publisher = threading.Event()
     publishing = threading.Thread(target=publisher.run, args=(stop_publisher,))
     publishing.start()
-    bridge = Bridge(
-        BridgeSettings(f"ipc://{tmp_path}/pub", "s", "127.0.0.1", port, base=BASE, alive_timeout_s=1.0)
+    bridge = ModbusBridge(
+        StationLink("s", f"ipc://{tmp_path}/pub"),
+        ModbusBridgeConfig(plc=f"127.0.0.1:{port}", base=BASE, alive_timeout_s=1.0),
     )
     stop_bridge = threading.Event()
     bridging = threading.Thread(target=bridge.run, args=(stop_bridge,))

@@ -18,6 +18,7 @@ import zmq
 from prometheus_client.parser import text_string_to_metric_families
 from station_kit import wait_until
 
+from edge.lifecycle import Watchdog, notify
 from edge.metrics import for_capture, for_publisher, for_worker
 from edge.pipeline.capture import Capture, CaptureSettings
 from edge.pipeline.inspection import Bank
@@ -25,7 +26,6 @@ from edge.pipeline.publisher import Publisher, PublisherSettings
 from edge.pipeline.sources import SyntheticSource
 from edge.pipeline.worker import Worker, WorkerSettings
 from edge.protocol import FrameHeader, encode_frame
-from edge.services.sdnotify import Watchdog, notify
 
 
 @pytest.fixture

@@ -165,7 +165,7 @@ def test_check_config_names_a_missing_pool_key_file(valid, tmp_path):
 
 
 def test_the_opcua_bridge_section_names_its_missing_files(valid, tmp_path):
-    from edge.bridges.opcua import settings_from_config
+    from edge.bridges.base import link_from_config
 
     valid["endpoints"]["latest"] = "tcp://*:5557"
     opcua = {"certificate": str(tmp_path / "s.der"), "private_key": str(tmp_path / "s.pem")}
@@ -183,9 +183,9 @@ def test_the_opcua_bridge_section_names_its_missing_files(valid, tmp_path):
     (tmp_path / "trusted").mkdir()
     path = tmp_path / "station.yaml"
     path.write_text(yaml.safe_dump(valid))
-    settings, metrics_port = settings_from_config(path)
-    assert settings.station == "line1" and settings.cameras == ("cam0",) and metrics_port is None
-    assert settings.query_endpoint == "tcp://127.0.0.1:5557" and settings.endpoint_url.endswith(":4840/edge/")
+    link, section = link_from_config(path, "opcua")
+    assert link.station == "line1" and link.cameras == ("cam0",) and section.metrics_port is None
+    assert link.query_endpoint == "tcp://127.0.0.1:5557" and section.endpoint_url.endswith(":4840/edge/")
 
 
 def test_check_config_walks_the_schema_for_every_file_a_setting_names(valid, tmp_path):

@@ -32,7 +32,8 @@ from edge.protocol import (
     encode_result,
     encode_trigger,
     encode_verdict,
-    verdict_topic,
+    parse_topic,
+    topic,
 )
 
 
@@ -270,7 +271,21 @@ def test_every_other_message_kind_round_trips_and_refuses_garbage():
 
 def test_topics_end_with_a_dot_so_prefixes_name_one_camera():
     assert subscription("verdict", "line1", "cam1") == b"verdict.line1.cam1."
-    assert not verdict_topic("line1", "cam10").startswith(subscription("verdict", "line1", "cam1"))
-    assert verdict_topic("line1", "cam1").startswith(subscription("verdict", "line1"))
+    assert not topic("verdict", "line1", "cam10").startswith(subscription("verdict", "line1", "cam1"))
+    assert topic("verdict", "line1", "cam1").startswith(subscription("verdict", "line1"))
     with pytest.raises(ValueError):
         subscription("verdict", "line.1")
+
+
+def test_one_function_builds_a_topic_and_one_reads_it():
+    for kind, station, camera in (
+        ("verdict", "line1", "cam1"),
+        ("mask", "l", "c"),
+        ("heartbeat", "line1", ""),
+    ):
+        built = topic(kind, station, camera)
+        assert parse_topic(built) == (kind, station, camera) == parse_topic(built.decode())
+    assert topic("verdict") == b"verdict." and topic("heartbeat", "line1") == b"heartbeat.line1."
+    for foreign in (b"verdict.line1.cam1", b"verdict..cam1.", b"verdict.", b"a.b.c.d.", b"\xff.x.y."):
+        with pytest.raises(ProtocolError):
+            parse_topic(foreign)

@@ -59,7 +59,7 @@ def test_edge_calibrate_offers_every_recipe_key_and_the_station_file_keeps_the_e
     for name, info in CalibrationConfig.model_fields.items():
         action = actions[name]
         assert flag_of(name) in action.option_strings and action.default is None and action.help
-        _, choices = _plain(info.annotation)
+        _, choices, _ = _plain(info.annotation)
         assert tuple(action.choices or ()) == choices
     for name in RECIPE_ENGINE_SETTINGS:
         assert CalibrationConfig.model_fields[name].default == getattr(DEFAULTS, name)

@@ -1,4 +1,6 @@
-"""systemd's notify protocol with the standard library: READY, STATUS, STOPPING and WATCHDOG.
+"""A process's life under systemd or edge-run, for station processes and bridges alike: stop on
+SIGTERM/SIGINT, and systemd's notify protocol with the standard library (READY, STATUS, STOPPING,
+WATCHDOG).
 
 One datagram per message to the socket `$NOTIFY_SOCKET` names (a path, or '@' for the abstract
 namespace). Outside systemd (no such variable) every call does nothing. The watchdog is fed from a
