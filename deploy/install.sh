@@ -104,29 +104,21 @@ run install -m 0644 "$SOURCE/deploy/udev/70-edge-cameras.rules" /etc/udev/rules.
 run udevadm control --reload-rules
 run systemctl daemon-reload
 
-step "check the configuration (as the service user)"
+step "check the configuration (as the service user) and enable its units (edge-run --units: one table)"
 if [ "$DRY" = 0 ]; then
     runuser -u edge -- env TORCH_HOME=/var/lib/edge/torch "$PREFIX/venv/bin/edge-run" /etc/edge/station.yaml --check-config \
         || { echo "fix /etc/edge/station.yaml, then run this script again" >&2; exit 6; }
-    cameras="$("$PREFIX/venv/bin/python" -c 'from edge.config import load_config; print(" ".join(load_config("/etc/edge/station.yaml").camera_names))')"
-    # a worker pool (endpoints.workers): the broker and one edge-worker@<slot> per slot
-    slots="$("$PREFIX/venv/bin/python" -c 'from edge.config import load_config; c = load_config("/etc/edge/station.yaml"); print(len(c.worker_devices) if c.pooled else 0)')"
-    bridges="$("$PREFIX/venv/bin/python" -c 'from edge.config import load_config; b = load_config("/etc/edge/station.yaml").bridges; print(" ".join(n for n in ("mqtt", "opcua") if getattr(b, n) is not None))')"
+    units="$("$PREFIX/venv/bin/edge-run" /etc/edge/station.yaml --units)"
 else
     echo "+ edge-run /etc/edge/station.yaml --check-config"
-    cameras="<cameras in station.yaml>"
-    slots=0
-    bridges=""
+    # a dry run lists the units of --config with an edge-run already on PATH (a checkout's venv)
+    if [ -n "$CONFIG" ] && command -v edge-run >/dev/null; then
+        units="$(edge-run "$CONFIG" --units)" || exit 6
+    else
+        units="edge.target edge-publisher.service edge-worker.service edge-capture@<camera>.service"
+    fi
 fi
-for camera in $cameras; do run systemctl enable "edge-capture@$camera.service"; done
-run systemctl enable edge.target edge-publisher.service
-if [ "$slots" -gt 0 ]; then
-    run systemctl enable edge-broker.service
-    for slot in $(seq 0 $((slots - 1))); do run systemctl enable "edge-worker@$slot.service"; done
-else
-    run systemctl enable edge-worker.service
-fi
-for bridge in $bridges; do run systemctl enable "edge-$bridge-bridge.service"; done
+for unit in $units; do run systemctl enable "$unit"; done
 
 cat <<EOT
 == installed. Next:

@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -323,9 +323,14 @@ class BridgeConfig(_Strict):
     ] = None
     metrics_port: Annotated[Port | None, about("serve Prometheus /metrics on this port")] = None
 
+    # (a module the bridge needs, the extra that installs it): edge-run says so rather than fail
+    needs: ClassVar[tuple[str, str]]
+
 
 class MqttBridgeConfig(BridgeConfig):
     """edge-mqtt-bridge (edge/bridges/mqtt.py): this station's verdicts onto the site's MQTT broker."""
+
+    needs = ("paho.mqtt.client", "mqtt")
 
     broker: Annotated[
         str, Field(pattern=BROKER_PATTERN), about("MQTT broker HOST[:PORT] (1883; 8883 with TLS)")
@@ -357,6 +362,8 @@ class MqttBridgeConfig(BridgeConfig):
 class OpcUaBridgeConfig(BridgeConfig):
     """edge-opcua-bridge (edge/bridges/opcua.py): this station's results in an OPC UA server."""
 
+    needs = ("asyncua", "opcua")
+
     endpoint_url: Annotated[
         str, Field(pattern=OPCUA_URL_PATTERN), Flag("--endpoint"), about("the OPC UA endpoint URL")
     ] = "opc.tcp://0.0.0.0:4840/edge/"
@@ -379,6 +386,8 @@ MODBUS_OFFSETS = 13  # the registers a verdict and the alive word take (edge/bri
 
 class ModbusBridgeConfig(BridgeConfig):
     """edge-modbus-bridge (edge/bridges/modbus.py): the latest verdict in a PLC's holding registers."""
+
+    needs = ("pymodbus", "plc")
 
     plc: Annotated[str, Field(pattern=BROKER_PATTERN), about("PLC address HOST[:PORT] (port 502)")]
     device_id: Annotated[int, Field(ge=0, le=255), about("Modbus unit/device id")] = 1

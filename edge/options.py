@@ -105,8 +105,7 @@ def add_model_options(parser: Any, model: type[BaseModel], prefix: str = "") -> 
     for name, info in model.model_fields.items():
         kind, choices, listed = _plain(info.annotation)
         if isinstance(kind, type) and issubclass(kind, BaseModel):
-            group = parser.add_argument_group(f"{info.description or name} ({prefix}{name})")
-            options |= add_model_options(group, kind, f"{prefix}{name}.")
+            options |= add_model_options(parser, kind, f"{prefix}{name}.")
             continue
         option, dest = option_of(name, info), prefix + name
         options[dest] = option

@@ -115,7 +115,6 @@ class Bridge:
 
     name: ClassVar[str]  # bridges.<name>, edge-<name>-bridge, its metrics edge_<name>_*
     section_type: ClassVar[type[BridgeConfig]]
-    requires: ClassVar[tuple[str, str]]  # (a module it needs, the extra that installs it)
 
     def __init__(self, link: StationLink, section: BridgeConfig, topics: tuple[str, ...] = ()) -> None:
         self.link, self.section = link, section
@@ -242,6 +241,7 @@ class Bridge:
                 self.step()
         finally:
             self.close()
+            self.log.info("bridge stopped (%d verdict(s) the station no longer held)", self.lost)
 
     def samples(self) -> list[tuple]:
         """Prometheus samples (edge.metrics.ProcessMetrics.snapshot): the frame's, then the adapter's."""
@@ -295,7 +295,7 @@ def bridge_main(
     setup_logging()
     if chores is not None and chores(args):
         return 0
-    module, extra = bridge.requires
+    module, extra = bridge.section_type.needs
     try:
         __import__(module)
     except ImportError:

@@ -63,7 +63,6 @@ def decode_registers(words: list[int]) -> dict:
 class ModbusBridge(Bridge):
     name = "modbus"
     section_type = ModbusBridgeConfig
-    requires = ("pymodbus", "plc")
     section: ModbusBridgeConfig
 
     def __init__(self, link: StationLink, section: ModbusBridgeConfig) -> None:

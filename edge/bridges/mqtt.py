@@ -81,7 +81,6 @@ class MqttCounters:
 class MqttBridge(Bridge):
     name = "mqtt"
     section_type = MqttBridgeConfig
-    requires = ("paho.mqtt.client", "mqtt")
     section: MqttBridgeConfig
 
     def __init__(self, link: StationLink, section: MqttBridgeConfig) -> None:

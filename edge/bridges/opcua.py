@@ -198,7 +198,6 @@ class OpcUaBridge(Bridge):
 
     name = "opcua"
     section_type = OpcUaBridgeConfig
-    requires = ("asyncua", "opcua")
     section: OpcUaBridgeConfig
 
     def __init__(self, link: StationLink, section: OpcUaBridgeConfig) -> None:

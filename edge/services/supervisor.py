@@ -1,10 +1,11 @@
-"""edge-run: a station on one host: publisher, worker (or a broker and a pool of workers) and one
-capture per camera, as separate processes.
+"""edge-run: a station on one host: publisher, worker (or a broker and a pool of workers), one
+capture per camera and the configured bridges, as separate processes (edge/processes.py lists them).
 
 A process that fails is restarted, at most `supervisor.restart_burst` times per
-`supervisor.restart_interval_s` (then the station stops, as systemd's start limit would). SIGTERM
-stops the captures first, then the broker, the workers, then the publisher, each after it has
-drained what it holds, so every part already triggered still gets its verdict. When every
+`supervisor.restart_interval_s` (then the station stops, as systemd's start limit would; a bridge
+is given up instead and the station runs on). SIGTERM stops the captures first, then the broker,
+the workers, the publisher, then the bridges, each after it has drained what it holds, so every
+part already triggered still gets its verdict and every verdict reaches the bridges. When every
 camera's source has ended (a finite replay), the station drains and stops by itself.
 """
 
@@ -25,6 +26,7 @@ from pathlib import Path
 from edge.cli_support import run_cli, setup_logging
 from edge.config import StationConfig, camera_warnings, check_station, load_config
 from edge.lifecycle import stop_on_signals
+from edge.processes import RANKS, bridges_left_out, station_processes, units
 from edge.services.runtime import EXIT_CODES, RUN_DIR_VARIABLE, service_parser
 
 log = logging.getLogger("edge.run")
@@ -45,13 +47,18 @@ class Child:
 
     name: str
     argv: list[str]
+    essential: bool = True  # False: given up after its restart limit, the station runs on
     process: subprocess.Popen | None = None
     restarts: deque[float] = field(default_factory=deque)
-    ended: bool = False  # a capture whose finite source ended (exit 0): not restarted
+    ended: bool = False  # a capture whose finite source ended (exit 0), a bridge given up: not restarted
 
     @property
     def is_capture(self) -> bool:
         return self.name.startswith("capture:")
+
+    @property
+    def rank(self) -> str:
+        return self.name.split(":")[0]
 
     def start(self, env: dict[str, str]) -> None:
         self.process = subprocess.Popen(self.argv, env=env)
@@ -79,22 +86,9 @@ def _describe_exit(code: int) -> str:
 class Supervisor:
     def __init__(self, config_path: Path, config: StationConfig) -> None:
         self.config = config
-        module = [sys.executable, "-m"]
-        path = str(config_path)
-        if config.pooled:
-            workers = [Child("broker", [*module, "edge.services.broker", path])] + [
-                Child(f"worker:{slot}", [*module, "edge.services.worker", path, "--slot", str(slot)])
-                for slot in range(len(config.worker_devices))
-            ]
-        else:
-            workers = [Child("worker", [*module, "edge.services.worker", path])]
         self.children = [
-            Child("publisher", [*module, "edge.services.publisher", path]),
-            *workers,
-            *(
-                Child(f"capture:{name}", [*module, "edge.services.capture", path, "--camera", name])
-                for name in config.camera_names
-            ),
+            Child(process.name, process.argv(config_path), process.essential)
+            for process in station_processes(config)
         ]
         self.env = dict(os.environ)
         self.env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -104,20 +98,18 @@ class Supervisor:
         self.env.setdefault(RUN_DIR_VARIABLE, self.run_dir.name)
 
     def _restart(self, child: Child, code: int) -> bool:
-        """Restart a failed child unless it failed too often; False when the limit is reached."""
+        """Restart a failed child unless it failed too often; False when the limit is reached by a
+        process the station cannot run without."""
         limits = self.config.supervisor
         now = time.monotonic()
         while child.restarts and now - child.restarts[0] > limits.restart_interval_s:
             child.restarts.popleft()
         if len(child.restarts) >= limits.restart_burst:
-            log.error(
-                "%s failed (%s) after %d restarts within %.0f s: stopping the station",
-                child.name,
-                _describe_exit(code),
-                len(child.restarts),
-                limits.restart_interval_s,
-            )
-            return False
+            outcome = "stopping the station" if child.essential else "given up, the station runs on"
+            log.error("%s failed (%s) after %d restarts within %.0f s: %s", child.name, _describe_exit(code),
+                      len(child.restarts), limits.restart_interval_s, outcome)  # fmt: skip
+            child.ended = not child.essential
+            return not child.essential
         child.restarts.append(now)
         log.warning("%s failed (%s); restarting it", child.name, _describe_exit(code))
         child.start(self.env)
@@ -131,6 +123,10 @@ class Supervisor:
                 continue
             if code == 0 and child.is_capture:
                 log.info("%s: its source has ended", child.name)
+                child.ended = True
+            elif code in NOT_TRANSIENT and not child.essential:
+                log.error("%s stopped with exit code %d (%s; its own line above says what): the station "
+                          "runs on without it", child.name, code, NOT_TRANSIENT[code])  # fmt: skip
                 child.ended = True
             elif code in NOT_TRANSIENT:
                 why = NOT_TRANSIENT[code]
@@ -158,11 +154,11 @@ class Supervisor:
         return code
 
     def shutdown(self) -> None:
-        """Data-flow order: the captures, the broker, the workers, then the publisher, each drained;
-        the processes of one rank (every capture, every worker) drain at the same time."""
+        """Data-flow order: the captures, the broker, the workers, the publisher, then the bridges,
+        each drained; the processes of one rank (every capture, every worker) drain at the same time."""
         timeout = self.config.supervisor.drain_timeout_s
-        for rank in ("capture", "broker", "worker", "publisher"):
-            group = [child for child in self.children if child.name.split(":")[0] == rank]
+        for rank in RANKS:
+            group = [child for child in self.children if child.rank == rank]
             for child in group:
                 child.terminate()
             deadline = time.monotonic() + timeout
@@ -178,22 +174,26 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument(
         "--check-config",
         action="store_true",
-        help="validate the configuration (keys, types, files, endpoints bindable) and exit",
+        help="validate the configuration (keys, types, files, endpoints bindable), list the processes, exit",
+    )
+    parser.add_argument(
+        "--units", action="store_true", help="print the systemd units this station enables, one a line, exit"
     )
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     config = load_config(args.config)
+    if args.units:
+        print("\n".join(units(config)))
+        return 0
+    for name, why in bridges_left_out(config).items():  # said first: a configured bridge not run
+        log.warning("bridges.%s is configured but not run: %s", name, why)
     check_station(config, bind=True)  # what --check-config refuses, edge-run refuses too
     for warning in camera_warnings(config):  # and what it warns of, edge-run warns of
         log.warning("%s: the station starts; the camera is reported reconnecting until it opens", warning)
     if args.check_config:
-        log.info(
-            "%s is valid: station %s, cameras %s, bank %s",
-            args.config,
-            config.station,
-            config.camera_names,
-            config.bank.path,
-        )
+        processes = ", ".join(process.name for process in station_processes(config))
+        log.info("%s is valid: station %s, bank %s; runs %s", args.config, config.station, config.bank.path,
+                 processes)  # fmt: skip
         return 0
     stop = stop_on_signals()
     return Supervisor(args.config.resolve(), config).run(stop)

@@ -18,9 +18,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 import zmq
 from bridge_kit import Station, free_port
-from station_kit import wait_until
+from station_kit import start_station, station_config, stop_station, wait_until
 
 from edge.protocol import Verdict, VerdictMessage
 
@@ -391,3 +392,33 @@ def test_camera_states_reach_the_retained_status(tmp_path, broker):
         bridge.wait(15)
         historian.close()
         station.close()
+
+
+def test_edge_run_starts_the_configured_bridge_and_drains_it_last(tmp_path, broker, bank_store):
+    """bridges.mqtt in the station file: edge-run runs edge-mqtt-bridge beside the station (the same
+    table edge-run --units lists for install.sh), and a historian gets the verdicts through it."""
+    config = station_config(tmp_path, bank_store.root)
+    raw = yaml.safe_load(config.read_text())
+    camera = raw["cameras"][0]
+    camera.update(trigger="free_run", trigger_endpoint=None, deadline_ms=None)
+    camera["source"] = {"kind": "synthetic", "size": 160, "defect_rate": 0.3, "seed": 5, "rate_hz": 10}
+    raw["bridges"] = {"mqtt": {"broker": f"127.0.0.1:{broker.port}", "topic_root": ROOT}}
+    config.write_text(yaml.safe_dump(raw))
+    command = [sys.executable, "-m", "edge.services.supervisor", str(config)]
+    units = subprocess.run([*command, "--units"], capture_output=True, text=True, timeout=60)
+    expected = ["edge.target", "edge-publisher.service", "edge-worker.service", "edge-capture@cam0.service"]
+    assert units.stdout.split() == [*expected, "edge-mqtt-bridge.service"], units.stderr
+    historian = Historian(broker.port)
+    station = start_station(config)
+    try:
+        wait_until(lambda: len(historian.verdict_frames()) >= 10, 120, "verdicts through edge-run's bridge")
+        wait_until(lambda: any(json.loads(p)["station_alive"] for p in historian.payloads("/status")), 10,
+                   "the bridge's status to say the station is alive")  # fmt: skip
+    finally:
+        code, output = stop_station(station)
+        historian.close()
+    assert code == 0, output[-3000:]
+    assert "started bridge:mqtt" in output and "not run" not in output
+    frames = historian.verdict_frames()
+    assert len(frames) == len(set(frames)) and all(f.startswith("cam0") for f in frames), frames[:5]
+    assert output.index("edge.mqtt: bridge stopped") > output.index("publisher stopped")  # bridges drain last

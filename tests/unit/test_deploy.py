@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 INSTALL = Path(__file__).parents[2] / "deploy" / "install.sh"
@@ -38,3 +40,28 @@ def test_install_refuses_foreign_weights_and_unknown_options(tmp_path):
     result = install("--dry-run", "--weights", str(wrong))
     assert result.returncode == 3 and "not torchvision's wide_resnet50_2 IMAGENET1K_V1" in result.stderr
     assert install("--dry-run", "--colour", "red").returncode == 2
+
+
+def test_a_dry_run_enables_the_units_edge_run_lists_for_the_station(tmp_path):
+    """One process table: install.sh enables what `edge-run --units` lists (a pool, two cameras and
+    two bridges here), and nothing else."""
+    config = tmp_path / "station.yaml"
+    config.write_text(
+        "station: line1\nbank: {path: /nonexistent}\n"
+        "endpoints: {frames: 'ipc:///tmp/f', results: 'ipc:///tmp/r', publish: 'tcp://*:5556', workers: 'ipc:///tmp/w'}\n"
+        "worker: {count: 2}\n"
+        "cameras: [{name: top, source: {kind: synthetic}}, {name: side, source: {kind: synthetic}}]\n"
+        "bridges: {mqtt: {broker: 'mqtt.site'}, modbus: {plc: '10.0.0.5'}}\n"
+    )  # fmt: skip
+    path = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    result = subprocess.run(["bash", str(INSTALL), "--dry-run", "--config", str(config)], env=path,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    enabled = [
+        line.split()[-1] for line in result.stdout.splitlines() if line.startswith("+ systemctl enable")
+    ]
+    assert enabled == [
+        "edge.target", "edge-publisher.service", "edge-broker.service", "edge-worker@0.service",
+        "edge-worker@1.service", "edge-capture@top.service", "edge-capture@side.service",
+        "edge-mqtt-bridge.service", "edge-modbus-bridge.service",
+    ]  # fmt: skip

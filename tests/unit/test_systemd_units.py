@@ -38,7 +38,7 @@ def test_every_unit_verifies_cleanly(tmp_path, analyze):
         name = unit.name.replace("@.service", "@cam0.service")  # a template is verified as an instance
         (tmp_path / name).write_text(text)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert len(names) == 9
+    assert len(names) == 10
     result = subprocess.run(
         [analyze, "verify", "--man=no", *names], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
