@@ -222,7 +222,8 @@ class WorkerConfig(_Strict):
     search_precision: SearchPrecision = ENGINE.search_precision
     extractor: Extractor = ENGINE.extractor
     extractor_precision: ExtractorPrecision = ENGINE.extractor_precision
-    max_batch: Annotated[int, Field(ge=1, le=256)] = 8
+    # frames per micro-batch, and the extractor's batch (the engine's batch_size): one knob
+    max_batch: Annotated[int, Field(ge=1, le=256)] = ENGINE.batch_size
     max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 5.0
     torch_threads: Annotated[int, Field(ge=1, le=256)] | None = None  # None: torch's default
     metrics_port: Port | None = None  # Prometheus /metrics

@@ -46,7 +46,7 @@ def load_station_bank(config: StationConfig, device: str | None = None) -> Bank:
         ref.path,
         config.weights,
         **{name: getattr(config.worker, name) for name in WORKER_ENGINE_SETTINGS}
-        | {"device": device or config.worker.device},
+        | {"device": device or config.worker.device, "batch_size": config.worker.max_batch},
     )
     threshold = config.bank.threshold or model.threshold
     if threshold is None:

@@ -109,3 +109,45 @@ def test_a_value_outside_the_declaration_is_a_usage_error_naming_the_setting(nam
 def test_old_names_still_read_as_their_new_ones():
     assert EngineConfig(search="torch").search == "exact"
     assert "torch" in _plain(WorkerConfig.model_fields["search"].annotation)[1]  # old station files
+
+
+# The pipeline reads no configuration (tests/unit/test_layers.py): its objects take dataclass
+# settings, built by the services from the station file's sections. Where a twin repeats a key, its
+# default must be the section's, or a library user and a station would run different stations.
+TWINS = {  # twin: (its section, keys whose defaults differ on purpose, and why)
+    "edge.pipeline.capture.CaptureSettings": ("CameraConfig", {}),
+    "edge.pipeline.worker.WorkerSettings": ("WorkerConfig", {}),
+    "edge.pipeline.broker.BrokerSettings": ("BrokerConfig", {}),
+    "edge.pipeline.gige.GigESettings": ("AravisSourceConfig", {}),
+    "edge.pipeline.sources.OpenCVSettings": ("OpenCVSourceConfig", {}),
+    "edge.pipeline.publisher.PublisherSettings": (
+        "PublisherConfig",
+        {"startup_hold_s": "a publisher in a library or test sends at once; a station's holds"},
+    ),
+}
+
+
+@pytest.mark.parametrize("twin", TWINS)
+def test_each_pipeline_settings_twin_keeps_its_sections_defaults(twin):
+    import importlib
+
+    import edge.config
+
+    module, name = twin.rsplit(".", 1)
+    settings = getattr(importlib.import_module(module), name)
+    section_name, differing = TWINS[twin]
+    section = getattr(edge.config, section_name)
+    shared = [field for field in fields(settings) if field.name in section.model_fields]
+    assert shared, f"{name} shares no key with {section_name}"
+    for field in shared:
+        if field.name not in differing:
+            assert field.default == section.model_fields[field.name].default, f"{name}.{field.name}"
+
+
+def test_the_worker_batch_is_one_knob():
+    """worker.max_batch is the micro-batch and the extractor's batch (engine batch_size)."""
+    from pathlib import Path
+
+    source = (Path(__file__).parents[2] / "edge" / "services" / "worker.py").read_text()
+    assert WorkerConfig().max_batch == DEFAULTS.batch_size
+    assert '"batch_size": config.worker.max_batch' in source
