@@ -187,7 +187,7 @@ def for_publisher(publisher: Publisher, station: str) -> ProcessMetrics:
                 "gauge",
                 "edge_queue_depth",
                 "Announced parts awaiting a verdict",
-                len(publisher.ledger.outstanding),
+                publisher.ledger.awaited,
             ),
         ]
     )
@@ -234,7 +234,7 @@ def for_capture(capture: Capture, station: str) -> ProcessMetrics:
                 "counter",
                 "edge_camera_incomplete",
                 "Camera buffers not inspected (incomplete), by status",
-                getattr(capture.source, "incomplete", {}),
+                capture.source.health.incomplete,
                 "status",
             ),
             (

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -73,6 +73,7 @@ class CameraHealth:
         self._size: tuple[int, int] | None = None
         self.reconnects = 0  # reopened and streaming again after a loss
         self.attempts = 0  # reopen attempts, successful or not
+        self.incomplete: Counter[str] = Counter()  # frames not inspected (a GigE buffer incomplete), by why
 
     def _move(self, state: str, reason: str | None) -> None:
         self._state, self._reason = state, reason

@@ -14,7 +14,6 @@ import contextlib
 import logging
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,7 +82,6 @@ class AravisSource:
         self.exhausted = False
         self.health = CameraHealth(camera)
         self.period_s: float | None = 1 / settings.frame_rate if settings.frame_rate else None
-        self.incomplete: Counter[str] = Counter()  # buffers not inspected, by Aravis status
         self.complete = 0  # frames decoded and handed on
         self.camera: Any = None  # Aravis.Camera, Aravis.Stream (GObject introspection: untyped)
         self.stream: Any = None
@@ -225,10 +223,10 @@ class AravisSource:
         try:
             status = buffer.get_status()
             if status != self.aravis.BufferStatus.SUCCESS:
-                self.incomplete[status.value_nick] += 1
-                if sum(self.incomplete.values()) % 100 == 1:
+                self.health.incomplete[status.value_nick] += 1
+                if sum(self.health.incomplete.values()) % 100 == 1:
                     log.warning("camera %s: buffer %s, not inspected (%s so far)", self.name,
-                                status.value_nick, dict(self.incomplete))  # fmt: skip
+                                status.value_nick, dict(self.health.incomplete))  # fmt: skip
                 return None
             self.last_frame = time.monotonic()
             pixels = self._decode(buffer)
@@ -255,8 +253,8 @@ class AravisSource:
             return data[: height * width * 3].reshape(height, width, 3).copy()
         if fmt in BAYER_TO_RGB:
             return cv2.cvtColor(data[: height * width].reshape(height, width), BAYER_TO_RGB[fmt])
-        self.incomplete[f"format {fmt}"] += 1
-        if self.incomplete[f"format {fmt}"] == 1:
+        self.health.incomplete[f"format {fmt}"] += 1
+        if self.health.incomplete[f"format {fmt}"] == 1:
             log.error(
                 "camera %s sends %s; set pixel_format to one of %s", self.name, fmt, ", ".join(PIXEL_FORMATS)
             )
@@ -266,4 +264,4 @@ class AravisSource:
         self.closing.set()
         self.reader.join(RETRY_S + 5)
         log.info("camera %s: %d frames, incomplete buffers %s, %d reconnects", self.name, self.complete,
-                 dict(self.incomplete), self.health.reconnects)  # fmt: skip
+                 dict(self.health.incomplete), self.health.reconnects)  # fmt: skip

@@ -85,7 +85,8 @@ class Ledger:
     ) -> None:
         self.default_deadline_ms = default_deadline_ms
         self.grace_ms = grace_ms
-        self.outstanding: OrderedDict[str, tuple[FrameHeader, float]] = OrderedDict()
+        self._outstanding: OrderedDict[str, tuple[FrameHeader, float]] = OrderedDict()
+        self._accepted: set[str] = set()  # verdicts taken and not yet published (held, in order)
         self._answered: set[str] = set()
         self._answered_order: deque[str] = deque()
         self.late = 0  # verdicts that came after their frame had been answered
@@ -103,7 +104,7 @@ class Ledger:
         now_s, now_utc = time.monotonic(), time.time()
         for record in self.journal.read():
             if isinstance(record.get("answered"), str):
-                self.outstanding.pop(record["answered"], None)
+                self._outstanding.pop(record["answered"], None)
                 self._remember(record["answered"])
                 continue
             try:
@@ -112,8 +113,8 @@ class Ledger:
             except (KeyError, TypeError, ValueError, ProtocolError):
                 continue
             if header.frame_id not in self._answered:
-                self.outstanding[header.frame_id] = (header, now_s + (due - now_utc))
-        self.recovered = len(self.outstanding)
+                self._outstanding[header.frame_id] = (header, now_s + (due - now_utc))
+        self.recovered = len(self._outstanding)
         if self.recovered:
             log.warning("%d announced part(s) of a previous publisher await their verdict", self.recovered)
         self._compact()
@@ -124,7 +125,7 @@ class Ledger:
         records: list[dict[str, Any]] = [{"answered": frame_id} for frame_id in self._answered_order]
         records += [
             {"expect": asdict(header), "due_utc_s": now_utc + (at - now_s)}
-            for header, at in self.outstanding.values()
+            for header, at in self._outstanding.values()
         ]
         self.journal.rewrite(records)
 
@@ -144,31 +145,50 @@ class Ledger:
 
     def expect(self, header: FrameHeader, now_s: float) -> None:
         """A frame was sent; it is due `deadline_ms` (+ grace) from now, as the publisher's clock says."""
-        if header.frame_id in self._answered or header.frame_id in self.outstanding:
+        if header.frame_id in self._answered or header.frame_id in self._outstanding:
             return  # its verdict overtook the announcement, or it was announced twice
         deadline_ms = header.deadline_ms or self.default_deadline_ms
         due = now_s + (deadline_ms + self.grace_ms) / 1000
-        self.outstanding[header.frame_id] = (header, due)
+        self._outstanding[header.frame_id] = (header, due)
         self._record({"expect": asdict(header), "due_utc_s": time.time() + (due - now_s)})
 
     def answer(self, frame_id: str) -> bool:
         """True if this verdict is the frame's first and must be published (the caller publishes
-        it, then calls `published`)."""
-        if frame_id in self._answered:
+        it, then calls `published`); a repeat, or one for an answered frame, is counted late."""
+        if frame_id in self._answered or frame_id in self._accepted:
             self.late += 1
             return False
+        self._accepted.add(frame_id)
         return True
 
     def published(self, frame_id: str, triggered: bool) -> None:
         """A verdict went out: the frame counts as answered (journaled for triggered parts)."""
-        self.outstanding.pop(frame_id, None)
+        self._outstanding.pop(frame_id, None)
+        self._accepted.discard(frame_id)
         self._remember(frame_id)
         if triggered:
             self._record({"answered": frame_id})
 
     def overdue(self, now_s: float) -> list[FrameHeader]:
-        """Frames whose deadline passed without a verdict (the caller publishes their TIMEOUT)."""
-        return [header for header, at in self.outstanding.values() if at <= now_s]
+        """Frames whose deadline passed without a verdict (the caller publishes their TIMEOUT); one
+        whose verdict came and waits to be published is not overdue."""
+        return [h for h, at in self._outstanding.values() if at <= now_s and h.frame_id not in self._accepted]
+
+    def waiting_before(self, camera: str, capture_ns: int) -> bool:
+        """An announced frame of `camera`, captured before `capture_ns`, has no verdict yet."""
+        return any(
+            header.camera == camera and header.capture_monotonic_ns < capture_ns
+            and header.frame_id not in self._accepted
+            for header, _ in self._outstanding.values()
+        )  # fmt: skip
+
+    def awaits(self, frame_id: str) -> bool:
+        return frame_id in self._outstanding
+
+    @property
+    def awaited(self) -> int:
+        """Announced parts without a verdict yet."""
+        return len(self._outstanding)
 
     def close(self) -> None:
         if self.journal is not None:

@@ -88,7 +88,6 @@ class PublisherSettings:
 class PublisherCounters:
     published: int = 0
     timeouts: int = 0
-    late: int = 0
     reordered_gaps: int = 0  # verdicts published before an earlier frame's (its wait ran out)
     malformed: ErrorTally = field(default_factory=lambda: ErrorTally("result or request", log))
 
@@ -102,10 +101,8 @@ class Publisher:
         self.latest: dict[str, dict] = {}
         self.replay = ReplayStore(settings.replay, settings.replay_s)
         self.held: list[tuple[VerdictMessage, bytes | None]] = []  # results waiting for the hold's end
-        self.held_ids: set[str] = set()
         # per camera, verdicts waiting for earlier frames': (capture ns, tiebreak, arrival s, verdict, mask)
         self.waiting: dict[str, list[tuple]] = {}
-        self.waiting_ids: set[str] = set()
         self._arrivals = itertools.count()
         self.ledger = Ledger(settings.default_deadline_ms, journal=settings.journal)
         context = context or zmq.Context.instance()
@@ -167,22 +164,12 @@ class Publisher:
         except ProtocolError as error:
             self.counters.malformed.count(error)
             return
-        if message.frame_id in self.held_ids or message.frame_id in self.waiting_ids:  # a repeat
-            self.ledger.late += 1
-            late = True
-        else:
-            late = not self.ledger.answer(message.frame_id)
-        if late:
-            self.counters.late = self.ledger.late
-            if self.counters.late % LOG_EVERY == 1:  # a peer repeating ids must not flood the log
-                log.warning(
-                    "verdict for %s came after its frame was answered; dropped (%d so far)",
-                    message.frame_id,
-                    self.counters.late,
-                )
+        if not self.ledger.answer(message.frame_id):  # a repeat, or its part was answered
+            if self.ledger.late % LOG_EVERY == 1:  # a peer repeating ids must not flood the log
+                log.warning("verdict for %s came after its frame was answered; dropped (%d so far)",
+                            message.frame_id, self.ledger.late)  # fmt: skip
         elif time.monotonic() < self.publish_from:
             self.held.append((message, mask_png))
-            self.held_ids.add(message.frame_id)
         else:
             self._enqueue(message, mask_png)
 
@@ -213,7 +200,6 @@ class Publisher:
     def _release_held(self) -> None:
         if self.held and time.monotonic() >= self.publish_from:
             held, self.held = self.held, []
-            self.held_ids.clear()
             for message, mask_png in held:
                 self._enqueue(message, mask_png)
 
@@ -221,17 +207,7 @@ class Publisher:
     def _enqueue(self, message: VerdictMessage, mask_png: bytes | None) -> None:
         entry = (message.capture_monotonic_ns, next(self._arrivals), time.monotonic(), message, mask_png)
         heapq.heappush(self.waiting.setdefault(message.camera, []), entry)
-        self.waiting_ids.add(message.frame_id)
         self._release_in_order()
-
-    def _earlier_unanswered(self, camera: str, capture_ns: int) -> bool:
-        """An announced frame of `camera`, captured before `capture_ns`, still has no verdict."""
-        return any(
-            header.camera == camera
-            and header.capture_monotonic_ns < capture_ns
-            and header.frame_id not in self.waiting_ids
-            for header, _ in self.ledger.outstanding.values()
-        )
 
     def _release_in_order(self, flush: bool = False) -> None:
         """Publish every waiting verdict no earlier frame holds back (or whose wait ran out)."""
@@ -240,21 +216,18 @@ class Publisher:
         for camera, queue in self.waiting.items():
             while queue:
                 capture_ns, _, arrived, message, mask_png = queue[0]
-                blocked = self._earlier_unanswered(camera, capture_ns)
+                blocked = self.ledger.waiting_before(camera, capture_ns)
                 if blocked and not flush and now - arrived < window_s:
                     break
                 if blocked:
                     self.counters.reordered_gaps += 1
                 heapq.heappop(queue)
-                self.waiting_ids.discard(message.frame_id)
                 self._publish(message, mask_png)
 
     def _time_out_overdue(self) -> None:
         if time.monotonic() < self.publish_from:
             return
-        for header in self.ledger.overdue(time.monotonic()):
-            if header.frame_id in self.waiting_ids:
-                continue  # its verdict came, and waits for an earlier frame's
+        for header in self.ledger.overdue(time.monotonic()):  # (not those whose verdict waits)
             deadline = header.deadline_ms or self.settings.default_deadline_ms
             self.counters.timeouts += 1
             error = f"no verdict within {deadline:.0f} ms"
@@ -325,9 +298,8 @@ class Publisher:
         self.publish_from = 0.0
         self._release_held()
         for header in self.ledger.overdue(float("inf")):
-            if header.frame_id not in self.waiting_ids:
-                error = "not inspected: edge stopped"
-                self._enqueue(verdict_for(header, Verdict.ERROR, error=error), None)
+            error = "not inspected: edge stopped"
+            self._enqueue(verdict_for(header, Verdict.ERROR, error=error), None)
         self._release_in_order(flush=True)
 
     def run(self, stop: threading.Event, progress: Callable[[], None] = lambda: None) -> PublisherCounters:

@@ -89,7 +89,7 @@ def test_free_run_frames_arrive_decoded(simulator, pixel_format, shape, dtype):
         source.close()
     assert len(frames) == 10 and all(f.shape == shape and f.dtype == dtype for f in frames)
     assert len({f.tobytes() for f in frames}) > 1  # the simulator's image moves: these are new frames
-    assert source.incomplete == {} and source.complete >= 10  # the thread may have taken one more
+    assert source.health.incomplete == {} and source.complete >= 10  # the thread may have taken one more
 
 
 def test_settings_reach_the_camera(simulator):

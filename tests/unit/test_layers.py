@@ -21,8 +21,9 @@ RULES = [  # (modules the rule is about, imports they must not make, why)
     (("edge.view",), ("edge.engine", *HEAVY), "the operator's page runs without torch"),
     (("edge.bridges",), ("edge.engine", "edge.pipeline", "edge.services", *HEAVY),
      "bridges are light installs and stand on no station process"),
-    (("edge.config", "edge.processes", "edge.lifecycle", "edge.pixel_formats", "edge.engine.config", "edge.engine.input_geometry"),
-     ("edge.pipeline", "edge.engine.geometry", *HEAVY), "settings load without the station's stack"),
+    (("edge.config", "edge.processes", "edge.lifecycle", "edge.pixel_formats", "edge.engine.config",
+      "edge.engine.input_geometry"), ("edge.pipeline", "edge.engine.geometry", *HEAVY),
+     "settings load without the station's stack"),
     (("edge.calibration",), ("edge.eval",), "calibration runs on a station, without the evaluation kit"),
 ]  # fmt: skip
 # validating a bank on an MVTec-format folder is an evaluation: it reads the evaluation kit's layout
