@@ -141,6 +141,7 @@ TEXT = Rule(_text, "printable text of 1-256 characters", "string, 1–256 chars"
 TIME = Rule(lambda v: _text(v, 64), "an ISO 8601 time", "string, ISO 8601")
 NUMBER = Rule(_finite, "a finite number", "finite number")
 FLAG = Rule(lambda v: isinstance(v, bool), "true or false", "bool")
+ERROR_TEXT = Rule(lambda v: _text(v, MAX_ERROR_TEXT), "text", "string, 1–2048 chars")
 
 
 def wire(rule: Rule, default: Any = MISSING, *, factory: Any = MISSING, required: bool | None = None) -> Any:
@@ -363,9 +364,7 @@ class WorkerReady:
     bank_version: str = wire(TEXT)
     reloads: int = wire(COUNT, 0)  # reloads finished (swapped in or failed)
     # why the latest reload failed, if it did
-    reload_error: str | None = wire(
-        Rule(lambda v: _text(v, MAX_ERROR_TEXT), "text", "string, 1–2048 chars").or_null(), None
-    )
+    reload_error: str | None = wire(ERROR_TEXT.or_null(), None)
     schema: int = SCHEMA_VERSION
 
 
@@ -382,12 +381,31 @@ def decode_ready(parts: Sequence[Any]) -> WorkerReady:
     return ready
 
 
-def encode_broker_message(topic_: bytes, error: str | None = None) -> list[bytes]:
-    """`reload` (no fields) or `refused` (with `error`), broker → worker."""
-    body: dict[str, Any] = {"schema": SCHEMA_VERSION}
-    if error is not None:
-        body["error"] = error[:MAX_ERROR_TEXT]
+@dataclass(frozen=True)
+class BrokerOrder:
+    """Broker → worker: `reload` (load the bank store's active version) or `refused` (no frames for
+    this worker, and why)."""
+
+    error: str | None = wire(ERROR_TEXT.or_null(), None)
+    schema: int = SCHEMA_VERSION
+
+
+BROKER_ORDERS = (RELOAD_TOPIC, REFUSED_TOPIC)
+
+
+def encode_broker_order(topic_: bytes, error: str | None = None) -> list[bytes]:
+    """`reload` (no error) or `refused` (with `error`), broker → worker."""
+    _check(topic_ in BROKER_ORDERS, "topic", f"not a broker order: {topic_!r}")
+    order = BrokerOrder(None if error is None else error[:MAX_ERROR_TEXT])
+    body = {k: v for k, v in asdict(order).items() if v is not None}
+    _validate(body, BrokerOrder)
     return [topic_, dump_json(body)]
+
+
+def decode_broker_order(parts: Sequence[Any]) -> tuple[bytes, BrokerOrder]:
+    """The order (its topic) and its header; a ProtocolError for anything else."""
+    _check(len(parts) == 2 and bytes(parts[0]) in BROKER_ORDERS, "topic", "not a broker order")
+    return bytes(parts[0]), _message(BrokerOrder, _parse_header(parts[1]))
 
 
 # ---- trigger (PLC bridge or MES → capture) --------------------------------------------------------
@@ -584,9 +602,6 @@ def decode_mask(parts: Sequence[Any]) -> tuple[MaskHeader, bytes]:
     return header, png
 
 
-ERROR_TEXT = Rule(lambda v: _text(v, MAX_ERROR_TEXT), "text", "string, 1–2048 chars")
-
-
 @dataclass(frozen=True)
 class CameraState:
     """How a camera is, as its capture process sees it (and the publisher passes on)."""
@@ -665,6 +680,7 @@ class Query:
     camera: str = wire(NAME)
     epoch: int | None = wire(COUNT.or_null(), None)
     after_seq: int | None = wire(COUNT.or_null(), None)
+    schema: int = SCHEMA_VERSION
 
 
 @dataclass(frozen=True)
@@ -681,7 +697,7 @@ def _single(parts: Sequence[Any]) -> dict[str, Any]:
 
 
 def encode_query(query: Query) -> list[bytes]:
-    body = {"schema": SCHEMA_VERSION, **{k: v for k, v in asdict(query).items() if v is not None}}
+    body = {k: v for k, v in asdict(query).items() if v is not None}
     _validate(body, Query)
     return [dump_json(body)]
 
@@ -704,13 +720,117 @@ def decode_control(parts: Sequence[Any]) -> str:
     return _message(Control, _single(parts)).command
 
 
-def encode_reply(ok: bool, **fields: Any) -> list[bytes]:
-    """Every REP answer: `{"schema", "ok", ...}`; `ok: false` comes with `error` (and `kind`)."""
-    return [dump_json({"schema": SCHEMA_VERSION, "ok": ok, **fields})]
+# Every REP answer is one of these: `ok` says which, and a client reads the rest by what it asked.
+OK_FLAG = Rule(lambda v: v is True, "true", "`true`")
+NOT_OK = Rule(lambda v: v is False, "false", "`false`")
+OBJECTS = Rule(lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v), "a list of objects",
+               "list of verdict headers")  # fmt: skip
+VERDICT_OR_NULL = Rule(lambda v: v is None or isinstance(v, dict), "an object or null",
+                       "verdict header or null")  # fmt: skip
+BANK_TEXT = TEXT.or_null()
 
 
-def decode_reply(parts: Sequence[Any]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ErrorReply:
+    """Any request refused or failed: why, and what kind of problem (a protocol error's kind,
+    `reload`, `internal`); a failed reload names the bank still scoring."""
+
+    error: str = wire(ERROR_TEXT)
+    kind: str = wire(TEXT)
+    bank_id: str | None = wire(BANK_TEXT, None)
+    bank_version: str | None = wire(BANK_TEXT, None)
+    ok: bool = wire(NOT_OK, False, required=True)
+
+
+@dataclass(frozen=True)
+class BankReply:
+    """A worker's `status` and `reload`, a pool's `reload`: the bank scoring now."""
+
+    bank_id: str | None = wire(BANK_TEXT)
+    bank_version: str | None = wire(BANK_TEXT)
+    ok: bool = wire(OK_FLAG, True, required=True)
+
+
+@dataclass(frozen=True)
+class PoolWorkerStatus:
+    """One worker of a pool, in the broker's status reply."""
+
+    worker: str = wire(TEXT)
+    bank_id: str | None = wire(BANK_TEXT)
+    bank_version: str | None = wire(BANK_TEXT)
+    sent: int = wire(COUNT)
+    in_flight: int = wire(COUNT)
+    credit: int = wire(COUNT)
+    refused: str | None = wire(ERROR_TEXT.or_null())
+
+
+POOL_WORKERS = Rule(lambda v: isinstance(v, list) and all(_conforms(x, PoolWorkerStatus) for x in v),
+                    "a list of pool workers", "list of worker objects")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PoolStatusReply:
+    """The broker's `status`: the pool's bank and each worker's."""
+
+    bank_id: str | None = wire(BANK_TEXT)
+    bank_version: str | None = wire(BANK_TEXT)
+    workers: list[dict] = wire(POOL_WORKERS)
+    ok: bool = wire(OK_FLAG, True, required=True)
+
+
+@dataclass(frozen=True)
+class LatestReply:
+    """A camera's latest verdict (`Query` without `after_seq`)."""
+
+    epoch: int = wire(COUNT)
+    verdict: dict | None = wire(VERDICT_OR_NULL)
+    ok: bool = wire(OK_FLAG, True, required=True)
+
+
+@dataclass(frozen=True)
+class ReplayGap:
+    """Positions `from_seq`..`to_seq` of `epoch`, published and no longer kept."""
+
+    epoch: int = wire(COUNT)
+    from_seq: int = wire(COUNT)
+    to_seq: int = wire(COUNT)
+
+
+GAPS = Rule(lambda v: isinstance(v, list) and all(_conforms(x, ReplayGap) for x in v), "a list of gaps",
+            "list of {epoch, from_seq, to_seq}")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ReplayReply:
+    """One page of a camera's verdicts after a position (`Query` with `epoch` and `after_seq`)."""
+
+    epoch: int = wire(COUNT)
+    verdicts: list[dict] = wire(OBJECTS)
+    more: bool = wire(FLAG)
+    missing: list[dict] = wire(GAPS)
+    known: bool = wire(FLAG)
+    complete: bool = wire(FLAG)
+    ok: bool = wire(OK_FLAG, True, required=True)
+
+
+REPLIES = (ErrorReply, BankReply, PoolStatusReply, LatestReply, ReplayReply)
+Reply = ErrorReply | BankReply | PoolStatusReply | LatestReply | ReplayReply
+
+
+def encode_reply(reply: Reply) -> list[bytes]:
+    """Every REP answer, `{"schema", "ok", ...}`, checked against its shape before it is sent."""
+    needed = declared(type(reply))[1]  # (an optional field left at None is left out)
+    body = {"schema": SCHEMA_VERSION, **{k: v for k, v in asdict(reply).items() if v is not None or k in needed}}
+    _validate(body, type(reply))
+    return [dump_json(body)]
+
+
+def decode_reply(parts: Sequence[Any], shape: type | None = None) -> dict[str, Any]:
+    """A reply's fields; with `shape` (what the request expects when it succeeds), checked
+    against it, or against `ErrorReply` when `ok` is false."""
     raw = _single(parts)
     _check(raw.get("schema") == SCHEMA_VERSION and _whole(raw.get("schema")), "schema", "unknown schema")
     _check(isinstance(raw.get("ok"), bool), "field", "ok must be true or false")
+    if shape is not None:
+        _validate(raw, shape if raw["ok"] else ErrorReply)
     return raw

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import zmq
 
 from edge.errors import ConfigError, UsageError
-from edge.protocol import MAX_HEADER_BYTES, MAX_PIXEL_BYTES, ProtocolError, encode_reply
+from edge.protocol import MAX_HEADER_BYTES, MAX_PIXEL_BYTES, ErrorReply, ProtocolError, encode_reply
 from edge.security import CurveClient, CurveServer
 
 log = logging.getLogger("edge.sockets")
@@ -121,11 +121,11 @@ def answer(
         reply = handle(parts)
     except ProtocolError as error:
         errors.count(error)
-        reply = encode_reply(False, error=str(error), kind=error.kind)
+        reply = encode_reply(ErrorReply(str(error)[:2048], error.kind))
     except Exception as exc:  # a request must never cost the process; it is answered and logged
         errors.count("internal")
         log.exception("request could not be answered")
-        reply = encode_reply(False, error=f"internal error: {type(exc).__name__}", kind="internal")
+        reply = encode_reply(ErrorReply(f"internal error: {type(exc).__name__}", "internal"))
     if reply is None:
         return False
     socket.send_multipart(reply)

@@ -25,7 +25,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import zmq
@@ -34,11 +34,15 @@ from edge.protocol import (
     READY_TOPIC,
     REFUSED_TOPIC,
     RELOAD_TOPIC,
+    BankReply,
+    ErrorReply,
+    PoolStatusReply,
+    PoolWorkerStatus,
     ProtocolError,
     WorkerReady,
     decode_control,
     decode_ready,
-    encode_broker_message,
+    encode_broker_order,
     encode_reply,
     peek_frame,
 )
@@ -195,12 +199,12 @@ class Broker:
             worker.refused = f"it has bank version {worker.bank_version}; the pool runs {version}"
             if worker.reload_sent_for != version and self.reload is None:
                 worker.reload_sent_for = version
-                self._send(worker, encode_broker_message(RELOAD_TOPIC))
+                self._send(worker, encode_broker_order(RELOAD_TOPIC))
         else:
             worker.refused = None
         if worker.refused and worker.refused != was:
             log.error("worker %s gets no frames: %s", worker.name, worker.refused)
-            self._send(worker, encode_broker_message(REFUSED_TOPIC, worker.refused))
+            self._send(worker, encode_broker_order(REFUSED_TOPIC, worker.refused))
         elif was and not worker.refused:
             log.info("worker %s now has the pool's bank %s %s; it gets frames again", worker.name, *self.bank)
 
@@ -287,24 +291,24 @@ class Broker:
             moved += 1
 
     # ---- control (status, pool reload) -------------------------------------------------------------
-    def _status(self) -> dict[str, object]:
+    def _status(self) -> PoolStatusReply:
         bank_id, version = self.bank or (None, None)
         workers = [
-            {"worker": w.name, "bank_id": w.bank_id, "bank_version": w.bank_version, "sent": w.sent,
-             "in_flight": len(w.in_flight), "credit": w.credit, "refused": w.refused}
+            asdict(PoolWorkerStatus(w.name, w.bank_id, w.bank_version, w.sent, len(w.in_flight), w.credit,
+                                    w.refused))
             for w in self.workers.values()
         ]  # fmt: skip
-        return {"bank_id": bank_id, "bank_version": version, "workers": workers}
+        return PoolStatusReply(bank_id, version, workers)
 
     def _control(self, parts: Sequence[bytes]) -> list[bytes] | None:
         command = decode_control(parts)
         if command == "status":
-            return encode_reply(True, **self._status())
+            return encode_reply(self._status())
         if not any(not w.refused for w in self.workers.values()):
-            return encode_reply(False, error="no worker in the pool to reload", kind="reload")
+            return encode_reply(ErrorReply("no worker in the pool to reload", "reload"))
         self.reload = _PoolReload(self.workers)
         for identity in self.reload.waiting:
-            self._send(self.workers[identity], encode_broker_message(RELOAD_TOPIC))
+            self._send(self.workers[identity], encode_broker_order(RELOAD_TOPIC))
         log.info("reloading the bank on %d workers", len(self.reload.waiting))
         return None
 
@@ -333,10 +337,10 @@ class Broker:
         if reload.errors:
             error = "; ".join(f"{name}: {why}" for name, why in reload.errors.items())
             log.error("pool reload: %s", error)
-            reply = encode_reply(False, error=error, kind="reload", bank_id=bank_id, bank_version=version)
+            reply = encode_reply(ErrorReply(error[:2048], "reload", bank_id, version))
         else:
             log.info("pool reloaded: bank %s %s", bank_id, version)
-            reply = encode_reply(True, bank_id=bank_id, bank_version=version)
+            reply = encode_reply(BankReply(bank_id, version))
         assert self.control is not None
         self.control.send_multipart(reply)
 

@@ -39,8 +39,10 @@ from edge.protocol import (
     MAX_CAMERAS,
     CameraState,
     Heartbeat,
+    LatestReply,
     MaskHeader,
     ProtocolError,
+    ReplayReply,
     Verdict,
     VerdictMessage,
     decode_camera_report,
@@ -237,18 +239,12 @@ class Publisher:
         query = decode_query(parts)
         if query.after_seq is None:
             latest = self.latest.get(query.camera) or self.replay.latest(query.camera)
-            return encode_reply(True, epoch=self.epoch, verdict=latest)
+            return encode_reply(LatestReply(self.epoch, latest))
         assert query.epoch is not None  # decode_query: they go together
         page = self.replay.page(query.camera, query.epoch, query.after_seq, REPLAY_PAGE_BYTES)
-        return encode_reply(
-            True,
-            epoch=self.epoch,
-            verdicts=page.verdicts,
-            more=page.more,
-            missing=[m.wire() for m in page.missing],
-            known=page.known,
-            complete=page.known and not page.missing,
-        )
+        missing = [m.wire() for m in page.missing]
+        complete = page.known and not page.missing
+        return encode_reply(ReplayReply(self.epoch, page.verdicts, page.more, missing, page.known, complete))
 
     def cameras_now(self) -> dict[str, CameraState]:
         """Each camera's newest reported state; silent where its capture stopped reporting (or,

@@ -26,12 +26,16 @@ from edge.errors import EdgeError
 from edge.pipeline.inspection import Bank, decode_or_error, inspect
 from edge.pipeline.recorder import FrameRecorder
 from edge.protocol import (
+    BROKER_ORDERS,
     FRAME_TOPIC,
     MAX_PIXEL_BYTES,
-    REFUSED_TOPIC,
     RELOAD_TOPIC,
+    BankReply,
+    ErrorReply,
+    ProtocolError,
     VerdictMessage,
     WorkerReady,
+    decode_broker_order,
     decode_control,
     encode_ready,
     encode_reply,
@@ -119,8 +123,8 @@ class Inbox:
             parts = self.socket.recv_multipart(copy=False)
             if parts and parts[0].bytes == FRAME_TOPIC:
                 self._append(parts)
-            elif parts and parts[0].bytes in (RELOAD_TOPIC, REFUSED_TOPIC):
-                self.pool.told(parts[0].bytes, parts[1].bytes if len(parts) > 1 else b"")
+            elif parts and parts[0].bytes in BROKER_ORDERS:
+                self.pool.told([part.bytes for part in parts])
 
     def take(self, timeout_s: float, budget: int | None = None) -> list[zmq.Frame] | None:
         """The next frame within `timeout_s`, or None; with `budget`, only a frame of at most that
@@ -164,7 +168,7 @@ class PoolLink:
 
     def __init__(self, worker: Worker, name: str) -> None:
         self.worker, self.name = worker, name
-        self.refused: bytes | None = None
+        self.refused: str | None = None
 
     def report(self, received: tuple[int, int], room: tuple[int, int]) -> list[bytes]:
         """`ready`: frames and bytes received so far, and room left in frames and bytes."""
@@ -184,13 +188,19 @@ class PoolLink:
             )
         )
 
-    def told(self, topic: bytes, header: bytes) -> None:
+    def told(self, parts: list[bytes]) -> None:
+        """The broker's `reload` or `refused` (a malformed one is logged, and does nothing)."""
+        try:
+            topic, order = decode_broker_order(parts)
+        except ProtocolError as error:
+            log.warning("a malformed order from the broker, ignored: %s", error)
+            return
         if topic == RELOAD_TOPIC:
             log.info("the broker asks for a bank reload")
             self.worker.reload_requested.set()
-        elif header != self.refused:
-            self.refused = header
-            log.error("the broker gives this worker no frames: %s", header.decode(errors="replace"))
+        elif order.error != self.refused:
+            self.refused = order.error
+            log.error("the broker gives this worker no frames: %s", order.error)
 
 
 @dataclass
@@ -300,16 +310,16 @@ class Worker:
         self.reload = _Reload(self.load_bank)
         return True
 
-    def _bank_identity(self) -> dict[str, str]:
-        return {"bank_id": self.bank.bank_id, "bank_version": self.bank.version}
+    def _bank_reply(self) -> BankReply:
+        return BankReply(self.bank.bank_id, self.bank.version)
 
     def _control(self, parts: Sequence[bytes]) -> list[bytes] | None:
         """A control request's answer, or None when a reload will answer it once swapped in."""
         command = decode_control(parts)
         if command == "status":
-            return encode_reply(True, **self._bank_identity())
+            return encode_reply(self._bank_reply())
         if not self._start_reload():
-            return encode_reply(False, error="this worker has no bank store to reload from", kind="reload")
+            return encode_reply(ErrorReply("this worker has no bank store to reload from", "reload"))
         assert self.reload is not None
         self.reload.reply_owed = True
         return None
@@ -333,12 +343,12 @@ class Worker:
             log.info(
                 "bank %s %s replaced by %s %s", old.bank_id, old.version, self.bank.bank_id, self.bank.version
             )
-            reply = encode_reply(True, **self._bank_identity())
+            reply = encode_reply(self._bank_reply())
         else:
             error = reload.result
             message = str(error) if isinstance(error, EdgeError) else f"{type(error).__name__}: {error}"
             log.error("bank reload failed; bank %s stays: %s", self.bank.version, message)
-            reply = encode_reply(False, error=message, kind="reload", bank_version=self.bank.version)
+            reply = encode_reply(ErrorReply(message[:2048], "reload", self.bank.bank_id, self.bank.version))
         if reload.reply_owed:
             assert self.control is not None
             self.control.send_multipart(reply)

@@ -1,5 +1,6 @@
 import json
 import random
+from dataclasses import asdict
 
 import cv2
 import numpy as np
@@ -7,13 +8,21 @@ import pytest
 
 from edge.client import subscription
 from edge.protocol import (
+    BankReply,
+    BrokerOrder,
+    ErrorReply,
     FrameHeader,
     Heartbeat,
+    LatestReply,
     MaskHeader,
+    PoolStatusReply,
+    PoolWorkerStatus,
     ProtocolError,
     Query,
+    ReplayReply,
     Verdict,
     VerdictMessage,
+    decode_broker_order,
     decode_control,
     decode_frame,
     decode_heartbeat,
@@ -23,6 +32,7 @@ from edge.protocol import (
     decode_result,
     decode_trigger,
     decode_verdict,
+    encode_broker_order,
     encode_control,
     encode_frame,
     encode_heartbeat,
@@ -257,7 +267,8 @@ def test_every_other_message_kind_round_trips_and_refuses_garbage():
     assert decode_query(encode_query(Query("cam0", 5, 10))) == Query("cam0", 5, 10)
     assert decode_control(encode_control("reload")) == "reload"
     assert decode_trigger(encode_trigger("P-1")) == "P-1"
-    assert decode_reply(encode_reply(False, error="x")) == {"schema": 2, "ok": False, "error": "x"}
+    refused = {"schema": 2, "ok": False, "error": "x", "kind": "field"}
+    assert decode_reply(encode_reply(ErrorReply("x", "field"))) == refused
     garbage = [[], [b""], [b"{}"], [b"[]"], [b'{"schema": 2}'], [b'{"schema": 2}', b"x"], [b"\xff"]]
     for decode in (decode_query, decode_control, decode_reply, decode_trigger, decode_heartbeat, decode_mask):
         for parts in garbage:
@@ -289,3 +300,46 @@ def test_one_function_builds_a_topic_and_one_reads_it():
     for foreign in (b"verdict.line1.cam1", b"verdict..cam1.", b"verdict.", b"a.b.c.d.", b"\xff.x.y."):
         with pytest.raises(ProtocolError):
             parse_topic(foreign)
+
+
+def test_every_reply_has_a_shape_checked_when_sent_and_when_read():
+    """Replies are typed like every other message: a producer cannot send a field its shape does
+    not declare, and a client that names the shape it expects gets a ProtocolError for another."""
+    gap = {"epoch": 7, "from_seq": 1, "to_seq": 2}
+    page = ReplayReply(7, [{"frame_id": "f-1"}], more=False, missing=[gap], known=True, complete=False)
+    worker = asdict(PoolWorkerStatus("h-0", "b", "v1", 3, 1, 2, None))
+    replies = (
+        page,
+        LatestReply(7, None),
+        BankReply("b", "v0002"),
+        ErrorReply("gone", "reload", "b", "v1"),
+        PoolStatusReply("b", "v1", [worker]),
+    )
+    for reply in replies:
+        raw = decode_reply(encode_reply(reply), type(reply) if reply.ok else BankReply)
+        assert type(reply)(**{k: v for k, v in raw.items() if k != "schema"}) == reply
+    assert "bank_id" not in decode_reply(encode_reply(ErrorReply("x", "field")))  # optional nulls left out
+    with pytest.raises(ProtocolError, match="missing"):
+        encode_reply(ReplayReply(7, [], more=False, missing=[{"epoch": 7}], known=True, complete=True))
+    with pytest.raises(ProtocolError, match="unknown fields"):
+        decode_reply(encode_reply(LatestReply(7, None)), ReplayReply)
+    with pytest.raises(ProtocolError):  # a worker in a pool status that is not one
+        encode_reply(PoolStatusReply("b", "v1", [{"worker": "h-0"}]))
+
+
+def test_broker_orders_round_trip_and_refuse_garbage():
+    from edge.protocol import REFUSED_TOPIC, RELOAD_TOPIC
+
+    assert decode_broker_order(encode_broker_order(RELOAD_TOPIC)) == (RELOAD_TOPIC, BrokerOrder())
+    refused = encode_broker_order(REFUSED_TOPIC, "bank b2")
+    assert decode_broker_order(refused) == (REFUSED_TOPIC, BrokerOrder("bank b2"))
+    garbage = [
+        [RELOAD_TOPIC],
+        [b"frame", b"{}"],
+        [REFUSED_TOPIC, b'{"schema": 2, "error": 5}'],
+        [RELOAD_TOPIC, b'{"schema": 1}'],
+        [RELOAD_TOPIC, b'{"schema": 2, "why": "x"}'],
+    ]
+    for parts in garbage:
+        with pytest.raises(ProtocolError):
+            decode_broker_order(parts)
