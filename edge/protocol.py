@@ -819,9 +819,13 @@ Reply = ErrorReply | BankReply | PoolStatusReply | LatestReply | ReplayReply
 
 def encode_reply(reply: Reply) -> list[bytes]:
     """Every REP answer, `{"schema", "ok", ...}`, checked against its shape before it is sent."""
-    needed = declared(type(reply))[1]  # (an optional field left at None is left out)
-    body = {"schema": SCHEMA_VERSION, **{k: v for k, v in asdict(reply).items() if v is not None or k in needed}}
-    _validate(body, type(reply))
+    shape: type = type(reply)
+    needed = declared(shape)[1]  # (an optional field left at None is left out)
+    body = {
+        "schema": SCHEMA_VERSION,
+        **{k: v for k, v in asdict(reply).items() if v is not None or k in needed},
+    }
+    _validate(body, shape)
     return [dump_json(body)]
 
 

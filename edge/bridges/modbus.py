@@ -107,15 +107,7 @@ class ModbusBridge(Bridge):
             self.next_alive_write = now + self.section.alive_timeout_s
 
     def own_samples(self) -> list[tuple]:
-        return [
-            ("counter", "edge_modbus_written", "verdicts written to the PLC", self.written),
-            (
-                "gauge",
-                "edge_modbus_plc_alive_word",
-                "the alive word last written to the PLC",
-                int(bool(self.plc_alive)),
-            ),
-        ]
+        return [("counter", "edge_modbus_written", "verdicts written to the PLC", self.written)]
 
     def close(self) -> None:
         self.stopping = True

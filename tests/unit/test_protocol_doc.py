@@ -12,12 +12,20 @@ import pytest
 
 from edge.protocol import (
     SCHEMA_VERSION,
+    BankReply,
+    BrokerOrder,
     CameraState,
     Control,
+    ErrorReply,
     FrameHeader,
     Heartbeat,
+    LatestReply,
     MaskHeader,
+    PoolStatusReply,
+    PoolWorkerStatus,
     Query,
+    ReplayGap,
+    ReplayReply,
     Trigger,
     VerdictMessage,
     WorkerReady,
@@ -51,8 +59,13 @@ def field_table(heading: str) -> dict[str, tuple[str, str]]:
         ("`verdict.", VerdictMessage),
         ("Worker pool", WorkerReady),
         ("`camera`", CameraState),
+        ("Reply `ok: false`", ErrorReply),
+        ("Reply `bank`", BankReply),
+        ("Reply `pool status`", PoolStatusReply),
+        ("Reply `latest`", LatestReply),
+        ("Reply `replay page`", ReplayReply),
     ],
-    ids=["frame", "verdict", "ready", "camera"],
+    ids=["frame", "verdict", "ready", "camera", "error", "bank", "pool-status", "latest", "replay"],
 )
 def test_the_field_tables_match_the_messages(heading, message):
     table = field_table(heading)
@@ -72,8 +85,11 @@ def test_the_field_tables_match_the_messages(heading, message):
         ("`trigger`", Trigger),
         ("Worker control", Control),
         ("Latest verdict and replay", Query),
+        ("Reply `pool status`", PoolWorkerStatus),
+        ("Reply `replay page`", ReplayGap),
+        ("Worker pool", BrokerOrder),
     ],
-    ids=["mask", "heartbeat", "trigger", "control", "query"],
+    ids=["mask", "heartbeat", "trigger", "control", "query", "pool-worker", "gap", "broker-order"],
 )
 def test_the_messages_described_in_prose_name_their_fields(heading, message):
     text = section(heading)
