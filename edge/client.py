@@ -213,10 +213,10 @@ class Subscriber:
                 self._verdict(decode_verdict(parts), bytes(parts[0]).decode())
             elif kind == b"mask":
                 header, png = decode_mask(parts)
-                self._other(bytes(parts[0]).decode(), header, mask_png=png, frame_id=header.frame_id)
+                self._other(bytes(parts[0]).decode(), header, png)
             elif kind == b"heartbeat":
                 beat = decode_heartbeat(parts)
-                self._other(bytes(parts[0]).decode(), beat, heartbeat=beat)
+                self._other(bytes(parts[0]).decode(), beat)
             else:
                 raise ProtocolError("topic", f"unknown topic {bytes(parts[0])[:32]!r}")
         except ProtocolError as error:
@@ -224,11 +224,16 @@ class Subscriber:
         except UnicodeDecodeError:
             self.refused.count("topic", f"a topic that is not ASCII: {bytes(parts[0])[:32]!r}")
 
-    def _other(self, topic: str, header: MaskHeader | Heartbeat, **fields: object) -> None:
+    def _other(self, topic: str, header: MaskHeader | Heartbeat, mask_png: bytes | None = None) -> None:
         gap, restart = self._track(topic, header.epoch, header.seq)
         if gap:
             self._lost(Loss(topic, header.epoch, header.seq - gap, header.seq - 1))
-        self.pending.append(Event(topic, header.seq, gap, header.epoch, restart, **fields))
+        event = Event(topic, header.seq, gap, header.epoch, restart, mask_png=mask_png)
+        if isinstance(header, Heartbeat):
+            event.heartbeat = header
+        else:
+            event.frame_id = header.frame_id
+        self.pending.append(event)
 
     def _verdict(self, verdict: VerdictMessage, topic: str) -> None:
         previous = self.position.get(topic)

@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -94,13 +94,26 @@ def engine_setting(name: str, value_type: type = str) -> Any:
 
 
 Backbone = Annotated[str, Field(pattern=BACKBONE_PATTERN, description=SETTINGS["backbone"].help)]
-CoresetFraction = engine_setting("coreset_fraction", float)
-Seed = engine_setting("seed", int)
-ImageScore = engine_setting("image_score")
-Search = engine_setting("search")
-SearchPrecision = engine_setting("search_precision")
-Extractor = engine_setting("extractor")
-ExtractorPrecision = engine_setting("extractor_precision")
+if TYPE_CHECKING:  # to mypy the values' types; to pydantic, below, their choices and bounds too
+    CoresetFraction = float
+    Seed = int
+    ImageScore = str
+    Search = str
+    SearchPrecision = str
+    Extractor = str
+    ExtractorPrecision = str
+    PixelFormat = str
+    GeometryMode = str
+else:
+    CoresetFraction = engine_setting("coreset_fraction", float)
+    Seed = engine_setting("seed", int)
+    ImageScore = engine_setting("image_score")
+    Search = engine_setting("search")
+    SearchPrecision = engine_setting("search_precision")
+    Extractor = engine_setting("extractor")
+    ExtractorPrecision = engine_setting("extractor_precision")
+    PixelFormat = Literal[PIXEL_FORMATS]
+    GeometryMode = Literal[GEOMETRY_MODES]
 
 
 def about(text: str) -> Any:
@@ -134,7 +147,7 @@ class AravisSourceConfig(_Strict):
     kind: Literal["aravis"]
     camera_id: str | None = None  # Aravis device id ("Basler-21234567") or IP address; None: the first
     # Bayer is demosaiced to RGB; Mono16 is scored by its top byte
-    pixel_format: Literal[PIXEL_FORMATS] | None = None
+    pixel_format: PixelFormat | None = None
     exposure_us: Annotated[float, Field(gt=0, le=10_000_000)] | None = None
     gain_db: Annotated[float, Field(ge=0, le=48)] | None = None
     frame_rate: Annotated[float, Field(gt=0, le=10_000)] | None = None  # free run: frames per second
@@ -422,7 +435,7 @@ class CalibrationConfig(_Strict):
     folds: Annotated[int, Field(ge=2, le=20, description="held-out folds")] = 5
     seed: Seed = ENGINE.seed
     geometry: Annotated[
-        Literal[GEOMETRY_MODES],
+        GeometryMode,
         Field(description="how frames become network input (auto: the whole frame at its own resolution, "
               "within bounds; docs/engine.md)"),
     ] = ENGINE.geometry.mode  # fmt: skip
@@ -519,7 +532,7 @@ def _key_path(location: tuple) -> str:
     return text or "(top level)"
 
 
-def _describe(error: dict) -> str:
+def _describe(error: Any) -> str:
     kind, given = error["type"], error.get("input")
     if kind == "extra_forbidden":
         return "unknown key"

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -62,7 +62,7 @@ class ProcessMetrics:
         self.labels = {"station": station, "component": component, **labels}
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
-        self.server = None
+        self.server: Any = None  # the HTTP server, once serving
 
     def snapshot(self, read: Callable[[], list[tuple]]) -> None:
         """`read` returns (counter|gauge, name, help, value[, label for a mapping's keys]) tuples."""

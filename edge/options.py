@@ -61,7 +61,7 @@ def add_engine_options(parser: argparse.ArgumentParser, names: Iterable[str] | N
         parser.add_argument(
             flag_of(name),
             dest=name,
-            type=VALUE_TYPES.get(name, CLI_TYPES[types_of[name]]),
+            type=VALUE_TYPES.get(name, CLI_TYPES[str(types_of[name])]),
             choices=meaning.choices or None,
             default=default,
             help=_help(meaning.help, default),
@@ -101,7 +101,7 @@ def add_model_options(parser: Any, model: type[BaseModel], prefix: str = "") -> 
     """An option per field of a settings section and of its sub-sections (default None: the
     station file's value stands, whose default the help shows); a list field's option repeats.
     Returns each field's dotted path → its option, for messages that name the option."""
-    options = {}
+    options: dict[str, str] = {}
     for name, info in model.model_fields.items():
         kind, choices, listed = _plain(info.annotation)
         if isinstance(kind, type) and issubclass(kind, BaseModel):

@@ -21,12 +21,10 @@ import logging
 import math
 import sys
 import time
+from typing import cast
 
-try:  # the optional extra edge[plc]
-    from pymodbus.client import ModbusTcpClient
-    from pymodbus.exceptions import ModbusException
-except ImportError:  # pragma: no cover - exercised where the extra is missing
-    ModbusTcpClient = None
+from pymodbus.client import ModbusTcpClient  # the extra edge[plc]; edge-modbus-bridge says so if missing
+from pymodbus.exceptions import ModbusException
 
 from edge.bridges.base import Bridge, StationLink, bridge_main, host_port
 from edge.cli_support import run_cli
@@ -55,7 +53,7 @@ def verdict_registers(verdict: VerdictMessage) -> list[int]:
 
 def decode_registers(words: list[int]) -> dict:
     """Inverse of the map (for tests and for commissioning a PLC program)."""
-    score = ModbusTcpClient.convert_from_registers(words[2:4], ModbusTcpClient.DATATYPE.FLOAT32)
+    score = cast(float, ModbusTcpClient.convert_from_registers(words[2:4], ModbusTcpClient.DATATYPE.FLOAT32))
     part = b"".join(w.to_bytes(2, "big") for w in words[4:12]).rstrip(b"\0").decode("ascii")
     return {"code": words[0], "seq": words[1], "score": None if math.isnan(score) else score, "part_id": part}
 

@@ -223,13 +223,14 @@ class OpcUaBridge(Bridge):
                  "users" if self.users is not None else "certificates", self.link.station)  # fmt: skip
         return server
 
-    async def _server(self):  # -> asyncua.Server
+    async def _server(self) -> Any:  # asyncua.Server
         from asyncua import Server, ua
         from asyncua.crypto.truststore import TrustStore
         from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 
         settings, users = self.section, self.users
-        server = Server(user_manager=_Users(users) if users is not None else None)
+        manager: Any = _Users(users) if users is not None else None  # asyncua's UserManager, duck-typed
+        server = Server(user_manager=manager)
         await server.init()
         server.set_endpoint(settings.endpoint_url)
         server.set_server_name(f"edge vision {self.link.station}")
@@ -244,7 +245,8 @@ class OpcUaBridge(Bridge):
             policies.append(ua.SecurityPolicyType.NoSecurity)
         server.set_security_policy(policies)
         if not settings.allow_anonymous:
-            server._policies.append(_RefuseUnsecured())  # asked before asyncua's fallback to None
+            refuse: Any = _RefuseUnsecured()  # a SecurityPolicyFactory, duck-typed
+            server._policies.append(refuse)  # asked before asyncua's fallback to None
         await server.set_build_info(
             product_uri=APPLICATION_URI,
             manufacturer_name="edge",
@@ -257,7 +259,7 @@ class OpcUaBridge(Bridge):
         if settings.allow_anonymous and ua.AnonymousIdentityToken not in tokens:
             tokens.append(ua.AnonymousIdentityToken)
         server.set_identity_tokens(tokens)
-        trust = TrustStore([settings.trust_dir], [])
+        trust = TrustStore([Path(settings.trust_dir)], [])
         await trust.load()
         options = CertificateValidatorOptions.TRUSTED_VALIDATION | CertificateValidatorOptions.PEER_CLIENT
         server.set_certificate_validator(CertificateValidator(options, trust))
@@ -270,15 +272,15 @@ class OpcUaBridge(Bridge):
         self.ua = ua
         idx = self.index = await server.register_namespace(NAMESPACE)
         station = self.link.station
-        self.station_node = await server.nodes.objects.add_object(ua.NodeId(station, idx), f"{idx}:{station}")
+        self.station_node = await server.nodes.objects.add_object(self._id(station), f"{idx}:{station}")
         await self.station_node.write_attribute(
             ua.AttributeIds.EventNotifier, ua.DataValue(ua.Variant(1, ua.VariantType.Byte))
         )
         self.alive_node = await self.station_node.add_variable(
-            ua.NodeId(f"{station}.VisionAlive", idx), f"{idx}:VisionAlive", False, ua.VariantType.Boolean
+            self._id(f"{station}.VisionAlive"), f"{idx}:VisionAlive", False, ua.VariantType.Boolean
         )
         self.heartbeat_node = await self.station_node.add_variable(
-            ua.NodeId(f"{station}.LastHeartbeatTime", idx),
+            self._id(f"{station}.LastHeartbeatTime"),
             f"{idx}:LastHeartbeatTime",
             NO_TIME,
             ua.VariantType.DateTime,
@@ -320,22 +322,26 @@ class OpcUaBridge(Bridge):
                     _argument("Seq", "UInt64", "Seq of the last result handled")]  # fmt: skip
         since_out = [_argument("Results", "String", "JSON: results, more, missing, complete (or error)")]
         await self.station_node.add_method(
-            ua.NodeId(f"{station}.GetResultsSince", idx), f"{idx}:GetResultsSince", get_results_since,
+            self._id(f"{station}.GetResultsSince"), f"{idx}:GetResultsSince", get_results_since,
             since_in, since_out,
         )  # fmt: skip
         await self.station_node.add_method(
-            ua.NodeId(f"{station}.GetResult", idx), f"{idx}:GetResult", get_result,
+            self._id(f"{station}.GetResult"), f"{idx}:GetResult", get_result,
             [_argument("ResultId", "String", "a frame id")],
             [_argument("Result", "String", "JSON of that result, or empty if not recent")],
         )  # fmt: skip
         for camera in self.link.cameras:
             await self._camera(camera)
 
+    def _id(self, name: str) -> Any:
+        """The node id `name` in edge's namespace (asyncua's stubs want its String type; a str is one)."""
+        return self.ua.NodeId(name, self.index)  # type: ignore[arg-type]
+
     async def _waiting_variable(self, parent: Any, node_id: str, name: str, kind: str) -> Any:
         """A variable that reads BadWaitingForInitialData until its first value is written."""
         ua, idx = self.ua, self.index
         variant = getattr(ua.VariantType, kind)
-        node = await parent.add_variable(ua.NodeId(node_id, idx), f"{idx}:{name}", EMPTY[kind], variant)
+        node = await parent.add_variable(self._id(node_id), f"{idx}:{name}", EMPTY[kind], variant)
         waiting = ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData)
         await node.write_attribute(
             ua.AttributeIds.Value, ua.DataValue(ua.Variant(EMPTY[kind], variant), StatusCode=waiting)
@@ -347,15 +353,15 @@ class OpcUaBridge(Bridge):
         if nodes is not None:
             return nodes
         ua, idx, base = self.ua, self.index, f"{self.link.station}.{camera}"
-        camera_node = await self.station_node.add_object(ua.NodeId(base, idx), f"{idx}:{camera}")
-        result = await camera_node.add_object(ua.NodeId(f"{base}.Result", idx), f"{idx}:Result")
-        counters = await camera_node.add_object(ua.NodeId(f"{base}.Counters", idx), f"{idx}:Counters")
+        camera_node = await self.station_node.add_object(self._id(base), f"{idx}:{camera}")
+        result = await camera_node.add_object(self._id(f"{base}.Result"), f"{idx}:Result")
+        counters = await camera_node.add_object(self._id(f"{base}.Counters"), f"{idx}:Counters")
         nodes = {"values": {}, "counters": {}, "counts": dict.fromkeys(COUNTERS, 0)}
         for name, kind in RESULT_FIELDS:
             nodes["values"][name] = await self._waiting_variable(result, f"{base}.Result.{name}", name, kind)
         for name in COUNTERS:
             nodes["counters"][name] = await counters.add_variable(
-                ua.NodeId(f"{base}.Counters.{name}", idx), f"{idx}:{name}", 0, ua.VariantType.UInt64
+                self._id(f"{base}.Counters.{name}"), f"{idx}:{name}", 0, ua.VariantType.UInt64
             )
         nodes["state"] = {
             name: await self._waiting_variable(camera_node, f"{base}.{name}", name, kind)

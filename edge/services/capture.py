@@ -38,7 +38,11 @@ def open_source(camera: CameraConfig) -> FrameSource:
         return OpenCVSource(source.uri, camera=camera.name, settings=settings)
     if isinstance(source, AravisSourceConfig):
         fields = source.model_dump(exclude={"kind", "region"})
-        region = tuple(source.region) if source.region else None
+        region = (
+            (source.region[0], source.region[1], source.region[2], source.region[3])
+            if source.region
+            else None
+        )
         gige = GigESettings(**fields, region=region, triggered=camera.trigger == "triggered")
         return AravisSource(gige, camera=camera.name)
     if isinstance(source, FolderSourceConfig):

@@ -70,7 +70,7 @@ def worker_settings(config: StationConfig, slot: int) -> WorkerSettings:
     security = config.security
     return WorkerSettings(
         station=config.station,
-        frames_endpoint=config.endpoints.workers if pooled else config.endpoints.frames,
+        frames_endpoint=config.endpoints.workers or config.endpoints.frames,  # a pool's: the broker's
         results_endpoint=config.endpoints.results,
         max_batch=config.worker.max_batch,
         max_wait_ms=config.worker.max_wait_ms,

@@ -150,7 +150,9 @@ class Actions:
                 except (OSError, ValueError) as exc:
                     build.error = f"edge-calibrate left no readable report: {exc}"
         build.running = False
-        log.info("build by %s: %s", build.by, build.report["version"] if build.ok else build.error)
+        log.info(
+            "build by %s: %s", build.by, (build.report or {}).get("version") if build.ok else build.error
+        )
 
     def bank(self) -> dict[str, Any]:
         """The versions with their calibration reports, the cleared rejects waiting, and which bank

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from aiohttp import web
 
@@ -84,6 +85,13 @@ def _person(request: web.Request, role: str | None = None) -> Person | None:
     return person
 
 
+def _actor(request: web.Request, role: str) -> Person:
+    """The person a request that acts names, refused unless they may act as `role`."""
+    person = _person(request, role)
+    assert person is not None  # _person refuses a request without one
+    return person
+
+
 async def _whoami(request: web.Request) -> web.Response:
     person = _person(request)
     return web.json_response({
@@ -109,7 +117,7 @@ async def _fields(request: web.Request, names: tuple[str, ...]) -> list[str]:
     for name, value in zip(names, values, strict=True):
         if not isinstance(value, str) or not 0 < len(value) <= 256 or not value.isprintable():
             raise web.HTTPBadRequest(text=f"{name} must be printable text of 1-256 characters")
-    return values
+    return cast(list[str], values)
 
 
 async def _act(request: web.Request, action: Callable[[], dict]) -> web.Response:
@@ -125,18 +133,18 @@ async def _act(request: web.Request, action: Callable[[], dict]) -> web.Response
 
 
 async def _clear(request: web.Request) -> web.Response:
-    person = _person(request, "operator")
+    person = _actor(request, "operator")
     camera, frame_id = await _fields(request, ("camera", "frame_id"))
     return await _act(request, lambda: request.app[ACTIONS_KEY].clear(camera, frame_id, person))
 
 
 async def _build(request: web.Request) -> web.Response:
-    person = _person(request, "engineer")
+    person = _actor(request, "engineer")
     return await _act(request, lambda: request.app[ACTIONS_KEY].start_build(person))
 
 
 async def _activate(request: web.Request) -> web.Response:
-    person = _person(request, "engineer")
+    person = _actor(request, "engineer")
     (version,) = await _fields(request, ("version",))
     return await _act(request, lambda: request.app[ACTIONS_KEY].activate(version, person))
 
