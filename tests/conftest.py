@@ -1,22 +1,35 @@
 """Shared fixtures (a small synthetic data set, a model fitted on it, the real-data location) and
 the tiers: each test is marked by its folder (unit, station, data, install), so `pytest tests/unit`
-or `pytest -m unit` runs the one-minute tier and `pytest` all of them."""
+or `pytest -m unit` runs the one-minute tier and `pytest` all of them. The fixtures import the
+engine only when a test asks for one: the light install (`pip install edge`, no torch) collects
+and runs `pytest tests/unit -m light`."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from edge.engine.config import EngineConfig
-from edge.engine.model import PatchCore
-from edge.eval.mvtec import load_category
-from edge.eval.synthetic import SynthSpec, generate
-from edge.imageio import read_image
+if TYPE_CHECKING:
+    from edge.engine.model import PatchCore
 
 DATA_ENV = "EDGE_DATA_ROOT"
 TIERS = ("unit", "station", "data", "install")
+LIGHT_MARK = "pytestmark = pytest.mark.light"
+# the light install (`pip install edge`) has neither; only modules marked light are collected there
+STATION_STACK = ("torch", "pydantic")
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Without the station's stack, a test module not marked light is not even imported."""
+    if collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
+        return None
+    if all(importlib.util.find_spec(module) for module in STATION_STACK):
+        return None
+    return LIGHT_MARK not in collection_path.read_text()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -28,6 +41,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from edge.eval.synthetic import SynthSpec, generate
+
     root = tmp_path_factory.mktemp("synth")
     generate(
         root, "part", SynthSpec(size=160, train=12, test_good=4, test_per_defect=3, seed=1), progress=False
@@ -37,11 +52,17 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_category(synthetic_root: Path):
+    from edge.eval.mvtec import load_category
+
     return load_category(synthetic_root, "part")
 
 
 @pytest.fixture(scope="session")
 def fitted_model(synthetic_category) -> PatchCore:
+    from edge.engine.config import EngineConfig
+    from edge.engine.model import PatchCore
+    from edge.imageio import read_image
+
     images = [read_image(p) for p in synthetic_category.train]
     return PatchCore.fit(images, EngineConfig(coreset_fraction=0.1))
 
@@ -74,6 +95,7 @@ def bank_store(tmp_path_factory: pytest.TempPathFactory, fitted_model: PatchCore
     held-out good scores (a copy: the shared model is left uncalibrated)."""
     from edge.bankstore import BankStore
     from edge.engine.artifact import load_model, save_model
+    from edge.imageio import read_image
 
     root = tmp_path_factory.mktemp("banks")
     copy = load_model(save_model(fitted_model, root / "fitted.edge"))

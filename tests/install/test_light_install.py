@@ -177,3 +177,23 @@ def test_the_bridges_install_reads_its_station_config_without_torch_or_opencv(tm
     for module in ("torch", "cv2"):
         found = subprocess.run([str(venv / "bin" / "python"), "-c", f"import {module}"], capture_output=True)
         assert found.returncode != 0, f"{module} should not be installed"
+
+
+def test_the_light_install_runs_its_own_tests(light_venv):
+    """The tests of what the light install ships (the wire protocol, the layers, the documents held
+    to the code) run in it, with pytest and nothing else added: no torch, no pydantic."""
+    added = subprocess.run([str(light_venv / "bin" / "pip"), "install", "--quiet", "pytest"],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    result = subprocess.run(
+        [str(light_venv / "bin" / "pytest"), "tests/unit", "-m", "light", "-q", "-p", "no:cacheprovider"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:]
+    passed = int(result.stdout.rsplit(" passed", 1)[0].split()[-1])
+    assert passed >= 50, result.stdout[-500:]
+    for module in ("torch", "pydantic"):
+        found = subprocess.run(
+            [str(light_venv / "bin" / "python"), "-c", f"import {module}"], capture_output=True
+        )
+        assert found.returncode != 0, f"{module} should not be in the light install"

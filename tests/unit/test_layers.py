@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.light  # runs on the light install too (pip install edge)
+
 PACKAGE = Path(__file__).resolve().parents[2] / "edge"
 HEAVY = ("torch", "torchvision", "cv2", "faiss", "openvino", "onnxruntime", "onnx")
 WIRE = ("edge.protocol", "edge.sockets", "edge.security", "edge.client", "edge.tail", "edge.keys")

@@ -6,6 +6,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.light  # runs on the light install too (pip install edge)
+
 ROOT = Path(__file__).resolve().parents[2]
 BRIDGES = ("mqtt", "opcua", "modbus")
 

@@ -1,8 +1,9 @@
 import json
 import random
+import struct
+import zlib
 from dataclasses import asdict
 
-import cv2
 import numpy as np
 import pytest
 
@@ -45,6 +46,8 @@ from edge.protocol import (
     parse_topic,
     topic,
 )
+
+pytestmark = pytest.mark.light  # runs on the light install too (pip install edge)
 
 
 def header(**changes) -> FrameHeader:
@@ -202,7 +205,19 @@ def verdict(**changes) -> VerdictMessage:
     return VerdictMessage(**{**fields, **changes})
 
 
-PNG = cv2.imencode(".png", np.zeros((4, 5), np.uint8))[1].tobytes()
+def png_of(width: int, height: int) -> bytes:
+    """A valid greyscale PNG, built with the standard library (the light install has no OpenCV)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\0" + bytes(width) for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+PNG = png_of(5, 4)
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,8 @@ from edge.protocol import (
     declared,
 )
 
+pytestmark = pytest.mark.light  # runs on the light install too (pip install edge)
+
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 
 
