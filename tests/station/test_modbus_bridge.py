@@ -120,3 +120,5 @@ def test_verdicts_reach_the_plc_registers_and_alive_drops(tmp_path, plc):
     assert seen[2]["score"] is None
     assert 0.5 < dropped_after < 3.0  # alive timeout 1 s after the last heartbeat (0.2 s period)
     assert bridge.written == 3
+    samples = {name: value for _, name, _, value in bridge.samples()}
+    assert samples["edge_modbus_written"] == 3 and samples["edge_modbus_lost_verdicts"] == 0

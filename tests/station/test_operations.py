@@ -19,7 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from station_kit import wait_until
 
 from edge.lifecycle import Watchdog, notify
-from edge.metrics import for_capture, for_publisher, for_worker
+from edge.metrics import for_broker, for_capture, for_publisher, for_worker
+from edge.pipeline.broker import Broker, BrokerSettings
 from edge.pipeline.capture import Capture, CaptureSettings
 from edge.pipeline.inspection import Bank
 from edge.pipeline.publisher import Publisher, PublisherSettings
@@ -212,3 +213,20 @@ def test_logs_carry_journal_priorities_under_systemd():
     assert journal.returncode == plain.returncode == 2
     assert journal.stderr.startswith("<3>edge: say where the bank store is")
     assert " ERROR edge: say where the bank store is" in plain.stderr
+
+
+def test_an_idle_broker_exports_each_of_its_families(tmp_path):
+    """Read at scrape time from the broker's public counters: one renamed fails the scrape here."""
+    context = zmq.Context()
+    broker = Broker(BrokerSettings("s", f"ipc://{tmp_path}/frames", f"ipc://{tmp_path}/workers"), context)
+    metrics = for_broker(broker, "s")
+    port = metrics.serve(0, "127.0.0.1")
+    try:
+        families = {name for name, _ in scrape(port)}
+    finally:
+        metrics.close()
+        broker.close()
+        context.destroy(linger=0)
+    for family in ("edge_frames_in_total", "edge_frames_out_total", "edge_frames_resent_total",
+                   "edge_workers_died_total", "edge_workers"):  # fmt: skip
+        assert family in families, sorted(families)
