@@ -146,11 +146,6 @@ def _recorder_samples(worker: Worker) -> list[tuple]:
 def for_broker(broker: Broker, station: str) -> ProcessMetrics:
     metrics = ProcessMetrics("broker", station)
     counters = broker.counters
-
-    def states() -> dict[str, int]:
-        refused = sum(1 for w in broker.workers.values() if w.refused)
-        return {"working": len(broker.workers) - refused, "refused": refused}
-
     metrics.snapshot(
         lambda: [
             ("counter", "edge_frames_in", "Frames received from the captures", counters.frames_in),
@@ -162,9 +157,9 @@ def for_broker(broker: Broker, station: str) -> ProcessMetrics:
             ("counter", "edge_workers_died", "Workers declared dead (silent or unreachable)",
              counters.workers_died),
             ("counter", "edge_errors", "Malformed worker reports and requests, by kind", counters.malformed),
-            ("gauge", "edge_workers", "Workers connected, by state", states(), "state"),
+            ("gauge", "edge_workers", "Workers connected, by state", broker.worker_states(), "state"),
             ("gauge", "edge_worker_in_flight", "Frames sent to a worker and not yet answered",
-             {w.name: len(w.in_flight) for w in broker.workers.values()}, "worker"),
+             broker.in_flight(), "worker"),
         ]
     )  # fmt: skip
     return metrics

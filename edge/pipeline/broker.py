@@ -291,6 +291,15 @@ class Broker:
             moved += 1
 
     # ---- control (status, pool reload) -------------------------------------------------------------
+    def worker_states(self) -> dict[str, int]:
+        """Workers connected, by state (working, refused)."""
+        refused = sum(1 for w in self.workers.values() if w.refused)
+        return {"working": len(self.workers) - refused, "refused": refused}
+
+    def in_flight(self) -> dict[str, int]:
+        """Frames sent to each worker and not yet answered, by its name."""
+        return {w.name: len(w.in_flight) for w in self.workers.values()}
+
     def _status(self) -> PoolStatusReply:
         bank_id, version = self.bank or (None, None)
         workers = [

@@ -125,7 +125,7 @@ class Capture:
         self.counters = CaptureCounters()
         self.seq = 0
         self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-        self.pending: list | None = None
+        self.pending: list | None = None  # free run: the newest frame, not yet sent
         self.socket = open_socket(
             context,
             zmq.PUSH,
