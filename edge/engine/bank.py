@@ -1,9 +1,17 @@
 """Building a memory bank from patch embeddings: per-level scales, the coreset's projection,
-greedy k-center selection, and the record of what the bank saw. Scoring with it is model.py's."""
+greedy k-center selection, and the record of what the bank saw. Scoring with it is model.py's.
+
+A fit's memory does not grow with its good frames (`BankBuilder`): rows are taken a batch at a
+time; whenever `CHUNK_ROWS` of them wait, they are reduced to the `KEEP` × coreset-fraction share a
+bank could need (greedy k-center under the scales known so far), and the union of what the
+reductions kept is reduced again when it outgrows a chunk. The bank is then chosen from that union
+with the scales of every row, as from all the rows. A fit of at most `CHUNK_ROWS` rows is never
+reduced: its bank is the one the rows themselves give."""
 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -19,24 +27,11 @@ from edge.engine.coreset import (
     principal_projection,
     random_projection,
 )
-from edge.engine.features import equal_variance_scales
+from edge.engine.features import scales_from_sums
 
 PCA_SAMPLE_ROWS = 65536  # principal axes of 472 values settle long before this many rows
-
-
-def build_bank(
-    chunks: list[torch.Tensor],
-    config: EngineConfig,
-    widths: tuple[int, ...],
-    progress: Callable[[int, int], None] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """The bank of unscaled patch embeddings (rows of width D, scaled here in place): the level
-    scales, then the coreset rows; also the coreset's seconds. `progress` gets (picked, to pick)."""
-    scales = equal_variance_scales(chunks, widths)
-    _scale_levels(chunks, scales, widths)
-    started = time.perf_counter()
-    bank = _coreset_bank(chunks, config, progress)
-    return bank, scales, time.perf_counter() - started
+CHUNK_ROWS = 1 << 18  # rows a fit holds before it reduces them (472 values each: 495 MB)
+KEEP = 4  # a reduction keeps this many times the rows its share of the bank takes
 
 
 class TrainingSummary:
@@ -90,14 +85,20 @@ def _scale_levels(chunks: list[torch.Tensor], scales: torch.Tensor, widths: tupl
 
 
 def _coreset_bank(
-    chunks: list[torch.Tensor], config: EngineConfig, progress: Callable[[int, int], None] | None = None
+    chunks: list[torch.Tensor],
+    config: EngineConfig,
+    progress: Callable[[int, int], None] | None = None,
+    count: int | None = None,
+    column_scales: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Select the coreset rows from per-batch feature chunks without concatenating them all."""
+    """Select `count` coreset rows (default: the coreset fraction of them) from per-batch feature
+    chunks without concatenating them all; `column_scales`: select as if the rows were scaled so
+    (the rows themselves stay as they are)."""
     total = sum(c.shape[0] for c in chunks)
-    count = max(1, round(config.coreset_fraction * total))
+    count = max(1, round(config.coreset_fraction * total)) if count is None else count
     if count >= total:
         return torch.cat(chunks)
-    projection = _projection(chunks, config)
+    projection = _projection(chunks, config, column_scales)
     if projection is None:
         projected = torch.cat(chunks)
     else:  # filled in place: a list of projected chunks plus their concatenation would double it
@@ -111,15 +112,98 @@ def _coreset_bank(
     return _gather(chunks, chosen)
 
 
-def _projection(chunks: list[torch.Tensor], config: EngineConfig) -> torch.Tensor | None:
-    """The coreset's projection: a seeded Gaussian one, or principal axes of a seeded row sample."""
+def _projection(
+    chunks: list[torch.Tensor], config: EngineConfig, column_scales: torch.Tensor | None = None
+) -> torch.Tensor | None:
+    """The coreset's projection: a seeded Gaussian one, or principal axes of a seeded row sample;
+    with `column_scales`, of the rows so scaled, the scales folded into it."""
     dim = chunks[0].shape[1]
     if config.projection == "random":
-        return random_projection(dim, config.projection_dim, config.seed)
-    total = sum(c.shape[0] for c in chunks)
-    generator = torch.Generator().manual_seed(config.seed + PROJECTION_SEED_OFFSET)
-    sample = torch.randint(total, (min(total, PCA_SAMPLE_ROWS),), generator=generator)
-    return principal_projection(_gather(chunks, sample), config.projection_dim)
+        projection = random_projection(dim, config.projection_dim, config.seed)
+    else:
+        total = sum(c.shape[0] for c in chunks)
+        generator = torch.Generator().manual_seed(config.seed + PROJECTION_SEED_OFFSET)
+        sample = _gather(chunks, torch.randint(total, (min(total, PCA_SAMPLE_ROWS),), generator=generator))
+        projection = principal_projection(sample if column_scales is None else sample * column_scales,
+                                          config.projection_dim)  # fmt: skip
+    if column_scales is None:
+        return projection
+    return column_scales[:, None] * (torch.eye(dim) if projection is None else projection)
+
+
+class BankBuilder:
+    """Patch embeddings in, a bank out, holding at most about two chunks of rows plus `keep` ×
+    the bank's rows however many rows come (the module's docstring says how)."""
+
+    def __init__(
+        self, config: EngineConfig, widths: tuple[int, ...], chunk_rows: int = CHUNK_ROWS, keep: int = KEEP
+    ) -> None:
+        self.config, self.widths = config, widths
+        self.chunk_rows, self.keep = chunk_rows, keep
+        self.pending: list[torch.Tensor] = []  # rows not reduced yet
+        self.pending_rows = 0
+        self.kept: list[torch.Tensor] = []  # what the reductions kept
+        self.kept_rows = 0
+        self.rows = 0  # every row taken
+        self.reductions = 0
+        self.peak_rows = 0  # the most rows held at once (pending and kept)
+        self.total: torch.Tensor | None = None  # column sums, float64: the level scales of every row
+        self.total_sq: torch.Tensor | None = None
+
+    def add(self, rows: torch.Tensor) -> None:
+        """Unscaled embeddings, (..., D); held by reference, and scaled in place when the bank is chosen."""
+        rows = rows.reshape(-1, rows.shape[-1]).float()
+        wide = rows.double()
+        if self.total is None or self.total_sq is None:
+            self.total, self.total_sq = wide.sum(0), (wide * wide).sum(0)
+        else:
+            self.total += wide.sum(0)
+            self.total_sq += (wide * wide).sum(0)
+        del wide
+        self.pending.append(rows)
+        self.pending_rows += rows.shape[0]
+        self.rows += rows.shape[0]
+        self.peak_rows = max(self.peak_rows, self.pending_rows + self.kept_rows)
+        if self.pending_rows > self.chunk_rows:
+            self._reduce_pending()
+
+    def scales(self) -> torch.Tensor:
+        if self.total is None or self.total_sq is None:
+            raise ValueError("no rows")
+        return scales_from_sums(self.rows, self.total, self.total_sq, self.widths)
+
+    def _column_scales(self) -> torch.Tensor:
+        return torch.repeat_interleave(self.scales(), torch.tensor(self.widths))
+
+    def _reduced(self, chunks: list[torch.Tensor], share: int) -> torch.Tensor:
+        """The rows of `chunks` a bank for `share` rows could take: `keep` × its coreset fraction."""
+        count = math.ceil(self.keep * self.config.coreset_fraction * share)
+        return _coreset_bank(chunks, self.config, count=count, column_scales=self._column_scales())
+
+    def _reduce_pending(self) -> None:
+        kept = self._reduced(self.pending, self.pending_rows)
+        self.pending, self.pending_rows = [], 0
+        self.kept.append(kept)
+        self.kept_rows += kept.shape[0]
+        self.reductions += 1
+        if self.kept_rows > self.chunk_rows:  # the union outgrew a chunk: reduce it too
+            union = self._reduced(self.kept, self.rows)
+            self.kept, self.kept_rows = [union], union.shape[0]
+
+    def finish(
+        self, progress: Callable[[int, int], None] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """The bank (scaled rows), the level scales and the final selection's seconds."""
+        if not self.rows:
+            raise ValueError("no rows")
+        chunks = self.kept + self.pending
+        self.kept, self.pending = [], []
+        scales = self.scales()
+        _scale_levels(chunks, scales, self.widths)
+        started = time.perf_counter()
+        count = max(1, round(self.config.coreset_fraction * self.rows))
+        bank = _coreset_bank(chunks, self.config, progress, count=count)
+        return bank, scales, time.perf_counter() - started
 
 
 def _gather(chunks: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,6 @@ and the levels are concatenated. docs/engine.md gives the figures behind these c
 from __future__ import annotations
 
 import math
-import operator
-from functools import reduce
 from itertools import pairwise
 
 import torch
@@ -140,13 +138,13 @@ def column_scales(level_scales: torch.Tensor, widths: tuple[int, ...]) -> torch.
     return torch.repeat_interleave(level_scales.float(), torch.tensor(widths))
 
 
-def equal_variance_scales(chunks: list[torch.Tensor], widths: tuple[int, ...]) -> torch.Tensor:
+def scales_from_sums(
+    count: int, total: torch.Tensor, total_sq: torch.Tensor, widths: tuple[int, ...]
+) -> torch.Tensor:
     """Per-level scales that give every embedding value the same average variance over the training
     patches, so each level weighs in proportion to its width (as when the reference implementation
-    pools levels to chosen widths), whatever the backbone's activation magnitudes."""
-    count = sum(c.shape[0] for c in chunks)
-    total = reduce(operator.add, (c.double().sum(0) for c in chunks))
-    total_sq = reduce(operator.add, ((c.double() ** 2).sum(0) for c in chunks))
+    pools levels to chosen widths), whatever the backbone's activation magnitudes. From the column
+    sums and sums of squares (float64) of `count` rows: a fit keeps these, not the rows."""
     variance = (total_sq / count - (total / count) ** 2).clamp(min=0)
     bounds = torch.cumsum(torch.tensor((0, *widths)), 0).tolist()
     per_level = torch.stack([variance[a:b].mean() for a, b in pairwise(bounds)])

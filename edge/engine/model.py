@@ -24,7 +24,7 @@ import torch
 
 from edge import __version__
 from edge.engine.backbones import build_backbone
-from edge.engine.bank import TrainingSummary, build_bank
+from edge.engine.bank import BankBuilder, TrainingSummary
 from edge.engine.config import EngineConfig
 from edge.engine.embedding import embed_images, embed_stream, model_extractor, position_batches
 from edge.engine.extractors import Extractor, synchronize, torch_device
@@ -151,13 +151,13 @@ class PatchCore:
                 summary.add(image)
                 yield image
 
-        chunks: list[torch.Tensor] = []
+        builder = BankBuilder(config, extractor.widths)  # bounded memory, however many images
         for embeddings in embed_stream(extractor, config, counted()):
-            chunks.extend(e.reshape(-1, e.shape[-1]).cpu() for e in embeddings)
+            builder.add(embeddings.reshape(-1, embeddings.shape[-1]).cpu())
             if progress is not None:
                 progress(len(embeddings))
         extract_s = time.perf_counter() - started
-        fitted = cls.from_embeddings(chunks, config, extractor, {"training": summary.to_dict()})
+        fitted = cls._from_builder(builder, config, extractor, {"training": summary.to_dict()})
         fitted.info["timings"]["extract_s"] = extract_s
         return fitted
 
@@ -176,14 +176,32 @@ class PatchCore:
         `coreset_progress` is called with (rows picked, rows to pick) while the coreset is chosen."""
         if not chunks:
             raise UsageError("no training images: a bank needs at least one good image")
+        builder = BankBuilder(config, extractor.widths)
+        for chunk in chunks:
+            builder.add(chunk)
+        return cls._from_builder(builder, config, extractor, info, coreset_progress)
+
+    @classmethod
+    def _from_builder(
+        cls,
+        builder: BankBuilder,
+        config: EngineConfig,
+        extractor: Extractor,
+        info: dict[str, Any],
+        coreset_progress: Callable[[int, int], None] | None = None,
+    ) -> PatchCore:
+        if not builder.rows:
+            raise UsageError("no training images: a bank needs at least one good image")
         if config.geometry.mode == "auto":
             raise UsageError("resolve an auto geometry (EngineConfig.resolved) before embedding")
-        bank, scales, coreset_s = build_bank(chunks, config, extractor.widths, coreset_progress)
+        rows, reductions = builder.rows, builder.reductions
+        bank, scales, coreset_s = builder.finish(coreset_progress)
         info = {
             "edge_version": __version__,
             "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
             **info,
-            "total_patches": sum(c.shape[0] for c in chunks),
+            "total_patches": rows,
+            "bank_reductions": reductions,
             "timings": {"coreset_s": coreset_s},
         }
         return cls(config, extractor, bank, scales, info)
