@@ -38,7 +38,9 @@ def variants(count: int, frames: int) -> list[tuple[int, float, int | None]]:
     first scale and mirror, then the next, so the sizes spread as the set grows."""
     plan = [(i, s, m) for m in MIRRORS for s in SCALES for i in range(count)]
     if frames > len(plan):
-        sys.exit(f"at most {len(plan)} frames from {count} sources ({len(SCALES)} scales × {len(MIRRORS)} mirrors)")
+        sys.exit(
+            f"at most {len(plan)} frames from {count} sources ({len(SCALES)} scales × {len(MIRRORS)} mirrors)"
+        )
     return plan[:frames]
 
 

@@ -31,6 +31,7 @@ from edge.protocol import (
     MaskHeader,
     ProtocolError,
     Query,
+    ReplayReply,
     VerdictMessage,
     decode_heartbeat,
     decode_mask,
@@ -98,9 +99,14 @@ def subscription(kind: str, station: str = "", camera: str = "") -> bytes:
 
 
 def request(
-    endpoint: str, parts: list[bytes], timeout_s: float, context: zmq.Context | None = None
+    endpoint: str,
+    parts: list[bytes],
+    timeout_s: float,
+    context: zmq.Context | None = None,
+    shape: type | None = None,
 ) -> dict | None:
-    """One REQ/REP exchange; the decoded reply, or None if none came within `timeout_s`."""
+    """One REQ/REP exchange; the decoded reply (checked against `shape`, the reply the request
+    expects when it succeeds, where given), or None if none came within `timeout_s`."""
     check_endpoint(endpoint)
     own = context is None
     context = context or zmq.Context()
@@ -109,7 +115,7 @@ def request(
         socket.send_multipart(parts)
         if not socket.poll(int(timeout_s * 1000)):
             return None
-        return decode_reply(socket.recv_multipart())
+        return decode_reply(socket.recv_multipart(), shape)
     finally:
         socket.close(linger=0)
         if own:
@@ -304,18 +310,12 @@ class Subscriber:
         assert self.query_endpoint is not None
         query = Query(camera, epoch=position[0], after_seq=position[1])
         try:
-            reply = request(self.query_endpoint, encode_query(query), self.query_timeout_s, self.context)
+            reply = request(self.query_endpoint, encode_query(query), self.query_timeout_s, self.context,
+                            shape=ReplayReply)  # fmt: skip
         except (ProtocolError, zmq.ZMQError) as exc:
             log.warning("could not fetch missed verdicts from %s: %s", self.query_endpoint, exc)
             return None
-        if reply is None or not reply.get("ok") or not isinstance(reply.get("verdicts"), list):
-            return None
-        missing = reply.get("missing", [])
-        ranges_ok = isinstance(missing, list) and all(
-            isinstance(m, dict) and all(isinstance(m.get(k), int) for k in ("epoch", "from_seq", "to_seq"))
-            for m in missing
-        )
-        if not ranges_ok:
+        if reply is None or not reply["ok"]:
             return None
         verdicts = []
         for body in reply["verdicts"]:
@@ -327,7 +327,7 @@ class Subscriber:
                 self.refused.count("replay", f"a replayed verdict that is not {camera}'s after {position}")
                 continue
             verdicts.append(missed)
-        return {**reply, "verdicts": verdicts, "missing": missing}
+        return {**reply, "verdicts": verdicts}
 
     def retry_fetches(self) -> None:
         """Fetch again what the publisher did not answer for (every RETRY_S at most)."""

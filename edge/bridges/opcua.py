@@ -61,7 +61,7 @@ from edge.cli_support import run_cli
 from edge.client import Event, Loss, request
 from edge.config import OpcUaBridgeConfig
 from edge.errors import UsageError
-from edge.protocol import Heartbeat, Query, VerdictMessage, encode_query, verdict_body
+from edge.protocol import Heartbeat, Query, ReplayReply, VerdictMessage, encode_query, verdict_body
 
 log = logging.getLogger("edge.opcua")
 NAMESPACE = "urn:edge:machine-vision"
@@ -385,6 +385,7 @@ class OpcUaBridge(Bridge):
                 self.link.query_endpoint,
                 encode_query(Query(camera, epoch=epoch, after_seq=seq)),
                 QUERY_TIMEOUT_S,
+                shape=ReplayReply,
             )
         except Exception as exc:  # a bad camera name or an unreachable station: an answer, not a crash
             return json.dumps({"error": str(exc)})

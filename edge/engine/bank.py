@@ -136,10 +136,15 @@ class BankBuilder:
     the bank's rows however many rows come (the module's docstring says how)."""
 
     def __init__(
-        self, config: EngineConfig, widths: tuple[int, ...], chunk_rows: int = CHUNK_ROWS, keep: int = KEEP
+        self,
+        config: EngineConfig,
+        widths: tuple[int, ...],
+        chunk_rows: int | None = None,
+        keep: int | None = None,
     ) -> None:
         self.config, self.widths = config, widths
-        self.chunk_rows, self.keep = chunk_rows, keep
+        self.chunk_rows = CHUNK_ROWS if chunk_rows is None else chunk_rows
+        self.keep = KEEP if keep is None else keep
         self.pending: list[torch.Tensor] = []  # rows not reduced yet
         self.pending_rows = 0
         self.kept: list[torch.Tensor] = []  # what the reductions kept
