@@ -90,15 +90,17 @@ def _coreset_bank(
     progress: Callable[[int, int], None] | None = None,
     count: int | None = None,
     column_scales: torch.Tensor | None = None,
+    sample: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Select `count` coreset rows (default: the coreset fraction of them) from per-batch feature
     chunks without concatenating them all; `column_scales`: select as if the rows were scaled so
-    (the rows themselves stay as they are)."""
+    (the rows themselves stay as they are); `sample`: the rows whose principal axes project them
+    (default: a seeded sample of the chunks')."""
     total = sum(c.shape[0] for c in chunks)
     count = max(1, round(config.coreset_fraction * total)) if count is None else count
     if count >= total:
         return torch.cat(chunks)
-    projection = _projection(chunks, config, column_scales)
+    projection = _projection(chunks, config, column_scales, sample)
     if projection is None:
         projected = torch.cat(chunks)
     else:  # filled in place: a list of projected chunks plus their concatenation would double it
@@ -113,17 +115,24 @@ def _coreset_bank(
 
 
 def _projection(
-    chunks: list[torch.Tensor], config: EngineConfig, column_scales: torch.Tensor | None = None
+    chunks: list[torch.Tensor],
+    config: EngineConfig,
+    column_scales: torch.Tensor | None = None,
+    sample: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
-    """The coreset's projection: a seeded Gaussian one, or principal axes of a seeded row sample;
-    with `column_scales`, of the rows so scaled, the scales folded into it."""
+    """The coreset's projection: a seeded Gaussian one, or principal axes of a row sample (`sample`,
+    else a seeded one of the chunks'); with `column_scales`, of the rows so scaled, the scales
+    folded into it."""
     dim = chunks[0].shape[1]
     if config.projection == "random":
         projection = random_projection(dim, config.projection_dim, config.seed)
     else:
-        total = sum(c.shape[0] for c in chunks)
-        generator = torch.Generator().manual_seed(config.seed + PROJECTION_SEED_OFFSET)
-        sample = _gather(chunks, torch.randint(total, (min(total, PCA_SAMPLE_ROWS),), generator=generator))
+        if sample is None:
+            total = sum(c.shape[0] for c in chunks)
+            generator = torch.Generator().manual_seed(config.seed + PROJECTION_SEED_OFFSET)
+            sample = _gather(
+                chunks, torch.randint(total, (min(total, PCA_SAMPLE_ROWS),), generator=generator)
+            )
         projection = principal_projection(sample if column_scales is None else sample * column_scales,
                                           config.projection_dim)  # fmt: skip
     if column_scales is None:
@@ -154,6 +163,10 @@ class BankBuilder:
         self.peak_rows = 0  # the most rows held at once (pending and kept)
         self.total: torch.Tensor | None = None  # column sums, float64: the level scales of every row
         self.total_sq: torch.Tensor | None = None
+        # a uniform sample of every row so far (reservoir sampling): the projection's principal axes
+        self.sample: torch.Tensor | None = None
+        self.sampled = 0
+        self.generator = torch.Generator().manual_seed(config.seed + PROJECTION_SEED_OFFSET)
 
     def add(self, rows: torch.Tensor) -> None:
         """Unscaled embeddings, (..., D); held by reference, and scaled in place when the bank is chosen."""
@@ -165,12 +178,36 @@ class BankBuilder:
             self.total += wide.sum(0)
             self.total_sq += (wide * wide).sum(0)
         del wide
+        self._sample(rows)
         self.pending.append(rows)
         self.pending_rows += rows.shape[0]
         self.rows += rows.shape[0]
         self.peak_rows = max(self.peak_rows, self.pending_rows + self.kept_rows)
         if self.pending_rows > self.chunk_rows:
             self._reduce_pending()
+
+    def _sample(self, rows: torch.Tensor) -> None:
+        """Keep each row seen so far in the sample with the same chance (Vitter's algorithm R)."""
+        if self.sample is None:
+            self.sample = torch.empty(PCA_SAMPLE_ROWS, rows.shape[1])
+        fill = min(rows.shape[0], PCA_SAMPLE_ROWS - self.sampled)
+        self.sample[self.sampled : self.sampled + fill] = rows[:fill]
+        self.sampled += fill
+        rest = rows.shape[0] - fill
+        if rest <= 0:
+            return
+        seen = torch.arange(self.rows + fill + 1, self.rows + rows.shape[0] + 1, dtype=torch.float64)
+        slots = (torch.rand(rest, generator=self.generator, dtype=torch.float64) * seen).long()
+        taken = torch.nonzero(slots < PCA_SAMPLE_ROWS).squeeze(1)
+        if taken.numel():  # of rows drawn for one slot, the last one stays, as one by one
+            order = slots[taken].numpy()[::-1]
+            _, last = np.unique(order, return_index=True)
+            taken = taken[torch.from_numpy(len(order) - 1 - last)]
+            self.sample[slots[taken]] = rows[fill + taken]
+
+    def _sample_rows(self) -> torch.Tensor:
+        assert self.sample is not None
+        return self.sample[: self.sampled]
 
     def scales(self) -> torch.Tensor:
         if self.total is None or self.total_sq is None:
@@ -183,7 +220,9 @@ class BankBuilder:
     def _reduced(self, chunks: list[torch.Tensor], share: int) -> torch.Tensor:
         """The rows of `chunks` a bank for `share` rows could take: `keep` × its coreset fraction."""
         count = math.ceil(self.keep * self.config.coreset_fraction * share)
-        return _coreset_bank(chunks, self.config, count=count, column_scales=self._column_scales())
+        return _coreset_bank(
+            chunks, self.config, count=count, column_scales=self._column_scales(), sample=self._sample_rows()
+        )
 
     def _reduce_pending(self) -> None:
         kept = self._reduced(self.pending, self.pending_rows)
@@ -205,9 +244,11 @@ class BankBuilder:
         self.kept, self.pending = [], []
         scales = self.scales()
         _scale_levels(chunks, scales, self.widths)
+        # reduced: the projection is the principal axes of a sample of every row, not of the union
+        sample = self._sample_rows() * self._column_scales() if self.reductions else None
         started = time.perf_counter()
         count = max(1, round(self.config.coreset_fraction * self.rows))
-        bank = _coreset_bank(chunks, self.config, progress, count=count)
+        bank = _coreset_bank(chunks, self.config, progress, count=count, sample=sample)
         return bank, scales, time.perf_counter() - started
 
 
