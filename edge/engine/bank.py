@@ -2,11 +2,13 @@
 greedy k-center selection, and the record of what the bank saw. Scoring with it is model.py's.
 
 A fit's memory does not grow with its good frames (`BankBuilder`): rows are taken a batch at a
-time; whenever `CHUNK_ROWS` of them wait, they are reduced to the `KEEP` × coreset-fraction share a
-bank could need (greedy k-center under the scales known so far), and the union of what the
-reductions kept is reduced again when it outgrows a chunk. The bank is then chosen from that union
-with the scales of every row, as from all the rows. A fit of at most `CHUNK_ROWS` rows is never
-reduced: its bank is the one the rows themselves give."""
+time; whenever more than `CHUNK_ROWS` of them wait, they are reduced to `KEEP` times the share of
+the bank they could need (greedy k-center under the scales known so far, projected on the principal
+axes of a uniform sample of every row so far), and the union of what the reductions kept is
+reduced to half a chunk whenever it outgrows one. The bank is then chosen from that union and the
+rows still waiting, with the scales and the principal axes of every row. It holds at most two
+chunks of rows and the sample, whatever the number of rows. A fit of at most `CHUNK_ROWS` rows is
+never reduced: its bank is the one the rows themselves give, as before."""
 
 from __future__ import annotations
 
@@ -30,8 +32,8 @@ from edge.engine.coreset import (
 from edge.engine.features import scales_from_sums
 
 PCA_SAMPLE_ROWS = 65536  # principal axes of 472 values settle long before this many rows
-CHUNK_ROWS = 1 << 18  # rows a fit holds before it reduces them (472 values each: 495 MB)
-KEEP = 4  # a reduction keeps this many times the rows its share of the bank takes
+CHUNK_ROWS = 1 << 17  # rows a fit holds before it reduces them (472 values each: 247 MB)
+KEEP = 16  # a reduction keeps this many times the rows its share of the bank takes
 
 
 class TrainingSummary:
@@ -217,9 +219,11 @@ class BankBuilder:
     def _column_scales(self) -> torch.Tensor:
         return torch.repeat_interleave(self.scales(), torch.tensor(self.widths))
 
-    def _reduced(self, chunks: list[torch.Tensor], share: int) -> torch.Tensor:
-        """The rows of `chunks` a bank for `share` rows could take: `keep` × its coreset fraction."""
+    def _reduced(self, chunks: list[torch.Tensor], share: int, most: int | None = None) -> torch.Tensor:
+        """The rows of `chunks` a bank for `share` rows could take: `keep` × its coreset fraction
+        (at most `most`)."""
         count = math.ceil(self.keep * self.config.coreset_fraction * share)
+        count = count if most is None else min(count, most)
         return _coreset_bank(
             chunks, self.config, count=count, column_scales=self._column_scales(), sample=self._sample_rows()
         )
@@ -230,8 +234,8 @@ class BankBuilder:
         self.kept.append(kept)
         self.kept_rows += kept.shape[0]
         self.reductions += 1
-        if self.kept_rows > self.chunk_rows:  # the union outgrew a chunk: reduce it too
-            union = self._reduced(self.kept, self.rows)
+        if self.kept_rows > self.chunk_rows:  # the union outgrew a chunk: to half a chunk at most
+            union = self._reduced(self.kept, self.rows, most=self.chunk_rows // 2)
             self.kept, self.kept_rows = [union], union.shape[0]
 
     def finish(
