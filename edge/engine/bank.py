@@ -32,7 +32,7 @@ from edge.engine.coreset import (
 from edge.engine.features import scales_from_sums
 
 PCA_SAMPLE_ROWS = 65536  # principal axes of 472 values settle long before this many rows
-CHUNK_ROWS = 1 << 17  # rows a fit holds before it reduces them (472 values each: 247 MB)
+CHUNK_ROWS = 1 << 18  # rows a fit holds before it reduces them (472 values each: 495 MB)
 KEEP = 16  # a reduction keeps this many times the rows its share of the bank takes
 
 
