@@ -97,6 +97,7 @@ Backbone = Annotated[str, Field(pattern=BACKBONE_PATTERN, description=SETTINGS["
 if TYPE_CHECKING:  # to mypy the values' types; to pydantic, below, their choices and bounds too
     CoresetFraction = float
     Seed = int
+    FitChunkRows = int
     ImageScore = str
     Search = str
     SearchPrecision = str
@@ -107,6 +108,7 @@ if TYPE_CHECKING:  # to mypy the values' types; to pydantic, below, their choice
 else:
     CoresetFraction = engine_setting("coreset_fraction", float)
     Seed = engine_setting("seed", int)
+    FitChunkRows = engine_setting("fit_chunk_rows", int)
     ImageScore = engine_setting("image_score")
     Search = engine_setting("search")
     SearchPrecision = engine_setting("search_precision")
@@ -434,6 +436,7 @@ class CalibrationConfig(_Strict):
     margin: Annotated[float, Field(ge=0, le=1, description="raise the threshold by this share")] = 0.0
     folds: Annotated[int, Field(ge=2, le=20, description="held-out folds")] = 5
     seed: Seed = ENGINE.seed
+    fit_chunk_rows: FitChunkRows = ENGINE.fit_chunk_rows
     geometry: Annotated[
         GeometryMode,
         Field(description="how frames become network input (auto: the whole frame at its own resolution, "

@@ -1,14 +1,15 @@
 """Building a memory bank from patch embeddings: per-level scales, the coreset's projection,
 greedy k-center selection, and the record of what the bank saw. Scoring with it is model.py's.
 
-A fit's memory does not grow with its good frames (`BankBuilder`): rows are taken a batch at a
-time; whenever more than `CHUNK_ROWS` of them wait, they are reduced to `KEEP` times the share of
-the bank they could need (greedy k-center under the scales known so far, projected on the principal
-axes of a uniform sample of every row so far), and the union of what the reductions kept is
-reduced to half a chunk whenever it outgrows one. The bank is then chosen from that union and the
-rows still waiting, with the scales and the principal axes of every row. It holds at most two
-chunks of rows and the sample, whatever the number of rows. A fit of at most `CHUNK_ROWS` rows is
-never reduced: its bank is the one the rows themselves give, as before."""
+With `EngineConfig.fit_chunk_rows` set, a fit's memory does not grow with its good frames
+(`BankBuilder`): rows are taken a batch at a time; whenever more than that many wait, they are
+reduced to `KEEP` times the share of the bank they could need (greedy k-center under the scales
+known so far, projected on the principal axes of a uniform sample of every row so far), and the
+union of what the reductions kept is reduced to half a chunk whenever it outgrows one. The bank is
+then chosen from that union and the rows still waiting, with the scales and the principal axes of
+every row. It holds at most two chunks of rows and the sample, whatever the number of rows. A fit
+of at most a chunk of rows (and every fit by default) is never reduced: its bank is the one the
+rows themselves give."""
 
 from __future__ import annotations
 
@@ -32,8 +33,7 @@ from edge.engine.coreset import (
 from edge.engine.features import scales_from_sums
 
 PCA_SAMPLE_ROWS = 65536  # principal axes of 472 values settle long before this many rows
-CHUNK_ROWS = 1 << 18  # rows a fit holds before it reduces them (472 values each: 495 MB)
-KEEP = 16  # a reduction keeps this many times the rows its share of the bank takes
+KEEP = 4  # a reduction keeps this many times the rows its share of the bank takes
 
 
 class TrainingSummary:
@@ -154,7 +154,8 @@ class BankBuilder:
         keep: int | None = None,
     ) -> None:
         self.config, self.widths = config, widths
-        self.chunk_rows = CHUNK_ROWS if chunk_rows is None else chunk_rows
+        # rows held before a reduction (EngineConfig.fit_chunk_rows; 0: never reduce)
+        self.chunk_rows = (config.fit_chunk_rows or None) if chunk_rows is None else chunk_rows
         self.keep = KEEP if keep is None else keep
         self.pending: list[torch.Tensor] = []  # rows not reduced yet
         self.pending_rows = 0
@@ -185,7 +186,7 @@ class BankBuilder:
         self.pending_rows += rows.shape[0]
         self.rows += rows.shape[0]
         self.peak_rows = max(self.peak_rows, self.pending_rows + self.kept_rows)
-        if self.pending_rows > self.chunk_rows:
+        if self.chunk_rows is not None and self.pending_rows > self.chunk_rows:
             self._reduce_pending()
 
     def _sample(self, rows: torch.Tensor) -> None:
@@ -234,6 +235,7 @@ class BankBuilder:
         self.kept.append(kept)
         self.kept_rows += kept.shape[0]
         self.reductions += 1
+        assert self.chunk_rows is not None
         if self.kept_rows > self.chunk_rows:  # the union outgrew a chunk: to half a chunk at most
             union = self._reduced(self.kept, self.rows, most=self.chunk_rows // 2)
             self.kept, self.kept_rows = [union], union.shape[0]

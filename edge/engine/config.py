@@ -93,6 +93,13 @@ class EngineConfig:
         choices=("random", "pca"),
     )
     seed: int = setting(0, help="seed of the coreset's projection and start")
+    fit_chunk_rows: int = setting(
+        0,
+        help="patches a fit holds before it reduces them to 4x their share of the bank, so that its "
+        "memory stops growing with the good frames (e.g. 262144: about 0.5 GB); 0: never reduce, "
+        "the bank chosen from every patch at once (docs/engine.md, 'A fit in bounded memory')",
+        minimum=0,
+    )
     image_score: str = setting(
         "map_max",
         help="map_max: the peak of the smoothed anomaly map (steadier across coreset seeds); eq7: the "

@@ -151,7 +151,7 @@ class PatchCore:
                 summary.add(image)
                 yield image
 
-        builder = BankBuilder(config, extractor.widths)  # bounded memory, however many images
+        builder = BankBuilder(config, extractor.widths)  # with fit_chunk_rows: bounded memory
         for embeddings in embed_stream(extractor, config, counted()):
             builder.add(embeddings.reshape(-1, embeddings.shape[-1]).cpu())
             if progress is not None:

@@ -69,4 +69,8 @@ def test_a_fit_within_one_chunk_is_never_reduced_and_gives_the_same_bank():
     small, bank, scales = build(rows, chunk_rows=10**9)
     again, bank_again, scales_again = build(rows, chunk_rows=1500)
     assert small.reductions == again.reductions == 0
+    default = BankBuilder(EngineConfig(coreset_fraction=0.01), WIDTHS)  # fit_chunk_rows 0: never
+    for batch in rows * 200:
+        default.add(batch)
+    assert default.reductions == 0 and default.peak_rows == 300_000
     assert torch.equal(bank, bank_again) and torch.equal(scales, scales_again)
