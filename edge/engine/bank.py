@@ -143,8 +143,8 @@ def _projection(
 
 
 class BankBuilder:
-    """Patch embeddings in, a bank out, holding at most about two chunks of rows plus `keep` ×
-    the bank's rows however many rows come (the module's docstring says how)."""
+    """Patch embeddings in, a bank out; with a chunk, holding at most two chunks of rows and a
+    sample of them however many rows come (the module's docstring says how)."""
 
     def __init__(
         self,
@@ -181,7 +181,8 @@ class BankBuilder:
             self.total += wide.sum(0)
             self.total_sq += (wide * wide).sum(0)
         del wide
-        self._sample(rows)
+        if self.chunk_rows is not None:  # only a fit that reduces needs the sample
+            self._sample(rows)
         self.pending.append(rows)
         self.pending_rows += rows.shape[0]
         self.rows += rows.shape[0]

@@ -153,7 +153,8 @@ class PatchCore:
 
         builder = BankBuilder(config, extractor.widths)  # with fit_chunk_rows: bounded memory
         for embeddings in embed_stream(extractor, config, counted()):
-            builder.add(embeddings.reshape(-1, embeddings.shape[-1]).cpu())
+            for embedding in embeddings:  # one image's rows at a time, as the level scales always summed
+                builder.add(embedding.reshape(-1, embedding.shape[-1]).cpu())
             if progress is not None:
                 progress(len(embeddings))
         extract_s = time.perf_counter() - started
