@@ -151,12 +151,11 @@ class BankBuilder:
         config: EngineConfig,
         widths: tuple[int, ...],
         chunk_rows: int | None = None,
-        keep: int | None = None,
     ) -> None:
         self.config, self.widths = config, widths
         # rows held before a reduction (EngineConfig.fit_chunk_rows; 0: never reduce)
         self.chunk_rows = (config.fit_chunk_rows or None) if chunk_rows is None else chunk_rows
-        self.keep = KEEP if keep is None else keep
+        self.keep = KEEP
         self.pending: list[torch.Tensor] = []  # rows not reduced yet
         self.pending_rows = 0
         self.kept: list[torch.Tensor] = []  # what the reductions kept

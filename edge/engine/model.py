@@ -175,8 +175,6 @@ class PatchCore:
         """Fit on unscaled patch embeddings (rows of width D; scaled in place): level scales, coreset.
 
         `coreset_progress` is called with (rows picked, rows to pick) while the coreset is chosen."""
-        if not chunks:
-            raise UsageError("no training images: a bank needs at least one good image")
         builder = BankBuilder(config, extractor.widths)
         for chunk in chunks:
             builder.add(chunk)

@@ -144,10 +144,31 @@ def test_each_pipeline_settings_twin_keeps_its_sections_defaults(twin):
             assert field.default == section.model_fields[field.name].default, f"{name}.{field.name}"
 
 
-def test_the_worker_batch_is_one_knob():
-    """worker.max_batch is the micro-batch and the extractor's batch (engine batch_size)."""
-    from pathlib import Path
+def test_the_worker_batch_is_one_knob(monkeypatch):
+    """worker.max_batch is the micro-batch and the extractor's batch (engine batch_size): the
+    worker loads its bank with it."""
+    import edge.bankstore
+    import edge.engine.artifact
+    from edge.config import parse_config
+    from edge.services.worker import load_station_bank
 
-    source = (Path(__file__).parents[2] / "edge" / "services" / "worker.py").read_text()
+    asked: dict = {}
+
+    class Loaded(Exception):
+        pass
+
+    def load_model(path, weights, **runtime):
+        asked.update(runtime)
+        raise Loaded
+
+    monkeypatch.setattr(edge.bankstore, "resolve_bank", lambda path: type("Ref", (), {"path": path})())
+    monkeypatch.setattr(edge.engine.artifact, "load_model", load_model)
+    config = parse_config(
+        "station: s\nbank: {path: /banks}\nworker: {max_batch: 3}\n"
+        "endpoints: {frames: 'ipc:///tmp/f', results: 'ipc:///tmp/r', publish: 'ipc:///tmp/p'}\n"
+        "cameras: [{name: c, source: {kind: synthetic}}]\n"
+    )
+    with pytest.raises(Loaded):
+        load_station_bank(config)
+    assert asked["batch_size"] == 3
     assert WorkerConfig().max_batch == DEFAULTS.batch_size
-    assert '"batch_size": config.worker.max_batch' in source
