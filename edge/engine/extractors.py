@@ -370,22 +370,29 @@ class OnnxExtractor(GraphExtractor):
 
 class OpenVinoExtractor(GraphExtractor):
     """OpenVINO on the CPU: the exported graph read once, compiled once per input size it meets,
-    in fp32 (a bf16-capable CPU would otherwise run bf16: parity first). Frames run one at a time
-    on a compilation for batch 1 and one fixed size: at 320² that was 1.3-1.5x faster per image
-    than batches of 8 on a compilation with a free batch (the activations of one frame stay in the
-    caches), and it holds about 20 MB per size instead of 180 (docs/decisions.md)."""
+    in fp32 unless bf16 is asked for (a bf16-capable CPU would otherwise run bf16: parity first;
+    bf16 extracts 1.5x faster on AMX but moved KolektorSDD's PRO by -0.014, docs/decisions.md).
+    Frames run one at a time on a compilation for batch 1 and one fixed size: at 320² that was
+    1.3-1.5x faster per image than batches of 8 on a compilation with a free batch (the
+    activations of one frame stay in the caches), and it holds about 20 MB per size instead of 180
+    (docs/decisions.md)."""
 
-    def __init__(self, backbone: Backbone, cache_dir: Path, device: str = "cpu") -> None:
+    def __init__(
+        self, backbone: Backbone, cache_dir: Path, device: str = "cpu", precision: str = "fp32"
+    ) -> None:
         if torch_device(device).type != "cpu":
             raise UsageError("the openvino extractor runs on the CPU here; use torch or tensorrt on CUDA")
+        if precision not in ("fp32", "bf16"):
+            raise UsageError(f"the openvino extractor runs in fp32 or bf16, not {precision}")
         super().__init__(backbone, cache_dir, device)
+        self.precision = precision
         try:
             import openvino
         except ImportError:
             raise UsageError("the openvino extractor needs OpenVINO: pip install 'edge[station]'") from None
         self.openvino = openvino
         self.core = openvino.Core()
-        self.name = "openvino-cpu"
+        self.name = "openvino-cpu" + ("" if precision == "fp32" else f"-{precision}")
         self.models: dict[Path, Any] = {}
 
     def _open(self, path: Path, input_hw: tuple[int, int] | None) -> Runner:
@@ -394,7 +401,7 @@ class OpenVinoExtractor(GraphExtractor):
             model = self.models[path] = self.core.read_model(str(path))
         settings: dict[str, Any] = {
             "INFERENCE_NUM_THREADS": torch.get_num_threads(),
-            "INFERENCE_PRECISION_HINT": "f32",
+            "INFERENCE_PRECISION_HINT": "f32" if self.precision == "fp32" else "bf16",
             "PERFORMANCE_HINT": "LATENCY",
         }
         if input_hw is None:  # kernels are not kept per shape: 270 MB instead of 445 MB after 30 sizes,
@@ -427,9 +434,11 @@ def build_extractor(
         kind = auto_runtime(backbone.spec.name, device, precision)
     if kind == "torch":
         return TorchExtractor(backbone, device, precision)
+    if kind == "onnxruntime" and precision != "fp32":
+        raise UsageError(f"the onnxruntime extractor runs in fp32; {precision}: torch on CUDA, or openvino")
     cache = cache_dir or default_cache_dir()
     if kind == "openvino":
-        extractor: GraphExtractor = OpenVinoExtractor(backbone, cache, device)
+        extractor: GraphExtractor = OpenVinoExtractor(backbone, cache, device, precision)
         if input_hw is not None:
             extractor.runner((int(input_hw[0]), int(input_hw[1])))
         return extractor
@@ -439,8 +448,10 @@ def build_extractor(
 def auto_runtime(backbone: str, device: str, precision: str = "fp32") -> str:
     """The runtime `auto` picks, logged with its reason: on the CPU the first installed of the
     backbone's order in AUTO_CPU_RUNTIMES (measured fastest first, docs/engine.md), on CUDA torch."""
-    if torch_device(device).type != "cpu" or precision != "fp32":
-        return "torch"
+    if torch_device(device).type != "cpu" or precision == "fp16":
+        return "torch"  # (which refuses fp16 on the CPU with its reason)
+    if precision == "bf16":
+        return "openvino" if _installed("openvino") else "torch"
     order = AUTO_CPU_RUNTIMES.get(backbone, AUTO_CPU_RUNTIMES["default"])
     installed = [kind for kind in order if kind == "torch" or _installed(kind)]
     chosen = installed[0]

@@ -107,6 +107,21 @@ def test_missing_runtimes_and_devices_are_named(lite0, tmp_path):
             build_extractor(lite0, "openvino", "cuda")
 
 
+@pytest.mark.skipif(not HAVE_OV, reason="OpenVINO not installed")
+def test_openvino_bf16_is_asked_for_by_name_and_stays_near_fp32(lite0, tmp_path):
+    """bf16 is never chosen silently: `auto` takes OpenVINO for it on the CPU and names it; the
+    embeddings stay within bf16's rounding of fp32's (emulated where the CPU lacks bf16)."""
+    fp32 = build_extractor(lite0, "openvino", "cpu", cache_dir=tmp_path)
+    bf16 = build_extractor(lite0, "auto", "cpu", cache_dir=tmp_path, precision="bf16")
+    assert (fp32.name, bf16.name) == ("openvino-cpu", "openvino-cpu-bf16")
+    batch = frames(1, side=160)
+    assert 0 < relative(bf16(batch), fp32(batch)) < 0.1
+    with pytest.raises(UsageError, match="onnxruntime extractor runs in fp32"):
+        build_extractor(lite0, "onnxruntime", "cpu", cache_dir=tmp_path, precision="bf16")
+    with pytest.raises(UsageError, match="fp32 or bf16"):
+        build_extractor(lite0, "openvino", "cpu", cache_dir=tmp_path, precision="fp16")
+
+
 def graph_kinds() -> list:
     return [
         pytest.param("onnxruntime", marks=pytest.mark.skipif(not HAVE_ORT, reason="not installed")),

@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 
@@ -121,3 +123,37 @@ def test_auto_search_is_projected_on_the_cpu_and_torch_reads_as_exact():
     assert isinstance(build_index(bank, "auto"), ProjectedIndex)
     assert isinstance(build_index(bank, "exact"), TorchIndex)
     assert EngineConfig(search="torch").search == "exact"  # banks saved before the choice
+
+
+def test_query_tiles_are_equal_bounded_and_cover_every_query():
+    from edge.engine.search import MIN_QUERY_TILE, SCORE_TILE, query_tiles
+
+    for queries, columns in [(1600, 3360), (2280, 50000), (1, 16), (5000, 3360), (700, SCORE_TILE)]:
+        tiles = query_tiles(queries, columns)
+        assert tiles[0][0] == 0 and tiles[-1][1] == queries
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(tiles))
+        sizes = [stop - start for start, stop in tiles]
+        assert max(sizes) - min(sizes) <= max(sizes) // len(sizes) + 1  # no ragged last tile
+        assert all(size * columns <= SCORE_TILE or size <= MIN_QUERY_TILE for size in sizes)
+    assert len(query_tiles(1600, 3360)) == 1  # a 320² frame against a 1 % bottle bank: one product
+
+
+def test_projected_search_gives_the_same_in_tiles(monkeypatch):
+    """Tiling the queries changes no result (several tiles against one)."""
+    from edge.engine.search import ProjectedIndex
+
+    bank, queries = low_rank_data(96, 40, 2000, 1500, seed=5)
+    index = ProjectedIndex(bank, precision="fp32")
+    whole = index.search(queries, k=3)
+    monkeypatch.setattr("edge.engine.search.SCORE_TILE", 300 * 2016)
+    monkeypatch.setattr("edge.engine.search.MIN_QUERY_TILE", 1)
+    tiled = index.search(queries, k=3)
+    torch.testing.assert_close(tiled[0], whole[0])
+    assert torch.equal(tiled[1], whole[1])
+
+
+def test_reference_distances_are_the_brute_force_minimum(data):
+    from edge.engine.search import reference_distances
+
+    bank, queries, exact = data
+    torch.testing.assert_close(reference_distances(bank, queries), exact.min(1).values, rtol=1e-9, atol=1e-9)
