@@ -4,6 +4,7 @@ line calibrating for weeks would (bench/bench_fit_scale.py fits on it).
 
     python bench/calibration_set.py --out /tmp/edge-calib --frames 2000
     python bench/calibration_set.py --out /tmp/edge-calib-5k --frames 5000
+    python bench/calibration_set.py --out /tmp/edge-calib-shifted --frames 2000 --shift 4
 
 Frames go to OUT/train/good/NNNNN.png (the layout edge-eval and edge-calibrate --from-folder read);
 the source's test frames, untouched, to OUT/test/good, for scoring. Nothing here is tuned to the
@@ -49,7 +50,16 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder to write (outside the repository)")
     parser.add_argument("--frames", type=int, default=2000, help="good frames to write (default 2000)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--shift",
+        type=float,
+        default=0.0,
+        help="crop each variant by up to this percentage of each side at each edge (seeded): parts "
+        "that never sit twice in the same place, so that calibration's screening sees distinct "
+        "frames rather than rescaled copies (default 0)",
+    )
     args = parser.parse_args()
+    jitter = np.random.default_rng(args.seed + 1)
     source = source_root()
     train = sorted((source / "train" / "good").glob("*.png"))
     good, test = args.out / "train" / "good", args.out / "test" / "good"
@@ -63,6 +73,11 @@ def main() -> int:
         image = cv2.imread(str(train[frame]), cv2.IMREAD_GRAYSCALE)
         if mirror is not None:
             image = cv2.flip(image, mirror)
+        if args.shift:
+            height, width = image.shape[:2]
+            top, bottom = (jitter.integers(0, int(height * args.shift / 100) + 1, 2)).tolist()
+            left, right = (jitter.integers(0, int(width * args.shift / 100) + 1, 2)).tolist()
+            image = image[top : height - bottom, left : width - right]
         if scale != 1.0:
             size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
             image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)

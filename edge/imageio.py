@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import overload
 
 import cv2
 import numpy as np
@@ -15,6 +17,26 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 def image_files(folder: Path) -> list[Path]:
     """The image files directly in `folder`, sorted by name."""
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+class ImageFiles(Sequence[np.ndarray]):
+    """Images read from their files at each access: thousands of frames without holding them
+    decoded (a calibration reads each a few times)."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+    @overload
+    def __getitem__(self, index: slice) -> ImageFiles: ...
+    def __getitem__(self, index: int | slice) -> np.ndarray | ImageFiles:
+        if isinstance(index, slice):
+            return ImageFiles(self.paths[index])
+        return read_image(self.paths[index])
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

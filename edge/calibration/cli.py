@@ -33,7 +33,7 @@ from edge.cli_support import run_cli, setup_logging
 from edge.config import CalibrationConfig, StationConfig, describe_errors, load_config
 from edge.errors import UsageError
 from edge.files import write_bytes_atomic
-from edge.imageio import image_files, read_image
+from edge.imageio import ImageFiles, image_files, read_image
 from edge.options import add_model_options, model_settings
 
 log = logging.getLogger("edge.calibrate")
@@ -104,13 +104,14 @@ def _recipe(args: argparse.Namespace, station: StationConfig | None) -> Calibrat
         raise UsageError(f"invalid calibration setting: {'; '.join(describe_errors(exc))}") from None
 
 
-def _folder_frames(folder: Path, limit: int | None, quiet: bool) -> list:
+def _folder_frames(folder: Path, limit: int | None) -> ImageFiles:
+    """The folder's frames, each read when the calibration asks for it (thousands fit)."""
     if not folder.is_dir():
         raise UsageError(f"{folder} is not a folder of images")
     paths = image_files(folder)[:limit]
     if not paths:
         raise UsageError(f"{folder} holds no images")
-    return [read_image(p) for p in tqdm(paths, desc="read frames", disable=quiet, leave=False)]
+    return ImageFiles(paths)
 
 
 def _login() -> str:
@@ -243,7 +244,7 @@ def _build(session: _Session) -> dict[str, Any]:
     if args.add_candidates:
         frames, candidates = _candidate_frames(store, args.quiet)
     elif args.add or args.from_folder:
-        frames = _folder_frames(args.add or args.from_folder, args.frames, args.quiet)
+        frames = _folder_frames(args.add or args.from_folder, args.frames)
     else:
         assert station is not None
         frames = _live_frames(station, recipe.frames, args.wait, args.quiet)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,18 +18,20 @@ import numpy as np
 
 from edge.bankstore import BankStore
 from edge.calibration.quality import FrameStats, screen
-from edge.calibration.threshold import choose_threshold, held_out_scores
+from edge.calibration.threshold import ThresholdChoice, choose_threshold, held_out_scores
 from edge.config import RECIPE_ENGINE_SETTINGS, CalibrationConfig
 from edge.engine.artifact import read_artifact
 from edge.engine.backbones import build_backbone
 from edge.engine.bank import training_summary
 from edge.engine.config import EngineConfig, InputGeometry
-from edge.engine.embedding import embed_images, model_extractor
+from edge.engine.embedding import embed_into, model_extractor
+from edge.engine.extractors import Extractor
 from edge.engine.input_geometry import AUTO_SAMPLE
 from edge.engine.model import PatchCore
+from edge.engine.spool import EmbeddingSpool
 from edge.errors import ArtifactError, UsageError
 from edge.files import write_bytes_atomic
-from edge.imageio import encode_png, read_image
+from edge.imageio import ImageFiles, encode_png
 
 log = logging.getLogger("edge.calibrate")
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -81,9 +83,45 @@ def active_record(store: BankStore) -> dict[str, Any]:
     return record
 
 
+def _fit_and_choose(
+    images: ImageFiles,
+    embeddings: EmbeddingSpool,
+    extractor: Extractor,
+    config: EngineConfig,
+    recipe: CalibrationConfig,
+    progress: Progress,
+) -> tuple[PatchCore, ThresholdChoice, np.ndarray]:
+    """Embed the kept frames once (into the spool), score each from a bank that did not see it,
+    choose the threshold, and fit the final bank from every frame: each step reads the spool
+    back, so memory does not grow with the frames (bounded further by `fit_chunk_rows`)."""
+    embed_into(embeddings.put, extractor, config, images, lambda done, n: progress("embed", done, n))
+    progress("held-out scores", 0, 1)
+    scores, method = held_out_scores(
+        extractor,
+        config,
+        images,
+        embeddings,
+        recipe.folds,
+        recipe.seed,
+        progress=lambda done, total: progress("held-out scores", done, total),
+    )
+    choice = choose_threshold(scores, recipe.target_frr, recipe.margin, method)
+    progress("final bank", 0, 1)
+    chunks_expected = max(1, embeddings.rows() // config.fit_chunk_rows) if config.fit_chunk_rows else 0
+    model = PatchCore.from_embeddings(
+        (e.reshape(-1, e.shape[-1]) for e in embeddings),
+        config,
+        extractor,
+        {"training": training_summary(images)},
+        coreset_progress=lambda done, total: progress("final bank", done, total),
+        chunk_progress=lambda done: progress("final bank chunks", done, max(done, chunks_expected)),
+    )
+    return model, choice, scores
+
+
 def calibrate(
     store: BankStore,
-    frames: list[np.ndarray],
+    frames: Sequence[np.ndarray],
     recipe: CalibrationConfig,
     weights: str | None = None,
     add: bool = False,
@@ -105,41 +143,25 @@ def calibrate(
         kept = list(previous["frames"])
     config = engine_config(recipe)
     backbone = build_backbone(config.backbone, weights)  # missing weights: said before any work
-    kept_images = [read_image(store.frames_dir / name) for name in kept]
-    reference = [FrameStats.of(image) for image in kept_images]
-    report = screen([FrameStats.of(image) for image in frames], reference)
+    reference = [FrameStats.of(image) for image in ImageFiles([store.frames_dir / name for name in kept])]
+    stats = []
+    for image in frames:
+        stats.append(FrameStats.of(image))
+        progress("screen frames", len(stats), len(frames))
+    report = screen(stats, reference)
     for done, index in enumerate(report.accepted, 1):
         kept.append(keep_frame(store, frames[index]))
-        kept_images.append(frames[index])
         progress("keep frames", done, len(report.accepted))
     if not report.accepted and add:
         raise UsageError(f"none of the {len(frames)} frames to add was accepted: {dict(report.rejected)}")
-    if not kept_images:
+    if not kept:
         raise UsageError(f"no usable good frame among {len(frames)} collected: {dict(report.rejected)}")
-
+    # from here on the kept frames are read from the store as needed, never held all at once
+    kept_images = ImageFiles([store.frames_dir / name for name in kept])
     config = config.resolved([image.shape[:2] for image in kept_images[:AUTO_SAMPLE]])
     extractor = model_extractor(config, backbone)
-    embeddings = embed_images(extractor, config, kept_images, lambda done, n: progress("embed", done, n))
-    progress("held-out scores", 0, 1)
-    scores, method = held_out_scores(
-        extractor,
-        config,
-        kept_images,
-        embeddings,
-        recipe.folds,
-        recipe.seed,
-        progress=lambda done, total: progress("held-out scores", done, total),
-    )
-    choice = choose_threshold(scores, recipe.target_frr, recipe.margin, method)
-    progress("final bank", 0, 1)
-    chunks = [e.reshape(-1, e.shape[-1]) for e in embeddings]
-    model = PatchCore.from_embeddings(
-        chunks,
-        config,
-        extractor,
-        {"training": training_summary(kept_images)},
-        coreset_progress=lambda done, total: progress("final bank", done, total),
-    )
+    with EmbeddingSpool(len(kept_images), store.root) as embeddings:  # a full disk: ArtifactError
+        model, choice, scores = _fit_and_choose(kept_images, embeddings, extractor, config, recipe, progress)
     record = {
         "threshold": float(choice.threshold),
         "choice": choice.to_dict(),

@@ -16,7 +16,7 @@ is about 3/n, so a 1 % target needs about 300 frames to be shown.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import cv2
@@ -30,6 +30,7 @@ from edge.engine.extractors import Extractor
 from edge.engine.model import PatchCore
 
 LOW_SHOT = 10  # up to this many frames: leave-one-out, and a low-shot warning
+SCORE_GROUP = 64  # held-out frames' embeddings read back at a time
 CONFIDENCE = 0.95
 
 
@@ -117,14 +118,16 @@ def folds_for(count: int, folds: int, seed: int) -> list[np.ndarray]:
 def held_out_scores(
     extractor: Extractor,
     config: EngineConfig,
-    images: list[np.ndarray],
-    embeddings: list[torch.Tensor],
+    images: Sequence[np.ndarray],
+    embeddings: Sequence[torch.Tensor],
     folds: int,
     seed: int,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, str]:
     """One score per frame from a bank that did not see it (or, for one frame, of its variants).
 
+    `embeddings` may read each from disk as asked (an EmbeddingSpool): a fold streams the others'
+    into its bank and scores its own SCORE_GROUP at a time, so nothing holds them all.
     `progress` is called with (banks fitted, banks to fit): one bank per fold."""
     if len(images) == 1:
         bank = PatchCore.from_embeddings(
@@ -136,9 +139,11 @@ def held_out_scores(
     parts = folds_for(len(images), folds, seed)
     for done, held in enumerate(parts, 1):
         kept = np.setdiff1d(np.arange(len(images)), held)
-        chunks = [embeddings[i].reshape(-1, embeddings[i].shape[-1]).clone() for i in kept]
+        chunks = (embeddings[i].reshape(-1, embeddings[i].shape[-1]).clone() for i in kept)
         bank = PatchCore.from_embeddings(chunks, config, extractor, {})
-        scores[held] = bank.image_scores([embeddings[i] for i in held])
+        for start in range(0, len(held), SCORE_GROUP):
+            group = held[start : start + SCORE_GROUP]
+            scores[group] = bank.image_scores([embeddings[i] for i in group])
         if progress is not None:
             progress(done, len(parts))
     method = "leave-one-out" if len(parts) == len(images) else f"{len(parts)}-fold"

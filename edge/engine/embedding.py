@@ -57,16 +57,29 @@ def embed_images(
     """Unscaled (h, w, D) embeddings of each image on the CPU, in input order; `progress` is
     called with (images done, images) after each batch."""
     out: list[torch.Tensor | None] = [None] * len(images)
-    prepared = [prepare(image, config.geometry)[0] for image in images]
+    embed_into(out.__setitem__, extractor, config, images, progress)
+    return [e for e in out if e is not None]
+
+
+def embed_into(
+    sink: Callable[[int, torch.Tensor], None],
+    extractor: Extractor,
+    config: EngineConfig,
+    images: Sequence[np.ndarray],
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Embed `images` in same-size batches (position_batches' rule), handing each (position,
+    unscaled (h, w, D) CPU embedding) to `sink` as its batch completes: no more than one batch
+    per input size is held, so `images` may read each from disk as it is asked for."""
+    prepared = ((p, prepare(images[p], config.geometry)[0]) for p in range(len(images)))
     done = 0
-    for chunk in position_batches([pixels.shape for pixels in prepared], config.batch_size):
-        embeddings = extractor(np.stack([prepared[p] for p in chunk])).cpu()
-        for position, embedding in zip(chunk, embeddings, strict=True):
-            out[position] = embedding
-        done += len(chunk)
+    for batch in batches_by_shape(prepared, lambda item: item[1].shape, config.batch_size):
+        embeddings = extractor(np.stack([pixels for _, pixels in batch])).cpu()
+        for (position, _), embedding in zip(batch, embeddings, strict=True):
+            sink(position, embedding)
+        done += len(batch)
         if progress is not None:
             progress(done, len(images))
-    return [e for e in out if e is not None]
 
 
 def embed_stream(

@@ -166,18 +166,24 @@ class PatchCore:
     @torch.inference_mode()
     def from_embeddings(
         cls,
-        chunks: list[torch.Tensor],
+        chunks: Iterable[torch.Tensor],
         config: EngineConfig,
         extractor: Extractor,
         info: dict[str, Any],
         coreset_progress: Callable[[int, int], None] | None = None,
+        chunk_progress: Callable[[int], None] | None = None,
     ) -> PatchCore:
         """Fit on unscaled patch embeddings (rows of width D; scaled in place): level scales, coreset.
+        `chunks` may be a stream: with `fit_chunk_rows`, memory stays bounded however long it is.
 
-        `coreset_progress` is called with (rows picked, rows to pick) while the coreset is chosen."""
+        `coreset_progress` is called with (rows picked, rows to pick) while the coreset is chosen,
+        `chunk_progress` with the number of chunks reduced so far after each reduction."""
         builder = BankBuilder(config, extractor.widths)
         for chunk in chunks:
+            reductions = builder.reductions
             builder.add(chunk)
+            if chunk_progress is not None and builder.reductions != reductions:
+                chunk_progress(builder.reductions)
         return cls._from_builder(builder, config, extractor, info, coreset_progress)
 
     @classmethod

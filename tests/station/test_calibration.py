@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 import zmq
 
 from edge.bankstore import BankStore
@@ -55,12 +56,42 @@ def test_every_stage_reports_progress_up_to_its_own_total(tmp_path, good_folder)
         CalibrationConfig(coreset_fraction=0.1),
         progress=lambda stage, done, total: seen.setdefault(stage, []).append((done, total)),
     )
-    assert list(seen) == ["keep frames", "embed", "held-out scores", "final bank"]
+    assert list(seen) == ["screen frames", "keep frames", "embed", "held-out scores", "final bank"]
+    assert seen["screen frames"][-1] == (12, 12)
     assert seen["held-out scores"][-1] == (5, 5)  # 5 folds of 12 frames
     rows = load_model(store.path_of(result.version)).bank.shape[0]
     assert seen["final bank"][-1] == (rows, rows)  # rounds in between: tests/unit/test_coreset.py
     for updates in seen.values():
         assert [done for done, _ in updates] == sorted(done for done, _ in updates)
+
+
+def test_a_bounded_calibration_reads_frames_and_embeddings_back_and_shows_its_chunks(tmp_path, good_folder):
+    """Frames come from files as asked (ImageFiles) and embeddings from the spool: the result is
+    the one an in-memory list of frames gives, bit for bit; with `fit_chunk_rows` the final bank's
+    reductions are a stage of their own."""
+    from edge.imageio import ImageFiles
+
+    paths = sorted(good_folder.glob("*.png"))
+    recipe = CalibrationConfig(coreset_fraction=0.1)
+    in_memory = calibrate(BankStore(tmp_path / "a"), [read_image(p) for p in paths], recipe, progress=None)
+    from_files = calibrate(BankStore(tmp_path / "b"), ImageFiles(paths), recipe)
+    assert from_files.record["threshold"] == in_memory.record["threshold"]
+    assert from_files.record["held_out_scores"] == in_memory.record["held_out_scores"]
+    model_a = load_model(BankStore(tmp_path / "a").path_of(in_memory.version))
+    model_b = load_model(BankStore(tmp_path / "b").path_of(from_files.version))
+    assert torch.equal(model_a.bank, model_b.bank)
+
+    rows = model_a.info["total_patches"]  # of all 12 frames
+    seen: dict[str, list[tuple[int, int]]] = {}
+    bounded = calibrate(
+        BankStore(tmp_path / "c"),
+        ImageFiles(paths),
+        CalibrationConfig(coreset_fraction=0.1, fit_chunk_rows=rows // 4),
+        progress=lambda stage, done, total: seen.setdefault(stage, []).append((done, total)),
+    )
+    chunks = seen["final bank chunks"]
+    assert len(chunks) in (3, 4) and [d for d, _ in chunks] == list(range(1, len(chunks) + 1))
+    assert BankStore(tmp_path / "c").path_of(bounded.version).is_file()
 
 
 def test_screening_rejects_copies_blur_and_bad_exposure_and_nothing_else():
