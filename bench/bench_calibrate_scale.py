@@ -49,7 +49,10 @@ def calibrate_once(
         if pythonpath:
             environment["PYTHONPATH"] = pythonpath
         started = time.perf_counter()
-        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=environment)
+        # cwd: not this checkout, which `python -m` would put before PYTHONPATH
+        child = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=environment, cwd=folder
+        )
         assert child.stderr is not None
         errors = child.stderr.read()
         _, status, usage = os.wait4(child.pid, 0)
