@@ -101,7 +101,9 @@ def main() -> int:
     parser.add_argument("--rows", type=int, nargs="+", default=[3000, 10000, 20000, 50000])
     parser.add_argument("--fit-frames", type=int, default=2500)
     parser.add_argument("--fit-chunk-rows", type=int, default=262144)
-    parser.add_argument("--ef", type=int, nargs="+", default=[32, 64], help="HNSW efSearch values")
+    parser.add_argument(
+        "--ef", type=int, nargs="*", default=[32, 64], help="HNSW efSearch values (none: no HNSW)"
+    )
     args = parser.parse_args()
     tune_allocator()
     model = bank_of(args.root, args.fit_frames, args.fit_chunk_rows)
@@ -121,10 +123,12 @@ def main() -> int:
             ("exact (fp32)", TorchIndex(subset, "cpu", "fp32").search),
             ("projected (default)", ProjectedIndex(subset).search),
         ]
-        graph = HnswCandidates(subset)
-        print(f"{size:>7} (hnsw built in {graph.build_s:.1f} s)")
-        for ef in args.ef:
-            searches.append((f"hnsw ef={ef} + exact", graph.with_ef(ef)))
+        if args.ef:
+            graph = HnswCandidates(subset)
+            print(f"{size:>7} (hnsw built in {graph.build_s:.1f} s)")
+            for ef in args.ef:
+                searches.append((f"hnsw ef={ef} + exact", graph.with_ef(ef)))
+        searches.append(("projected, 128 axes", ProjectedIndex(subset, axes=128).search))
         for name, search in searches:
             ms, found = timed(search, frames)
             recall = float((found <= exact * (1 + 1e-4) + 1e-6).float().mean())

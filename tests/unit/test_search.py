@@ -126,7 +126,7 @@ def test_auto_search_is_projected_on_the_cpu_and_torch_reads_as_exact():
 
 
 def test_query_tiles_are_equal_bounded_and_cover_every_query():
-    from edge.engine.search import MIN_QUERY_TILE, SCORE_TILE, query_tiles
+    from edge.engine.search import MAX_QUERY_TILE, MIN_QUERY_TILE, SCORE_TILE, query_tiles
 
     for queries, columns in [(1600, 3360), (2280, 50000), (1, 16), (5000, 3360), (700, SCORE_TILE)]:
         tiles = query_tiles(queries, columns)
@@ -135,7 +135,9 @@ def test_query_tiles_are_equal_bounded_and_cover_every_query():
         sizes = [stop - start for start, stop in tiles]
         assert max(sizes) - min(sizes) <= max(sizes) // len(sizes) + 1  # no ragged last tile
         assert all(size * columns <= SCORE_TILE or size <= MIN_QUERY_TILE for size in sizes)
-    assert len(query_tiles(1600, 3360)) == 1  # a 320² frame against a 1 % bottle bank: one product
+        assert max(sizes) <= MAX_QUERY_TILE
+    assert query_tiles(1600, 3360) == [(0, 800), (800, 1600)]  # a 320² frame, a 1 % bottle bank
+    assert len(query_tiles(2280, 50016)) == 19  # about 128 queries against 50,000 rows
 
 
 def test_projected_search_gives_the_same_in_tiles(monkeypatch):
