@@ -57,9 +57,15 @@ class EmbeddingSpool(Sequence[torch.Tensor]):
         if where is None:
             raise IndexError(f"no embedding was put at position {position}")
         offset, shape = where
-        self._file.seek(offset)
-        data = self._file.read(4 * math.prod(shape))
-        return torch.from_numpy(np.frombuffer(data, np.float32).reshape(shape).copy())
+        array = np.empty(shape, np.float32)
+        try:
+            self._file.seek(offset)
+            read = self._file.readinto(array.data.cast("B"))
+        except OSError as exc:
+            raise ArtifactError(f"cannot read spooled embeddings in {self.directory}: {exc}") from None
+        if read != array.nbytes:
+            raise ArtifactError(f"spooled embeddings in {self.directory} were cut short")
+        return torch.from_numpy(array)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         return (self[p] for p in range(len(self)))
