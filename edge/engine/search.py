@@ -2,8 +2,8 @@
 
 - `ProjectedIndex` (`projected`, the CPU default): each query's few best candidates on the bank's
   256 principal axes, then those candidates' full distances in fp32. Its products cost 256/472 of
-  the exact search's; it returns the true nearest row for at least 99.98 % of patches on every set
-  measured (against float64 brute force; 128 axes fell to 97.1 %) and, for the rest, the exact
+  the exact search's; it returns the true nearest row for at least 99.96 % of patches on the real
+  sets (against float64 brute force; 128 axes fell to 99.1 % on KolektorSDD) and, for the rest, the exact
   distance to a row at most a few per cent farther (docs/engine.md).
 - `TorchIndex` (`exact`, the GPU default): distances as tiled matrix products on centred data with
   a running best per query; runs unchanged on a GPU. Its `bf16` precision, the default where the
@@ -30,8 +30,8 @@ QUERY_TILE = 1024
 # bottle test patch found its exact nearest neighbour (docs/engine.md)
 EXTRA_CANDIDATES = 3
 PRECISIONS = ("auto", "fp32", "bf16")
-PROJECTED_AXES = 256  # recall >= 0.9998 on every set measured; 128: 0.971-0.9996 (docs/engine.md)
-PROJECTED_CANDIDATES = 6
+PROJECTED_AXES = 256  # recall >= 0.999 on the real sets; 128 axes: 0.991 on KolektorSDD (docs/engine.md)
+PROJECTED_CANDIDATES = 4  # at 256 axes as fast as 6 at 128 (docs/engine.md, "Search")
 # queries per product, in equal tiles: at most MAX_QUERY_TILE, and fewer where a tile's scores would
 # pass SCORE_TILE values (12 MB in bf16). Measured on bottle (ms per frame against tiles of 512):
 # frames one at a time 7.5 against 10.3, batches of 8 8.0 against 8.0 (tiles of 1,600: 6.8 and
@@ -142,7 +142,7 @@ class ProjectedIndex:
     bank's top principal axes (products in bf16 where the CPU multiplies bf16 natively), then
     those candidates' full distances in fp32 as ||q - b||. A returned distance is always the exact
     distance to a real bank row; it is the nearest one unless the true nearest row was not among
-    the candidates (recall at least 0.9998 on every set measured at 256 axes, printed by
+    the candidates (recall at least 0.9996 on the real sets, printed by
     `bench/bench_engine.py`; docs/engine.md). The products cost axes / D of the exact search's."""
 
     name = "projected"
