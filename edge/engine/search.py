@@ -33,12 +33,13 @@ PRECISIONS = ("auto", "fp32", "bf16")
 PROJECTED_AXES = 256  # recall >= 0.999 on the real sets; 128 axes: 0.991 on KolektorSDD (docs/engine.md)
 PROJECTED_CANDIDATES = 4  # at 256 axes as fast as 6 at 128 (docs/engine.md, "Search")
 # queries per product, in equal tiles: at most MAX_QUERY_TILE, and fewer where a tile's scores would
-# pass SCORE_TILE values (12 MB in bf16). Measured on bottle (ms per frame against tiles of 512):
-# frames one at a time 7.5 against 10.3, batches of 8 8.0 against 8.0 (tiles of 1,600: 6.8 and
-# 10.5); against 50,000 rows tiles of about 128 took 118 ms per frame where 512 took 171
+# pass SCORE_TILE values (7 MB in bf16), but not below MIN_QUERY_TILE. Measured (docs/engine.md,
+# "Search"): a bottle frame (1,600 patches, 3,344 rows) in two tiles took 7.5 ms against 10.3 in
+# tiles of 400; KolektorSDD (6,065 rows) scored batches of 8 in 28-30 ms per frame with tiles of
+# 512 against 31-32 with 1,024; against 50,000 rows tiles of 128 took 118 ms where 512 took 171
 MAX_QUERY_TILE = 1024
-SCORE_TILE = 6 * 1024 * 1024
-MIN_QUERY_TILE = 64
+SCORE_TILE = 3_500_000
+MIN_QUERY_TILE = 128
 SELECTION_GROUP = 16  # bank rows per group in smallest_columns
 FAR = 1e30  # the projected norm of padding rows: finite (no inf x 0 in a product), never near
 

@@ -137,7 +137,8 @@ def test_query_tiles_are_equal_bounded_and_cover_every_query():
         assert all(size * columns <= SCORE_TILE or size <= MIN_QUERY_TILE for size in sizes)
         assert max(sizes) <= MAX_QUERY_TILE
     assert query_tiles(1600, 3360) == [(0, 800), (800, 1600)]  # a 320² frame, a 1 % bottle bank
-    assert len(query_tiles(2280, 50016)) == 19  # about 128 queries against 50,000 rows
+    assert len(query_tiles(2280, 6080)) == 4  # a KolektorSDD frame: tiles of 570
+    assert len(query_tiles(2280, 50016)) == 18  # about 128 queries against 50,000 rows
 
 
 def test_projected_search_gives_the_same_in_tiles(monkeypatch):
