@@ -22,7 +22,7 @@ from edge.calibration.threshold import ThresholdChoice, choose_threshold, held_o
 from edge.config import RECIPE_ENGINE_SETTINGS, CalibrationConfig
 from edge.engine.artifact import read_artifact
 from edge.engine.backbones import build_backbone
-from edge.engine.bank import training_summary
+from edge.engine.bank import TrainingSummary
 from edge.engine.config import EngineConfig, InputGeometry
 from edge.engine.embedding import embed_into, model_extractor
 from edge.engine.extractors import Extractor
@@ -94,7 +94,10 @@ def _fit_and_choose(
     """Embed the kept frames once (into the spool), score each from a bank that did not see it,
     choose the threshold, and fit the final bank from every frame: each step reads the spool
     back, so memory does not grow with the frames (bounded further by `fit_chunk_rows`)."""
-    embed_into(embeddings.put, extractor, config, images, lambda done, n: progress("embed", done, n))
+    summary = TrainingSummary()  # taken as the frames are read for embedding: no second read
+    embed_into(
+        embeddings.put, extractor, config, images, lambda done, n: progress("embed", done, n), summary.add
+    )
     progress("held-out scores", 0, 1)
     scores, method = held_out_scores(
         extractor,
@@ -112,7 +115,7 @@ def _fit_and_choose(
         (e.reshape(-1, e.shape[-1]) for e in embeddings),
         config,
         extractor,
-        {"training": training_summary(images)},
+        {"training": summary.to_dict()},
         coreset_progress=lambda done, total: progress("final bank", done, total),
         chunk_progress=lambda done: progress("final bank chunks", done, max(done, chunks_expected)),
     )

@@ -17,7 +17,7 @@ import hashlib
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -69,15 +69,6 @@ class TrainingSummary:
             "pixel_std": round(std, 3),
             "sha256": self.digest.hexdigest(),
         }
-
-
-def training_summary(images: Iterable[np.ndarray]) -> dict[str, Any]:
-    """What a bank saw (counts, frame sizes, intensities, fingerprint), for banks fitted from
-    embeddings (calibration), as `fit` records it."""
-    summary = TrainingSummary()
-    for image in images:
-        summary.add(image)
-    return summary.to_dict()
 
 
 def _scale_levels(chunks: list[torch.Tensor], scales: torch.Tensor, widths: tuple[int, ...]) -> None:

@@ -67,11 +67,20 @@ def embed_into(
     config: EngineConfig,
     images: Sequence[np.ndarray],
     progress: Callable[[int, int], None] | None = None,
+    seen: Callable[[np.ndarray], None] | None = None,
 ) -> None:
     """Embed `images` in same-size batches (position_batches' rule), handing each (position,
     unscaled (h, w, D) CPU embedding) to `sink` as its batch completes: no more than one batch
-    per input size is held, so `images` may read each from disk as it is asked for."""
-    prepared = ((p, prepare(images[p], config.geometry)[0]) for p in range(len(images)))
+    per input size is held, so `images` may read each from disk as it is asked for (once; `seen`
+    is given each image as it is read, so nothing else need read them again)."""
+
+    def read(position: int) -> np.ndarray:
+        image = images[position]
+        if seen is not None:
+            seen(image)
+        return image
+
+    prepared = ((p, prepare(read(p), config.geometry)[0]) for p in range(len(images)))
     done = 0
     for batch in batches_by_shape(prepared, lambda item: item[1].shape, config.batch_size):
         embeddings = extractor(np.stack([pixels for _, pixels in batch])).cpu()
