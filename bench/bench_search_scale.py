@@ -1,6 +1,6 @@
 """Search time per image against bank rows, as a line's bank grows: the projected search (the CPU
-default), the exact one, and candidates from a graph index (faiss HNSW) measured exactly, on real
-patches, printed as a table.
+default), the exact one, and candidates from a graph index (faiss HNSW) or from inverted lists
+(faiss IVF, `--probes`) measured exactly, on real patches, printed as a table.
 
     python bench/calibration_set.py --out /tmp/edge-calib --frames 2500
     python bench/bench_search_scale.py /tmp/edge-calib --rows 3000 10000 20000 50000
@@ -85,6 +85,31 @@ class HnswCandidates:
         return best, torch.gather(candidates, 1, order)
 
 
+class InvertedLists:
+    """faiss IVF-flat: the bank clustered into 4 sqrt(rows) lists, each query's nearest row among
+    the rows of its `probes` nearest lists (distances exact: the lists hold the full rows)."""
+
+    def __init__(self, bank: torch.Tensor) -> None:
+        import faiss
+
+        faiss.omp_set_num_threads(torch.get_num_threads())
+        array = np.ascontiguousarray(bank.numpy())
+        self.lists = int(4 * bank.shape[0] ** 0.5)
+        self.index = faiss.IndexIVFFlat(faiss.IndexFlatL2(bank.shape[1]), bank.shape[1], self.lists)
+        started = time.perf_counter()
+        self.index.train(array)
+        self.index.add(array)
+        self.build_s = time.perf_counter() - started
+
+    def with_probes(self, probes: int) -> Callable:
+        def search(queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+            self.index.nprobe = probes
+            squared, rows = self.index.search(np.ascontiguousarray(queries.numpy()), k)
+            return torch.from_numpy(np.sqrt(np.maximum(squared, 0))), torch.from_numpy(rows)
+
+        return search
+
+
 def timed(search: Callable, frames: list[torch.Tensor]) -> tuple[float, torch.Tensor]:
     """Median ms per frame over 3 passes, and the distances of the last pass."""
     passes = []
@@ -103,6 +128,9 @@ def main() -> int:
     parser.add_argument("--fit-chunk-rows", type=int, default=262144)
     parser.add_argument(
         "--ef", type=int, nargs="*", default=[32, 64], help="HNSW efSearch values (none: no HNSW)"
+    )
+    parser.add_argument(
+        "--probes", type=int, nargs="*", default=[], help="IVF lists probed per query (none: no IVF)"
     )
     args = parser.parse_args()
     tune_allocator()
@@ -128,6 +156,11 @@ def main() -> int:
             print(f"{size:>7} (hnsw built in {graph.build_s:.1f} s)")
             for ef in args.ef:
                 searches.append((f"hnsw ef={ef} + exact", graph.with_ef(ef)))
+        if args.probes:
+            lists = InvertedLists(subset)
+            print(f"{size:>7} (ivf of {lists.lists} lists built in {lists.build_s:.1f} s)")
+            for probes in args.probes:
+                searches.append((f"ivf probes={probes}", lists.with_probes(probes)))
         searches.append(("projected 128x6 (before)", ProjectedIndex(subset, axes=128, candidates=6).search))
         for name, search in searches:
             ms, found = timed(search, frames)
