@@ -34,6 +34,16 @@ from edge.errors import ConfigError, EdgeError
 from edge.options import Flag
 from edge.pixel_formats import PIXEL_FORMATS
 from edge.protocol import NAME_MEANING, NAME_PATTERN
+from edge.recipe import (
+    DEFAULT_RECIPE,
+    MAX_POLYGON_POINTS,
+    MAX_RECIPES,
+    MAX_REGIONS,
+    Recipe,
+    Region,
+    polygon_crosses_itself,
+    rect_corners,
+)
 from edge.sockets import ENDPOINT_MEANING, ENDPOINT_PATTERN
 
 STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -201,6 +211,8 @@ class CameraConfig(_Strict):
     # free run: no frame for this long is a lost camera; away for this long, a camera is reported gone
     stale_after_s: Positive = 5.0
     metrics_port: Port | None = None  # Prometheus /metrics of this camera's capture process
+    # millimetres per frame pixel at the part: defect areas in mm² and regions' min_area_mm2
+    mm_per_px: Positive | None = None
 
     @model_validator(mode="after")
     def _trigger_has_endpoint(self) -> CameraConfig:
@@ -213,6 +225,113 @@ class BankConfig(_Strict):
     # a bank version store (edge-calibrate's output folder) or one bank file
     path: Annotated[str, MustExist("path", "does not exist (run edge-calibrate to create a bank)")]
     threshold: Positive | None = None  # overrides the threshold stored in the bank
+
+
+Point = Annotated[list[NonNegativeInt], Field(min_length=2, max_length=2)]
+
+
+class RegionConfig(_Strict):
+    """A named part of the frame, drawn in the recipe's frame pixels: `inspect` (judged by its own
+    rule) or `ignore` (never judged, its patches not searched), as a rectangle or a polygon."""
+
+    name: Name
+    mode: Literal["inspect", "ignore"] = "inspect"
+    rect: Annotated[
+        list[NonNegativeInt] | None,
+        Field(min_length=4, max_length=4),
+        about("[x, y, width, height] in frame pixels"),
+    ] = None
+    polygon: Annotated[
+        list[Point] | None,
+        Field(min_length=3, max_length=MAX_POLYGON_POINTS),
+        about("[[x, y], ...] in frame pixels: at least 3 corners, not crossing itself"),
+    ] = None
+    threshold: Annotated[Positive | None, about("this region's own threshold (default: the bank's)")] = None
+    sensitivity: Annotated[
+        Positive | None,
+        about("the bank's threshold divided by this (2: twice as sensitive); instead of threshold"),
+    ] = None
+    min_area_px: Annotated[
+        NonNegativeInt, about("a defect smaller than this many frame pixels does not reject")
+    ] = 0
+    min_area_mm2: Annotated[
+        float | None, Field(ge=0), about("the same in mm² (needs the camera's mm_per_px)")
+    ] = None
+
+    @model_validator(mode="after")
+    def _one_shape_one_threshold(self) -> RegionConfig:
+        if (self.rect is None) == (self.polygon is None):
+            raise ValueError(f"region {self.name}: give exactly one of rect or polygon")
+        if self.rect is not None and (self.rect[2] == 0 or self.rect[3] == 0):
+            raise ValueError(f"region {self.name}: rect width and height must be at least 1")
+        if self.threshold is not None and self.sensitivity is not None:
+            raise ValueError(f"region {self.name}: give threshold or sensitivity, not both")
+        if self.mode == "ignore" and (
+            self.threshold or self.sensitivity or self.min_area_px or self.min_area_mm2
+        ):
+            raise ValueError(
+                f"region {self.name}: an ignore region has no rule (threshold, sensitivity, min area)"
+            )
+        if self.polygon is not None and polygon_crosses_itself(self.polygon):
+            raise ValueError(f"region {self.name}: the polygon crosses itself")
+        return self
+
+    def corners(self) -> tuple[tuple[int, int], ...]:
+        """The outline's corners in frame pixels (a rectangle's four)."""
+        if self.rect is not None:
+            return rect_corners(*self.rect)
+        assert self.polygon is not None
+        return tuple((x, y) for x, y in self.polygon)
+
+    def spec(self) -> Region:
+        rect = (self.rect[0], self.rect[1], self.rect[2], self.rect[3]) if self.rect is not None else None
+        return Region(
+            self.name, self.mode, self.corners(), rect, self.threshold, self.sensitivity,
+            self.min_area_px, self.min_area_mm2,
+        )  # fmt: skip
+
+
+class FrameSize(_Strict):
+    width: Annotated[int, Field(ge=1, le=65_535)]
+    height: Annotated[int, Field(ge=1, le=65_535)]
+
+
+class RecipeConfig(_Strict):
+    """One product variant: its bank, and where and how strictly its frames are judged."""
+
+    name: Annotated[Name, about("what a trigger's product names")]
+    number: Annotated[int | None, Field(ge=1, le=65_535), about("the product number a PLC writes")] = None
+    bank: BankConfig
+    frame: Annotated[
+        FrameSize | None, about("the frame size the regions are drawn for (needed with regions)")
+    ] = None
+    regions: Annotated[list[RegionConfig], Field(max_length=MAX_REGIONS)] = []
+
+    @model_validator(mode="after")
+    def _regions_fit(self) -> RecipeConfig:
+        names = [region.name for region in self.regions]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"recipe {self.name}: region names must be unique; repeated: {repeated}")
+        if not self.regions:
+            return self
+        if self.frame is None:
+            raise ValueError(
+                f"recipe {self.name}: regions need frame (the width and height they are drawn for)"
+            )
+        for region in self.regions:
+            outside = [(x, y) for x, y in region.corners() if x > self.frame.width or y > self.frame.height]
+            if outside:
+                raise ValueError(
+                    f"recipe {self.name}: region {region.name} leaves the {self.frame.width}x"
+                    f"{self.frame.height} frame at {list(outside[0])}"
+                )
+        return self
+
+    def spec(self) -> Recipe:
+        """The recipe as the station's judging reads it."""
+        frame_hw = None if self.frame is None else (self.frame.height, self.frame.width)
+        return Recipe(self.name, frame_hw, tuple(region.spec() for region in self.regions))
 
 
 class EndpointsConfig(_Strict):
@@ -458,7 +577,9 @@ WORKER_ENGINE_SETTINGS = tuple(name for name in WorkerConfig.model_fields if nam
 
 class StationConfig(_Strict):
     station: Name
-    bank: BankConfig
+    bank: Annotated[BankConfig | None, about("the station's one bank (or give recipes)")] = None
+    # one per product variant; a trigger's product names one, else the first judges
+    recipes: Annotated[list[RecipeConfig], Field(max_length=MAX_RECIPES)] = []
     endpoints: EndpointsConfig
     cameras: Annotated[list[CameraConfig], Field(min_length=1, max_length=256)]  # a heartbeat names each
     # WideResNet50 weights file; efficientnet_lite0 ships with edge
@@ -479,6 +600,44 @@ class StationConfig(_Strict):
         if duplicates:
             raise ValueError(f"camera names must be unique; repeated: {duplicates}")
         return self
+
+    @model_validator(mode="after")
+    def _bank_or_recipes(self) -> StationConfig:
+        if (self.bank is None) == (not self.recipes):
+            raise ValueError("give bank (one product) or recipes (one per product), not both, not neither")
+        for key in ("name", "number"):
+            values = [getattr(r, key) for r in self.recipes if getattr(r, key) is not None]
+            repeated = sorted({v for v in values if values.count(v) > 1})
+            if repeated:
+                raise ValueError(f"recipe {key}s must be unique; repeated: {repeated}")
+        scaled = all(camera.mm_per_px is not None for camera in self.cameras)
+        for recipe in self.recipes:
+            for region in recipe.regions:
+                if region.min_area_mm2 is not None and not scaled:
+                    raise ValueError(
+                        f"recipe {recipe.name}: region {region.name} sets min_area_mm2, "
+                        "so every camera needs mm_per_px"
+                    )
+        return self
+
+    @property
+    def recipe_list(self) -> list[RecipeConfig]:
+        """The station's recipes, first the default; `bank` alone is the one recipe `default`."""
+        if self.recipes:
+            return list(self.recipes)
+        assert self.bank is not None
+        return [RecipeConfig(name=DEFAULT_RECIPE, bank=self.bank)]
+
+    def recipe(self, name: str | None = None) -> RecipeConfig:
+        """The recipe of this name (None: the first, the default)."""
+        recipes = self.recipe_list
+        if name is None:
+            return recipes[0]
+        for recipe in recipes:
+            if recipe.name == name:
+                return recipe
+        names = [recipe.name for recipe in recipes]
+        raise ConfigError(f"no recipe named {name!r} in the configuration (recipes: {names})")
 
     @model_validator(mode="after")
     def _pool_has_endpoint(self) -> StationConfig:
@@ -638,19 +797,32 @@ def _bindable(endpoint: str) -> str | None:
 
 
 def _bank_problems(config: StationConfig) -> list[str]:
-    """A bank store with no active version: the worker would have nothing to score with."""
+    """A bank store with no active version (the worker would have nothing to score with), and
+    regions that leave nothing to judge."""
     from edge.bankstore import BankStore
 
-    path = Path(config.bank.path)
-    if not path.is_dir():
-        return []
-    try:
-        active = BankStore(path).active_version()
-    except EdgeError as exc:
-        return [f"bank.path: {exc}"]
-    if active is None:
-        return [f"bank.path: {path} holds no active bank yet: run edge-calibrate first (docs: cold start)"]
-    return []
+    problems = []
+    for index, recipe in enumerate(config.recipe_list):
+        key = "bank.path" if not config.recipes else f"recipes[{index}].bank.path"
+        path = Path(recipe.bank.path)
+        if not path.is_dir():
+            continue
+        try:
+            active = BankStore(path).active_version()
+        except EdgeError as exc:
+            problems.append(f"{key}: {exc}")
+            continue
+        if active is None:
+            problems.append(f"{key}: {path} holds no active bank yet: run edge-calibrate (docs: cold start)")
+    return problems
+
+
+def region_problems(config: StationConfig) -> list[str]:
+    """Regions the schema accepts that leave an inspect region, or the frame, with nothing to judge
+    (found by drawing them; needs OpenCV, which the station has)."""
+    from edge.recipe import region_problems as drawn_problems
+
+    return [problem for recipe in config.recipes for problem in drawn_problems(recipe.spec())]
 
 
 def path_problems(section: BaseModel, prefix: str = "") -> list[str]:
@@ -717,7 +889,7 @@ def check_station(config: StationConfig, bind: bool = False, bank: bool = True) 
         if len(keys) > 1:
             problems.append(f"{', '.join(keys)}: the same endpoint {address} is bound twice")
     if bind:  # what exists only on the station itself, at run time
-        problems += _bank_problems(config)
+        problems += _bank_problems(config) + region_problems(config)
     if bind and not problems:
         for key, address in endpoints.items():
             reason = _bindable(address)

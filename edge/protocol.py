@@ -1,4 +1,4 @@
-"""The wire protocol between edge processes and their clients (docs/protocol.md), version 2.
+"""The wire protocol between edge processes and their clients (docs/protocol.md), version 3.
 
 Every message is a ZeroMQ multipart message `[topic, JSON header, payload parts...]`. This module
 turns every kind of message into typed values and back — frame, trigger, expect, result, verdict,
@@ -24,7 +24,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+READABLE_STORED_VERSIONS = (2, 3)  # what a journal or replay store may hold: 3 added optional fields only
 FRAME_TOPIC = b"frame"
 EXPECT_TOPIC = b"expect"
 TRIGGER_TOPIC = b"trigger"
@@ -39,6 +40,7 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_TEXT = 256  # ids, versions, backend names
 MAX_ERROR_TEXT = 2048
 MAX_BOXES = 256  # regions listed in a verdict; the largest ones when a mask has more
+MAX_DEFECTS = 64  # defects named in a verdict; the strongest ones when there are more
 MAX_LATENCY_STAGES = 32
 PIXEL_TYPES = {"uint8": np.uint8, "uint16": np.uint16}
 TRIGGER_MODES = ("free_run", "triggered")
@@ -64,7 +66,7 @@ MASKED_VERDICTS = (Verdict.OK, Verdict.NOK)
 
 
 class ProtocolError(ValueError):
-    """A message that is not a valid version-2 message (received, or about to be sent)."""
+    """A message that is not a valid message of this version (received, or about to be sent)."""
 
     def __init__(
         self, kind: str, detail: str, frame_id: str | None = None, camera: str | None = None
@@ -260,6 +262,7 @@ class FrameHeader:
     deadline_ms: float | None = wire(
         Rule(lambda v: _finite(v) and v > 0, "a positive number", "number > 0").or_null(), None
     )
+    product: str | None = wire(NAME.or_null(), None)  # the recipe that judges this frame (its trigger's)
     schema: int = SCHEMA_VERSION
 
     @property
@@ -412,23 +415,44 @@ def decode_broker_order(parts: Sequence[Any]) -> tuple[bytes, BrokerOrder]:
 @dataclass(frozen=True)
 class Trigger:
     part_id: str = wire(TEXT)
+    product: str | None = wire(NAME.or_null(), None)  # the recipe this part is judged by (null: the default)
     schema: int = SCHEMA_VERSION
 
 
-def encode_trigger(part_id: str) -> list[bytes]:
-    """A software trigger: take one frame of the part `part_id`."""
-    body = asdict(Trigger(part_id))
+def encode_trigger(part_id: str, product: str | None = None) -> list[bytes]:
+    """A software trigger: take one frame of the part `part_id`, of `product` if named."""
+    body = {k: v for k, v in asdict(Trigger(part_id, product)).items() if v is not None}
     _validate(body, Trigger)
     return [TRIGGER_TOPIC, dump_json(body)]
 
 
-def decode_trigger(parts: Sequence[Any]) -> str:
-    """The part id a valid trigger message names."""
+def decode_trigger(parts: Sequence[Any]) -> Trigger:
+    """A valid trigger message: the part id, and the product if it named one."""
     _parts(parts, 2, TRIGGER_TOPIC)
-    return _message(Trigger, _parse_header(parts[1])).part_id
+    return _message(Trigger, _parse_header(parts[1]))
 
 
 # ---- verdict (publisher → subscribers) and result (worker or capture → publisher) -----------------
+@dataclass(frozen=True)
+class Defect:
+    """Why a part was rejected: one blob of the anomaly map over its region's threshold, at least
+    the region's minimum size."""
+
+    region: str = wire(NAME)  # the inspect region it lies in (`frame` when the recipe has none)
+    area_px: int = wire(COUNT)  # frame pixels
+    box: list[int] = wire(Rule(_box, "[x, y, width, height] integers", "`[x, y, width, height]`"))
+    peak: float = wire(NUMBER)  # the anomaly map's largest value in the blob
+    threshold: float = wire(NUMBER)  # the region's threshold it was over
+    area_mm2: float | None = wire(NUMBER.or_null(), None)  # with the camera's mm_per_px
+
+
+DEFECTS = Rule(
+    lambda v: isinstance(v, list) and len(v) <= MAX_DEFECTS and all(_conforms(d, Defect) for d in v),
+    f"a list of at most {MAX_DEFECTS} defect objects",
+    f"list of at most {MAX_DEFECTS} defect objects",
+)
+
+
 @dataclass(frozen=True)
 class VerdictMessage:
     """One frame's outcome, published on `verdict.<station>.<camera>.`."""
@@ -459,6 +483,9 @@ class VerdictMessage:
     error: str | None = wire(
         Rule(lambda v: isinstance(v, str) and len(v) <= MAX_ERROR_TEXT, "text", "string").or_null(), None
     )
+    recipe: str | None = wire(NAME.or_null(), None)  # the recipe that judged it
+    defects: list[dict[str, Any]] = wire(DEFECTS, factory=list)  # NOK: what rejected it, strongest first
+    region: str | None = wire(NAME.or_null(), None)  # NOK: the deciding region (its strongest defect's)
     has_mask: bool = wire(FLAG, False)  # a mask message for this frame follows on mask.<station>.<camera>.
     epoch: int = wire(COUNT, 0)  # the publisher's start, set by the publisher: a new epoch means it restarted
     seq: int = wire(COUNT, 0)  # per topic and epoch, set by the publisher
@@ -518,6 +545,14 @@ def encode_verdict(message: VerdictMessage) -> list[bytes]:
     body = verdict_body(message)
     _validate(body, VerdictMessage)
     return [topic("verdict", message.station, message.camera), dump_json(body)]
+
+
+def current_body(raw: dict[str, Any]) -> dict[str, Any]:
+    """A header stored by an earlier version (a journal line, a replay row) as this version's:
+    version 3 only added optional fields, so a version-2 header reads as it was."""
+    if raw.get("schema") in READABLE_STORED_VERSIONS and _whole(raw.get("schema")):
+        return {**raw, "schema": SCHEMA_VERSION}
+    return raw
 
 
 def verdict_from_body(raw: dict[str, Any]) -> VerdictMessage:

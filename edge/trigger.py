@@ -23,7 +23,7 @@ import zmq
 
 from edge.cli_support import run_cli, setup_logging
 from edge.errors import UsageError
-from edge.protocol import encode_trigger
+from edge.protocol import NAME_MEANING, encode_trigger, is_name
 
 log = logging.getLogger("edge.trigger")
 EXIT_NOT_SENT = 3
@@ -87,12 +87,20 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--rate", type=float, default=2.0, help="triggers per second (default 2)")
     parser.add_argument("--count", type=int, help="stop after this many (default: until interrupted)")
     parser.add_argument("--prefix", help="part ids are PREFIX<n> (default trig-<start time>-)")
+    parser.add_argument(
+        "--product", nargs="+", metavar="RECIPE",
+        help="the recipe each part is judged by; several: in turn, a changeover every part",
+    )  # fmt: skip
     parser.add_argument("--send-timeout", type=float, default=2.0, help="seconds to wait for a capture to "
                         "take a trigger before counting it not sent (default 2)")  # fmt: skip
     args = parser.parse_args(argv)
     setup_logging()
     if not 0 < args.rate <= 1000 or (args.count is not None and args.count < 1) or args.send_timeout <= 0:
         raise UsageError("--rate must be in (0, 1000], --count at least 1, --send-timeout above 0")
+    products = args.product or [None]
+    bad = [name for name in products if name is not None and not is_name(name)]
+    if bad:
+        raise UsageError(f"--product {bad[0]!r}: a recipe name is {NAME_MEANING}")
     endpoint = _endpoint(args)
     signal.signal(signal.SIGTERM, _interrupt)  # systemd's and a test's stop: counts logged, exit 130
     prefix = args.prefix or f"trig-{datetime.now(UTC):%Y%m%dT%H%M%S}-"
@@ -108,7 +116,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         for n in _paced(args.rate, args.count):
             try:
-                socket.send_multipart(encode_trigger(f"{prefix}{n}"))
+                socket.send_multipart(encode_trigger(f"{prefix}{n}", products[n % len(products)]))
                 sent += 1
             except zmq.Again:
                 not_sent += 1

@@ -68,6 +68,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, help="station configuration (bank store, recipe, endpoints)")
     parser.add_argument("--out", type=Path, metavar="BANK_DIR", help="bank store folder (default: bank.path)")
     parser.add_argument(
+        "--product",
+        metavar="RECIPE",
+        help="with --config: the recipe whose bank to build or switch (default: the first)",
+    )
+    parser.add_argument(
         "--stage", action="store_true", help="write the new version and report it, but do not activate it"
     )
     parser.add_argument("--by", help="who activates, for the store's history (default: the login name)")
@@ -188,7 +193,9 @@ def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     setup_logging()
     station = load_config(args.config) if args.config else None
-    root = args.out or (Path(station.bank.path) if station else None)
+    if args.product and station is None:
+        raise UsageError("--product names a recipe of the station file: give --config too")
+    root = args.out or (Path(station.recipe(args.product).bank.path) if station else None)
     if root is None:
         raise UsageError("say where the bank store is: --out BANK_DIR or --config CONFIG")
     if root.is_file():

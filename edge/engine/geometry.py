@@ -36,6 +36,12 @@ class Placement:
     def input_hw(self) -> tuple[int, int]:
         return self.crop_box[2], self.crop_box[3]
 
+    @property
+    def frame_px_per_input_px(self) -> float:
+        """The frame area one network-input pixel stands for."""
+        _, _, width, height = self.roi
+        return (width / self.resized_hw[1]) * (height / self.resized_hw[0])
+
 
 def _check_layout(image: np.ndarray) -> np.ndarray:
     """HxW, HxWx1 or HxWx3 uint8 → HxW or HxWx3 (a view), or ImageError."""

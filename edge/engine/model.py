@@ -31,7 +31,7 @@ from edge.engine.extractors import Extractor, synchronize, torch_device
 from edge.engine.features import column_scales
 from edge.engine.geometry import Placement, map_to_frame, place, prepare
 from edge.engine.input_geometry import AUTO_SAMPLE
-from edge.engine.scoring import anomaly_map, map_peak, neighbour_table, reweighting_factors
+from edge.engine.scoring import anomaly_map, map_peak, neighbour_table, patches_reaching, reweighting_factors
 from edge.engine.search import build_index
 from edge.errors import ImageError, UsageError
 
@@ -213,11 +213,19 @@ class PatchCore:
 
     # ---- scoring -------------------------------------------------------------------------------
     @torch.inference_mode()
-    def score(self, images: Sequence[np.ndarray], timer: StageTimer | None = None) -> list[ImageResult]:
+    def score(
+        self,
+        images: Sequence[np.ndarray],
+        timer: StageTimer | None = None,
+        judged: Sequence[np.ndarray | None] | None = None,
+    ) -> list[ImageResult]:
         """Score images (any sizes, any mix); results come back in input order.
 
         An image's numbers do not depend on the batch it came in: images are batched only with
-        others of the same input size, and every patch is searched on its own.
+        others of the same input size, and every patch is searched on its own. `judged` (per
+        image, a boolean mask in its input geometry, or None for all) names the pixels whose map
+        values matter: patches that cannot reach them are not searched and score 0, and the map
+        at the judged pixels is what a full search gives.
         """
         timer = timer or _NO_TIMER
         with timer.stage("preprocess"):
@@ -226,7 +234,14 @@ class PatchCore:
         for positions in position_batches([item.pixels.shape for item in prepared], self.config.batch_size):
             with timer.stage("extract"):
                 embeddings = self.extractor(np.stack([prepared[p].pixels for p in positions]))
-            scores, max_distances, grids = self._score_batch(embeddings * self.column_scales, timer)
+            searched = None
+            if judged is not None and any(judged[p] is not None for p in positions):
+                grid_hw = (embeddings.shape[1], embeddings.shape[2])
+                masks = [judged[p] for p in positions]
+                searched = np.stack(
+                    [np.ones(grid_hw, bool) if m is None else patches_reaching(m, grid_hw) for m in masks]
+                )
+            scores, max_distances, grids = self._score_batch(embeddings * self.column_scales, timer, searched)
             with timer.stage("map"):
                 for row, position in enumerate(positions):
                     placement = prepared[position].placement
@@ -240,16 +255,26 @@ class PatchCore:
         return [r for r in results if r is not None]
 
     def _score_batch(
-        self, embeddings: torch.Tensor, timer: StageTimer
+        self, embeddings: torch.Tensor, timer: StageTimer, searched: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(n, h, w, D) scaled embeddings on the device → image scores, largest patch distances
-        and (n, h, w) patch distances, brought to the host in one transfer."""
+        and (n, h, w) patch distances, brought to the host in one transfer. With `searched`
+        ((n, h, w) bool), only those patches are searched; the others' distances are 0."""
         n, grid_h, grid_w, dim = embeddings.shape
         patches = embeddings.reshape(n, grid_h * grid_w, dim)
         with timer.stage("search"):
-            distances, rows = self.index.search(patches.reshape(-1, dim), k=1)
-            distances = distances[:, 0].to(self.device).reshape(n, -1)
-            rows = rows[:, 0].to(self.device).reshape(n, -1)
+            if searched is None:
+                found, nearest_rows = self.index.search(patches.reshape(-1, dim), k=1)
+                distances = found[:, 0].to(self.device).reshape(n, -1)
+                rows = nearest_rows[:, 0].to(self.device).reshape(n, -1)
+            else:
+                chosen = torch.from_numpy(searched.reshape(n, -1)).to(self.device)
+                distances = torch.zeros(n, grid_h * grid_w, device=self.device)
+                rows = torch.zeros(n, grid_h * grid_w, dtype=torch.int64, device=self.device)
+                if bool(chosen.any()):
+                    found, nearest_rows = self.index.search(patches[chosen], k=1)
+                    distances[chosen] = found[:, 0].to(self.device)
+                    rows[chosen] = nearest_rows[:, 0].to(self.device)
             max_distances, worst = distances.max(1)
             scores = max_distances.double()
             if self.config.reweight and self.config.image_score == "eq7":

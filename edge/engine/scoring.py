@@ -49,6 +49,22 @@ def anomaly_map(patch_scores: np.ndarray, input_hw: tuple[int, int]) -> np.ndarr
     )
 
 
+def patches_reaching(judged: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:
+    """(grid_h, grid_w) bool: the patches whose distance can move the map (`anomaly_map`) at a
+    judged input pixel: the σ-smoothing reaches its kernel's radius, and the bilinear upsampling
+    one grid cell on each side. Every other patch may go unsearched: the judged pixels' map values
+    are the same without it."""
+    radius = int(GAUSSIAN_TRUNCATE * MAP_SIGMA + 0.5)
+    reach = cv2.dilate(judged.astype(np.uint8), np.ones((2 * radius + 1, 2 * radius + 1), np.uint8))
+    cells = np.zeros(grid_hw, np.uint8)
+    height, width = judged.shape
+    ys = (np.arange(height) * grid_hw[0]) // height  # the grid cell each input row and column falls in
+    xs = (np.arange(width) * grid_hw[1]) // width
+    rows, columns = np.nonzero(reach)
+    cells[ys[rows], xs[columns]] = 1
+    return cv2.dilate(cells, np.ones((3, 3), np.uint8)).astype(bool)
+
+
 def map_peak(patch_scores: np.ndarray, stride: int) -> float:
     """The image score `map_max`: the peak of the map made at the patch grid's own resolution
     (grid x stride), so it depends on the patch distances alone, not on the input's exact size (a

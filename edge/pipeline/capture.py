@@ -33,6 +33,7 @@ from edge.protocol import (
     CameraState,
     FrameHeader,
     ProtocolError,
+    Trigger,
     Verdict,
     VerdictMessage,
     decode_trigger,
@@ -86,7 +87,7 @@ class TriggerInbox:
     def __init__(self, socket: zmq.Socket, malformed: ErrorTally) -> None:
         self.socket = socket
         self.malformed = malformed
-        self.arrived: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
+        self.arrived: queue.SimpleQueue[tuple[Trigger, int]] = queue.SimpleQueue()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="triggers", daemon=True)
         self.thread.start()
@@ -106,7 +107,7 @@ class TriggerInbox:
         while self.socket.poll(0):  # parts already triggered when the stop came are still answered
             self._take()
 
-    def get(self, timeout_s: float) -> tuple[str, int] | None:
+    def get(self, timeout_s: float) -> tuple[Trigger, int] | None:
         try:
             return self.arrived.get(timeout=timeout_s) if timeout_s > 0 else self.arrived.get_nowait()
         except queue.Empty:
@@ -159,7 +160,9 @@ class Capture:
     def frame_id(self, seq: int) -> str:
         return f"{self.settings.camera}-{self.run_id}-{seq}"
 
-    def stamp(self, frame: Frame, part_id: str | None = None) -> tuple[FrameHeader, list]:
+    def stamp(
+        self, frame: Frame, part_id: str | None = None, product: str | None = None
+    ) -> tuple[FrameHeader, list]:
         pixels = to_uint8(frame.pixels)
         header = FrameHeader(
             station=self.settings.station,
@@ -174,6 +177,7 @@ class Capture:
             trigger=self.settings.trigger,
             part_id=part_id,
             deadline_ms=self.settings.deadline_ms,
+            product=product,
         )
         self.seq += 1
         return header, encode_frame(header, pixels)
@@ -228,9 +232,9 @@ class Capture:
         self.pending = None
         self.counters.sent += 1
 
-    def offer(self, frame: Frame, part_id: str | None = None) -> None:
+    def offer(self, frame: Frame, part_id: str | None = None, product: str | None = None) -> None:
         """Send one frame by the trigger mode's rule."""
-        header, message = self.stamp(frame, part_id)
+        header, message = self.stamp(frame, part_id, product)
         self.last_frame = time.monotonic()
         if self.settings.trigger == "triggered":
             if not self._tell_publisher(encode_expect(header)) and self.to_publisher is not None:
@@ -248,7 +252,7 @@ class Capture:
         self.pending = message
         self._flush()
 
-    def fail(self, part_id: str, kind: str, reason: str) -> None:
+    def fail(self, part_id: str, kind: str, reason: str, product: str | None = None) -> None:
         """A triggered part that cannot be inspected: its ERROR verdict goes straight to the publisher."""
         self.counters.failed[kind] += 1
         log.error("camera %s: part %s not inspected: %s", self.settings.camera, part_id, reason)
@@ -262,6 +266,7 @@ class Capture:
             capture_utc=now.isoformat(),
             capture_monotonic_ns=now_ns,
             error=reason[:2048],
+            recipe=product,
         )
         self.seq += 1
         self._tell_publisher(encode_result(verdict, None))
@@ -285,18 +290,19 @@ class Capture:
         period = self.source.period_s
         return max(MIN_TRIGGER_TIMEOUT_S, 4 * period) if period else DEFAULT_TRIGGER_TIMEOUT_S
 
-    def serve(self, part_id: str, arrived_ns: int) -> bool:
+    def serve(self, trigger: Trigger, arrived_ns: int) -> bool:
         """One triggered part: the first frame taken after its trigger arrived, or ERROR at once."""
+        part_id, product = trigger.part_id, trigger.product
         timeout_s = self.trigger_timeout_s()
         health = self.source.health.snapshot()
         if health.state != STREAMING:
             state = health.reported(self.settings.stale_after_s)
-            self.fail(part_id, "camera_away", f"camera {state}: {health.reason}")
+            self.fail(part_id, "camera_away", f"camera {state}: {health.reason}", product)
             return False
         waited_s = (time.monotonic_ns() - arrived_ns) / 1e9
         if waited_s >= timeout_s:  # capture was held up (a worker far behind): its moment has passed
             self.fail(part_id, "trigger_late", f"the trigger waited {waited_s * 1000:.0f} ms for capture "
-                      f"(trigger timeout {timeout_s * 1000:.0f} ms)")  # fmt: skip
+                      f"(trigger timeout {timeout_s * 1000:.0f} ms)", product)  # fmt: skip
             return False
         fire = getattr(self.source, "trigger", None)  # a camera with a trigger of its own
         if fire is not None:
@@ -305,9 +311,11 @@ class Capture:
         if frame is None:
             now = self.source.health.snapshot()
             why = f" (camera {now.state}: {now.reason})" if now.state != STREAMING else ""
-            self.fail(part_id, "no_frame", f"no frame within {timeout_s * 1000:.0f} ms of the trigger{why}")
+            self.fail(
+                part_id, "no_frame", f"no frame within {timeout_s * 1000:.0f} ms of the trigger{why}", product
+            )
             return False
-        self.offer(frame, part_id)
+        self.offer(frame, part_id, product)
         return True
 
     def _serve_triggers(self, stop: threading.Event, progress: Callable[[], None]) -> None:

@@ -1,10 +1,13 @@
 """Frames in, verdicts out: the worker's decision logic, free of sockets so it can be tested alone.
 
-A frame becomes OK or NOK by comparing the engine's image score with the bank's threshold; the
-mask is the anomaly map, laid back on the original frame, above that threshold. A frame that
-cannot be inspected still gets a verdict: ERROR (malformed, refused, failed to score) or TIMEOUT
-(its deadline passed before it could be scored). uint16 frames are scored by their top byte
-(`value >> 8`: MSB-aligned Mono12/Mono16), as capture converts them.
+A frame is judged by the recipe its header's product names (no product: the station's first
+recipe; an unknown one: ERROR). A recipe without regions makes a frame OK or NOK by comparing the
+engine's image score with the bank's threshold; the mask is the anomaly map, laid back on the
+original frame, above that threshold, and a NOK names its blobs as defects. A recipe with regions
+judges each inspect region by its own rule (edge/pipeline/judgement.py). A frame that cannot be
+inspected still gets a verdict: ERROR (malformed, refused, failed to score, regions drawn for
+another size) or TIMEOUT (its deadline passed before it could be scored). uint16 frames are scored
+by their top byte (`value >> 8`: MSB-aligned Mono12/Mono16), as capture converts them.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from edge.engine.geometry import Placement, box_to_frame, mask_to_frame
 from edge.engine.model import ImageResult, PatchCore, StageTimer
 from edge.errors import EdgeError
 from edge.imageio import to_uint8
+from edge.pipeline.judgement import RecipeRegions, judge, whole_frame_defects
 from edge.protocol import (
     MAX_BOXES,
     FrameHeader,
@@ -30,17 +34,36 @@ from edge.protocol import (
     decode_frame,
     verdict_for,
 )
+from edge.recipe import DEFAULT_RECIPE
 
 
 @dataclass(frozen=True)
 class Bank:
-    """What a verdict needs besides the engine: the threshold and the bank's identity."""
+    """One recipe, loaded: its model, threshold, bank identity and regions (None: the whole frame)."""
 
     model: PatchCore
     threshold: float
     bank_id: str
     version: str
     backend: str = "torch-cpu"
+    recipe: str = DEFAULT_RECIPE
+    regions: RecipeRegions | None = None
+
+
+class RecipeBook:
+    """The station's recipes, all loaded (a changeover between parts costs no load): a frame's
+    product picks one, no product the first. `mm_per_px`: each camera's scale, for areas in mm²."""
+
+    def __init__(self, banks: list[Bank], mm_per_px: dict[str, float] | None = None) -> None:
+        self.banks = {bank.recipe: bank for bank in banks}
+        self.default = banks[0]
+        self.mm_per_px = mm_per_px or {}
+
+    def get(self, product: str | None) -> Bank | None:
+        return self.default if product is None else self.banks.get(product)
+
+    def unknown(self, product: str) -> str:
+        return f"unknown recipe {product!r}: this station's recipes are {', '.join(self.banks)}"
 
 
 @dataclass
@@ -56,6 +79,7 @@ def _bank_fields(bank: Bank) -> dict:
         "bank_id": bank.bank_id,
         "bank_version": bank.version,
         "backend": bank.backend,
+        "recipe": bank.recipe,
     }
 
 
@@ -90,43 +114,83 @@ def _failed(header: FrameHeader, bank: Bank, kind: str, reason: str) -> Inspecte
     return Inspected(verdict, None, kind)
 
 
-def _verdict(header: FrameHeader, result: ImageResult, bank: Bank, latency: dict) -> Inspected:
-    """OK/NOK with the mask, built from the input-geometry map: host work and memory scale with
-    the network input, not with the frame (one uint8 frame-sized mask for the PNG)."""
+def _verdict(
+    header: FrameHeader, result: ImageResult, bank: Bank, latency: dict, mm_per_px: float | None
+) -> Inspected:
+    """OK/NOK with the mask and the defects, built from the input-geometry map: host work and
+    memory scale with the network input, not with the frame (one uint8 frame-sized mask for the PNG)."""
     if not math.isfinite(result.score):
         return _failed(header, bank, "score", f"score is not finite ({result.score})")
-    mask = result.anomaly_map > bank.threshold
+    if bank.regions is None:
+        mask = result.anomaly_map > bank.threshold
+        nok, score = result.score > bank.threshold, float(result.score)
+        defects = []
+        if nok:
+            defects = whole_frame_defects(result.anomaly_map, bank.threshold, result.placement, mm_per_px)
+    else:
+        placed = bank.regions.placed(result.placement)
+        judgement = judge(result.anomaly_map, placed, result.placement, mm_per_px)
+        mask, nok, score, defects = judgement.mask, judgement.nok, judgement.score, judgement.defects
     frame_mask = mask_to_frame(mask, result.placement)
     ok, png = cv2.imencode(".png", frame_mask)
     verdict = verdict_for(
         header,
-        Verdict.NOK if result.score > bank.threshold else Verdict.OK,
+        Verdict.NOK if nok else Verdict.OK,
         **_bank_fields(bank),
-        score=float(result.score),
+        score=score,
         latency_ms=latency,
         defect_area_px=int(cv2.countNonZero(frame_mask)),
         boxes=regions(mask, result.placement),
+        defects=defects,
+        region=defects[0]["region"] if defects else None,
         has_mask=ok,
     )
     return Inspected(verdict, png.tobytes() if ok else None)
 
 
-def _score(bank: Bank, pixels: list[np.ndarray], timer: StageTimer) -> list[ImageResult] | Exception:
+def _score(
+    bank: Bank, pixels: list[np.ndarray], timer: StageTimer, judged: list[np.ndarray | None]
+) -> list[ImageResult] | Exception:
     try:
-        return bank.model.score(pixels, timer)
+        return bank.model.score(pixels, timer, judged if bank.regions is not None else None)
     except Exception as exc:  # one bad frame must not cost the others in its batch their verdicts
         return exc
 
 
 def inspect(
-    frames: list[tuple[FrameHeader, np.ndarray]], bank: Bank, now_ns: int | None = None
+    frames: list[tuple[FrameHeader, np.ndarray]], recipes: RecipeBook | Bank, now_ns: int | None = None
 ) -> list[Inspected]:
     """Score a micro-batch of decoded frames; one Inspected per frame, in order, whatever happens:
-    a frame past its deadline is TIMEOUT, a frame the model refuses or cannot score is ERROR, and
-    a batch that fails is retried frame by frame, so only the frame at fault loses its score."""
+    each frame by its product's recipe (ERROR for a recipe the station does not have), a frame past
+    its deadline is TIMEOUT, a frame the model refuses or cannot score is ERROR, and a batch that
+    fails is retried frame by frame, so only the frame at fault loses its score."""
+    book = recipes if isinstance(recipes, RecipeBook) else RecipeBook([recipes])
     now_ns = time.monotonic_ns() if now_ns is None else now_ns
     outcomes: list[Inspected | None] = [None] * len(frames)
+    groups: dict[str, list[int]] = {}
+    for position, (header, _) in enumerate(frames):
+        bank = book.get(header.product)
+        if bank is None:
+            assert header.product is not None
+            why = book.unknown(header.product)
+            verdict = verdict_for(header, Verdict.ERROR, error=why, recipe=header.product)
+            outcomes[position] = Inspected(verdict, None, "recipe")
+        else:
+            groups.setdefault(bank.recipe, []).append(position)
+    for name, positions in groups.items():
+        judged = _inspect_with([frames[p] for p in positions], book, book.banks[name], now_ns)
+        for position, inspected in zip(positions, judged, strict=True):
+            outcomes[position] = inspected
+    return [o for o in outcomes if o is not None]
+
+
+def _inspect_with(
+    frames: list[tuple[FrameHeader, np.ndarray]], book: RecipeBook, bank: Bank, now_ns: int
+) -> list[Inspected]:
+    """`inspect` for frames of one recipe."""
+    outcomes: list[Inspected | None] = [None] * len(frames)
     live, pixels = [], []
+    judged: list[np.ndarray | None] = []
     for position, (header, image) in enumerate(frames):
         waited_ms = (now_ns - header.capture_monotonic_ns) / 1e6
         if header.deadline_ms is not None and waited_ms > header.deadline_ms:
@@ -135,20 +199,26 @@ def inspect(
             outcomes[position] = Inspected(verdict, None)
             continue
         try:
-            bank.model.placement((header.height, header.width))
+            placement = bank.model.placement((header.height, header.width))
+            if bank.regions is not None:
+                bank.regions.check_frame((header.height, header.width))
+                judged.append(bank.regions.placed(placement).judged)
             pixels.append(to_uint8(image))
         except Exception as error:  # refused by the model's geometry, or worse: this frame only
             kind = "shape" if isinstance(error, EdgeError) else "inspect"
+            if len(judged) > len(pixels):
+                judged.pop()
             outcomes[position] = _failed(header, bank, kind, f"frame refused: {_why(error)}")
             continue
         live.append(position)
     if live:
+        masks: list[np.ndarray | None] = judged if bank.regions is not None else [None] * len(live)
         timer = StageTimer(bank.model.device)  # synchronised readings on a GPU
         started = time.perf_counter()
-        together = _score(bank, pixels, timer)
+        together = _score(bank, pixels, timer, masks)
         results: list[ImageResult | Exception] = []
         if isinstance(together, Exception):  # one at a time: only the bad frame fails
-            alone = [_score(bank, [p], timer) for p in pixels]
+            alone = [_score(bank, [p], timer, [m]) for p, m in zip(pixels, masks, strict=True)]
             results = [r if isinstance(r, Exception) else r[0] for r in alone]
         else:
             results = list(together)
@@ -159,7 +229,8 @@ def inspect(
             if isinstance(result, Exception):
                 outcomes[position] = _failed(header, bank, "inspect", f"inspection failed: {_why(result)}")
             else:
-                outcomes[position] = _verdict(header, result, bank, per_frame)
+                scale = book.mm_per_px.get(header.camera)
+                outcomes[position] = _verdict(header, result, bank, per_frame, scale)
     return [o for o in outcomes if o is not None]
 
 

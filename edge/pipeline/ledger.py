@@ -26,7 +26,7 @@ from typing import Any
 
 from edge.errors import ConfigError
 from edge.files import write_bytes_atomic
-from edge.protocol import FrameHeader, ProtocolError, decode_expect, dump_json, encode_expect
+from edge.protocol import FrameHeader, ProtocolError, current_body, decode_expect, dump_json, encode_expect
 
 log = logging.getLogger("edge.ledger")
 # answered frame ids kept to recognise late or duplicate verdicts: 16 minutes at 10 parts/s, far
@@ -108,7 +108,7 @@ class Ledger:
                 self._remember(record["answered"])
                 continue
             try:
-                header = decode_expect(encode_expect(FrameHeader(**record["expect"])))
+                header = decode_expect(encode_expect(FrameHeader(**current_body(record["expect"]))))
                 due = float(record["due_utc_s"])
             except (KeyError, TypeError, ValueError, ProtocolError):
                 continue

@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge.protocol import current_body
+
 log = logging.getLogger("edge.replay")
 PRUNE_EVERY_S = 10.0
 RANGE_BYTES = 64  # what one Missing range costs in a reply, at most
@@ -98,7 +100,7 @@ class ReplayStore:
         row = self.db.execute(
             "SELECT body FROM verdicts WHERE camera = ? ORDER BY epoch DESC, seq DESC LIMIT 1", (camera,)
         ).fetchone()
-        return json.loads(row[0]) if row else None
+        return current_body(json.loads(row[0])) if row else None
 
     def prune(self, now: float | None = None) -> int:
         """Forget verdicts older than keep_s (every PRUNE_EVERY_S at most); how many went."""
@@ -139,7 +141,7 @@ class ReplayStore:
                 page.more = True
                 break
             page.missing += gaps
-            page.verdicts.append(json.loads(body))
+            page.verdicts.append(current_body(json.loads(body)))
             size += cost
             position = (row_epoch, row_seq)
         else:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from edge.errors import EdgeError
-from edge.pipeline.inspection import Bank, decode_or_error, inspect
+from edge.pipeline.inspection import Bank, RecipeBook, decode_or_error, inspect
 from edge.pipeline.recorder import FrameRecorder
 from edge.protocol import (
     BROKER_ORDERS,
@@ -213,15 +213,15 @@ class WorkerCounters:
 
 
 class _Reload:
-    """A bank being loaded beside the scoring loop, and the control request waiting for its answer."""
+    """Recipes being loaded beside the scoring loop, and the control request waiting for its answer."""
 
-    def __init__(self, load: Callable[[], Bank]) -> None:
-        self.result: Bank | Exception | None = None
+    def __init__(self, load: Callable[[], RecipeBook | Bank]) -> None:
+        self.result: RecipeBook | Bank | Exception | None = None
         self.thread = threading.Thread(target=self._load, args=(load,), name="bank-reload", daemon=True)
         self.thread.start()
         self.reply_owed = False
 
-    def _load(self, load: Callable[[], Bank]) -> None:
+    def _load(self, load: Callable[[], RecipeBook | Bank]) -> None:
         try:
             self.result = load()
         except Exception as exc:  # reported to the requester; the old bank stays
@@ -235,13 +235,13 @@ class _Reload:
 class Worker:
     def __init__(
         self,
-        bank: Bank,
+        recipes: RecipeBook | Bank,
         settings: WorkerSettings,
         context: zmq.Context | None = None,
-        load_bank: Callable[[], Bank] | None = None,
+        load_bank: Callable[[], RecipeBook | Bank] | None = None,
         recorder: FrameRecorder | None = None,
     ) -> None:
-        self.bank = bank
+        self.recipes = _book(recipes)
         self.recorder = recorder  # keeps recent frames for the operator's page (opt-in)
         self.settings = settings
         self.counters = WorkerCounters()
@@ -300,6 +300,11 @@ class Worker:
         for observe in self.observers:
             observe(verdict)
 
+    @property
+    def bank(self) -> Bank:
+        """The default recipe's bank: the worker's identity to its pool and its status replies."""
+        return self.recipes.default
+
     # ---- bank reload ---------------------------------------------------------------------------
     def _start_reload(self) -> bool:
         if self.reload is not None:
@@ -336,9 +341,10 @@ class Worker:
             return
         reload, self.reload = self.reload, None
         self.reloads_finished += 1
-        self.reload_error = None if isinstance(reload.result, Bank) else str(reload.result)[:2000]
-        if isinstance(reload.result, Bank):
-            old, self.bank = self.bank, reload.result
+        loaded = isinstance(reload.result, RecipeBook | Bank)
+        self.reload_error = None if loaded else str(reload.result)[:2000]
+        if isinstance(reload.result, RecipeBook | Bank):
+            old, self.recipes = self.bank, _book(reload.result)
             self.counters.reloads += 1
             log.info(
                 "bank %s %s replaced by %s %s", old.bank_id, old.version, self.bank.bank_id, self.bank.version
@@ -374,7 +380,7 @@ class Worker:
             self.counters.malformed.count(error)
             if error_verdict is not None:
                 self._send(error_verdict, None)
-        outcomes = inspect(frames, self.bank) if frames else []
+        outcomes = inspect(frames, self.recipes) if frames else []
         for (_, pixels), inspected in zip(frames, outcomes, strict=True):
             if inspected.failure is not None:
                 self.counters.malformed.count(inspected.failure, inspected.verdict.error or "")
@@ -408,6 +414,10 @@ class Worker:
                 socket.close()
         if self.settings.curve:
             stop_authenticator(self.context)
+
+
+def _book(recipes: RecipeBook | Bank) -> RecipeBook:
+    return recipes if isinstance(recipes, RecipeBook) else RecipeBook([recipes])
 
 
 def _bytes(parts: list[zmq.Frame]) -> int:

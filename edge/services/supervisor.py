@@ -192,8 +192,8 @@ def _main(argv: list[str] | None) -> int:
         log.warning("%s: the station starts; the camera is reported reconnecting until it opens", warning)
     if args.check_config:
         processes = ", ".join(process.name for process in station_processes(config))
-        log.info("%s is valid: station %s, bank %s; runs %s", args.config, config.station, config.bank.path,
-                 processes)  # fmt: skip
+        banks = ", ".join(f"{recipe.name}: {recipe.bank.path}" for recipe in config.recipe_list)
+        log.info("%s is valid: station %s, %s; runs %s", args.config, config.station, banks, processes)
         return 0
     stop = stop_on_signals()
     return Supervisor(args.config.resolve(), config).run(stop)

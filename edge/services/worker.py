@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edge.cli_support import run_cli
-from edge.config import WORKER_ENGINE_SETTINGS, StationConfig
+from edge.config import WORKER_ENGINE_SETTINGS, RecipeConfig, StationConfig
 from edge.errors import ConfigError
 from edge.lifecycle import stop_on_signals
-from edge.pipeline.inspection import Bank
+from edge.pipeline.inspection import Bank, RecipeBook
 from edge.services.runtime import (
     curve_client,
     curve_server,
@@ -36,30 +36,41 @@ log = logging.getLogger("edge.worker")
 WARM_UP_SIDE = 256
 
 
-def load_station_bank(config: StationConfig, device: str | None = None) -> Bank:
-    """The active bank version with its threshold (the configuration's override, else the bank's own)."""
+def load_recipe(config: StationConfig, recipe: RecipeConfig, device: str | None = None) -> Bank:
+    """A recipe's active bank version with its threshold (the configuration's override, else the
+    bank's own) and its regions, warmed up on the line's frame size."""
     from edge.bankstore import resolve_bank
     from edge.engine.artifact import load_model
+    from edge.pipeline.judgement import RecipeRegions
 
-    ref = resolve_bank(config.bank.path)
+    ref = resolve_bank(recipe.bank.path)
     model = load_model(
         ref.path,
         config.weights,
         **{name: getattr(config.worker, name) for name in WORKER_ENGINE_SETTINGS}
         | {"device": device or config.worker.device, "batch_size": config.worker.max_batch},
     )
-    threshold = config.bank.threshold or model.threshold
+    threshold = recipe.bank.threshold or model.threshold
     if threshold is None:
+        where = "bank.threshold" if not config.recipes else f"recipe {recipe.name}'s bank.threshold"
         raise ConfigError(
             f"bank {ref.path} has no calibrated threshold: calibrate it with edge-calibrate "
-            "or set bank.threshold in the configuration"
+            f"or set {where} in the configuration"
         )
+    regions = RecipeRegions(recipe.spec(), threshold) if recipe.regions else None
     backend = f"{model.extractor.name}+{model.index.name}"
     # first-call set-up of every batch size a micro-batch can have, before any part waits
     model.warm_up(batches=sorted({1, config.worker.max_batch}))
     frame_hw = model.usual_frame_hw() or (WARM_UP_SIDE, WARM_UP_SIDE)
     model.score([np.zeros((*frame_hw, 3), np.uint8)])  # the host side too, on the line's frame size
-    return Bank(model, threshold, ref.bank_id, ref.version, backend)
+    return Bank(model, threshold, ref.bank_id, ref.version, backend, recipe.name, regions)
+
+
+def load_station_recipes(config: StationConfig, device: str | None = None) -> RecipeBook:
+    """Every recipe of the station, loaded (a changeover between two parts loads nothing)."""
+    banks = [load_recipe(config, recipe, device) for recipe in config.recipe_list]
+    scales = {camera.name: camera.mm_per_px for camera in config.cameras if camera.mm_per_px is not None}
+    return RecipeBook(banks, scales)
 
 
 def worker_settings(config: StationConfig, slot: int) -> WorkerSettings:
@@ -122,15 +133,17 @@ def _main(argv: list[str] | None) -> int:
         raise ConfigError(f"--slot {args.slot}: this host's worker slots are 0 to {len(devices) - 1}")
     device = devices[args.slot]
     stop = stop_on_signals()
-    bank = load_station_bank(config, device)
+    recipes = load_station_recipes(config, device)
     settings = worker_settings(config, args.slot)
-    worker = Worker(
-        bank, settings, load_bank=lambda: load_station_bank(config, device), recorder=frame_recorder(config)
-    )
+    load = lambda: load_station_recipes(config, device)  # noqa: E731
+    worker = Worker(recipes, settings, load_bank=load, recorder=frame_recorder(config))
     signal.signal(signal.SIGHUP, lambda _signum, _frame: worker.reload_requested.set())
     metrics = for_worker(worker, config.station)
     role = f"pool worker {settings.pool_name} on {device}" if settings.pool_name else f"worker on {device}"
-    status = f"{role}: bank {bank.bank_id} {bank.version}, threshold {bank.threshold:.4g}"
+    status = f"{role}: " + "; ".join(
+        f"recipe {b.recipe}: bank {b.bank_id} {b.version}, threshold {b.threshold:.4g}"
+        for b in recipes.banks.values()
+    )
     port = config.worker.metrics_port
     port = None if port is None else port + args.slot  # one port per worker slot on this host
     return operate("worker", worker.run, stop, metrics, port, status)

@@ -113,7 +113,7 @@ def test_run_serves_triggers_and_answers_a_part_without_a_frame(tmp_path):
         encode_trigger("P1"),
         [b"trigger", b"{not json"],
         encode_trigger("P2"),
-        [b"trigger", json.dumps({"schema": 2, "part_id": ""}).encode()],
+        [b"trigger", json.dumps({"schema": 3, "part_id": ""}).encode()],
         [b"trigger"],
         encode_trigger("P3"),  # the source has only two frames
     ):

@@ -142,9 +142,9 @@ def test_requests_of_any_shape_are_answered_and_kill_nothing(station):
         [b'{"camera": "cam0"}', b"second part"],
         [b"", b"", b""],
         [b"\xff\xfe garbage"],
-        [b'{"schema": 2, "camera": "cam0", "epoch": 1}'],
-        [b'{"schema": 2, "command": "shutdown"}'],
-        [json.dumps({"schema": 2, "camera": "x" * 60_000}).encode()],
+        [b'{"schema": 3, "camera": "cam0", "epoch": 1}'],
+        [b'{"schema": 3, "command": "shutdown"}'],
+        [json.dumps({"schema": 3, "camera": "x" * 60_000}).encode()],
     ]
     for name in ("latest", "control"):
         for _ in range(3):  # six two-part requests a minute took the whole station down
@@ -152,7 +152,7 @@ def test_requests_of_any_shape_are_answered_and_kill_nothing(station):
                 reply = request(station.endpoint(name), parts, timeout_s=5, context=station.context)
                 assert reply is not None and reply["ok"] is False and reply["kind"], (name, parts[:1])
     for name in ("latest", "control"):  # over the 64 KiB cap: the sender is cut off, unanswered
-        oversized = [json.dumps({"schema": 2, "camera": "x" * 100_000}).encode()]
+        oversized = [json.dumps({"schema": 3, "camera": "x" * 100_000}).encode()]
         assert request(station.endpoint(name), oversized, timeout_s=1, context=station.context) is None
     status = request(station.endpoint("control"), encode_control("status"), 5, station.context)
     assert status["ok"] and status["bank_version"] == "v0001"
@@ -162,7 +162,7 @@ def test_requests_of_any_shape_are_answered_and_kill_nothing(station):
     dealer = station.context.socket(zmq.DEALER)
     dealer.connect(station.endpoint("latest"))
     dealer.send_multipart([b"no empty delimiter", b"x"])
-    dealer.send_multipart([b"", b'{"schema": 2, "camera": "cam0"}'])
+    dealer.send_multipart([b"", b'{"schema": 3, "camera": "cam0"}'])
     assert dealer.poll(5000)
     assert decode_reply(dealer.recv_multipart()[1:])["ok"] is True
     dealer.close(linger=0)
@@ -186,7 +186,7 @@ def test_hostile_frames_get_error_verdicts_and_good_frames_all_pass(station):
             ({"camera": "κάμερα"}, good.tobytes()),
             ({"camera": "line1.cam0"}, good.tobytes()),
             ({"schema": True}, good.tobytes()),
-            ({"schema": 2.0}, good.tobytes()),
+            ({"schema": 3.0}, good.tobytes()),
             ({"height": 1, "width": 20_000, "channels": 1}, bytes(20_000)),
             ({"height": 1, "width": 100_000, "channels": 1}, bytes(100_000)),
             ({"height": 2**31, "width": 2**31}, b"x"),
@@ -244,7 +244,7 @@ def test_results_are_typed_and_a_rogue_worker_cannot_take_the_publisher_down(sta
         {"station": "another", "camera": "cam0", "state": state},
         {"station": STATION, "camera": "cam9", "state": state},  # not a camera of this station
     ):  # camera reports a buggy capture could send: refused, and the heartbeats stay valid
-        rogue.send_multipart([b"camera", json.dumps({"schema": 2, **report}).encode()])
+        rogue.send_multipart([b"camera", json.dumps({"schema": 3, **report}).encode()])
     rogue.send_multipart(encode_result(good, None))
     found = verdicts_by_frame(subscriber, {"rogue-good"}, timeout_s=10)
     rogue.close(linger=0)
@@ -370,8 +370,8 @@ def test_a_stray_message_of_any_envelope_stalls_no_process(station):
     the worker's control socket while parts flow at 10/s: heartbeats keep their rate and every
     part gets its OK/NOK verdict in normal time."""
     shapes = [
-        [b'{"schema":2,"camera":"cam0"}'],
-        [b"no delimiter", b'{"schema":2,"camera":"cam0"}'],
+        [b'{"schema":3,"camera":"cam0"}'],
+        [b"no delimiter", b'{"schema":3,"camera":"cam0"}'],
         [b""],
         [b"", b"first", b"second"],
     ]

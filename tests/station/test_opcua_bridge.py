@@ -278,7 +278,7 @@ def test_an_untrusted_client_is_refused_and_hostile_input_is_survived(tmp_path, 
         victim_client = await first_session(rogue_port)
         for garbage in (
             [b"verdict.line1.cam1.", b"{not json"], [b"verdict.line1.cam1."], [b"heartbeat.line1.", b"[]"],
-            [b"verdict.line1.cam1.", json.dumps({"schema": 2, "station": "line1"}).encode()],
+            [b"verdict.line1.cam1.", json.dumps({"schema": 3, "station": "line1"}).encode()],
         ):  # fmt: skip
             rogue.send_multipart(garbage)
         await asyncio.sleep(1)

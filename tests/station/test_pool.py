@@ -130,10 +130,10 @@ def test_the_broker_survives_hostile_workers_and_keeps_serving(tmp_path):
     for parts in (
         [b"ready"],
         [b"ready", b"{not json"],
-        [b"ready", b'{"schema": 3}'],
-        [b"ready", b'{"schema": 2, "worker": "x", "received": -1, "answered": 0, "capacity": 5,'
+        [b"ready", b'{"schema": 4}'],
+        [b"ready", b'{"schema": 3, "worker": "x", "received": -1, "answered": 0, "capacity": 5,'
                    b' "received_bytes": 0, "capacity_bytes": 9, "bank_id": "b", "bank_version": "v1"}'],
-        [b"ready", b'{"schema": 2, "worker": "x", "received": 1, "answered": 9, "capacity": 5,'
+        [b"ready", b'{"schema": 3, "worker": "x", "received": 1, "answered": 9, "capacity": 5,'
                    b' "received_bytes": 0, "capacity_bytes": 9, "bank_id": "b", "bank_version": "v1"}'],
         [b"hello", b"world"],
         [b"ready", b"x" * (1 << 20)],  # over the endpoint's size cap: the peer is disconnected

@@ -39,7 +39,7 @@ class FlakyQuery:
             request = self.rep.recv_multipart()
             if self.garbage > 0:
                 self.garbage -= 1
-                self.rep.send_multipart([b'{"schema": 2, "ok": true, "verdicts": "not a list"}'])
+                self.rep.send_multipart([b'{"schema": 3, "ok": true, "verdicts": "not a list"}'])
                 continue
             req.send_multipart(request)
             self.rep.send_multipart(req.recv_multipart())

@@ -49,7 +49,7 @@ def test_a_valid_configuration_loads_with_defaults(valid, tmp_path):
             lambda c: c.update(worker={"max_batch": "8"}),
             "worker.max_batch: Input should be a valid integer (got '8')",
         ),
-        (lambda c: c.pop("bank"), "bank: required key is missing"),
+        (lambda c: c.pop("bank"), "give bank (one product) or recipes"),
         (
             lambda c: c["cameras"][0]["source"].update(kind="gige"),
             "cameras[0].source: unknown source kind 'gige'",

@@ -281,18 +281,19 @@ def test_every_other_message_kind_round_trips_and_refuses_garbage():
     assert decode_query(encode_query(Query("cam0"))) == Query("cam0")
     assert decode_query(encode_query(Query("cam0", 5, 10))) == Query("cam0", 5, 10)
     assert decode_control(encode_control("reload")) == "reload"
-    assert decode_trigger(encode_trigger("P-1")) == "P-1"
-    refused = {"schema": 2, "ok": False, "error": "x", "kind": "field"}
+    assert decode_trigger(encode_trigger("P-1")).part_id == "P-1"
+    assert decode_trigger(encode_trigger("P-2", "bottle")).product == "bottle"
+    refused = {"schema": 3, "ok": False, "error": "x", "kind": "field"}
     assert decode_reply(encode_reply(ErrorReply("x", "field"))) == refused
-    garbage = [[], [b""], [b"{}"], [b"[]"], [b'{"schema": 2}'], [b'{"schema": 2}', b"x"], [b"\xff"]]
+    garbage = [[], [b""], [b"{}"], [b"[]"], [b'{"schema": 3}'], [b'{"schema": 3}', b"x"], [b"\xff"]]
     for decode in (decode_query, decode_control, decode_reply, decode_trigger, decode_heartbeat, decode_mask):
         for parts in garbage:
             with pytest.raises(ProtocolError):
                 decode(parts)
     with pytest.raises(ProtocolError):
-        decode_control([json.dumps({"schema": 2, "command": "shutdown"}).encode()])
+        decode_control([json.dumps({"schema": 3, "command": "shutdown"}).encode()])
     with pytest.raises(ProtocolError):
-        decode_query([json.dumps({"schema": 2, "camera": "cam0", "epoch": 1}).encode()])
+        decode_query([json.dumps({"schema": 3, "camera": "cam0", "epoch": 1}).encode()])
 
 
 def test_topics_end_with_a_dot_so_prefixes_name_one_camera():
@@ -351,9 +352,9 @@ def test_broker_orders_round_trip_and_refuse_garbage():
     garbage = [
         [RELOAD_TOPIC],
         [b"frame", b"{}"],
-        [REFUSED_TOPIC, b'{"schema": 2, "error": 5}'],
+        [REFUSED_TOPIC, b'{"schema": 3, "error": 5}'],
         [RELOAD_TOPIC, b'{"schema": 1}'],
-        [RELOAD_TOPIC, b'{"schema": 2, "why": "x"}'],
+        [RELOAD_TOPIC, b'{"schema": 3, "why": "x"}'],
     ]
     for parts in garbage:
         with pytest.raises(ProtocolError):

@@ -150,7 +150,7 @@ def test_the_worker_batch_is_one_knob(monkeypatch):
     import edge.bankstore
     import edge.engine.artifact
     from edge.config import parse_config
-    from edge.services.worker import load_station_bank
+    from edge.services.worker import load_station_recipes
 
     asked: dict = {}
 
@@ -169,6 +169,6 @@ def test_the_worker_batch_is_one_knob(monkeypatch):
         "cameras: [{name: c, source: {kind: synthetic}}]\n"
     )
     with pytest.raises(Loaded):
-        load_station_bank(config)
+        load_station_recipes(config)
     assert asked["batch_size"] == 3
     assert WorkerConfig().max_batch == DEFAULTS.batch_size
