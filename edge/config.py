@@ -516,7 +516,7 @@ class OpcUaBridgeConfig(BridgeConfig):
     allow_anonymous: Annotated[bool, about("also an unsecured endpoint and anonymous login")] = False
 
 
-MODBUS_OFFSETS = 13  # the registers a verdict and the alive word take (edge/bridges/modbus.py)
+MODBUS_OFFSETS = 15  # the registers a verdict and the alive word take (edge/bridges/modbus.py)
 
 
 class ModbusBridgeConfig(BridgeConfig):

@@ -47,6 +47,8 @@ TRIGGER_MODES = ("free_run", "triggered")
 CONTROL_COMMANDS = ("status", "reload")
 # a camera's state (docs/protocol.md): silent is the publisher's word for a capture that stopped reporting
 CAMERA_STATES = ("starting", "streaming", "reconnecting", "gone", "ended", "silent")
+# why a verdict is not OK (docs/protocol.md); a PLC's reason code is the position here + 1
+REASONS = ("defect", "deadline", "recipe", "frame", "malformed", "inspection", "camera", "stopped")
 MAX_CAMERAS = 256
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _NAME = re.compile(NAME_PATTERN)
@@ -486,6 +488,7 @@ class VerdictMessage:
     recipe: str | None = wire(NAME.or_null(), None)  # the recipe that judged it
     defects: list[dict[str, Any]] = wire(DEFECTS, factory=list)  # NOK: what rejected it, strongest first
     region: str | None = wire(NAME.or_null(), None)  # NOK: the deciding region (its strongest defect's)
+    reason: str | None = wire(one_of(REASONS).or_null(), None)  # why it is not OK (null for OK)
     has_mask: bool = wire(FLAG, False)  # a mask message for this frame follows on mask.<station>.<camera>.
     epoch: int = wire(COUNT, 0)  # the publisher's start, set by the publisher: a new epoch means it restarted
     seq: int = wire(COUNT, 0)  # per topic and epoch, set by the publisher

@@ -11,6 +11,7 @@ from dataclasses import asdict
 from edge.cli_support import run_cli, setup_logging
 from edge.client import Subscriber
 from edge.errors import UsageError
+from edge.protocol import VerdictMessage
 from edge.security import CurveClient
 
 log = logging.getLogger("edge.tail")
@@ -79,14 +80,7 @@ def _main(argv: list[str] | None) -> int:
                 record = {**asdict(verdict), "verdict": verdict.verdict.value, "replayed": event.replayed}
                 print(json.dumps(record), flush=True)
             else:
-                score = "-" if verdict.score is None else f"{verdict.score:.3f}"
-                print(
-                    f"{verdict.capture_utc} {verdict.station}/{verdict.camera} {verdict.frame_id} "
-                    f"part={verdict.part_id or '-'} {verdict.verdict.value:<7} score={score} "
-                    f"threshold={verdict.threshold} regions={len(verdict.boxes)}"
-                    + (f" error={verdict.error}" if verdict.error else ""),
-                    flush=True,
-                )
+                print(_line(verdict), flush=True)
             shown += 1
             if args.count is not None and shown >= args.count:
                 return 0
@@ -98,6 +92,24 @@ def _main(argv: list[str] | None) -> int:
             subscriber.restarts,
         )
     return EXIT_NO_TRAFFIC
+
+
+def _line(verdict: VerdictMessage) -> str:
+    """One verdict as an operator reads it: the part, the outcome and why."""
+    score = "-" if verdict.score is None else f"{verdict.score:.3f}"
+    why = ""
+    if verdict.defects:
+        largest = max(d["area_px"] for d in verdict.defects)
+        why = (f" reason={verdict.reason} region={verdict.region} defects={len(verdict.defects)} "
+               f"largest={largest}px peak={verdict.defects[0]['peak']:.3f}")  # fmt: skip
+    elif verdict.reason:
+        why = f" reason={verdict.reason}"
+    return (
+        f"{verdict.capture_utc} {verdict.station}/{verdict.camera} {verdict.frame_id} "
+        f"part={verdict.part_id or '-'} recipe={verdict.recipe or '-'} {verdict.verdict.value:<7} "
+        f"score={score} threshold={verdict.threshold} regions={len(verdict.boxes)}{why}"
+        + (f" error={verdict.error}" if verdict.error else "")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,8 +8,13 @@ Register map, from --base (default 0), 16-bit words, big-endian word order:
     base+4..11    part id, ASCII, 16 characters, NUL-padded (longer ids are cut; the frame id is not sent)
     base+12       vision alive: 1 while the station's heartbeats arrive, 0 once none came for
                   --alive-timeout seconds (also when the bridge starts and has heard nothing)
+    base+13       reason code: 0 OK; 1 defect, 2 deadline passed, 3 unknown recipe, 4 frame refused
+                  (its size or shape), 5 malformed frame, 6 inspection failed, 7 camera (no frame
+                  for the trigger), 8 station stopped (docs/protocol.md, `reason`)
+    base+14       defects named in the verdict (NOK: at least 1)
 
-One verdict is written with one write request (base+0..11), so a PLC never reads half of one.
+One verdict is written with one write request (base+0..14, the alive word as it is then), so a PLC
+never reads half of one.
 Verdicts are never skipped: while the PLC is unreachable the bridge waits for it, and the station
 keeps what follows. With `state` (and the station's query endpoint) a restarted bridge writes the
 verdicts published meanwhile, in order, before live ones.
@@ -29,18 +34,23 @@ from pymodbus.exceptions import ModbusException
 from edge.bridges.base import Bridge, StationLink, bridge_main, host_port
 from edge.cli_support import run_cli
 from edge.client import Event
-from edge.config import MODBUS_OFFSETS, ModbusBridgeConfig
-from edge.protocol import Verdict, VerdictMessage
+from edge.config import ModbusBridgeConfig
+from edge.protocol import REASONS, Verdict, VerdictMessage
 
 log = logging.getLogger("edge.modbus")
 VERDICT_CODES = {Verdict.OK: 1, Verdict.NOK: 2, Verdict.ERROR: 3, Verdict.TIMEOUT: 4}
 PART_ID_CHARS = 16
-ALIVE_OFFSET = MODBUS_OFFSETS - 1
+ALIVE_OFFSET = 12
 RECONNECT_S = 1.0
 
 
-def verdict_registers(verdict: VerdictMessage) -> list[int]:
-    """The 12 words base+0..11 for one verdict."""
+def reason_code(verdict: VerdictMessage) -> int:
+    """0 for none (OK), else the reason's position in the protocol's REASONS + 1."""
+    return 0 if verdict.reason is None else REASONS.index(verdict.reason) + 1
+
+
+def verdict_registers(verdict: VerdictMessage, alive: bool) -> list[int]:
+    """The 15 words base+0..14 for one verdict (the alive word as it is)."""
     score = float("nan") if verdict.score is None else float(verdict.score)
     part = (verdict.part_id or "").encode("ascii", "replace")[:PART_ID_CHARS].ljust(PART_ID_CHARS, b"\0")
     return [
@@ -48,6 +58,9 @@ def verdict_registers(verdict: VerdictMessage) -> list[int]:
         verdict.seq % 65536,
         *ModbusTcpClient.convert_to_registers(score, ModbusTcpClient.DATATYPE.FLOAT32),
         *(int.from_bytes(part[i : i + 2], "big") for i in range(0, PART_ID_CHARS, 2)),
+        int(alive),
+        reason_code(verdict),
+        min(len(verdict.defects), 65535),
     ]
 
 
@@ -55,7 +68,10 @@ def decode_registers(words: list[int]) -> dict:
     """Inverse of the map (for tests and for commissioning a PLC program)."""
     score = cast(float, ModbusTcpClient.convert_from_registers(words[2:4], ModbusTcpClient.DATATYPE.FLOAT32))
     part = b"".join(w.to_bytes(2, "big") for w in words[4:12]).rstrip(b"\0").decode("ascii")
-    return {"code": words[0], "seq": words[1], "score": None if math.isnan(score) else score, "part_id": part}
+    return {
+        "code": words[0], "seq": words[1], "score": None if math.isnan(score) else score, "part_id": part,
+        "alive": words[12], "reason": words[13], "defects": words[14],
+    }  # fmt: skip
 
 
 class ModbusBridge(Bridge):
@@ -89,8 +105,10 @@ class ModbusBridge(Bridge):
             return False
 
     def on_verdict(self, event: Event, verdict: VerdictMessage) -> None:
-        while not self._write(0, verdict_registers(verdict)):
+        alive = bool(self.alive) and not self.stopping
+        while not self._write(0, verdict_registers(verdict, alive)):
             time.sleep(RECONNECT_S)  # a verdict is never skipped: the PLC waits for this part
+        self.plc_alive = alive
         self.written += 1
         self.delivered(verdict)
 

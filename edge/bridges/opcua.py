@@ -10,7 +10,9 @@ alive". Node ids are strings in namespace `urn:edge:machine-vision` (docs/operat
     <station>.<camera>.Result.<Field>    the camera's last result: ResultId (the frame id), PartId,
                                          Verdict (OK, NOK, ERROR, TIMEOUT), IsPartGood, Score,
                                          Threshold, CaptureTime, DecisionTime, DefectAreaPx, BankId,
-                                         BankVersion, Epoch, Seq
+                                         BankVersion, Epoch, Seq, Recipe, Reason (the verdict's
+                                         reason: defect, deadline, recipe, ...), DecidingRegion,
+                                         DefectCount, Defects (JSON: region, area, box, peak each)
     <station>.<camera>.Counters.<Name>   Total, Ok, Nok, Error, Timeout (since the bridge started)
     <station>.<camera>.Counters.LostResults  results the station no longer held when the bridge asked
     <station>.<camera>.CameraState       String: streaming, starting, reconnecting, gone, ended or
@@ -73,7 +75,8 @@ RESULT_FIELDS = (  # name, OPC UA type, from a verdict
     ("ResultId", "String"), ("PartId", "String"), ("Verdict", "String"), ("IsPartGood", "Boolean"),
     ("Score", "Double"), ("Threshold", "Double"), ("CaptureTime", "DateTime"), ("DecisionTime", "DateTime"),
     ("DefectAreaPx", "UInt32"), ("BankId", "String"), ("BankVersion", "String"), ("Epoch", "UInt64"),
-    ("Seq", "UInt64"),
+    ("Seq", "UInt64"), ("Recipe", "String"), ("Reason", "String"), ("DecidingRegion", "String"),
+    ("DefectCount", "UInt32"), ("Defects", "String"),
 )  # fmt: skip
 COUNTERS = ("Total", "Ok", "Nok", "Error", "Timeout", "LostResults")
 NO_TIME = datetime(1601, 1, 1, tzinfo=UTC)  # OPC UA's null DateTime
@@ -144,6 +147,11 @@ def result_values(verdict: VerdictMessage, decided: datetime) -> dict[str, Any]:
         "BankVersion": verdict.bank_version or "",
         "Epoch": int(verdict.epoch),
         "Seq": int(verdict.seq),
+        "Recipe": verdict.recipe or "",
+        "Reason": verdict.reason or "",
+        "DecidingRegion": verdict.region or "",
+        "DefectCount": len(verdict.defects),
+        "Defects": json.dumps(verdict.defects, separators=(",", ":")),
     }
 
 

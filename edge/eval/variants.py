@@ -12,6 +12,12 @@ follow their images exactly):
 - `edges`: square crops of half the shorter side. Each defect's centre lies within 8 % of the
   crop's side from one of its four sides: defects sit at the frame's edge, large ones cut by it;
   good frames (train and test) are cropped at random places.
+- `labels`: every image (train and test) carries a printed label, a white tag with 6 random digits
+  that differ on every frame, placed near the frame's centre with a random shift (±LABEL_SHIFT of
+  the side) and turn (±LABEL_TURN degrees): a code that changes part by part, which a bank of good
+  parts has never seen. Defects keep their masks (a label may cover part of one). `labels.json`
+  beside the category gives the frame size and `label_region`: the rectangle every label lies in,
+  the ignore region a recipe draws for it.
 
 Usage: python -m edge.eval.variants ROOT CATEGORY OUT --variant strip16 --cell 256
 """
@@ -19,6 +25,7 @@ Usage: python -m edge.eval.variants ROOT CATEGORY OUT --variant strip16 --cell 2
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -39,6 +46,10 @@ MAX_ASPECT = 2.8
 SCALES = (0.5, 1.5)
 EDGE_CROP = 0.5  # `edges`: crop side over the frame's shorter side
 EDGE_BAND = 0.08  # `edges`: largest distance of a defect's centre from the crop's side, over the side
+LABEL_SIZE = (0.30, 0.12)  # `labels`: the tag's width and height over the frame's side
+LABEL_SHIFT = 0.03
+LABEL_TURN = 8.0
+LABEL_CENTRE = (0.5, 0.62)  # where tags sit, over the frame's width and height
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
@@ -150,6 +161,66 @@ def make_strips(category: Category, out: Path, count: int, cell: int, seed: int)
         _write_test(out, sample, np.hstack(_same_channels(cells)), np.hstack(masks))
 
 
+def _label_corners(side: int, shift: np.ndarray, turn: float) -> np.ndarray:
+    """The tag's four corners in frame pixels for a shift (over the side) and a turn (degrees)."""
+    width, height = LABEL_SIZE[0] * side, LABEL_SIZE[1] * side
+    centre = np.array(LABEL_CENTRE) * side + shift * side
+    box = cv2.boxPoints(((float(centre[0]), float(centre[1])), (width, height), turn))
+    return np.round(box).astype(np.int32)
+
+
+def _with_label(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The image with a tag of 6 random digits at a random shift and turn."""
+    side = min(image.shape[:2])
+    shift, turn = rng.uniform(-LABEL_SHIFT, LABEL_SHIFT, 2), float(rng.uniform(-LABEL_TURN, LABEL_TURN))
+    corners = _label_corners(side, shift, turn)
+    tag_w, tag_h = round(LABEL_SIZE[0] * side), round(LABEL_SIZE[1] * side)
+    tag = np.full((tag_h, tag_w), 255, np.uint8)
+    digits = "".join(str(d) for d in rng.integers(0, 10, 6))
+    scale = min(tag_h / 40, tag_w / 150)  # six digits of FONT_HERSHEY_SIMPLEX fit the tag
+    cv2.putText(tag, digits, (round(0.06 * tag_w), round(0.72 * tag_h)), cv2.FONT_HERSHEY_SIMPLEX,
+                scale, 0, max(1, round(2 * scale)), cv2.LINE_AA)  # fmt: skip
+    source = np.float32([[0, tag_h], [0, 0], [tag_w, 0], [tag_w, tag_h]])
+    warp = cv2.getPerspectiveTransform(source, corners.astype(np.float32))
+    height, width = image.shape[:2]
+    printed = cv2.warpPerspective(tag, warp, (width, height), flags=cv2.INTER_LINEAR, borderValue=0)
+    cover = cv2.warpPerspective(np.full_like(tag, 255), warp, (width, height), borderValue=0) > 127
+    labelled = image.copy()
+    ink = printed if image.ndim == 2 else printed[:, :, None]
+    labelled[cover] = np.broadcast_to(ink, image.shape)[cover]
+    return labelled
+
+
+def label_region(side: int) -> list[int]:
+    """[x, y, width, height]: the rectangle every tag of the `labels` variant lies in."""
+    corners = [
+        _label_corners(side, np.array([sx, sy]) * LABEL_SHIFT, turn)
+        for sx in (-1, 1) for sy in (-1, 1) for turn in (-LABEL_TURN, 0.0, LABEL_TURN)
+    ]  # fmt: skip
+    points = np.concatenate(corners)
+    x0, y0 = np.maximum(points.min(0) - 2, 0)
+    x1, y1 = np.minimum(points.max(0) + 2, side - 1)
+    return [int(x0), int(y0), int(x1 - x0 + 1), int(y1 - y0 + 1)]
+
+
+def make_labels(category: Category, out: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    sizes = set()
+    for path in tqdm(category.train, desc="train", unit="img"):
+        image = read_image(path)
+        sizes.add(image.shape[:2])
+        _write_png(out / "train" / "good" / f"{path.stem}.png", _bgr(_with_label(image, rng)))
+    for sample in tqdm(category.test, desc="test", unit="img"):
+        image = read_image(sample.path)
+        mask = sample.mask(image.shape[:2]).astype(np.uint8) * 255
+        _write_test(out, sample, _with_label(image, rng), mask)
+    if len(sizes) != 1:
+        raise UsageError(f"the labels variant needs frames of one size; {category.name} has {len(sizes)}")
+    height, width = sizes.pop()
+    facts = {"frame": [width, height], "label_region": label_region(min(height, width))}
+    write_bytes_atomic(out / "labels.json", json.dumps(facts).encode())
+
+
 def _bgr(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
 
@@ -167,7 +238,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("category")
     parser.add_argument("out", type=Path, help="folder to write the new category into (MVTec layout)")
     parser.add_argument(
-        "--variant", required=True, help="multisize, edges, or strip<K> (K images side by side)"
+        "--variant", required=True, help="multisize, edges, labels, or strip<K> (K images side by side)"
     )
     parser.add_argument("--cell", type=int, default=256, help="strip cell size in pixels (default 256)")
     parser.add_argument("--seed", type=int, default=0)
@@ -185,10 +256,12 @@ def _main(argv: list[str] | None = None) -> int:
         make_cuts(category, out, _band, args.seed)
     elif args.variant == "edges":
         make_cuts(category, out, _edge_crop, args.seed)
+    elif args.variant == "labels":
+        make_labels(category, out, args.seed)
     elif args.variant.startswith("strip") and args.variant[5:].isdigit() and int(args.variant[5:]) >= 2:
         make_strips(category, out, int(args.variant[5:]), args.cell, args.seed)
     else:
-        raise UsageError(f"unknown variant {args.variant!r}: multisize, edges or strip<K> (K >= 2)")
+        raise UsageError(f"unknown variant {args.variant!r}: multisize, edges, labels or strip<K> (K >= 2)")
     log.info("wrote %s", out)
     return 0
 

@@ -267,6 +267,7 @@ class Capture:
             capture_monotonic_ns=now_ns,
             error=reason[:2048],
             recipe=product,
+            reason="camera",
         )
         self.seq += 1
         self._tell_publisher(encode_result(verdict, None))

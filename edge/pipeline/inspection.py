@@ -97,6 +97,7 @@ def error_verdict(error: ProtocolError, station: str) -> VerdictMessage | None:
         capture_utc=datetime.now(UTC).isoformat(),
         capture_monotonic_ns=time.monotonic_ns(),
         error=f"malformed frame: {error}",
+        reason="malformed",
     )
 
 
@@ -109,8 +110,12 @@ def regions(mask: np.ndarray, placement: Placement | None = None) -> list[list[i
     return boxes if placement is None else [box_to_frame(box, placement) for box in boxes]
 
 
+FAILURE_REASONS = {"shape": "frame"}  # a failure's kind → the verdict's reason (else inspection)
+
+
 def _failed(header: FrameHeader, bank: Bank, kind: str, reason: str) -> Inspected:
-    verdict = verdict_for(header, Verdict.ERROR, error=reason, **_bank_fields(bank))
+    why = FAILURE_REASONS.get(kind, "inspection")
+    verdict = verdict_for(header, Verdict.ERROR, error=reason, reason=why, **_bank_fields(bank))
     return Inspected(verdict, None, kind)
 
 
@@ -143,6 +148,7 @@ def _verdict(
         boxes=regions(mask, result.placement),
         defects=defects,
         region=defects[0]["region"] if defects else None,
+        reason="defect" if nok else None,
         has_mask=ok,
     )
     return Inspected(verdict, png.tobytes() if ok else None)
@@ -173,7 +179,7 @@ def inspect(
         if bank is None:
             assert header.product is not None
             why = book.unknown(header.product)
-            verdict = verdict_for(header, Verdict.ERROR, error=why, recipe=header.product)
+            verdict = verdict_for(header, Verdict.ERROR, error=why, recipe=header.product, reason="recipe")
             outcomes[position] = Inspected(verdict, None, "recipe")
         else:
             groups.setdefault(bank.recipe, []).append(position)
@@ -195,7 +201,9 @@ def _inspect_with(
         waited_ms = (now_ns - header.capture_monotonic_ns) / 1e6
         if header.deadline_ms is not None and waited_ms > header.deadline_ms:
             error = f"deadline {header.deadline_ms} ms passed after {waited_ms:.1f} ms"
-            verdict = verdict_for(header, Verdict.TIMEOUT, error=error, **_bank_fields(bank))
+            verdict = verdict_for(
+                header, Verdict.TIMEOUT, error=error, reason="deadline", **_bank_fields(bank)
+            )
             outcomes[position] = Inspected(verdict, None)
             continue
         try:

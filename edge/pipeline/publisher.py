@@ -233,7 +233,7 @@ class Publisher:
             deadline = header.deadline_ms or self.settings.default_deadline_ms
             self.counters.timeouts += 1
             error = f"no verdict within {deadline:.0f} ms"
-            self._enqueue(verdict_for(header, Verdict.TIMEOUT, error=error), None)
+            self._enqueue(verdict_for(header, Verdict.TIMEOUT, error=error, reason="deadline"), None)
 
     def _query(self, parts: Sequence[bytes]) -> list[bytes]:
         query = decode_query(parts)
@@ -295,7 +295,7 @@ class Publisher:
         self._release_held()
         for header in self.ledger.overdue(float("inf")):
             error = "not inspected: edge stopped"
-            self._enqueue(verdict_for(header, Verdict.ERROR, error=error), None)
+            self._enqueue(verdict_for(header, Verdict.ERROR, error=error, reason="stopped"), None)
         self._release_in_order(flush=True)
 
     def run(self, stop: threading.Event, progress: Callable[[], None] = lambda: None) -> PublisherCounters:

@@ -149,11 +149,17 @@ class Line:
         assert self.subscriber.receive(30) is not None, "the publisher did not start"
 
     def trigger_parts(
-        self, names: list[str], period_s: float = 0.05, socket: zmq.Socket | None = None
+        self,
+        names: list[str],
+        period_s: float = 0.05,
+        socket: zmq.Socket | None = None,
+        products: list[str | None] | None = None,
     ) -> None:
-        for name in names:
+        """Trigger each part (of `products[i]`, when given) and listen for `period_s` after each."""
+        for index, name in enumerate(names):
             self.sent[name] = time.monotonic_ns()
-            (socket or self.trigger).send_multipart(encode_trigger(name))
+            product = products[index] if products else None
+            (socket or self.trigger).send_multipart(encode_trigger(name, product))
             self.collect(period_s)
 
     def trigger_socket(self, name: str) -> zmq.Socket:

@@ -112,10 +112,10 @@ def test_run_serves_triggers_and_answers_a_part_without_a_frame(tmp_path):
     for message in (
         encode_trigger("P1"),
         [b"trigger", b"{not json"],
-        encode_trigger("P2"),
+        encode_trigger("P2", "screw"),  # the product travels with the part
         [b"trigger", json.dumps({"schema": 3, "part_id": ""}).encode()],
         [b"trigger"],
-        encode_trigger("P3"),  # the source has only two frames
+        encode_trigger("P3", "bottle"),  # the source has only two frames
     ):
         plc.send_multipart(message)
     counters = capture.counters  # every trigger served: 2 frames, 1 part without one, 3 refused
@@ -128,10 +128,11 @@ def test_run_serves_triggers_and_answers_a_part_without_a_frame(tmp_path):
     running.join(5)
     frames = [decode_frame(m)[0] for m in _drain(sockets["frames"])]
     announced = [m for m in _drain(sockets["results"]) if m[0] != b"camera"]  # not the camera's state
-    assert [(f.part_id, f.seq) for f in frames] == [("P1", 0), ("P2", 1)]
+    assert [(f.part_id, f.seq, f.product) for f in frames] == [("P1", 0, None), ("P2", 1, "screw")]
     assert [decode_expect(m).part_id for m in announced[:2]] == ["P1", "P2"]
     error = decode_verdict(announced[2][:2])
     assert (error.part_id, error.verdict) == ("P3", Verdict.ERROR) and "no frame" in error.error
+    assert (error.recipe, error.reason) == ("bottle", "camera")
     assert len(announced) == 3 and capture.counters.failed == {"no_frame": 1}
     assert capture.counters.malformed_triggers == {"json": 1, "field": 1, "parts": 1}
     for socket in (*sockets.values(), plc):

@@ -16,7 +16,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from edge.bridges.base import StationLink
 from edge.bridges.modbus import ALIVE_OFFSET, ModbusBridge, decode_registers
-from edge.config import ModbusBridgeConfig
+from edge.config import MODBUS_OFFSETS, ModbusBridgeConfig
 from edge.pipeline.publisher import Publisher, PublisherSettings
 from edge.protocol import Verdict, VerdictMessage, encode_result
 
@@ -50,7 +50,7 @@ def plc():
         time.sleep(0.1)
 
     def registers() -> list[int]:
-        return reader.read_holding_registers(BASE, count=ALIVE_OFFSET + 1).registers
+        return reader.read_holding_registers(BASE, count=MODBUS_OFFSETS).registers
 
     yield port, registers
     reader.close()
@@ -59,9 +59,12 @@ def plc():
 
 
 def verdict(part: str, outcome: Verdict, score: float | None) -> VerdictMessage:
+    why = {Verdict.NOK: "defect", Verdict.TIMEOUT: "deadline"}.get(outcome)
+    defects = [{"region": "seal", "area_px": 40, "box": [1, 2, 8, 5], "peak": 3.5, "threshold": 1.0}]
     return VerdictMessage(
-        "s", "cam", f"frame-{part}", outcome, "t", 0, part_id=part, score=score, threshold=1.0
-    )
+        "s", "cam", f"frame-{part}", outcome, "t", 0, part_id=part, score=score, threshold=1.0,
+        reason=why, defects=defects if why == "defect" else [], region="seal" if why == "defect" else None,
+    )  # fmt: skip
 
 
 def test_verdicts_reach_the_plc_registers_and_alive_drops(tmp_path, plc):
@@ -111,10 +114,10 @@ def test_verdicts_reach_the_plc_registers_and_alive_drops(tmp_path, plc):
     worker.close()
     context.destroy(linger=0)
 
-    assert [(s["code"], s["seq"], s["part_id"]) for s in seen] == [
-        (1, 1, "P-0001"),
-        (2, 2, "P-0002"),
-        (4, 3, "P-0003"),
+    assert [(s["code"], s["seq"], s["part_id"], s["reason"], s["defects"], s["alive"]) for s in seen] == [
+        (1, 1, "P-0001", 0, 0, 1),
+        (2, 2, "P-0002", 1, 1, 1),  # reason 1: a defect
+        (4, 3, "P-0003", 2, 0, 1),  # reason 2: the deadline passed
     ]
     assert seen[0]["score"] == pytest.approx(0.42, rel=1e-6) and seen[1]["score"] == pytest.approx(3.5)
     assert seen[2]["score"] is None

@@ -64,6 +64,49 @@ def test_worker_killed_mid_stream_every_part_gets_exactly_one_verdict(tmp_path, 
     )
 
 
+def test_each_part_is_judged_by_the_recipe_its_trigger_names(tmp_path, bank_store):
+    """Two recipes on one camera under edge-run, the product changing every part: each verdict
+    names its part's recipe; the recipe that ignores most of the frame passes parts the whole-frame
+    one rejects; a product the station does not have is an ERROR that names the recipes."""
+    config = station_config(tmp_path, bank_store.root)
+    raw = yaml.safe_load(config.read_text())
+    bank = raw.pop("bank")
+    raw["recipes"] = [
+        {"name": "whole", "number": 1, "bank": bank},
+        {"name": "corner", "number": 2, "bank": bank, "frame": {"width": 160, "height": 160},
+         "regions": [{"name": "corner", "rect": [0, 0, 16, 16], "min_area_px": 4}]},
+    ]  # fmt: skip
+    config.write_text(yaml.safe_dump(raw))
+    station = start_station(config)
+    context = zmq.Context()
+    parts = [f"R{i:03d}" for i in range(24)]
+    products = ["whole", "corner"] * 12
+    try:
+        line = Line(context, tmp_path)
+        line.wait_for_publisher()
+        wait_for_worker(f"ipc://{tmp_path}/control")
+        line.trigger_parts([*parts, "X000"], period_s=0.1, products=[*products, "shaft"])
+        line.collect_until_answered([*parts, "X000"], timeout_s=30)
+    finally:
+        code, output = stop_station(station)
+        context.destroy(linger=0)
+    assert code == 0, output
+    assert {p: len(v) for p, v in line.verdicts.items()} == {p: 1 for p in [*parts, "X000"]}
+    verdicts = {p: v[0] for p, v in line.verdicts.items()}
+    assert [verdicts[p].recipe for p in parts] == products
+    assert all(verdicts[p].verdict in (Verdict.OK, Verdict.NOK) for p in parts)
+    whole_nok = [p for p, product in zip(parts, products, strict=True) if product == "whole"
+                 and verdicts[p].verdict == Verdict.NOK]  # fmt: skip
+    corner = [verdicts[p] for p, product in zip(parts, products, strict=True) if product == "corner"]
+    assert whole_nok, "the synthetic line made no NOK part"
+    assert sum(v.verdict == Verdict.NOK for v in corner) < len(whole_nok)
+    for verdict in (verdicts[p] for p in whole_nok):
+        assert verdict.reason == "defect" and verdict.region == "frame" and verdict.defects
+    unknown = verdicts["X000"]
+    assert (unknown.verdict, unknown.reason, unknown.recipe) == (Verdict.ERROR, "recipe", "shaft")
+    assert unknown.error == "unknown recipe 'shaft': this station's recipes are whole, corner"
+
+
 def test_sigterm_drains_triggered_parts_before_stopping(tmp_path, bank_store):
     config = station_config(tmp_path, bank_store.root)
     station = start_station(config)

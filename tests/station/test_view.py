@@ -85,7 +85,8 @@ class Line:
             station=STATION, camera=camera, frame_id=frame_id, verdict=verdict,
             capture_utc=datetime.now(UTC).isoformat(), capture_monotonic_ns=time.monotonic_ns(),
             part_id=f"P{self.seq}", score=score, threshold=10.0, bank_id="banks", bank_version="v0003",
-            backend="torch-cpu", latency_ms={"total": 20.0 + self.seq % 7}, has_mask=True,
+            backend="torch-cpu", latency_ms={"total": 20.0 + self.seq % 7}, has_mask=True, recipe="bottle",
+            **(REJECTED if verdict == Verdict.NOK else {}),
         )  # fmt: skip
         self.results.send_multipart(encode_result(message, cv2.imencode(".png", mask)[1].tobytes()))
         return frame_id
@@ -93,6 +94,15 @@ class Line:
     def close(self) -> None:
         self.kill()
         self.context.destroy(linger=0)
+
+
+# a reject's reason, as the worker writes it (docs/recipes.md)
+REJECTED = {
+    "reason": "defect",
+    "region": "seal",
+    "defects": [{"region": "seal", "area_px": 1017, "box": [82, 42, 37, 37], "peak": 14.0, "threshold": 10.0,
+                 "area_mm2": 2.54}],
+}  # fmt: skip
 
 
 @pytest.fixture
@@ -187,6 +197,8 @@ def test_live_verdicts_masks_and_a_publisher_restart(view):
     page.wait_for_selector(f"#gallery button[data-frame='{reject}']", timeout=2000)
     page.click(f"#gallery button[data-frame='{reject}']")  # the gallery opens the part
     page.wait_for_selector(f"#inspect-overlay[data-frame='{reject}'][data-drawn=mask]", timeout=2000)
+    facts = page.inner_text("#inspect-facts")  # the reason travels to the page
+    assert "bottle" in facts and "defect in seal (1 defect, largest 1017 px, 2.54 mm²)" in facts
     assert "read-only" in page.inner_text("#inspect-status")  # no --tokens: nobody can clear it
     assert page.locator("#clear").is_hidden()
     assert page.inner_text("#camera-top [data-count=NOK]") == "1"

@@ -161,6 +161,7 @@ def test_without_regions_a_reject_names_its_defects_in_the_frame(fitted_model, s
     image, box, threshold = scene
     verdict = inspect([(header(image), image)], Bank(fitted_model, threshold, "b", "v1"))[0].verdict
     assert verdict.verdict == Verdict.NOK and verdict.recipe == "default" and verdict.region == "frame"
+    assert verdict.reason == "defect"
     first = verdict.defects[0]
     assert first["region"] == "frame" and first["peak"] > threshold and first["area_px"] > 0
     x, y, w, h = first["box"]
@@ -240,10 +241,14 @@ def test_a_frame_of_another_size_or_an_unknown_product_is_an_error_verdict(fitte
     bank = Bank(fitted_model, threshold, "b", "v1", recipe="bottle", regions=RecipeRegions(recipe, threshold))
     book = RecipeBook([bank])
     wrong = inspect([(header(image), image)], book)[0]
-    assert wrong.verdict.verdict == Verdict.ERROR
+    assert (wrong.verdict.verdict, wrong.verdict.reason) == (Verdict.ERROR, "frame")
     assert "regions are drawn for 100x100 frames, this frame is 160x160" in (wrong.verdict.error or "")
     unknown = inspect([(header(image, product="screw"), image)], book)[0]
-    assert unknown.verdict.verdict == Verdict.ERROR and unknown.verdict.recipe == "screw"
+    assert (unknown.verdict.verdict, unknown.verdict.recipe, unknown.verdict.reason) == (
+        Verdict.ERROR,
+        "screw",
+        "recipe",
+    )
     assert unknown.verdict.error == "unknown recipe 'screw': this station's recipes are bottle"
 
 
