@@ -875,11 +875,17 @@ def camera_warnings(config: StationConfig) -> list[str]:
     return warnings
 
 
+def _is_bank_path(problem: str) -> bool:
+    """A problem line about a bank store's path (`bank.path` or a recipe's)."""
+    key = problem.split(":", 1)[0]
+    return key == "bank.path" or (key.startswith("recipes[") and key.endswith("].bank.path"))
+
+
 def check_station(config: StationConfig, bind: bool = False, bank: bool = True) -> None:
     """What the schema cannot see: files that must exist, endpoints that must differ; with `bind`
     (edge-run and its --check-config), also endpoints bindable and a bank to score with. `bank`
     False: a process that needs none (capture and publisher run at cold start, before there is one)."""
-    problems = [p for p in path_problems(config) if bank or not p.startswith("bank.path:")]
+    problems = [p for p in path_problems(config) if bank or not _is_bank_path(p)]
     problems += _bridge_link_problems(config)
     endpoints = bound_endpoints(config)
     by_address: dict[str, list[str]] = {}

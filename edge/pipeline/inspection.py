@@ -158,7 +158,9 @@ def _score(
     bank: Bank, pixels: list[np.ndarray], timer: StageTimer, judged: list[np.ndarray | None]
 ) -> list[ImageResult] | Exception:
     try:
-        return bank.model.score(pixels, timer, judged if bank.regions is not None else None)
+        if bank.regions is None:
+            return bank.model.score(pixels, timer)
+        return bank.model.score(pixels, timer, judged)
     except Exception as exc:  # one bad frame must not cost the others in its batch their verdicts
         return exc
 

@@ -91,6 +91,14 @@ def test_an_inspect_region_wholly_ignored_is_refused_by_the_check(tmp_path):
         check_station(config, bind=True)
 
 
+def test_at_cold_start_processes_without_a_bank_start_before_any_recipe_has_one(tmp_path):
+    raw = station(tmp_path, [{"name": "bottle", "bank": {"path": str(tmp_path / "not-yet")}}])
+    config = parse_config(yaml.safe_dump(raw))
+    check_station(config, bank=False)  # capture and publisher run before edge-calibrate
+    with pytest.raises(ConfigError, match=r"recipes\[0\]\.bank\.path: .*not-yet does not exist"):
+        check_station(config)
+
+
 def test_a_station_configured_with_bank_alone_has_the_one_recipe_default(tmp_path):
     raw = station(tmp_path, [])
     raw.pop("recipes")
