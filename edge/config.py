@@ -516,7 +516,7 @@ class OpcUaBridgeConfig(BridgeConfig):
     allow_anonymous: Annotated[bool, about("also an unsecured endpoint and anonymous login")] = False
 
 
-MODBUS_OFFSETS = 15  # the registers a verdict and the alive word take (edge/bridges/modbus.py)
+MODBUS_OFFSETS = 28  # the registers of a verdict, the alive word and the handshake (edge/bridges/modbus.py)
 
 
 class ModbusBridgeConfig(BridgeConfig):
@@ -527,6 +527,13 @@ class ModbusBridgeConfig(BridgeConfig):
     plc: Annotated[str, Field(pattern=BROKER_PATTERN), about("PLC address HOST[:PORT] (port 502)")]
     device_id: Annotated[int, Field(ge=0, le=255), about("Modbus unit/device id")] = 1
     base: Annotated[int, Field(ge=0, le=65536 - MODBUS_OFFSETS), about("first holding register")] = 0
+    handshake_camera: Annotated[
+        Name | None,
+        Flag("--handshake-camera"),
+        about(
+            "the triggered camera whose parts the PLC triggers by the handshake registers (needs --config)"
+        ),
+    ] = None
 
 
 class BridgesConfig(_Strict):
@@ -618,6 +625,16 @@ class StationConfig(_Strict):
                         f"recipe {recipe.name}: region {region.name} sets min_area_mm2, "
                         "so every camera needs mm_per_px"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _handshake_names_a_triggered_camera(self) -> StationConfig:
+        modbus = self.bridges.modbus
+        name = modbus.handshake_camera if modbus is not None else None
+        if name is not None and name not in [c.name for c in self.cameras if c.trigger == "triggered"]:
+            raise ValueError(
+                f"bridges.modbus.handshake_camera: {name} is not a triggered camera of this station"
+            )
         return self
 
     @property

@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -49,6 +49,8 @@ class StationLink:
     query_endpoint: str | None = None  # its latest/replay endpoint: resumption and gap fetching
     cameras: tuple[str, ...] = ()  # the cameras served; none: every camera, as its verdicts come
     curve: CurveClient | None = None
+    triggers: dict[str, str] = field(default_factory=dict)  # triggered camera → where to send its triggers
+    products: dict[int, str] = field(default_factory=dict)  # a recipe's number → its name
 
     def serves(self, camera: str) -> bool:
         return not self.cameras or camera in self.cameras
@@ -86,6 +88,8 @@ def link_from_config(path: Path, name: str) -> tuple[StationLink, BridgeConfig]:
         query_endpoint=local_endpoint(latest) if latest else None,
         cameras=tuple(section.cameras or config.camera_names),
         curve=CurveClient(keys.secret_key, keys.server_key) if keys else None,
+        triggers={c.name: local_endpoint(c.trigger_endpoint) for c in config.cameras if c.trigger_endpoint},
+        products={r.number: r.name for r in config.recipe_list if r.number is not None},
     )
     return link, section
 
@@ -115,6 +119,7 @@ class Bridge:
 
     name: ClassVar[str]  # bridges.<name>, edge-<name>-bridge, its metrics edge_<name>_*
     section_type: ClassVar[type[BridgeConfig]]
+    poll_s = 0.05  # the longest a step waits for the station before `tick`
 
     def __init__(self, link: StationLink, section: BridgeConfig, topics: tuple[str, ...] = ()) -> None:
         self.link, self.section = link, section
@@ -238,7 +243,7 @@ class Bridge:
     def run(self, stop: threading.Event) -> None:
         try:
             while not stop.is_set():
-                self.step()
+                self.step(self.poll_s)
         finally:
             self.close()
             self.log.info("bridge stopped (%d verdict(s) the station no longer held)", self.lost)

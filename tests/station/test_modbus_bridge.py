@@ -13,12 +13,20 @@ import zmq
 from pymodbus.client import ModbusTcpClient
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
+from station_kit import wait_until
 
 from edge.bridges.base import StationLink
-from edge.bridges.modbus import ALIVE_OFFSET, ModbusBridge, decode_registers
+from edge.bridges.modbus import ALIVE_OFFSET, ModbusBridge, ascii_words, decode_registers
 from edge.config import MODBUS_OFFSETS, ModbusBridgeConfig
+from edge.imageio import read_image
+from edge.pipeline.capture import Capture, CaptureSettings
+from edge.pipeline.inspection import Bank, RecipeBook
+from edge.pipeline.judgement import RecipeRegions
 from edge.pipeline.publisher import Publisher, PublisherSettings
+from edge.pipeline.sources import SyntheticSource
+from edge.pipeline.worker import Worker, WorkerSettings
 from edge.protocol import Verdict, VerdictMessage, encode_result
+from edge.recipe import Recipe, Region, rect_corners
 
 BASE = 100
 
@@ -125,3 +133,81 @@ def test_verdicts_reach_the_plc_registers_and_alive_drops(tmp_path, plc):
     assert bridge.written == 3
     samples = {name: value for _, name, _, value in bridge.samples()}
     assert samples["edge_modbus_written"] == 3 and samples["edge_modbus_lost_verdicts"] == 0
+
+
+def test_the_plc_triggers_parts_by_the_handshake_and_unknown_products_are_refused(
+    tmp_path, plc, fitted_model, synthetic_category
+):
+    """A PLC driving the station the way PLC programmers know it: it writes part id and product
+    number, adds 1 to the trigger count, sees busy, then the part's verdict and ready. The product
+    changes every part; a number that is no recipe's, and an empty part id, are refused with their
+    code, and no part is triggered for them. Real parts: capture (synthetic camera, triggered),
+    worker with two recipes, publisher, the bridge and pymodbus's server."""
+    port, registers = plc
+    good = [read_image(s.path) for s in synthetic_category.test if s.label == 0]
+    threshold = 1.02 * max(r.score for r in fitted_model.score(good))
+    corner = Recipe(
+        "corner", (160, 160), (Region("corner", "inspect", rect_corners(0, 0, 16, 16), (0, 0, 16, 16)),)
+    )
+    book = RecipeBook([
+        Bank(fitted_model, threshold, "b", "v1", recipe="whole"),
+        Bank(fitted_model, threshold, "b", "v1", recipe="corner", regions=RecipeRegions(corner, threshold)),
+    ])  # fmt: skip
+    ipc = {name: f"ipc://{tmp_path}/{name}" for name in ("frames", "results", "pub", "trig")}
+    context = zmq.Context()
+    publisher = Publisher(PublisherSettings("s", ipc["results"], ipc["pub"], heartbeat_s=0.2), context)
+    worker = Worker(book, WorkerSettings("s", ipc["frames"], ipc["results"]), context)
+    capture = Capture(
+        SyntheticSource(160, defect_rate=0.5, seed=3),
+        CaptureSettings("s", "cam0", ipc["frames"], trigger="triggered", deadline_ms=5000,
+                        results_endpoint=ipc["results"], trigger_endpoint=ipc["trig"]),
+        context,
+    )  # fmt: skip
+    bridge = ModbusBridge(
+        StationLink("s", ipc["pub"], triggers={"cam0": ipc["trig"]}, products={1: "whole", 2: "corner"}),
+        ModbusBridgeConfig(plc=f"127.0.0.1:{port}", base=BASE, handshake_camera="cam0"),
+    )
+    stop = threading.Event()
+    threads = [threading.Thread(target=p.run, args=(stop,)) for p in (publisher, worker, capture, bridge)]
+    for thread in threads:
+        thread.start()
+    writer = ModbusTcpClient("127.0.0.1", port=port)
+    assert writer.connect()
+
+    def request(count: int, product: int, part: str) -> list[int]:
+        writer.write_registers(BASE + 16, [product, *ascii_words(part)])
+        writer.write_registers(BASE + 15, [count % 65536])
+        deadline = time.monotonic() + 10
+        while (answer := registers()[25:28])[0] != count % 65536:
+            assert time.monotonic() < deadline, f"request {count} was never taken"
+            time.sleep(0.005)
+        return answer
+
+    def answered(part: str) -> bool:  # the part's verdict written, and the state back to ready
+        words = registers()
+        return decode_registers(words)["part_id"] == part and words[26] == 0
+
+    try:
+        wait_until(lambda: registers()[ALIVE_OFFSET] == 1, 10, "the station's heartbeats at the bridge")
+        wait_until(lambda: bridge.taken is not None, 10, "the bridge reading the PLC's trigger count")
+        results = {}
+        for n in range(1, 9):
+            part = f"PLC-{n:03d}"
+            state = request(n, 1 + n % 2, part)[1]
+            assert state in (1, 0)  # busy (or already answered)
+            wait_until(lambda part=part: answered(part), 15, f"{part}'s verdict and ready")
+            results[part] = decode_registers(registers())
+        refused_number = request(9, 7, "PLC-X")
+        refused_part = request(10, 1, "")
+        written = bridge.written
+        time.sleep(0.3)  # no verdict follows a refused request
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(15)
+        writer.close()
+        capture.close()
+        context.destroy(linger=0)
+    assert all(r["code"] in (1, 2) and r["reason"] in (0, 1) for r in results.values())
+    assert refused_number == [9, 2, 3] and refused_part == [10, 2, 5]
+    assert bridge.written == written == 8 and bridge.refused == 2

@@ -77,6 +77,14 @@ def test_recipes_are_refused_as_a_whole_when_they_contradict(tmp_path):
     parse_config(yaml.safe_dump(station(tmp_path, [mm], scaled)))  # with a scale it reads
 
 
+def test_the_plc_handshake_needs_a_triggered_camera(tmp_path):
+    raw = station(tmp_path, [{"name": "bottle", "number": 1}])
+    raw["bridges"] = {"modbus": {"plc": "127.0.0.1:502", "handshake_camera": "cam0"}}
+    assert "handshake_camera: cam0 is not a triggered camera of this station" in problems(raw)
+    raw["cameras"][0] |= {"trigger": "triggered", "trigger_endpoint": f"ipc://{tmp_path}/trig"}
+    parse_config(yaml.safe_dump(raw))
+
+
 def test_an_inspect_region_wholly_ignored_is_refused_by_the_check(tmp_path):
     covered = recipe_with(
         {"name": "seal", "rect": [10, 10, 20, 20]},
