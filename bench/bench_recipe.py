@@ -2,9 +2,12 @@
 
     python -m edge.eval.variants $EDGE_DATA_ROOT/mvtec bottle /tmp/variants --variant labels
     python bench/bench_recipe.py labels /tmp/variants/bottle-labels
+    python -m edge.eval.variants $EDGE_DATA_ROOT/mvtec bottle /tmp/variants --variant labels-moving
+    python bench/bench_recipe.py labels /tmp/variants/bottle-labels-moving
     python bench/bench_recipe.py min-size $EDGE_DATA_ROOT/mvtec bottle screw
     python bench/bench_recipe.py min-size $EDGE_DATA_ROOT/kolektorsdd commutator
     python bench/bench_recipe.py speed $EDGE_DATA_ROOT/mvtec bottle --runs 3
+    python bench/bench_recipe.py registration /tmp/variants/bottle-labels-moving --runs 3
 
 Every threshold is calibrated as edge-calibrate calibrates one (the default engine, held-out
 k-fold scores of the good training frames, a 1 % target false-reject rate, `choose_threshold`),
@@ -12,12 +15,17 @@ on what the recipe judges: the anomaly map's peak over the whole frame, or over 
 regions inspect. Then, on the test frames: the false-reject rate (good frames rejected), the
 detection rate (defective frames rejected) and the image AUROC of that peak.
 
-- `labels`: a `labels` variant (good parts carry a code that differs on every part) judged without
-  regions and with the variant's label region ignored; defective frames split by whether most of
-  the defect lies outside the label.
+- `labels`: a `labels` or `labels-moving` variant (good parts carry a code that differs on every
+  part) judged without regions and with the label ignored: for `labels-moving` (the label moves and
+  turns with the part) the whole area the label can take ignored, against the label's own
+  rectangle ignored on frames registered against the variant's reference (a frame that cannot be
+  registered is answered ERROR: rejected); defective frames split by whether most of the defect
+  lies outside the area the label can take.
 - `min-size`: the whole frame judged, a defect rejecting only from a size on (frame pixels).
 - `speed`: a frame judged whole against its left half ignored: search and end-to-end ms per frame
   (the median of --runs passes).
+- `registration`: registering every test frame of a `labels-moving` set against its reference:
+  ms per frame (the median of --runs passes), frames not registered, ECC's confidence.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +48,8 @@ from edge.eval.mvtec import Category, load_category
 from edge.imageio import read_image
 from edge.memory import tune_allocator
 from edge.pipeline.judgement import RecipeRegions, judge, whole_frame_defects
-from edge.recipe import Recipe, Region, rect_corners
+from edge.pipeline.registration import Registrar, RegistrationError
+from edge.recipe import Recipe, Region, Registration, rect_corners
 
 TARGET_FRR = 0.01
 FOLDS = 5
@@ -50,8 +59,9 @@ MIN_SIZES = (0, 16, 64, 256, 1024)
 @dataclass
 class Scored:
     results: list[ImageResult]
-    labels: list[int]
-    masks: list[np.ndarray]
+    images: list[np.ndarray]
+    labels: list[int] = field(default_factory=list)
+    masks: list[np.ndarray] = field(default_factory=list)
 
 
 def held_out(frames: list[np.ndarray], config: EngineConfig) -> list[ImageResult]:
@@ -65,15 +75,18 @@ def held_out(frames: list[np.ndarray], config: EngineConfig) -> list[ImageResult
     return [r for r in results if r is not None]
 
 
-def fitted(category: Category) -> tuple[PatchCore, list[ImageResult], Scored]:
+def fitted(category: Category) -> tuple[PatchCore, Scored, Scored]:
+    """The default model on the good training frames, those frames' held-out results, and the
+    test frames' results."""
     config = EngineConfig()
     train = [read_image(p) for p in category.train]
     print(f"{category.name}: {len(train)} good training frames, {len(category.test)} test frames", flush=True)
-    calibration = held_out(train, config)
+    calibration = Scored(held_out(train, config), train)
     model = PatchCore.fit(train, config)
     images = [read_image(s.path) for s in category.test]
     test = Scored(
         model.score(images),
+        images,
         [s.label for s in category.test],
         [s.mask(i.shape[:2]) for s, i in zip(category.test, images, strict=True)],
     )
@@ -93,47 +106,74 @@ def whole_peak(result: ImageResult) -> float:
 def labels_table(root: Path) -> None:
     facts = json.loads((root / "labels.json").read_text())
     width, height = facts["frame"]
+    frame_hw = (height, width)
     box = tuple(facts["label_region"])
+    swept = tuple(facts.get("swept_region", box))
     category = load_category(root.parent, root.name)
     _, calibration, test = fitted(category)
-    label = Region("label", "ignore", rect_corners(*box), box)
-    recipe = Recipe("labelled", (height, width), (label,))
-    print(f"label region (ignored): {list(box)} in {width}x{height} frames")
+
+    def ignoring(rect: tuple, registration: Registration | None = None) -> Recipe:
+        return Recipe(
+            "labelled", frame_hw, (Region("label", "ignore", rect_corners(*rect), rect),), registration
+        )
+
+    runs: list[tuple[str, Recipe | None]] = [("whole frame", None)]
+    if "swept_region" in facts:
+        registered = Registration(str(root / "reference.png"), facts["max_turn_deg"] + 3, 0.7, "error")
+        runs += [
+            ("swept area ignored", ignoring(swept)),
+            ("label ignored, registered", ignoring(box, registered)),
+        ]
+    else:
+        runs += [("label ignored", ignoring(box))]
+    print(f"label region {list(box)}, the area it can take {list(swept)}, in {width}x{height} frames")
     outside = []
     for mask, flag in zip(test.masks, test.labels, strict=True):
-        inside = mask[box[1] : box[1] + box[3], box[0] : box[0] + box[2]].sum()
+        inside = mask[swept[1] : swept[1] + swept[3], swept[0] : swept[0] + swept[2]].sum()
         outside.append(flag == 1 and inside < 0.5 * max(mask.sum(), 1))
-    print(f"{'judged':<22} {'threshold':>9} {'held-out FRR':>12} {'FRR':>6} {'detect':>7} {'outside':>8} "
-          f"{'inside':>7} {'AUROC':>6}")  # fmt: skip
-    for name, regions in (("whole frame", None), ("label ignored", recipe)):
-        if regions is None:
-            held = [whole_peak(r) for r in calibration]
-        else:
-            held = [_region_peak(r, regions) for r in calibration]
-        choice = choose_threshold(np.array(held), TARGET_FRR, 0.0, "k-fold")
-        rejected, peaks = [], []
-        for result in test.results:
+    print(f"{'judged':<26} {'threshold':>9} {'held-out FRR':>12} {'FRR':>6} {'detect':>7} {'outside':>8} "
+          f"{'inside':>7} {'AUROC':>6} {'unregistered':>12}")  # fmt: skip
+    for name, recipe in runs:
+        held = [
+            _peak(r, image, recipe) for r, image in zip(calibration.results, calibration.images, strict=True)
+        ]
+        choice = choose_threshold(np.array([h for h in held if h is not None]), TARGET_FRR, 0.0, "k-fold")
+        regions = None if recipe is None else RecipeRegions(recipe, choice.threshold)
+        rejected, peaks, unregistered = [], [], 0
+        for result, image in zip(test.results, test.images, strict=True):
             if regions is None:
                 peaks.append(whole_peak(result))
                 rejected.append(peaks[-1] > choice.threshold)
-            else:
-                placed = RecipeRegions(regions, choice.threshold).placed(result.placement)
-                verdict = judge(result.anomaly_map, placed, result.placement, None)
-                peaks.append(verdict.score)
-                rejected.append(verdict.nok)
+                continue
+            try:
+                placed = regions.placed_for(image, result.placement)
+            except RegistrationError:  # answered ERROR: the part is rejected
+                unregistered += 1
+                peaks.append(float("inf"))
+                rejected.append(True)
+                continue
+            verdict = judge(result.anomaly_map, placed, result.placement, None)
+            peaks.append(verdict.score)
+            rejected.append(verdict.nok)
         frr, detected = rates(rejected, test.labels)
         out = np.mean([r for r, o in zip(rejected, outside, strict=True) if o])
         ins = np.mean([r for r, o, f in zip(rejected, outside, test.labels, strict=True) if f == 1 and not o])
-        auroc = image_auroc(np.array(test.labels), np.array(peaks))
+        auroc = image_auroc(np.array(test.labels), np.nan_to_num(np.array(peaks), posinf=1e9))
         held_frr = choice.expected_frr
-        print(f"{name:<22} {choice.threshold:>9.3f} {held_frr:>12.3f} {frr:>6.3f} {detected:>7.3f} "
-              f"{out:>8.3f} {ins:>7.3f} {auroc:>6.3f}", flush=True)  # fmt: skip
-    print(f"defective frames: {sum(outside)} with the defect mostly outside the label, "
-          f"{sum(test.labels) - sum(outside)} mostly under it")  # fmt: skip
+        print(f"{name:<26} {choice.threshold:>9.3f} {held_frr:>12.3f} {frr:>6.3f} {detected:>7.3f} "
+              f"{out:>8.3f} {ins:>7.3f} {auroc:>6.3f} {unregistered:>12}", flush=True)  # fmt: skip
+    print(f"defective frames: {sum(outside)} with the defect mostly outside the area the label can take, "
+          f"{sum(test.labels) - sum(outside)} mostly in it")  # fmt: skip
 
 
-def _region_peak(result: ImageResult, recipe: Recipe) -> float:
-    placed = RecipeRegions(recipe, 1.0).placed(result.placement)
+def _peak(result: ImageResult, image: np.ndarray, recipe: Recipe | None) -> float | None:
+    """The map's peak over what the recipe judges (None: a frame it cannot register)."""
+    if recipe is None:
+        return whole_peak(result)
+    try:
+        placed = RecipeRegions(recipe, 1.0).placed_for(image, result.placement)
+    except RegistrationError:
+        return None
     return float(result.anomaly_map[placed.judged].max())
 
 
@@ -143,7 +183,8 @@ def min_size_table(root: Path, names: list[str]) -> None:
     )
     for name in names:
         _, calibration, test = fitted(load_category(root, name))
-        choice = choose_threshold(np.array([whole_peak(r) for r in calibration]), TARGET_FRR, 0.0, "k-fold")
+        held = [whole_peak(r) for r in calibration.results]
+        choice = choose_threshold(np.array(held), TARGET_FRR, 0.0, "k-fold")
         largest = []
         for result in test.results:
             defects = whole_frame_defects(result.anomaly_map, choice.threshold, result.placement, None)
@@ -177,6 +218,29 @@ def speed_table(root: Path, name: str, runs: int) -> None:
         print(f"{label:<18} {statistics.median(search):>8.2f} {statistics.median(total):>11.2f}", flush=True)
 
 
+def registration_table(root: Path, runs: int) -> None:
+    facts = json.loads((root / "labels.json").read_text())
+    registrar = Registrar(read_image(root / "reference.png"), facts["max_turn_deg"] + 3, 0.7)
+    frames = [read_image(p) for p in sorted((root / "test").glob("*/*.png"))]
+    registrar.register(frames[0])  # first-call set-up
+    times, confidences, failed = [], [], 0
+    for run in range(runs):
+        started = time.perf_counter()
+        for frame in frames:
+            try:
+                motion = registrar.register(frame)
+            except RegistrationError:
+                failed += run == 0
+                continue
+            if run == 0:
+                confidences.append(motion.confidence)
+        times.append((time.perf_counter() - started) * 1000 / len(frames))
+    print(f"{len(frames)} frames of {root.name}; ms per frame, median of {runs} runs")
+    print(f"{'ms/frame':>9} {'not registered':>15} {'confidence min':>15} {'median':>7}")
+    print(f"{statistics.median(times):>9.2f} {failed:>15} {min(confidences):>15.3f} "
+          f"{statistics.median(confidences):>7.3f}")  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -185,6 +249,9 @@ def main() -> int:
     sizes = sub.add_parser("min-size", help="false-reject and detection rates against the minimum size")
     sizes.add_argument("root", type=Path)
     sizes.add_argument("categories", nargs="+")
+    registering = sub.add_parser("registration", help="registration's cost per frame on a labels-moving set")
+    registering.add_argument("category", type=Path, help="the labels-moving variant's category folder")
+    registering.add_argument("--runs", type=int, default=3)
     speed = sub.add_parser("speed", help="half the frame ignored against none")
     speed.add_argument("root", type=Path)
     speed.add_argument("category")
@@ -195,6 +262,8 @@ def main() -> int:
         labels_table(args.category)
     elif args.what == "min-size":
         min_size_table(args.root, args.categories)
+    elif args.what == "registration":
+        registration_table(args.category, args.runs)
     else:
         speed_table(args.root, args.category, args.runs)
     return 0

@@ -41,6 +41,7 @@ from edge.recipe import (
     MAX_REGIONS,
     Recipe,
     Region,
+    Registration,
     polygon_crosses_itself,
     rect_corners,
 )
@@ -291,6 +292,22 @@ class RegionConfig(_Strict):
         )  # fmt: skip
 
 
+class RegistrationConfig(_Strict):
+    """Regions that follow the part (Keyence's position adjustment, Cognex's fixturing)."""
+
+    reference: Annotated[AFile, about("the reference frame the regions are drawn on (an image file)")]
+    max_turn_deg: Annotated[float, Field(ge=0, le=180), about("the largest turn of a part (degrees)")] = 15.0
+    min_confidence: Annotated[
+        float, Field(gt=0, lt=1), about("ECC's correlation below which a frame is not registered")
+    ] = 0.7
+    on_failure: Annotated[
+        Literal["error", "nok"], about("a frame that cannot be registered: ERROR (default) or NOK")
+    ] = "error"
+
+    def spec(self) -> Registration:
+        return Registration(self.reference, self.max_turn_deg, self.min_confidence, self.on_failure)
+
+
 class FrameSize(_Strict):
     width: Annotated[int, Field(ge=1, le=65_535)]
     height: Annotated[int, Field(ge=1, le=65_535)]
@@ -306,6 +323,7 @@ class RecipeConfig(_Strict):
         FrameSize | None, about("the frame size the regions are drawn for (needed with regions)")
     ] = None
     regions: Annotated[list[RegionConfig], Field(max_length=MAX_REGIONS)] = []
+    registration: Annotated[RegistrationConfig | None, about("regions that follow the part")] = None
 
     @model_validator(mode="after")
     def _regions_fit(self) -> RecipeConfig:
@@ -313,6 +331,8 @@ class RecipeConfig(_Strict):
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise ValueError(f"recipe {self.name}: region names must be unique; repeated: {repeated}")
+        if self.registration is not None and not self.regions:
+            raise ValueError(f"recipe {self.name}: registration moves regions: the recipe has none")
         if not self.regions:
             return self
         if self.frame is None:
@@ -331,7 +351,8 @@ class RecipeConfig(_Strict):
     def spec(self) -> Recipe:
         """The recipe as the station's judging reads it."""
         frame_hw = None if self.frame is None else (self.frame.height, self.frame.width)
-        return Recipe(self.name, frame_hw, tuple(region.spec() for region in self.regions))
+        registration = None if self.registration is None else self.registration.spec()
+        return Recipe(self.name, frame_hw, tuple(region.spec() for region in self.regions), registration)
 
 
 class EndpointsConfig(_Strict):

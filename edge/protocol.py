@@ -48,7 +48,17 @@ CONTROL_COMMANDS = ("status", "reload")
 # a camera's state (docs/protocol.md): silent is the publisher's word for a capture that stopped reporting
 CAMERA_STATES = ("starting", "streaming", "reconnecting", "gone", "ended", "silent")
 # why a verdict is not OK (docs/protocol.md); a PLC's reason code is the position here + 1
-REASONS = ("defect", "deadline", "recipe", "frame", "malformed", "inspection", "camera", "stopped")
+REASONS = (
+    "defect",
+    "deadline",
+    "recipe",
+    "frame",
+    "malformed",
+    "inspection",
+    "camera",
+    "stopped",
+    "registration",
+)
 MAX_CAMERAS = 256
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _NAME = re.compile(NAME_PATTERN)

@@ -40,10 +40,22 @@ class Region:
 
 
 @dataclass(frozen=True)
+class Registration:
+    """Regions that follow the part: each frame registered against `reference` (the frame the
+    regions are drawn on), a frame that cannot be answered ERROR (`on_failure` error) or NOK."""
+
+    reference: str  # a PNG file
+    max_turn_deg: float = 15.0
+    min_confidence: float = 0.7
+    on_failure: str = "error"
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     frame_hw: tuple[int, int] | None = None  # the frame size the regions are drawn for
     regions: tuple[Region, ...] = ()
+    registration: Registration | None = None
 
 
 def rect_corners(x: int, y: int, width: int, height: int) -> tuple[tuple[int, int], ...]:
@@ -127,12 +139,13 @@ def frame_mask(region: Region, frame_hw: tuple[int, int]) -> np.ndarray:
 
 
 def region_problems(recipe: Recipe) -> list[str]:
-    """What the schema cannot see without drawing: an inspect region wholly ignored (or, with ignore
-    regions only, nothing left to inspect)."""
+    """What the schema cannot see without drawing or reading: an inspect region wholly ignored (or,
+    with ignore regions only, nothing left to inspect), a registration reference of another size."""
     import numpy as np
 
+    problems = _reference_problems(recipe)
     if not recipe.regions:
-        return []
+        return problems
     assert recipe.frame_hw is not None
     frame_hw = recipe.frame_hw
     ignored = np.zeros(frame_hw, np.uint8)
@@ -140,10 +153,27 @@ def region_problems(recipe: Recipe) -> list[str]:
         if region.mode == "ignore":
             ignored |= frame_mask(region, frame_hw)
     inspect = [r for r in recipe.regions if r.mode == "inspect"]
-    problems = []
     for region in inspect:
         if not (frame_mask(region, frame_hw) & (1 - ignored)).any():
             problems.append(f"recipe {recipe.name}: region {region.name} is empty without its ignored parts")
     if not inspect and ignored.all():
         problems.append(f"recipe {recipe.name}: the ignore regions cover the whole frame: nothing is judged")
     return problems
+
+
+def _reference_problems(recipe: Recipe) -> list[str]:
+    """A registration reference that does not read as an image of the recipe's frame size."""
+    if recipe.registration is None:
+        return []
+    import cv2
+
+    path = recipe.registration.reference
+    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        return [f"recipe {recipe.name}: registration.reference {path} is not an image"]
+    if recipe.frame_hw is not None and image.shape[:2] != recipe.frame_hw:
+        return [
+            f"recipe {recipe.name}: registration.reference {path} is {image.shape[1]}x{image.shape[0]}, "
+            f"the regions are drawn for {recipe.frame_hw[1]}x{recipe.frame_hw[0]}"
+        ]
+    return []

@@ -18,6 +18,11 @@ follow their images exactly):
   parts has never seen. Defects keep their masks (a label may cover part of one). `labels.json`
   beside the category gives the frame size and `label_region`: the rectangle every label lies in,
   the ignore region a recipe draws for it.
+- `labels-moving`: the same tag, always at one place on the part, and the whole part moved (up to
+  ±PART_SHIFT of the side) and turned (up to ±PART_TURN degrees) in every frame: the label moves and
+  turns with the part. `labels.json` gives `label_region` (the tag's rectangle on the part as the
+  reference frame `reference.png` shows it), `swept_region` (every place the tag can take in a
+  frame) and `max_turn_deg`.
 
 Usage: python -m edge.eval.variants ROOT CATEGORY OUT --variant strip16 --cell 256
 """
@@ -50,6 +55,8 @@ LABEL_SIZE = (0.30, 0.12)  # `labels`: the tag's width and height over the frame
 LABEL_SHIFT = 0.03
 LABEL_TURN = 8.0
 LABEL_CENTRE = (0.5, 0.62)  # where tags sit, over the frame's width and height
+PART_SHIFT = 0.04  # `labels-moving`: the part's largest shift over the side
+PART_TURN = 12.0  # and its largest turn, degrees
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
@@ -169,10 +176,12 @@ def _label_corners(side: int, shift: np.ndarray, turn: float) -> np.ndarray:
     return np.round(box).astype(np.int32)
 
 
-def _with_label(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The image with a tag of 6 random digits at a random shift and turn."""
+def _with_label(image: np.ndarray, rng: np.random.Generator, fixed: bool = False) -> np.ndarray:
+    """The image with a tag of 6 random digits at a random shift and turn (`fixed`: at its place)."""
     side = min(image.shape[:2])
     shift, turn = rng.uniform(-LABEL_SHIFT, LABEL_SHIFT, 2), float(rng.uniform(-LABEL_TURN, LABEL_TURN))
+    if fixed:
+        shift, turn = np.zeros(2), 0.0
     corners = _label_corners(side, shift, turn)
     tag_w, tag_h = round(LABEL_SIZE[0] * side), round(LABEL_SIZE[1] * side)
     tag = np.full((tag_h, tag_w), 255, np.uint8)
@@ -203,21 +212,69 @@ def label_region(side: int) -> list[int]:
     return [int(x0), int(y0), int(x1 - x0 + 1), int(y1 - y0 + 1)]
 
 
-def make_labels(category: Category, out: Path, seed: int) -> None:
+def _part_motion(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """A 2x3 rigid motion of the whole frame: a turn about its centre and a shift."""
+    height, width = shape[:2]
+    turn = float(rng.uniform(-PART_TURN, PART_TURN))
+    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), turn, 1.0)
+    matrix[:, 2] += rng.uniform(-PART_SHIFT, PART_SHIFT, 2) * min(height, width)
+    return matrix
+
+
+def _moved(image: np.ndarray, matrix: np.ndarray, nearest: bool = False) -> np.ndarray:
+    height, width = image.shape[:2]
+    flags = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    return cv2.warpAffine(image, matrix, (width, height), flags=flags, borderMode=cv2.BORDER_REFLECT)
+
+
+def _swept_region(side: int) -> list[int]:
+    """Every place the fixed tag can take once the part is moved and turned."""
+    tag = _label_corners(side, np.zeros(2), 0.0).astype(np.float64)
+    points = []
+    for turn in np.linspace(-PART_TURN, PART_TURN, 9):
+        matrix = cv2.getRotationMatrix2D((side / 2, side / 2), float(turn), 1.0)
+        for dx in (-PART_SHIFT, PART_SHIFT):
+            for dy in (-PART_SHIFT, PART_SHIFT):
+                points.append(tag @ matrix[:, :2].T + matrix[:, 2] + np.array([dx, dy]) * side)
+    stacked = np.concatenate(points)
+    x0, y0 = np.maximum(np.floor(stacked.min(0)) - 2, 0)
+    x1, y1 = np.minimum(np.ceil(stacked.max(0)) + 2, side - 1)
+    return [int(x0), int(y0), int(x1 - x0 + 1), int(y1 - y0 + 1)]
+
+
+def make_labels(category: Category, out: Path, seed: int, moving: bool = False) -> None:
     rng = np.random.default_rng(seed)
     sizes = set()
+
+    def labelled(image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        if not moving:
+            return _with_label(image, rng), mask
+        matrix = _part_motion(image.shape, rng)
+        tagged = _moved(_with_label(image, rng, fixed=True), matrix)
+        return tagged, None if mask is None else _moved(mask, matrix, nearest=True)
+
     for path in tqdm(category.train, desc="train", unit="img"):
         image = read_image(path)
         sizes.add(image.shape[:2])
-        _write_png(out / "train" / "good" / f"{path.stem}.png", _bgr(_with_label(image, rng)))
+        _write_png(out / "train" / "good" / f"{path.stem}.png", _bgr(labelled(image)[0]))
     for sample in tqdm(category.test, desc="test", unit="img"):
         image = read_image(sample.path)
-        mask = sample.mask(image.shape[:2]).astype(np.uint8) * 255
-        _write_test(out, sample, _with_label(image, rng), mask)
+        tagged, mask = labelled(image, sample.mask(image.shape[:2]).astype(np.uint8) * 255)
+        assert mask is not None
+        _write_test(out, sample, tagged, mask)
     if len(sizes) != 1:
         raise UsageError(f"the labels variant needs frames of one size; {category.name} has {len(sizes)}")
     height, width = sizes.pop()
-    facts = {"frame": [width, height], "label_region": label_region(min(height, width))}
+    side = min(height, width)
+    facts: dict = {"frame": [width, height], "label_region": label_region(side)}
+    if moving:
+        tag = _label_corners(side, np.zeros(2), 0.0)
+        x0, y0 = np.maximum(tag.min(0) - 2, 0)
+        x1, y1 = np.minimum(tag.max(0) + 2, side - 1)
+        facts |= {"label_region": [int(x0), int(y0), int(x1 - x0 + 1), int(y1 - y0 + 1)],
+                  "swept_region": _swept_region(side), "max_turn_deg": PART_TURN}  # fmt: skip
+        reference = _with_label(read_image(category.train[0]), rng, fixed=True)
+        _write_png(out / "reference.png", _bgr(reference))
     write_bytes_atomic(out / "labels.json", json.dumps(facts).encode())
 
 
@@ -238,7 +295,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("category")
     parser.add_argument("out", type=Path, help="folder to write the new category into (MVTec layout)")
     parser.add_argument(
-        "--variant", required=True, help="multisize, edges, labels, or strip<K> (K images side by side)"
+        "--variant",
+        required=True,
+        help="multisize, edges, labels, labels-moving, or strip<K> (K images side by side)",
     )
     parser.add_argument("--cell", type=int, default=256, help="strip cell size in pixels (default 256)")
     parser.add_argument("--seed", type=int, default=0)
@@ -256,12 +315,14 @@ def _main(argv: list[str] | None = None) -> int:
         make_cuts(category, out, _band, args.seed)
     elif args.variant == "edges":
         make_cuts(category, out, _edge_crop, args.seed)
-    elif args.variant == "labels":
-        make_labels(category, out, args.seed)
+    elif args.variant in ("labels", "labels-moving"):
+        make_labels(category, out, args.seed, moving=args.variant == "labels-moving")
     elif args.variant.startswith("strip") and args.variant[5:].isdigit() and int(args.variant[5:]) >= 2:
         make_strips(category, out, int(args.variant[5:]), args.cell, args.seed)
     else:
-        raise UsageError(f"unknown variant {args.variant!r}: multisize, edges, labels or strip<K> (K >= 2)")
+        raise UsageError(
+            f"unknown variant {args.variant!r}: multisize, edges, labels, labels-moving or strip<K> (K >= 2)"
+        )
     log.info("wrote %s", out)
     return 0
 

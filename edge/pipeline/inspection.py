@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -24,7 +25,8 @@ from edge.engine.geometry import Placement, box_to_frame, mask_to_frame
 from edge.engine.model import ImageResult, PatchCore, StageTimer
 from edge.errors import EdgeError
 from edge.imageio import to_uint8
-from edge.pipeline.judgement import RecipeRegions, judge, whole_frame_defects
+from edge.pipeline.judgement import PlacedRegions, RecipeRegions, judge, whole_frame_defects
+from edge.pipeline.registration import RegistrationError
 from edge.protocol import (
     MAX_BOXES,
     FrameHeader,
@@ -110,30 +112,34 @@ def regions(mask: np.ndarray, placement: Placement | None = None) -> list[list[i
     return boxes if placement is None else [box_to_frame(box, placement) for box in boxes]
 
 
-FAILURE_REASONS = {"shape": "frame"}  # a failure's kind → the verdict's reason (else inspection)
+FAILURE_REASONS = {"shape": "frame", "registration": "registration"}  # a failure's kind → its reason
 
 
 def _failed(header: FrameHeader, bank: Bank, kind: str, reason: str) -> Inspected:
-    why = FAILURE_REASONS.get(kind, "inspection")
+    why = FAILURE_REASONS.get(kind, "inspection")  # (else inspection)
     verdict = verdict_for(header, Verdict.ERROR, error=reason, reason=why, **_bank_fields(bank))
     return Inspected(verdict, None, kind)
 
 
 def _verdict(
-    header: FrameHeader, result: ImageResult, bank: Bank, latency: dict, mm_per_px: float | None
+    header: FrameHeader,
+    result: ImageResult,
+    bank: Bank,
+    latency: dict,
+    mm_per_px: float | None,
+    placed: PlacedRegions | None,
 ) -> Inspected:
     """OK/NOK with the mask and the defects, built from the input-geometry map: host work and
     memory scale with the network input, not with the frame (one uint8 frame-sized mask for the PNG)."""
     if not math.isfinite(result.score):
         return _failed(header, bank, "score", f"score is not finite ({result.score})")
-    if bank.regions is None:
+    if placed is None:
         mask = result.anomaly_map > bank.threshold
         nok, score = result.score > bank.threshold, float(result.score)
         defects = []
         if nok:
             defects = whole_frame_defects(result.anomaly_map, bank.threshold, result.placement, mm_per_px)
     else:
-        placed = bank.regions.placed(result.placement)
         judgement = judge(result.anomaly_map, placed, result.placement, mm_per_px)
         mask, nok, score, defects = judgement.mask, judgement.nok, judgement.score, judgement.defects
     frame_mask = mask_to_frame(mask, result.placement)
@@ -155,7 +161,7 @@ def _verdict(
 
 
 def _score(
-    bank: Bank, pixels: list[np.ndarray], timer: StageTimer, judged: list[np.ndarray | None]
+    bank: Bank, pixels: list[np.ndarray], timer: StageTimer, judged: Sequence[np.ndarray | None]
 ) -> list[ImageResult] | Exception:
     try:
         if bank.regions is None:
@@ -198,7 +204,7 @@ def _inspect_with(
     """`inspect` for frames of one recipe."""
     outcomes: list[Inspected | None] = [None] * len(frames)
     live, pixels = [], []
-    judged: list[np.ndarray | None] = []
+    placed: list[PlacedRegions | None] = []
     for position, (header, image) in enumerate(frames):
         waited_ms = (now_ns - header.capture_monotonic_ns) / 1e6
         if header.deadline_ms is not None and waited_ms > header.deadline_ms:
@@ -210,19 +216,23 @@ def _inspect_with(
             continue
         try:
             placement = bank.model.placement((header.height, header.width))
+            frame = to_uint8(image)
+            regions = None
             if bank.regions is not None:
                 bank.regions.check_frame((header.height, header.width))
-                judged.append(bank.regions.placed(placement).judged)
-            pixels.append(to_uint8(image))
+                regions = bank.regions.placed_for(frame, placement)
+        except RegistrationError as error:
+            outcomes[position] = _unregistered(header, bank, str(error))
+            continue
         except Exception as error:  # refused by the model's geometry, or worse: this frame only
             kind = "shape" if isinstance(error, EdgeError) else "inspect"
-            if len(judged) > len(pixels):
-                judged.pop()
             outcomes[position] = _failed(header, bank, kind, f"frame refused: {_why(error)}")
             continue
+        pixels.append(frame)
+        placed.append(regions)
         live.append(position)
     if live:
-        masks: list[np.ndarray | None] = judged if bank.regions is not None else [None] * len(live)
+        masks = [None if p is None else p.judged for p in placed]
         timer = StageTimer(bank.model.device)  # synchronised readings on a GPU
         started = time.perf_counter()
         together = _score(bank, pixels, timer, masks)
@@ -234,14 +244,23 @@ def _inspect_with(
             results = list(together)
         per_frame = {stage: 1000 * seconds / len(live) for stage, seconds in timer.seconds.items()}
         per_frame["total"] = 1000 * (time.perf_counter() - started) / len(live)
-        for position, result in zip(live, results, strict=True):
+        for position, result, regions in zip(live, results, placed, strict=True):
             header = frames[position][0]
             if isinstance(result, Exception):
                 outcomes[position] = _failed(header, bank, "inspect", f"inspection failed: {_why(result)}")
             else:
                 scale = book.mm_per_px.get(header.camera)
-                outcomes[position] = _verdict(header, result, bank, per_frame, scale)
+                outcomes[position] = _verdict(header, result, bank, per_frame, scale, regions)
     return [o for o in outcomes if o is not None]
+
+
+def _unregistered(header: FrameHeader, bank: Bank, why: str) -> Inspected:
+    """A frame its recipe cannot register: ERROR, or NOK where the recipe says so; never judged."""
+    assert bank.regions is not None and bank.regions.registration is not None
+    if bank.regions.registration.on_failure == "nok":
+        verdict = verdict_for(header, Verdict.NOK, error=why, reason="registration", **_bank_fields(bank))
+        return Inspected(verdict, None, "registration")
+    return _failed(header, bank, "registration", why)
 
 
 def _why(error: Exception) -> str:

@@ -18,6 +18,8 @@ import numpy as np
 
 from edge.engine.geometry import Placement, box_to_frame, mask_to_input
 from edge.errors import EdgeError
+from edge.imageio import read_image
+from edge.pipeline.registration import Motion, Registrar
 from edge.protocol import MAX_DEFECTS, Defect
 from edge.recipe import Recipe, Region, frame_mask, region_problems
 
@@ -63,6 +65,13 @@ class RecipeRegions:
         ]
         self.shapes: list[Region | None] = list(inspect) or [None]
         self._placed = cache(self._place)
+        self.registration = recipe.registration
+        self.registrar = None
+        if recipe.registration is not None:
+            reference = read_image(recipe.registration.reference)
+            self.registrar = Registrar(
+                reference, recipe.registration.max_turn_deg, recipe.registration.min_confidence
+            )
 
     @staticmethod
     def _rule(region: Region, bank_threshold: float) -> RegionRule:
@@ -79,14 +88,28 @@ class RecipeRegions:
     def placed(self, placement: Placement) -> PlacedRegions:
         return self._placed(placement)
 
-    def _place(self, placement: Placement) -> PlacedRegions:
+    def placed_for(self, image: np.ndarray, placement: Placement) -> PlacedRegions:
+        """The regions where they lie in this frame: moved with the part when the recipe registers
+        (RegistrationError when it cannot), else as drawn."""
+        if self.registrar is None:
+            return self.placed(placement)
+        return self._place(placement, self.registrar.register(image))
+
+    def _drawn(self, region: Region, motion: Motion | None) -> np.ndarray:
+        if motion is None:
+            return frame_mask(region, self.frame_hw)
+        mask = np.zeros(self.frame_hw, np.uint8)
+        cv2.fillPoly(mask, [np.round(motion.apply(region.corners)).astype(np.int32)], 1)
+        return mask
+
+    def _place(self, placement: Placement, motion: Motion | None = None) -> PlacedRegions:
         ignored = np.zeros(self.frame_hw, np.uint8)
         for region in self.ignore:
-            ignored |= frame_mask(region, self.frame_hw)
+            ignored |= self._drawn(region, motion)
         kept = 1 - ignored
         inspect = []
         for rule, shape in zip(self.rules, self.shapes, strict=True):
-            drawn = kept if shape is None else frame_mask(shape, self.frame_hw) & kept
+            drawn = kept if shape is None else self._drawn(shape, motion) & kept
             inspect.append((rule, mask_to_input(drawn, placement).astype(bool)))
         judged = np.logical_or.reduce([mask for _, mask in inspect])
         return PlacedRegions(judged, tuple(inspect), placement.frame_px_per_input_px, self.bank_threshold)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+import cv2
 import numpy as np
 import pytest
 import yaml
@@ -16,7 +17,7 @@ from edge.imageio import read_image
 from edge.pipeline.inspection import Bank, RecipeBook, inspect
 from edge.pipeline.judgement import RecipeRegions
 from edge.protocol import FrameHeader, Verdict
-from edge.recipe import Recipe, Region, polygon_crosses_itself, rect_corners
+from edge.recipe import Recipe, Region, Registration, polygon_crosses_itself, rect_corners
 
 
 def station(tmp_path, recipes: list[dict], cameras: list[dict] | None = None) -> dict:
@@ -286,3 +287,70 @@ def test_each_frame_is_judged_by_its_products_recipe(fitted_model, scene):
     assert [v.frame_id for v in verdicts] == ["f0", "f1", "f2", "f3"]
     assert [v.recipe for v in verdicts] == ["lenient", "strict", "lenient", "strict"]
     assert [v.verdict for v in verdicts] == [Verdict.OK, Verdict.NOK, Verdict.OK, Verdict.NOK]
+
+
+# ---- regions that follow the part ---------------------------------------------------------------
+def turned(image: np.ndarray, degrees: float, shift: tuple[float, float]) -> np.ndarray:
+    height, width = image.shape[:2]
+    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), degrees, 1.0)
+    matrix[:, 2] += shift
+    return cv2.warpAffine(image, matrix, (width, height), borderMode=cv2.BORDER_REFLECT)
+
+
+def registered(model, threshold, reference_path, *regions: Region, on_failure: str = "error") -> RecipeBook:
+    image_hw = cv2.imread(str(reference_path)).shape[:2]
+    recipe = Recipe("moving", image_hw, regions, Registration(str(reference_path), 15.0, 0.7, on_failure))
+    return RecipeBook(
+        [Bank(model, threshold, "b", "v1", recipe="moving", regions=RecipeRegions(recipe, threshold))]
+    )
+
+
+def test_an_ignore_region_follows_the_part_it_is_drawn_on(fitted_model, scene, tmp_path):
+    image, box, threshold = scene
+    reference = tmp_path / "reference.png"
+    cv2.imwrite(str(reference), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    label = region("label", grown(box, 12, image.shape[0]), "ignore")
+    moved = turned(image, 9.0, (8.0, -6.0))  # the part, and its defect, moved and turned
+    still = Recipe("fixed", image.shape[:2], (label,))
+    fixed = Bank(fitted_model, threshold, "b", "v1", recipe="fixed", regions=RecipeRegions(still, threshold))
+    assert inspect([(header(moved), moved)], fixed)[0].verdict.verdict == Verdict.NOK, (
+        "the defect left the region"
+    )
+    following = inspect([(header(moved), moved)], registered(fitted_model, threshold, reference, label))[0]
+    assert following.verdict.verdict == Verdict.OK, "the region moved with the part"
+
+
+def test_a_frame_that_cannot_be_registered_is_never_judged_as_if_it_were(fitted_model, scene, tmp_path):
+    image, box, threshold = scene
+    reference = tmp_path / "reference.png"
+    cv2.imwrite(str(reference), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    label = region("label", grown(box, 12, image.shape[0]), "ignore")
+    noise = np.random.default_rng(0).integers(0, 255, image.shape, dtype=np.uint8)
+    error = inspect([(header(noise), noise)], registered(fitted_model, threshold, reference, label))[
+        0
+    ].verdict
+    assert (error.verdict, error.reason) == (Verdict.ERROR, "registration")
+    assert "below the recipe's 0.70" in (error.error or "")
+    rejected = registered(fitted_model, threshold, reference, label, on_failure="nok")
+    nok = inspect([(header(noise), noise)], rejected)[0].verdict
+    assert (nok.verdict, nok.reason, nok.defects) == (Verdict.NOK, "registration", [])
+
+
+def test_registration_settings_are_checked(tmp_path):
+    cv2.imwrite(str(tmp_path / "ref.png"), np.zeros((100, 120), np.uint8))
+    registration = {"reference": str(tmp_path / "ref.png")}
+    recipe = recipe_with({"name": "a", "rect": [0, 0, 5, 5]}) | {"registration": registration}
+    config = parse_config(yaml.safe_dump(station(tmp_path, [recipe])))
+    with pytest.raises(ConfigError, match=r"ref\.png is 120x100, the regions are drawn for 160x160"):
+        check_station(config, bind=True)
+    lost = recipe | {"registration": {"reference": str(tmp_path / "gone.png")}}
+    assert "gone.png is not a file" in problems_of(station(tmp_path, [lost]))
+    bare = {"name": "bottle", "registration": registration}
+    assert "registration moves regions: the recipe has none" in problems(station(tmp_path, [bare]))
+
+
+def problems_of(raw: dict) -> str:
+    """What check_station says of a file the schema accepts."""
+    with pytest.raises(ConfigError) as refused:
+        check_station(parse_config(yaml.safe_dump(raw)))
+    return str(refused.value)
