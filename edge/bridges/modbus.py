@@ -10,7 +10,7 @@ Register map, from --base (default 0), 16-bit words, big-endian word order:
                   --alive-timeout seconds (also when the bridge starts and has heard nothing)
     base+13       reason code: 0 OK; 1 defect, 2 deadline passed, 3 unknown recipe, 4 frame refused
                   (its size or shape), 5 malformed frame, 6 inspection failed, 7 camera (no frame
-                  for the trigger), 8 station stopped (docs/protocol.md, `reason`)
+                  for the trigger), 8 station stopped, 9 not registered (docs/protocol.md, `reason`)
     base+14       defects named in the verdict (NOK: at least 1)
 
 One verdict is written with one write request (base+0..14, the alive word as it is then), so a PLC
