@@ -103,12 +103,20 @@ def whole_peak(result: ImageResult) -> float:
     return float(result.anomaly_map.max())
 
 
-def labels_table(root: Path) -> None:
+def grown(rect: list[int], margin: int, frame_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A rectangle grown by `margin` pixels on every side, inside the frame."""
+    x, y, w, h = rect
+    x0, y0 = max(0, x - margin), max(0, y - margin)
+    x1, y1 = min(frame_hw[1], x + w + margin), min(frame_hw[0], y + h + margin)
+    return x0, y0, x1 - x0, y1 - y0
+
+
+def labels_table(root: Path, margin: int) -> None:
     facts = json.loads((root / "labels.json").read_text())
     width, height = facts["frame"]
     frame_hw = (height, width)
-    box = tuple(facts["label_region"])
-    swept = tuple(facts.get("swept_region", box))
+    box = grown(facts["label_region"], margin, frame_hw)
+    swept = grown(facts.get("swept_region", facts["label_region"]), margin, frame_hw)
     category = load_category(root.parent, root.name)
     _, calibration, test = fitted(category)
 
@@ -126,7 +134,8 @@ def labels_table(root: Path) -> None:
         ]
     else:
         runs += [("label ignored", ignoring(box))]
-    print(f"label region {list(box)}, the area it can take {list(swept)}, in {width}x{height} frames")
+    print(f"label region {list(box)}, the area it can take {list(swept)} (each grown by {margin} px), "
+          f"in {width}x{height} frames")  # fmt: skip
     outside = []
     for mask, flag in zip(test.masks, test.labels, strict=True):
         inside = mask[swept[1] : swept[1] + swept[3], swept[0] : swept[0] + swept[2]].sum()
@@ -246,6 +255,12 @@ def main() -> int:
     sub = parser.add_subparsers(dest="what", required=True)
     labels = sub.add_parser("labels", help="a labels variant: without regions, and with the label ignored")
     labels.add_argument("category", type=Path, help="the variant's category folder")
+    labels.add_argument(
+        "--margin",
+        type=int,
+        default=8,
+        help="pixels the ignored rectangles are grown by (the map's smoothing)",
+    )
     sizes = sub.add_parser("min-size", help="false-reject and detection rates against the minimum size")
     sizes.add_argument("root", type=Path)
     sizes.add_argument("categories", nargs="+")
@@ -259,7 +274,7 @@ def main() -> int:
     args = parser.parse_args()
     tune_allocator()
     if args.what == "labels":
-        labels_table(args.category)
+        labels_table(args.category, args.margin)
     elif args.what == "min-size":
         min_size_table(args.root, args.categories)
     elif args.what == "registration":

@@ -58,6 +58,23 @@ class Recipe:
     registration: Registration | None = None
 
 
+def recipe_digest(recipe: Recipe) -> str:
+    """What a region threshold was calibrated for: the frame size, the regions' names, kinds and
+    outlines, and the registration (not the rules: a rule does not move a region's peaks)."""
+    import hashlib
+    import json
+
+    moving = recipe.registration
+    facts = {
+        "frame_hw": recipe.frame_hw,
+        "regions": [(r.name, r.mode, [list(c) for c in r.corners]) for r in recipe.regions],
+        "registration": None
+        if moving is None
+        else [moving.reference, moving.max_turn_deg, moving.min_confidence],
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def rect_corners(x: int, y: int, width: int, height: int) -> tuple[tuple[int, int], ...]:
     return ((x, y), (x + width, y), (x + width, y + height), (x, y + height))
 

@@ -265,6 +265,7 @@ def _build(session: _Session) -> dict[str, Any]:
         update,
         activate=not args.stage,
         candidates=candidates,
+        regions=station.recipe(args.product).spec() if station else None,
     )
     for bar in bars.values():
         bar.close()

@@ -18,6 +18,7 @@ import numpy as np
 
 from edge.bankstore import BankStore
 from edge.calibration.quality import FrameStats, screen
+from edge.calibration.regions import RegionPeaks
 from edge.calibration.threshold import ThresholdChoice, choose_threshold, held_out_scores
 from edge.config import RECIPE_ENGINE_SETTINGS, CalibrationConfig
 from edge.engine.artifact import read_artifact
@@ -32,6 +33,7 @@ from edge.engine.spool import EmbeddingSpool
 from edge.errors import ArtifactError, UsageError
 from edge.files import write_bytes_atomic
 from edge.imageio import ImageFiles, encode_png
+from edge.recipe import Recipe
 
 log = logging.getLogger("edge.calibrate")
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -90,6 +92,7 @@ def _fit_and_choose(
     config: EngineConfig,
     recipe: CalibrationConfig,
     progress: Progress,
+    peaks: RegionPeaks | None = None,
 ) -> tuple[PatchCore, ThresholdChoice, np.ndarray]:
     """Embed the kept frames once (into the spool), score each from a bank that did not see it,
     choose the threshold, and fit the final bank from every frame: each step reads the spool
@@ -107,6 +110,7 @@ def _fit_and_choose(
         recipe.folds,
         recipe.seed,
         progress=lambda done, total: progress("held-out scores", done, total),
+        patches=peaks,
     )
     choice = choose_threshold(scores, recipe.target_frr, recipe.margin, method)
     progress("final bank", 0, 1)
@@ -131,9 +135,11 @@ def calibrate(
     progress: Progress | None = None,
     activate: bool = True,
     candidates: list[dict[str, Any]] | None = None,
+    regions: Recipe | None = None,
 ) -> CalibrationResult:
     """Screen `frames`, fit and publish a new version (fitted on the active version's frames too
-    when `add`), with its threshold chosen on held-out good frames. Returns what was done.
+    when `add`), with its threshold chosen on held-out good frames, and with `regions` (a product
+    recipe that draws regions) one threshold per inspect region too. Returns what was done.
 
     `candidates`: when the frames are cleared rejects, their facts (one per frame, with `key`): the
     version records them, and their screening, and takes them out of the queue once it is active.
@@ -163,8 +169,11 @@ def calibrate(
     kept_images = ImageFiles([store.frames_dir / name for name in kept])
     config = config.resolved([image.shape[:2] for image in kept_images[:AUTO_SAMPLE]])
     extractor = model_extractor(config, backbone)
+    peaks = RegionPeaks(regions, kept_images) if regions is not None and regions.regions else None
     with EmbeddingSpool(len(kept_images), store.root) as embeddings:  # a full disk: ArtifactError
-        model, choice, scores = _fit_and_choose(kept_images, embeddings, extractor, config, recipe, progress)
+        model, choice, scores = _fit_and_choose(
+            kept_images, embeddings, extractor, config, recipe, progress, peaks
+        )
     record = {
         "threshold": float(choice.threshold),
         "choice": choice.to_dict(),
@@ -174,6 +183,9 @@ def calibrate(
         "frames": kept,
         "added": len(report.accepted) if add else None,
     }
+    regions_record = None if peaks is None else peaks.choose(recipe.target_frr, recipe.margin, choice.method)
+    if regions_record is not None:
+        record["regions"] = regions_record
     if candidates is not None:
         record["candidates"] = [
             facts | {"refused": report.reasons.get(index)} for index, facts in enumerate(candidates)

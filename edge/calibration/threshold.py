@@ -123,12 +123,15 @@ def held_out_scores(
     folds: int,
     seed: int,
     progress: Callable[[int, int], None] | None = None,
+    patches: Callable[[int, np.ndarray, PatchCore], None] | None = None,
 ) -> tuple[np.ndarray, str]:
     """One score per frame from a bank that did not see it (or, for one frame, of its variants).
 
     `embeddings` may read each from disk as asked (an EmbeddingSpool): a fold streams the others'
     into its bank and scores its own SCORE_GROUP at a time, so nothing holds them all.
-    `progress` is called with (banks fitted, banks to fit): one bank per fold."""
+    `progress` is called with (banks fitted, banks to fit): one bank per fold. `patches` is called
+    with each held-out frame's index, its patch distances and the bank that scored them (k-fold
+    and leave-one-out; not for a single frame's variants)."""
     if len(images) == 1:
         bank = PatchCore.from_embeddings(
             [embeddings[0].reshape(-1, embeddings[0].shape[-1]).clone()], config, extractor, {}
@@ -143,7 +146,11 @@ def held_out_scores(
         bank = PatchCore.from_embeddings(chunks, config, extractor, {})
         for start in range(0, len(held), SCORE_GROUP):
             group = held[start : start + SCORE_GROUP]
-            scores[group] = bank.image_scores([embeddings[i] for i in group])
+            scored = bank.patch_scores([embeddings[i] for i in group])
+            scores[group] = [score for score, _ in scored]
+            if patches is not None:
+                for index, (_, grid) in zip(group, scored, strict=True):
+                    patches(int(index), grid, bank)
         if progress is not None:
             progress(done, len(parts))
     method = "leave-one-out" if len(parts) == len(images) else f"{len(parts)}-fold"

@@ -306,12 +306,17 @@ class PatchCore:
     @torch.inference_mode()
     def image_scores(self, embeddings: Sequence[torch.Tensor]) -> list[float]:
         """Image scores (eq. 7) of unscaled embeddings from `embed`, without anomaly maps."""
-        scores: list[float | None] = [None] * len(embeddings)
+        return [score for score, _ in self.patch_scores(embeddings)]
+
+    def patch_scores(self, embeddings: Sequence[torch.Tensor]) -> list[tuple[float, np.ndarray]]:
+        """Each image's score and its (h, w) patch distances (what `anomaly_map` smooths), from
+        unscaled embeddings from `embed`."""
+        scores: list[tuple[float, np.ndarray] | None] = [None] * len(embeddings)
         for chunk in position_batches([e.shape for e in embeddings], self.config.batch_size):
             batch = torch.stack([embeddings[p] for p in chunk]).to(self.device) * self.column_scales
             values, _, grids = self._score_batch(batch, _NO_TIMER)
             for position, value, grid in zip(chunk, values, grids, strict=True):
-                scores[position] = self._image_score(float(value), grid)
+                scores[position] = (self._image_score(float(value), grid), grid)
         return [s for s in scores if s is not None]
 
     def warm_up(self, input_hw: tuple[int, int] | None = None, batches: Sequence[int] = (1,)) -> None:

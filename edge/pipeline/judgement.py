@@ -51,7 +51,11 @@ class PlacedRegions:
 class RecipeRegions:
     """A recipe's regions with their rules (thresholds resolved against the bank's)."""
 
-    def __init__(self, recipe: Recipe, bank_threshold: float) -> None:
+    def __init__(
+        self, recipe: Recipe, bank_threshold: float, calibrated: dict[str, float] | None = None
+    ) -> None:
+        """`calibrated`: thresholds per inspect region chosen by edge-calibrate for these regions;
+        a region's own `threshold` beats it, and its `sensitivity` divides it."""
         problems = region_problems(recipe)
         if problems:
             raise RegionError("; ".join(problems))
@@ -60,7 +64,8 @@ class RecipeRegions:
         self.bank_threshold = bank_threshold
         self.ignore = [r for r in recipe.regions if r.mode == "ignore"]
         inspect = [r for r in recipe.regions if r.mode == "inspect"]
-        self.rules = [self._rule(r, bank_threshold) for r in inspect] or [
+        calibrated = calibrated or {}
+        self.rules = [self._rule(r, calibrated.get(r.name, bank_threshold)) for r in inspect] or [
             RegionRule(WHOLE_FRAME, bank_threshold, 0, None)
         ]
         self.shapes: list[Region | None] = list(inspect) or [None]
@@ -74,8 +79,8 @@ class RecipeRegions:
             )
 
     @staticmethod
-    def _rule(region: Region, bank_threshold: float) -> RegionRule:
-        threshold = region.threshold or bank_threshold / (region.sensitivity or 1.0)
+    def _rule(region: Region, base: float) -> RegionRule:
+        threshold = region.threshold or base / (region.sensitivity or 1.0)
         return RegionRule(region.name, threshold, region.min_area_px, region.min_area_mm2)
 
     def check_frame(self, frame_hw: tuple[int, int]) -> None:

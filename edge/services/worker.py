@@ -57,13 +57,34 @@ def load_recipe(config: StationConfig, recipe: RecipeConfig, device: str | None 
             f"bank {ref.path} has no calibrated threshold: calibrate it with edge-calibrate "
             f"or set {where} in the configuration"
         )
-    regions = RecipeRegions(recipe.spec(), threshold) if recipe.regions else None
+    regions = None
+    if recipe.regions:
+        regions = RecipeRegions(recipe.spec(), threshold, region_thresholds(recipe, model.info, ref.path))
     backend = f"{model.extractor.name}+{model.index.name}"
     # first-call set-up of every batch size a micro-batch can have, before any part waits
     model.warm_up(batches=sorted({1, config.worker.max_batch}))
     frame_hw = model.usual_frame_hw() or (WARM_UP_SIDE, WARM_UP_SIDE)
     model.score([np.zeros((*frame_hw, 3), np.uint8)])  # the host side too, on the line's frame size
     return Bank(model, threshold, ref.bank_id, ref.version, backend, recipe.name, regions)
+
+
+def region_thresholds(recipe: RecipeConfig, info: dict, path: object) -> dict[str, float] | None:
+    """The region thresholds edge-calibrate chose for this recipe's regions, if the bank has them
+    and the regions are still those (the station file's bank.threshold, when set, judges instead)."""
+    from edge.recipe import recipe_digest
+
+    record = info.get("calibration", {}).get("regions")
+    if record is None or recipe.bank.threshold is not None:
+        return None
+    if record.get("digest") != recipe_digest(recipe.spec()):
+        log.warning(
+            "recipe %s: bank %s has region thresholds for other regions (they changed since edge-calibrate); "
+            "its regions take the bank's threshold until it is calibrated again",
+            recipe.name,
+            path,
+        )
+        return None
+    return {name: float(choice["threshold"]) for name, choice in record["thresholds"].items()}
 
 
 def load_station_recipes(config: StationConfig, device: str | None = None) -> RecipeBook:

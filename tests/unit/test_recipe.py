@@ -354,3 +354,37 @@ def problems_of(raw: dict) -> str:
     with pytest.raises(ConfigError) as refused:
         check_station(parse_config(yaml.safe_dump(raw)))
     return str(refused.value)
+
+
+# ---- a threshold per region ----------------------------------------------------------------------
+def test_edge_calibrate_chooses_a_threshold_per_region_for_these_regions(tmp_path, synthetic_category):
+    from edge.bankstore import BankStore
+    from edge.calibration.procedure import calibrate
+    from edge.config import CalibrationConfig
+    from edge.services.worker import region_thresholds
+
+    frames = [read_image(p) for p in synthetic_category.train]
+    regions = [{"name": "top", "rect": [0, 0, 160, 80]}, {"name": "bottom", "rect": [0, 80, 160, 80]}]
+    config = parse_config(yaml.safe_dump(station(tmp_path, [recipe_with(*regions)])))
+    recipe = config.recipe()
+    result = calibrate(
+        BankStore(tmp_path / "store"), frames, CalibrationConfig(frames=len(frames)), regions=recipe.spec()
+    )
+    record = result.record["regions"]
+    assert set(record["thresholds"]) == {"top", "bottom"} and record["part"]["held_out"] == len(frames)
+    for choice in record["thresholds"].values():
+        assert (
+            choice["threshold"] > 0 and choice["held_out"] == len(frames) and 0 <= choice["frr_upper_95"] <= 1
+        )
+    part = record["part"]
+    assert part["above"] >= max(
+        c["above"] for c in record["thresholds"].values()
+    )  # any region rejects the part
+    info = {"calibration": result.record}
+    chosen = region_thresholds(recipe, info, "bank")
+    assert chosen == {name: choice["threshold"] for name, choice in record["thresholds"].items()}
+    moved = recipe_with(
+        {"name": "top", "rect": [0, 0, 160, 90]}, {"name": "bottom", "rect": [0, 90, 160, 70]}
+    )
+    other = parse_config(yaml.safe_dump(station(tmp_path, [moved]))).recipe()
+    assert region_thresholds(other, info, "bank") is None, "regions drawn since: the bank's threshold judges"
