@@ -128,6 +128,12 @@ def control_request(endpoint: str, command: str, timeout_s: float) -> dict | Non
     return request(endpoint, encode_control(command), timeout_s)
 
 
+def select_recipe(endpoint: str, camera: str, recipe: str, timeout_s: float = 5.0) -> dict | None:
+    """Make `recipe` judge the frames of `camera` that name no product (a worker's control
+    endpoint); the worker's reply (`ok` false naming the recipes for an unknown one), or None."""
+    return request(endpoint, encode_control("select", camera, recipe), timeout_s)
+
+
 def request_reload(endpoint: str, timeout_s: float = 60.0) -> dict | None:
     """Ask a running worker (or a pool's broker) to switch to the store's active bank; its reply,
     or None if none answers (it loads the active bank when it starts)."""

@@ -535,6 +535,9 @@ class OpcUaBridgeConfig(BridgeConfig):
         OptionalFile, Flag("--users"), about("users file: logins need a user name and password (--add-user)")
     ] = None
     allow_anonymous: Annotated[bool, about("also an unsecured endpoint and anonymous login")] = False
+    select_recipes: Annotated[
+        bool, about("offer SelectRecipe: a client may choose a camera's recipe (else the methods only read)")
+    ] = False
 
 
 MODBUS_OFFSETS = 28  # the registers of a verdict, the alive word and the handshake (edge/bridges/modbus.py)

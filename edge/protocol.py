@@ -44,7 +44,7 @@ MAX_DEFECTS = 64  # defects named in a verdict; the strongest ones when there ar
 MAX_LATENCY_STAGES = 32
 PIXEL_TYPES = {"uint8": np.uint8, "uint16": np.uint16}
 TRIGGER_MODES = ("free_run", "triggered")
-CONTROL_COMMANDS = ("status", "reload")
+CONTROL_COMMANDS = ("status", "reload", "select")
 # a camera's state (docs/protocol.md): silent is the publisher's word for a capture that stopped reporting
 CAMERA_STATES = ("starting", "streaming", "reconnecting", "gone", "ended", "silent")
 # why a verdict is not OK (docs/protocol.md); a PLC's reason code is the position here + 1
@@ -733,9 +733,12 @@ class Query:
 
 @dataclass(frozen=True)
 class Control:
-    """To a worker's (or the pool broker's) control endpoint."""
+    """To a worker's (or the pool broker's) control endpoint: `select` makes `recipe` judge the
+    frames of `camera` that name no product (a free-running camera's changeover)."""
 
     command: str = wire(one_of(CONTROL_COMMANDS))
+    camera: str | None = wire(NAME.or_null(), None)
+    recipe: str | None = wire(NAME.or_null(), None)
     schema: int = SCHEMA_VERSION
 
 
@@ -758,14 +761,26 @@ def decode_query(parts: Sequence[Any]) -> Query:
     return query
 
 
-def encode_control(command: str) -> list[bytes]:
-    body = {"schema": SCHEMA_VERSION, "command": command}
+def encode_control(command: str, camera: str | None = None, recipe: str | None = None) -> list[bytes]:
+    body = {k: v for k, v in asdict(Control(command, camera, recipe)).items() if v is not None}
     _validate(body, Control)
+    _check_control(Control(command, camera, recipe))
     return [dump_json(body)]
 
 
-def decode_control(parts: Sequence[Any]) -> str:
-    return _message(Control, _single(parts)).command
+def decode_control(parts: Sequence[Any]) -> Control:
+    control: Control = _message(Control, _single(parts))
+    _check_control(control)
+    return control
+
+
+def _check_control(control: Control) -> None:
+    selecting = control.command == "select"
+    _check(
+        selecting == (control.camera is not None) == (control.recipe is not None),
+        "field",
+        "select names a camera and a recipe; status and reload name neither",
+    )
 
 
 # Every REP answer is one of these: `ok` says which, and a client reads the rest by what it asked.
@@ -790,12 +805,23 @@ class ErrorReply:
     ok: bool = wire(NOT_OK, False, required=True)
 
 
+NAMES = Rule(lambda v: isinstance(v, list) and len(v) <= MAX_CAMERAS and all(is_name(x) for x in v),
+             "a list of names", "list of names")  # fmt: skip
+SELECTED = Rule(
+    lambda v: isinstance(v, dict) and len(v) <= MAX_CAMERAS and all(map(is_name, [*v, *v.values()])),
+    "an object of camera names to recipe names", "object of camera → recipe",
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class BankReply:
-    """A worker's `status` and `reload`, a pool's `reload`: the bank scoring now."""
+    """A worker's `status`, `reload` and `select`, a pool's `reload`: the bank scoring now (the
+    default recipe's), and a worker's recipes and the ones selected per camera."""
 
     bank_id: str | None = wire(BANK_TEXT)
     bank_version: str | None = wire(BANK_TEXT)
+    recipes: list[str] | None = wire(NAMES.or_null(), None)
+    selected: dict[str, str] | None = wire(SELECTED.or_null(), None)
     ok: bool = wire(OK_FLAG, True, required=True)
 
 

@@ -49,6 +49,7 @@ class StationLink:
     query_endpoint: str | None = None  # its latest/replay endpoint: resumption and gap fetching
     cameras: tuple[str, ...] = ()  # the cameras served; none: every camera, as its verdicts come
     curve: CurveClient | None = None
+    control_endpoint: str | None = None  # the worker's control endpoint: its recipes, a camera's selection
     triggers: dict[str, str] = field(default_factory=dict)  # triggered camera → where to send its triggers
     products: dict[int, str] = field(default_factory=dict)  # a recipe's number → its name
 
@@ -88,6 +89,7 @@ def link_from_config(path: Path, name: str) -> tuple[StationLink, BridgeConfig]:
         query_endpoint=local_endpoint(latest) if latest else None,
         cameras=tuple(section.cameras or config.camera_names),
         curve=CurveClient(keys.secret_key, keys.server_key) if keys else None,
+        control_endpoint=local_endpoint(config.endpoints.control) if config.endpoints.control else None,
         triggers={c.name: local_endpoint(c.trigger_endpoint) for c in config.cameras if c.trigger_endpoint},
         products={r.number: r.name for r in config.recipe_list if r.number is not None},
     )
@@ -280,6 +282,7 @@ def _options(bridge: type[Bridge], doc: str) -> tuple[argparse.ArgumentParser, d
     )
     station.add_argument("--station", help="station name (topics verdict.<station>.*)")
     station.add_argument("--query", help="the publisher's query endpoint: what the bridge missed is fetched")
+    station.add_argument("--control", help="the worker's control endpoint: its recipes (OPC UA ListRecipes)")
     section = parser.add_argument_group(f"bridges.{bridge.name} (each option is a key of the section)")
     return parser, add_model_options(section, bridge.section_type)  # fmt: skip
 
@@ -308,7 +311,7 @@ def bridge_main(
                          f"pip install 'edge[{extra}]'") from None  # fmt: skip
     if args.config is not None:
         given = [o for key, o in options.items() if getattr(args, key) is not None]
-        given += [o for o in ("--station", "--query") if getattr(args, o[2:]) is not None]
+        given += [o for o in ("--station", "--query", "--control") if getattr(args, o[2:]) is not None]
         if args.station_endpoint or given:
             raise UsageError(f"--config gives the station and bridges.{bridge.name}: leave out "
                              f"{', '.join(given) or 'the endpoint'}")  # fmt: skip
@@ -324,6 +327,7 @@ def bridge_main(
             args.query,
             tuple(section.cameras or ()),
             CurveClient(keys.secret_key, keys.server_key) if keys else None,
+            args.control,
         )
     stop = stop_on_signals()
     running = bridge(link, section)

@@ -22,14 +22,20 @@ alive". Node ids are strings in namespace `urn:edge:machine-vision` (docs/operat
                                          verdicts after (Epoch, Seq): {"results": [...], "more": bool,
                                          "missing": [{"epoch", "from_seq", "to_seq"}], "complete": bool}
     <station>.GetResult(ResultId) -> Result (JSON)   one recent result by frame id ("" if unknown)
+    <station>.ListRecipes() -> Recipes (JSON)   the worker's recipes (OPC 40100's recipe management):
+                                         {"recipes": [...], "selected": {camera: recipe}} (needs the
+                                         worker's control endpoint: --control, or --config)
+    <station>.SelectRecipe(Camera, Recipe) -> Error   only with `select_recipes`: that recipe judges
+                                         the camera's frames that name no product ("" when done)
 
 Events are not stored by OPC UA: a client that must see every verdict keeps the Epoch and Seq of the
 last one it handled and, after a reconnect or a jump in Seq, calls GetResultsSince from there, again
 from the last result of each page while "more" is true. The station's publisher keeps every verdict
 for `publisher.replay_s` (an hour by default), across its restarts. While the station is not alive
 the method answers {"error": ...} at once rather than wait. Results the bridge found lost raise a
-ResultsLostEventType event (Severity 900) naming the range. The methods only read: nothing about
-the bank or the station can be changed over OPC UA.
+ResultsLostEventType event (Severity 900) naming the range. The methods only read, unless the
+section sets `select_recipes`: then SelectRecipe changes which recipe judges a free-running camera's
+frames; nothing else about the bank or the station can be changed over OPC UA.
 
 Security: Basic256Sha256 with Sign and SignAndEncrypt, a server certificate and key
 (`--make-certificate` writes both), and a folder of trusted client certificates; a client whose
@@ -60,10 +66,19 @@ from typing import Any
 
 from edge.bridges.base import Bridge, StationLink, bridge_main
 from edge.cli_support import run_cli
-from edge.client import Event, Loss, request
+from edge.client import Event, Loss, control_request, request, select_recipe
 from edge.config import OpcUaBridgeConfig
 from edge.errors import UsageError
-from edge.protocol import Heartbeat, Query, ReplayReply, VerdictMessage, encode_query, verdict_body
+from edge.protocol import (
+    NAME_MEANING,
+    Heartbeat,
+    Query,
+    ReplayReply,
+    VerdictMessage,
+    encode_query,
+    is_name,
+    verdict_body,
+)
 
 log = logging.getLogger("edge.opcua")
 NAMESPACE = "urn:edge:machine-vision"
@@ -338,6 +353,7 @@ class OpcUaBridge(Bridge):
             [_argument("ResultId", "String", "a frame id")],
             [_argument("Result", "String", "JSON of that result, or empty if not recent")],
         )  # fmt: skip
+        await self._recipe_methods(station, idx)
         for camera in self.link.cameras:
             await self._camera(camera)
 
@@ -379,6 +395,51 @@ class OpcUaBridge(Bridge):
         self.cameras[camera] = nodes
         self.recent[camera] = deque(maxlen=RECENT_RESULTS)
         return nodes
+
+    async def _recipe_methods(self, station: str, idx: int) -> None:
+        """OPC 40100's recipe management where the station has it: ListRecipes (read), and with
+        `select_recipes` SelectRecipe (a camera's recipe for frames that name no product)."""
+        from asyncua.common.methods import uamethod
+
+        @uamethod
+        async def list_recipes(parent) -> str:
+            return await asyncio.get_running_loop().run_in_executor(None, self._recipes)
+
+        @uamethod
+        async def select(parent, camera: str, recipe: str) -> str:
+            return await asyncio.get_running_loop().run_in_executor(None, self._select, camera, recipe)
+
+        await self.station_node.add_method(
+            self._id(f"{station}.ListRecipes"), f"{idx}:ListRecipes", list_recipes, [],
+            [_argument("Recipes", "String", 'JSON: {"recipes": [...], "selected": {camera: recipe}}')],
+        )  # fmt: skip
+        if self.section.select_recipes:
+            named = [_argument("Camera", "String", "a camera"), _argument("Recipe", "String", "a recipe")]
+            await self.station_node.add_method(
+                self._id(f"{station}.SelectRecipe"), f"{idx}:SelectRecipe", select, named,
+                [_argument("Error", "String", "empty when selected, else why not")],
+            )  # fmt: skip
+
+    def _recipes(self) -> str:
+        if self.link.control_endpoint is None:
+            return json.dumps({"error": "the bridge was not told the worker's control endpoint (--control)"})
+        reply = control_request(self.link.control_endpoint, "status", QUERY_TIMEOUT_S * 4)
+        if reply is None or not reply.get("ok"):
+            return json.dumps({"error": "the worker did not answer" if reply is None else reply.get("error")})
+        return json.dumps({"recipes": reply.get("recipes") or [], "selected": reply.get("selected") or {}})
+
+    def _select(self, camera: str, recipe: str) -> str:
+        if self.link.control_endpoint is None:
+            return "the bridge was not told the worker's control endpoint (--control)"
+        if not (is_name(camera) and is_name(recipe)):
+            return f"camera and recipe are names ({NAME_MEANING})"
+        reply = select_recipe(self.link.control_endpoint, camera, recipe, QUERY_TIMEOUT_S * 4)
+        if reply is None:
+            return "the worker did not answer"
+        if not reply.get("ok"):
+            return str(reply.get("error"))
+        self.log.info("recipe %s selected for camera %s by an OPC UA client", recipe, camera)
+        return ""
 
     def _results_since(self, camera: str, epoch: int, seq: int) -> str:
         """The station's verdicts of `camera` after (epoch, seq), from the publisher (blocking)."""

@@ -310,9 +310,12 @@ class Broker:
         return PoolStatusReply(bank_id, version, workers)
 
     def _control(self, parts: Sequence[bytes]) -> list[bytes] | None:
-        command = decode_control(parts)
+        command = decode_control(parts).command
         if command == "status":
             return encode_reply(self._status())
+        if command == "select":
+            why = "a worker pool does not select recipes: name the product in each trigger"
+            return encode_reply(ErrorReply(why, "select"))
         if not any(not w.refused for w in self.workers.values()):
             return encode_reply(ErrorReply("no worker in the pool to reload", "reload"))
         self.reload = _PoolReload(self.workers)

@@ -60,9 +60,14 @@ class RecipeBook:
         self.banks = {bank.recipe: bank for bank in banks}
         self.default = banks[0]
         self.mm_per_px = mm_per_px or {}
+        self.selected: dict[str, str] = {}  # camera → the recipe for its frames that name no product
 
-    def get(self, product: str | None) -> Bank | None:
-        return self.default if product is None else self.banks.get(product)
+    def get(self, product: str | None, camera: str | None = None) -> Bank | None:
+        """The recipe a frame names; else its camera's selected one; else the first."""
+        if product is not None:
+            return self.banks.get(product)
+        selected = self.selected.get(camera or "")
+        return self.default if selected is None else self.banks.get(selected, self.default)
 
     def unknown(self, product: str) -> str:
         return f"unknown recipe {product!r}: this station's recipes are {', '.join(self.banks)}"
@@ -183,7 +188,7 @@ def inspect(
     outcomes: list[Inspected | None] = [None] * len(frames)
     groups: dict[str, list[int]] = {}
     for position, (header, _) in enumerate(frames):
-        bank = book.get(header.product)
+        bank = book.get(header.product, header.camera)
         if bank is None:
             assert header.product is not None
             why = book.unknown(header.product)

@@ -316,12 +316,25 @@ class Worker:
         return True
 
     def _bank_reply(self) -> BankReply:
-        return BankReply(self.bank.bank_id, self.bank.version)
+        book = self.recipes
+        return BankReply(self.bank.bank_id, self.bank.version, list(book.banks), dict(book.selected))
 
     def _control(self, parts: Sequence[bytes]) -> list[bytes] | None:
         """A control request's answer, or None when a reload will answer it once swapped in."""
-        command = decode_control(parts)
+        control = decode_control(parts)
+        command = control.command
         if command == "status":
+            return encode_reply(self._bank_reply())
+        if command == "select":
+            assert control.camera is not None and control.recipe is not None
+            if control.recipe not in self.recipes.banks:
+                return encode_reply(ErrorReply(self.recipes.unknown(control.recipe), "recipe"))
+            self.recipes.selected[control.camera] = control.recipe
+            log.info(
+                "camera %s: recipe %s selected for frames that name no product",
+                control.camera,
+                control.recipe,
+            )
             return encode_reply(self._bank_reply())
         if not self._start_reload():
             return encode_reply(ErrorReply("this worker has no bank store to reload from", "reload"))
@@ -344,7 +357,8 @@ class Worker:
         loaded = isinstance(reload.result, RecipeBook | Bank)
         self.reload_error = None if loaded else str(reload.result)[:2000]
         if isinstance(reload.result, RecipeBook | Bank):
-            old, self.recipes = self.bank, _book(reload.result)
+            old, selected, self.recipes = self.bank, self.recipes.selected, _book(reload.result)
+            self.recipes.selected = {c: r for c, r in selected.items() if r in self.recipes.banks}
             self.counters.reloads += 1
             log.info(
                 "bank %s %s replaced by %s %s", old.bank_id, old.version, self.bank.bank_id, self.bank.version

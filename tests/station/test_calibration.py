@@ -370,7 +370,8 @@ def test_worker_switches_banks_between_frames_on_reload(tmp_path, bank_store, sy
     for thread in threads:
         thread.join(10)
     context.destroy(linger=0)
-    assert reply == {"schema": 3, "ok": True, "bank_id": "banks", "bank_version": "v0002"}
+    assert reply == {"schema": 3, "ok": True, "bank_id": "banks", "bank_version": "v0002",
+                     "recipes": ["default"], "selected": {}}  # fmt: skip
     assert sorted(verdicts) == sorted(f"f{i}" for i in range(40)) and worker.counters.frames_in == 40
     versions = [verdicts[f"f{i}"]["bank_version"] for i in range(40)]
     switch = versions.index("v0002")  # however long the reload took, frames after its reply are new

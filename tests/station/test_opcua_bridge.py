@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -537,3 +538,86 @@ def test_a_camera_state_reaches_the_address_space(tmp_path, certificates):
         bridge.wait(15)
         station.close()
     assert seen == [("gone", "control connection lost"), ("streaming", "")]
+
+
+def test_a_client_lists_recipes_and_selects_one_that_then_judges_the_cameras_frames(
+    tmp_path, certificates, fitted_model, synthetic_category
+):
+    """OPC 40100's recipe management as far as the station has it: ListRecipes from the worker,
+    SelectRecipe (offered only with select_recipes) changing which recipe judges cam1's frames
+    that name no product; an unknown recipe and a hostile name are refused with their reason."""
+    from edge.client import Subscriber
+    from edge.imageio import read_image
+    from edge.pipeline.inspection import Bank, RecipeBook
+    from edge.pipeline.worker import Worker, WorkerSettings
+    from edge.protocol import FrameHeader, encode_frame
+
+    station = Station(tmp_path)
+    recipes = RecipeBook([Bank(fitted_model, 1e9, "b", "v1", recipe="whole"),
+                          Bank(fitted_model, 1e9, "b", "v1", recipe="strict")])  # fmt: skip
+    control = f"ipc://{tmp_path}/control"
+    settings = WorkerSettings("line1", f"ipc://{tmp_path}/frames", station.settings.results_endpoint,
+                              control_endpoint=control)  # fmt: skip
+    worker = Worker(recipes, settings, station.context)
+    stop = threading.Event()
+    working = threading.Thread(target=worker.run, args=(stop,))
+    working.start()
+    port, plain_port = free_port(), free_port()
+    bridge = start_bridge(station, certificates, port, tmp_path / "bridge.log", "--control", control,
+                          "--select-recipes")  # fmt: skip
+    plain = start_bridge(station, certificates, plain_port, tmp_path / "plain.log", "--control", control)
+    subscriber = Subscriber(station.pub, "line1", topics=("verdict",), context=station.context)
+    sender = station.context.socket(zmq.PUSH)
+    sender.connect(settings.frames_endpoint)
+    image = read_image(synthetic_category.train[0])
+
+    def judged_by() -> str | None:
+        header = FrameHeader(station="line1", camera="cam1", seq=0, frame_id=f"f{time.monotonic_ns()}",
+                             capture_utc="2026-12-07T00:00:00Z", capture_monotonic_ns=time.monotonic_ns(),
+                             height=image.shape[0], width=image.shape[1], channels=3)  # fmt: skip
+        sender.send_multipart(encode_frame(header, image))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            event = subscriber.receive(0.5)
+            if event is not None and event.verdict is not None and event.verdict.frame_id == header.frame_id:
+                return event.verdict.recipe
+        return None
+
+    async def scenario() -> tuple:
+        client = await connect_when_up(port, certificates)
+        idx = await client.get_namespace_index(NAMESPACE)
+        node = client.get_node(ua.NodeId("line1", idx))
+        listed = json.loads(await node.call_method(ua.NodeId("line1.ListRecipes", idx)))
+        before = await asyncio.get_running_loop().run_in_executor(None, judged_by)
+        chosen = await node.call_method(ua.NodeId("line1.SelectRecipe", idx), "cam1", "strict")
+        unknown = await node.call_method(ua.NodeId("line1.SelectRecipe", idx), "cam1", "zzz")
+        hostile = await node.call_method(ua.NodeId("line1.SelectRecipe", idx), "cam1\x00; rm", "x" * 500)
+        after = await asyncio.get_running_loop().run_in_executor(None, judged_by)
+        relisted = json.loads(await node.call_method(ua.NodeId("line1.ListRecipes", idx)))
+        await client.disconnect()
+        other = await connect_when_up(plain_port, certificates)
+        oidx = await other.get_namespace_index(NAMESPACE)
+        names = {
+            (await n.read_browse_name()).Name
+            for n in await other.get_node(ua.NodeId("line1", oidx)).get_children()
+        }
+        await other.disconnect()
+        return listed, before, chosen, unknown, hostile, after, relisted, names
+
+    try:
+        listed, before, chosen, unknown, hostile, after, relisted, names = asyncio.run(scenario())
+    finally:
+        for process in (bridge, plain):
+            process.terminate()
+            process.wait(15)
+        stop.set()
+        working.join(10)
+        sender.close()
+        subscriber.socket.close()
+        station.close()
+    assert listed == {"recipes": ["whole", "strict"], "selected": {}}
+    assert (before, chosen, after) == ("whole", "", "strict")
+    assert unknown == "unknown recipe 'zzz': this station's recipes are whole, strict"
+    assert "camera and recipe are names" in hostile
+    assert relisted["selected"] == {"cam1": "strict"}
+    assert "ListRecipes" in names and "SelectRecipe" not in names  # without select_recipes: read only

@@ -52,7 +52,7 @@ def test_every_key_of_a_bridge_section_is_an_option_and_nothing_else_is(bridge):
         action = actions[key]
         assert option_of(key.split(".")[-1], info) in action.option_strings
         assert action.default is None and action.help  # unset: the section's default stands
-    station_side = {"help", "station_endpoint", "config", "station", "query"}
+    station_side = {"help", "station_endpoint", "config", "station", "query", "control"}
     assert set(actions) - set(options) == station_side
 
 

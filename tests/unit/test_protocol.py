@@ -280,7 +280,12 @@ def test_every_other_message_kind_round_trips_and_refuses_garbage():
     assert decode_heartbeat(encode_heartbeat(beat)) == beat
     assert decode_query(encode_query(Query("cam0"))) == Query("cam0")
     assert decode_query(encode_query(Query("cam0", 5, 10))) == Query("cam0", 5, 10)
-    assert decode_control(encode_control("reload")) == "reload"
+    assert decode_control(encode_control("reload")).command == "reload"
+    selecting = decode_control(encode_control("select", "cam0", "screw"))
+    assert (selecting.command, selecting.camera, selecting.recipe) == ("select", "cam0", "screw")
+    for half in ({"command": "select", "camera": "cam0"}, {"command": "status", "recipe": "screw"}):
+        with pytest.raises(ProtocolError, match="select names a camera and a recipe"):
+            decode_control([json.dumps({"schema": 3, **half}).encode()])
     assert decode_trigger(encode_trigger("P-1")).part_id == "P-1"
     assert decode_trigger(encode_trigger("P-2", "bottle")).product == "bottle"
     refused = {"schema": 3, "ok": False, "error": "x", "kind": "field"}
