@@ -10,7 +10,7 @@ ignore region are never judged, and patches that cannot reach a judged pixel are
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cache
 
 import cv2
@@ -146,7 +146,7 @@ def judge(
         mask |= over
         found += _blobs(anomaly_map, over, rule, regions.frame_px_per_input_px, placement, mm_per_px)
     found.sort(key=lambda item: -item[0])
-    defects = [_as_dict(defect) for _, defect in found[:MAX_DEFECTS]]
+    defects = [asdict(defect) for _, defect in found[:MAX_DEFECTS]]
     return Judgement(bool(defects), strongest * regions.bank_threshold, mask, defects)
 
 
@@ -159,7 +159,7 @@ def whole_frame_defects(
     over = anomaly_map > threshold
     found = _blobs(anomaly_map, over, rule, placement.frame_px_per_input_px, placement, mm_per_px)
     found.sort(key=lambda item: -item[0])
-    return [_as_dict(defect) for _, defect in found[:MAX_DEFECTS]]
+    return [asdict(defect) for _, defect in found[:MAX_DEFECTS]]
 
 
 def _blobs(
@@ -193,13 +193,3 @@ def _blobs(
         blobs.append((peak / rule.threshold, defect))
     return blobs
 
-
-def _as_dict(defect: Defect) -> dict:
-    return {
-        "region": defect.region,
-        "area_px": defect.area_px,
-        "box": defect.box,
-        "peak": defect.peak,
-        "threshold": defect.threshold,
-        "area_mm2": defect.area_mm2,
-    }
