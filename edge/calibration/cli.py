@@ -283,9 +283,19 @@ def _build(session: _Session) -> dict[str, Any]:
         100 * choice["target_frr"],
         100 * choice["margin"],
     )
+    regions = result.record.get("regions")
+    if regions is not None:
+        for name, region in regions["thresholds"].items():
+            rate, bound = 100 * region["expected_frr"], 100 * region["frr_upper_95"]
+            log.info("region %s: threshold %.4g, expected false-reject rate %.1f%% (95%% bound %.1f%%)",
+                     name, region["threshold"], rate, bound)  # fmt: skip
+        part = regions["part"]
+        log.info("the part (any region): expected false-reject rate %.1f%% (95%% bound %.1f%%) on %d frames",
+                 100 * part["expected_frr"], 100 * part["frr_upper_95"], part["held_out"])  # fmt: skip
     if not args.stage:
         _notify(session.notify, result.version)
     return {
+        "regions": regions,
         "version": result.version,
         "threshold": result.record["threshold"],
         "expected_false_reject_rate": choice["expected_frr"],

@@ -192,4 +192,3 @@ def _blobs(
         )
         blobs.append((peak / rule.threshold, defect))
     return blobs
-
