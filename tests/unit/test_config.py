@@ -115,7 +115,7 @@ def test_environment_overrides_string_settings(valid):
     assert config.bank.path == "/srv/banks"
 
 
-@pytest.mark.parametrize("example", ["station", "usb-camera", "gige-camera", "folder-replay"])
+@pytest.mark.parametrize("example", ["station", "usb-camera", "gige-camera", "folder-replay", "recipes"])
 def test_the_example_configurations_are_valid(example):
     from pathlib import Path
 
