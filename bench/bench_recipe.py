@@ -143,9 +143,9 @@ def labels_table(root: Path, margin: int) -> None:
     print(f"{'judged':<26} {'threshold':>9} {'held-out FRR':>12} {'FRR':>6} {'detect':>7} {'outside':>8} "
           f"{'inside':>7} {'AUROC':>6} {'unregistered':>12}")  # fmt: skip
     for name, recipe in runs:
-        held = [
-            _peak(r, image, recipe) for r, image in zip(calibration.results, calibration.images, strict=True)
-        ]
+        drawn = None if recipe is None else RecipeRegions(recipe, 1.0)  # the peaks need no threshold
+        pairs = zip(calibration.results, calibration.images, strict=True)
+        held = [_peak(result, image, drawn) for result, image in pairs]
         choice = choose_threshold(np.array([h for h in held if h is not None]), TARGET_FRR, 0.0, "k-fold")
         regions = None if recipe is None else RecipeRegions(recipe, choice.threshold)
         rejected, peaks, unregistered = [], [], 0
@@ -175,12 +175,12 @@ def labels_table(root: Path, margin: int) -> None:
           f"{sum(test.labels) - sum(outside)} mostly in it")  # fmt: skip
 
 
-def _peak(result: ImageResult, image: np.ndarray, recipe: Recipe | None) -> float | None:
-    """The map's peak over what the recipe judges (None: a frame it cannot register)."""
-    if recipe is None:
+def _peak(result: ImageResult, image: np.ndarray, regions: RecipeRegions | None) -> float | None:
+    """The map's peak over what the regions judge (None: a frame they cannot register)."""
+    if regions is None:
         return whole_peak(result)
     try:
-        placed = RecipeRegions(recipe, 1.0).placed_for(image, result.placement)
+        placed = regions.placed_for(image, result.placement)
     except RegistrationError:
         return None
     return float(result.anomaly_map[placed.judged].max())

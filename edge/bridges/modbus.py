@@ -108,7 +108,7 @@ def words_text(words: list[int]) -> str | None:
 def decode_registers(words: list[int]) -> dict:
     """Inverse of the map (for tests and for commissioning a PLC program)."""
     score = cast(float, ModbusTcpClient.convert_from_registers(words[2:4], ModbusTcpClient.DATATYPE.FLOAT32))
-    part = b"".join(w.to_bytes(2, "big") for w in words[4:12]).rstrip(b"\0").decode("ascii")
+    part = words_text(words[4:12]) or ""
     return {
         "code": words[0], "seq": words[1], "score": None if math.isnan(score) else score, "part_id": part,
         "alive": words[12], "reason": words[13], "defects": words[14],

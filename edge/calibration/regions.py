@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.calibration.threshold import _upper_bound, choose_threshold
+from edge.calibration.threshold import choose_threshold, upper_bound
 from edge.engine.model import PatchCore
 from edge.engine.scoring import anomaly_map
 from edge.errors import UsageError
@@ -78,7 +78,7 @@ class RegionPeaks:
                 "held_out": judged,
                 "above": above,
                 "expected_frr": above / max(judged, 1),
-                "frr_upper_95": _upper_bound(above, judged) if judged else 1.0,
+                "frr_upper_95": upper_bound(above, judged) if judged else 1.0,
                 "unregistered": self.unregistered,
             },
         }

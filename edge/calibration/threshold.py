@@ -53,7 +53,7 @@ class ThresholdChoice:
         return asdict(self)
 
 
-def _upper_bound(above: int, total: int) -> float:
+def upper_bound(above: int, total: int) -> float:
     """One-sided Clopper-Pearson upper bound of a rate seen `above` times in `total`."""
     return 1.0 if above >= total else float(beta.ppf(CONFIDENCE, above + 1, total - above))
 
@@ -76,7 +76,7 @@ def choose_threshold(scores: np.ndarray, target_frr: float, margin: float, metho
         held_out=count,
         above=above,
         expected_frr=above / count,
-        frr_upper_95=_upper_bound(above, count),
+        frr_upper_95=upper_bound(above, count),
         quantile_threshold=quantile,
         tail_threshold=tail,
         frames_needed=needed,

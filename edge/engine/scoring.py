@@ -56,12 +56,12 @@ def patches_reaching(judged: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray
     are the same without it."""
     radius = int(GAUSSIAN_TRUNCATE * MAP_SIGMA + 0.5)
     reach = cv2.dilate(judged.astype(np.uint8), np.ones((2 * radius + 1, 2 * radius + 1), np.uint8))
-    cells = np.zeros(grid_hw, np.uint8)
     height, width = judged.shape
-    ys = (np.arange(height) * grid_hw[0]) // height  # the grid cell each input row and column falls in
-    xs = (np.arange(width) * grid_hw[1]) // width
-    rows, columns = np.nonzero(reach)
-    cells[ys[rows], xs[columns]] = 1
+    # the first input row (column) of each grid cell, input row y falling in cell y * grid_h // height;
+    # the maximum over each cell's rows, then its columns, says whether any reached pixel is in it
+    first_rows = -(-np.arange(grid_hw[0]) * height // grid_hw[0])
+    first_columns = -(-np.arange(grid_hw[1]) * width // grid_hw[1])
+    cells = np.maximum.reduceat(np.maximum.reduceat(reach, first_rows, axis=0), first_columns, axis=1)
     return cv2.dilate(cells, np.ones((3, 3), np.uint8)).astype(bool)
 
 

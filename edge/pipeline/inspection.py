@@ -69,6 +69,11 @@ class RecipeBook:
         selected = self.selected.get(camera or "")
         return self.default if selected is None else self.banks.get(selected, self.default)
 
+    @classmethod
+    def of(cls, recipes: RecipeBook | Bank) -> RecipeBook:
+        """A book as it is, or a single bank as the book of one recipe."""
+        return recipes if isinstance(recipes, RecipeBook) else cls([recipes])
+
     def unknown(self, product: str) -> str:
         return f"unknown recipe {product!r}: this station's recipes are {', '.join(self.banks)}"
 
@@ -121,7 +126,7 @@ FAILURE_REASONS = {"shape": "frame", "registration": "registration"}  # a failur
 
 
 def _failed(header: FrameHeader, bank: Bank, kind: str, reason: str) -> Inspected:
-    why = FAILURE_REASONS.get(kind, "inspection")  # (else inspection)
+    why = FAILURE_REASONS.get(kind, "inspection")
     verdict = verdict_for(header, Verdict.ERROR, error=reason, reason=why, **_bank_fields(bank))
     return Inspected(verdict, None, kind)
 
@@ -183,7 +188,7 @@ def inspect(
     each frame by its product's recipe (ERROR for a recipe the station does not have), a frame past
     its deadline is TIMEOUT, a frame the model refuses or cannot score is ERROR, and a batch that
     fails is retried frame by frame, so only the frame at fault loses its score."""
-    book = recipes if isinstance(recipes, RecipeBook) else RecipeBook([recipes])
+    book = RecipeBook.of(recipes)
     now_ns = time.monotonic_ns() if now_ns is None else now_ns
     outcomes: list[Inspected | None] = [None] * len(frames)
     groups: dict[str, list[int]] = {}

@@ -241,7 +241,7 @@ class Worker:
         load_bank: Callable[[], RecipeBook | Bank] | None = None,
         recorder: FrameRecorder | None = None,
     ) -> None:
-        self.recipes = _book(recipes)
+        self.recipes = RecipeBook.of(recipes)
         self.recorder = recorder  # keeps recent frames for the operator's page (opt-in)
         self.settings = settings
         self.counters = WorkerCounters()
@@ -354,10 +354,9 @@ class Worker:
             return
         reload, self.reload = self.reload, None
         self.reloads_finished += 1
-        loaded = isinstance(reload.result, RecipeBook | Bank)
-        self.reload_error = None if loaded else str(reload.result)[:2000]
+        self.reload_error = None
         if isinstance(reload.result, RecipeBook | Bank):
-            old, selected, self.recipes = self.bank, self.recipes.selected, _book(reload.result)
+            old, selected, self.recipes = self.bank, self.recipes.selected, RecipeBook.of(reload.result)
             self.recipes.selected = {c: r for c, r in selected.items() if r in self.recipes.banks}
             self.counters.reloads += 1
             log.info(
@@ -367,6 +366,7 @@ class Worker:
         else:
             error = reload.result
             message = str(error) if isinstance(error, EdgeError) else f"{type(error).__name__}: {error}"
+            self.reload_error = str(error)[:2000]
             log.error("bank reload failed; bank %s stays: %s", self.bank.version, message)
             reply = encode_reply(ErrorReply(message[:2048], "reload", self.bank.bank_id, self.bank.version))
         if reload.reply_owed:
@@ -428,10 +428,6 @@ class Worker:
                 socket.close()
         if self.settings.curve:
             stop_authenticator(self.context)
-
-
-def _book(recipes: RecipeBook | Bank) -> RecipeBook:
-    return recipes if isinstance(recipes, RecipeBook) else RecipeBook([recipes])
 
 
 def _bytes(parts: list[zmq.Frame]) -> int:
