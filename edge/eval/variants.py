@@ -289,6 +289,11 @@ def _write_test(out: Path, sample: TestSample, image: np.ndarray, mask: np.ndarr
         _write_png(out / "ground_truth" / sample.defect_type / f"{sample.path.stem}_mask.png", mask)
 
 
+VARIANTS = ("multisize", "edges", "labels", "labels-moving")
+"""The variants by name; `strip<K>` is the one named with a parameter."""
+VARIANT_CHOICES = ", ".join(VARIANTS) + " or strip<K> (K >= 2 images side by side)"
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m edge.eval.variants", description=__doc__.split("\n")[0])
     parser.add_argument("root", type=Path, help="folder in MVTec layout")
@@ -297,7 +302,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--variant",
         required=True,
-        help="multisize, edges, labels, labels-moving, or strip<K> (K images side by side)",
+        help=VARIANT_CHOICES,
     )
     parser.add_argument("--cell", type=int, default=256, help="strip cell size in pixels (default 256)")
     parser.add_argument("--seed", type=int, default=0)
@@ -320,9 +325,7 @@ def _main(argv: list[str] | None = None) -> int:
     elif args.variant.startswith("strip") and args.variant[5:].isdigit() and int(args.variant[5:]) >= 2:
         make_strips(category, out, int(args.variant[5:]), args.cell, args.seed)
     else:
-        raise UsageError(
-            f"unknown variant {args.variant!r}: multisize, edges, labels, labels-moving or strip<K> (K >= 2)"
-        )
+        raise UsageError(f"unknown variant {args.variant!r}: {VARIANT_CHOICES}")
     log.info("wrote %s", out)
     return 0
 
