@@ -15,8 +15,10 @@ from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save
 
 from edge.errors import ArtifactError
+from edge.files import write_bytes_atomic
 
 FORMAT = "edge.patchcore"
 FORMAT_VERSION = 1
@@ -30,6 +32,21 @@ def checksum(arrays: dict[str, np.ndarray]) -> str:
         digest.update(name.encode())
         digest.update(np.ascontiguousarray(arrays[name]).tobytes())
     return digest.hexdigest()
+
+
+def write_bank_file(path: str | os.PathLike, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
+    """Write a model file atomically (the engine's models, and a bank store's copies of a version
+    with other metadata: regions drawn on edge-view); returns the path."""
+    arrays = {name: np.ascontiguousarray(arrays[name]) for name in TENSORS}
+    header = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "meta": json.dumps(meta, sort_keys=True),
+        "checksum": checksum(arrays),
+    }
+    target = Path(path)
+    write_bytes_atomic(target, save(arrays, metadata=header))
+    return target
 
 
 def read_bank_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from safetensors import SafetensorError, safe_open
 
-from edge.bankfile import read_bank_file
+from edge.bankfile import read_bank_file, write_bank_file
 from edge.errors import ArtifactError, UsageError
 from edge.files import write_bytes_atomic
 
@@ -42,6 +42,9 @@ log = logging.getLogger("edge.bankstore")
 VERSION_PATTERN = re.compile(r"^v(\d{4,})$")
 SUFFIX = ".edge"
 KEY_PATTERN = r"[0-9a-f]{8,64}"  # a candidate's file name (edge.recent.frame_key)
+# a version's regions drawn on edge-view ({"frame", "regions", "by", "utc", "based_on"}): they
+# take the place of the station file's for its recipe, and later calibrations carry them on
+DRAWN_REGIONS = "drawn_regions"
 
 
 @dataclass(frozen=True)
@@ -98,8 +101,7 @@ class BankStore:
         returns the version's name."""
         from edge.engine.artifact import save_model
 
-        existing = self.versions()
-        version = f"v{(int(existing[-1][1:]) + 1) if existing else 1:04d}"
+        version = self._next_version()
         model.info.setdefault("calibration", {})["version"] = version
         try:
             save_model(model, self.path_of(version))
@@ -109,6 +111,26 @@ class BankStore:
             ) from None
         if activate:
             self.activate(version, by)
+        return version
+
+    def _next_version(self) -> str:
+        existing = self.versions()
+        return f"v{(int(existing[-1][1:]) + 1) if existing else 1:04d}"
+
+    def publish_regions(self, drawn: dict[str, Any], by: str) -> str:
+        """Stage the active version's bank again with regions drawn on edge-view (DRAWN_REGIONS in
+        its metadata: the frame size, the regions and who drew them): a new version, so that
+        regions are staged, activated, rolled back and recorded like any bank. Needs no torch."""
+        base = self.active()
+        meta, arrays = read_bank_file(base.path)
+        version = self._next_version()
+        meta[DRAWN_REGIONS] = drawn | {"by": by, "utc": _now(), "based_on": base.version}
+        meta.setdefault("calibration", {})["version"] = version
+        meta["created_utc"] = _now()
+        try:
+            write_bank_file(self.path_of(version), meta, arrays)
+        except OSError as exc:
+            raise ArtifactError(f"cannot write {self.path_of(version)}: {exc}; nothing was staged") from None
         return version
 
     def activate(self, version: str, by: str = "edge-calibrate") -> None:
@@ -188,6 +210,7 @@ class BankStore:
                     "held_out": choice.get("held_out"),
                     "frames": len(record.get("frames", [])),
                     "candidates": record.get("candidates") or [],
+                    "regions": _drawn_summary(meta.get(DRAWN_REGIONS)),
                 }
             )
         return rows
@@ -234,6 +257,13 @@ class BankStore:
                     os.replace(path, target / path.name)
 
 
+def _drawn_summary(drawn: Any) -> dict[str, Any] | None:
+    """Who drew a version's regions, when, on which version, and how many (edge-view's table)."""
+    if not isinstance(drawn, dict):
+        return None
+    return {k: drawn.get(k) for k in ("by", "utc", "based_on")} | {"count": len(drawn.get("regions") or [])}
+
+
 def _number(version: str) -> int:
     match = VERSION_PATTERN.match(version)
     return int(match.group(1)) if match else 0
@@ -241,6 +271,20 @@ def _number(version: str) -> int:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def active_drawn_regions(path: str | Path) -> Any:
+    """The regions drawn on edge-view that the active version of the store at `path` carries (None
+    where it carries none, or `path` is no store with an active version)."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    store = BankStore(path)
+    try:
+        version = store.active_version()
+        return None if version is None else store.record(version).get(DRAWN_REGIONS)
+    except ArtifactError:  # said by the bank checks, where it matters
+        return None
 
 
 def resolve_bank(path: str | Path) -> BankRef:

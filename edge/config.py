@@ -348,6 +348,21 @@ class RecipeConfig(_Strict):
                 )
         return self
 
+    def with_drawn(self, drawn: Any) -> RecipeConfig:
+        """This recipe with the frame size and regions drawn on edge-view (a bank version's
+        DRAWN_REGIONS) in place of the station file's, checked by the same rules; ConfigError
+        (one line per problem) when they break one. None: the station file's."""
+        if drawn is None:
+            return self
+        if not isinstance(drawn, dict):
+            raise ConfigError(f"recipe {self.name}: drawn regions must be a mapping with frame and regions")
+        raw = self.model_dump() | {"frame": drawn.get("frame"), "regions": drawn.get("regions")}
+        try:
+            return RecipeConfig.model_validate(raw)
+        except ValidationError as exc:
+            problems = [problem.removeprefix("(top level): ") for problem in describe_errors(exc)]
+            raise ConfigError("; ".join(problems)) from None
+
     def spec(self) -> Recipe:
         """The recipe as the station's judging reads it."""
         frame_hw = None if self.frame is None else (self.frame.height, self.frame.width)
@@ -641,15 +656,37 @@ class StationConfig(_Strict):
             repeated = sorted({v for v in values if values.count(v) > 1})
             if repeated:
                 raise ValueError(f"recipe {key}s must be unique; repeated: {repeated}")
-        scaled = all(camera.mm_per_px is not None for camera in self.cameras)
-        for recipe in self.recipes:
-            for region in recipe.regions:
-                if region.min_area_mm2 is not None and not scaled:
-                    raise ValueError(
-                        f"recipe {recipe.name}: region {region.name} sets min_area_mm2, "
-                        "so every camera needs mm_per_px"
-                    )
+        unscaled = self._unscaled(self.recipes)
+        if unscaled:
+            raise ValueError(unscaled[0])
         return self
+
+    def _unscaled(self, recipes: list[RecipeConfig]) -> list[str]:
+        """Regions sized in mm² on a station where some camera has no scale."""
+        if all(camera.mm_per_px is not None for camera in self.cameras):
+            return []
+        return [
+            f"recipe {recipe.name}: region {region.name} sets min_area_mm2, so every camera needs mm_per_px"
+            for recipe in recipes
+            for region in recipe.regions
+            if region.min_area_mm2 is not None
+        ]
+
+    def with_drawn(self, recipe: RecipeConfig, drawn: Any) -> RecipeConfig:
+        """`recipe` with regions drawn on edge-view (a bank version's DRAWN_REGIONS), checked as
+        the station file's are; ConfigError with one line per problem."""
+        changed = recipe.with_drawn(drawn)
+        unscaled = self._unscaled([changed])
+        if unscaled:
+            raise ConfigError("; ".join(unscaled))
+        return changed
+
+    def active_recipe(self, recipe: RecipeConfig) -> RecipeConfig:
+        """`recipe` as its bank store's active version has it: with the regions drawn on
+        edge-view where that version carries some (ConfigError when they no longer fit)."""
+        from edge.bankstore import active_drawn_regions
+
+        return self.with_drawn(recipe, active_drawn_regions(recipe.bank.path))
 
     @model_validator(mode="after")
     def _handshake_names_a_triggered_camera(self) -> StationConfig:
@@ -863,7 +900,15 @@ def region_problems(config: StationConfig) -> list[str]:
     (found by drawing them; needs OpenCV, which the station has)."""
     from edge.recipe import region_problems as drawn_problems
 
-    return [problem for recipe in config.recipes for problem in drawn_problems(recipe.spec())]
+    problems = []
+    for recipe in config.recipe_list:
+        try:
+            recipe = config.active_recipe(recipe)
+        except EdgeError as exc:  # drawn regions that no longer fit the station file
+            problems.append(f"recipe {recipe.name}: the active bank version's drawn regions: {exc}")
+            continue
+        problems += drawn_problems(recipe.spec())
+    return problems
 
 
 def path_problems(section: BaseModel, prefix: str = "") -> list[str]:

@@ -15,10 +15,12 @@ is written atomically; several pool workers may share one ring (each prunes what
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,14 +61,19 @@ class RecentFrames:
         """The frame of `frame_id`, if the ring still holds it complete."""
         if not is_name(camera):
             return None
-        png, record = self._paths(camera, frame_id)
-        try:
-            verdict = json.loads(record.read_text())
-        except (OSError, ValueError):
-            return None
-        if not png.is_file() or not isinstance(verdict, dict) or verdict.get("frame_id") != frame_id:
-            return None
-        return RecentFrame(camera, png.stem, png, verdict)
+        frame = _complete(self._paths(camera, frame_id)[1])
+        return frame if frame is not None and frame.verdict.get("frame_id") == frame_id else None
+
+    def newest(self, limit: int, keep: Callable[[dict[str, Any]], bool]) -> list[RecentFrame]:
+        """Up to `limit` complete entries whose verdict `keep` accepts, newest first (every camera)."""
+        found = []
+        for _, record, _ in reversed(self._scan()):
+            frame = _complete(record)
+            if frame is not None and keep(frame.verdict):
+                found.append(frame)
+                if len(found) == limit:
+                    break
+        return found
 
     def put(self, verdict: dict[str, Any], png: bytes) -> None:
         """Keep a frame (the PNG first, its verdict last), then drop the oldest over the bounds."""
@@ -106,7 +113,8 @@ class RecentFrames:
                     records.setdefault(base, -1)  # -1: an orphan, unless its record turns up
         for base, mtime in list(records.items()):
             if mtime == -1:
-                base.with_suffix(".png").unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # a reader without write access leaves it
+                    base.with_suffix(".png").unlink(missing_ok=True)
                 del records[base]
         return sorted((mtime, base.with_suffix(".json"), sizes[base]) for base, mtime in records.items())
 
@@ -118,6 +126,18 @@ class RecentFrames:
             record.unlink(missing_ok=True)  # the record first: the entry is incomplete from here
             record.with_suffix(".png").unlink(missing_ok=True)
             total -= size
+
+
+def _complete(record: Path) -> RecentFrame | None:
+    """The entry whose verdict is `record`, if its record reads and its PNG is there."""
+    try:
+        verdict = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    png = record.with_suffix(".png")
+    if not isinstance(verdict, dict) or not png.is_file():
+        return None
+    return RecentFrame(record.parent.name, png.stem, png, verdict)
 
 
 def _entries(folder: Path) -> list[os.DirEntry]:

@@ -28,13 +28,14 @@ from typing import Any
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from edge.bankstore import BankStore
+from edge.bankstore import BankStore, active_drawn_regions
 from edge.cli_support import run_cli, setup_logging
 from edge.config import CalibrationConfig, StationConfig, describe_errors, load_config
 from edge.errors import UsageError
 from edge.files import write_bytes_atomic
 from edge.imageio import ImageFiles, image_files, read_image
 from edge.options import add_model_options, model_settings
+from edge.recipe import Recipe
 
 log = logging.getLogger("edge.calibrate")
 SILENCE_S = 30.0
@@ -265,7 +266,7 @@ def _build(session: _Session) -> dict[str, Any]:
         update,
         activate=not args.stage,
         candidates=candidates,
-        regions=station.recipe(args.product).spec() if station else None,
+        regions=_regions(session),
     )
     for bar in bars.values():
         bar.close()
@@ -308,6 +309,16 @@ def _build(session: _Session) -> dict[str, Any]:
         "active": not args.stage,
         "candidates": result.record.get("candidates"),
     }
+
+
+def _regions(session: _Session) -> Recipe | None:
+    """The recipe whose regions get thresholds of their own: the product's, with the regions drawn
+    on edge-view where the active version carries them (the new version carries them on)."""
+    station = session.station
+    if station is None:
+        return None
+    drawn = active_drawn_regions(session.store.root)
+    return station.with_drawn(station.recipe(session.args.product), drawn).spec()
 
 
 def _validate(session: _Session) -> dict[str, Any]:

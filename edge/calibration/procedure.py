@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.bankstore import BankStore
+from edge.bankstore import DRAWN_REGIONS, BankStore, active_drawn_regions
 from edge.calibration.quality import FrameStats, screen
 from edge.calibration.regions import RegionPeaks
 from edge.calibration.threshold import ThresholdChoice, choose_threshold, held_out_scores
@@ -191,6 +191,9 @@ def calibrate(
             facts | {"refused": report.reasons.get(index)} for index, facts in enumerate(candidates)
         ]
     model.calibrate(record)
+    drawn = active_drawn_regions(store.root)
+    if drawn is not None:  # regions drawn on edge-view stay the recipe's through a new calibration
+        model.info[DRAWN_REGIONS] = drawn
     version = store.publish(model, activate)
     for warning in choice.warnings:
         log.warning("%s", warning)

@@ -8,40 +8,29 @@ training summary) and `checksum` (SHA-256 over the tensors' bytes). Written atom
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save
 
-from edge.bankfile import FORMAT, FORMAT_VERSION, checksum, read_bank_file
+from edge.bankfile import read_bank_file, write_bank_file
 from edge.engine.backbones import build_backbone
 from edge.engine.config import RUNTIME_SETTINGS, EngineConfig, InputGeometry
 from edge.engine.embedding import model_extractor
 from edge.engine.extractors import default_cache_dir
 from edge.engine.model import PatchCore
 from edge.errors import ArtifactError, EdgeError
-from edge.files import write_bytes_atomic
 
 
 def save_model(model: PatchCore, path: str | os.PathLike) -> Path:
     """Write `model` to `path` atomically; returns the path."""
-    tensors = {
-        "bank": model.bank.detach().cpu().contiguous(),
-        "level_scales": model.level_scales.detach().cpu().contiguous(),
+    arrays = {
+        "bank": model.bank.detach().cpu().numpy(),
+        "level_scales": model.level_scales.detach().cpu().numpy(),
     }
-    metadata = {
-        "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),
-        "meta": json.dumps(model.metadata(), sort_keys=True),
-        "checksum": checksum({name: tensor.numpy() for name, tensor in tensors.items()}),
-    }
-    target = Path(path)
-    write_bytes_atomic(target, save(tensors, metadata=metadata))
-    return target
+    return write_bank_file(path, model.metadata(), arrays)
 
 
 def read_artifact(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

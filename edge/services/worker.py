@@ -29,6 +29,7 @@ from edge.services.runtime import (
 )
 
 if TYPE_CHECKING:  # imported when run: it brings torch, after OMP_WAIT_POLICY is set
+    from edge.pipeline.judgement import RecipeRegions
     from edge.pipeline.recorder import FrameRecorder
     from edge.pipeline.worker import WorkerSettings
 
@@ -41,7 +42,6 @@ def load_recipe(config: StationConfig, recipe: RecipeConfig, device: str | None 
     bank's own) and its regions, warmed up on the line's frame size."""
     from edge.bankstore import resolve_bank
     from edge.engine.artifact import load_model
-    from edge.pipeline.judgement import RecipeRegions
 
     ref = resolve_bank(recipe.bank.path)
     model = load_model(
@@ -57,15 +57,31 @@ def load_recipe(config: StationConfig, recipe: RecipeConfig, device: str | None 
             f"bank {ref.path} has no calibrated threshold: calibrate it with edge-calibrate "
             f"or set {where} in the configuration"
         )
-    regions = None
-    if recipe.regions:
-        regions = RecipeRegions(recipe.spec(), threshold, region_thresholds(recipe, model.info, ref.path))
+    regions = recipe_regions(config, recipe, model.info, threshold, ref.path)
     backend = f"{model.extractor.name}+{model.index.name}"
     # first-call set-up of every batch size a micro-batch can have, before any part waits
     model.warm_up(batches=sorted({1, config.worker.max_batch}))
     frame_hw = model.usual_frame_hw() or (WARM_UP_SIDE, WARM_UP_SIDE)
     model.score([np.zeros((*frame_hw, 3), np.uint8)])  # the host side too, on the line's frame size
     return Bank(model, threshold, ref.bank_id, ref.version, backend, recipe.name, regions)
+
+
+def recipe_regions(
+    config: StationConfig, recipe: RecipeConfig, info: dict, threshold: float, path: object
+) -> RecipeRegions | None:
+    """A recipe's regions with their thresholds: the ones drawn on edge-view where the bank
+    version carries them (they take the place of the station file's), else the station file's."""
+    from edge.bankstore import DRAWN_REGIONS
+    from edge.pipeline.judgement import RecipeRegions
+
+    drawn = info.get(DRAWN_REGIONS)
+    if drawn is not None:
+        recipe = config.with_drawn(recipe, drawn)
+        log.info("recipe %s: %d regions drawn by %s on edge-view (bank %s), in place of the station file's",
+                 recipe.name, len(recipe.regions), drawn.get("by"), path)  # fmt: skip
+    if not recipe.regions:
+        return None
+    return RecipeRegions(recipe.spec(), threshold, region_thresholds(recipe, info, path))
 
 
 def region_thresholds(recipe: RecipeConfig, info: dict, path: object) -> dict[str, float] | None:

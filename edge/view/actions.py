@@ -69,31 +69,45 @@ class ActionError(Exception):
 
 @dataclass
 class Actions:
-    store: BankStore | None
+    store: BankStore | None  # the store shown when no recipe is named (--store, or the first recipe's)
     ring: RecentFrames | None
     control: str | None = None  # the worker's (or the broker's) control endpoint, for reloads
     build: Build | None = None
     building_lock: threading.Lock = field(default_factory=threading.Lock)
+    stores: dict[str, BankStore] = field(default_factory=dict)  # recipe → its store (--config)
 
     @property
     def can_build(self) -> bool:
         """Building needs the engine: the station install in this Python, and a store."""
         return self.store is not None and importlib.util.find_spec("torch") is not None
 
-    def _store(self) -> BankStore:
+    def _store(self, recipe: str | None = None) -> BankStore:
+        if recipe is not None:
+            if recipe not in self.stores:
+                raise ActionError(
+                    404, f"no recipe {recipe!r}; this station's: {', '.join(self.stores) or 'none'}"
+                )
+            return self.stores[recipe]
         if self.store is None:
             raise ActionError(409, "edge-view was started without --store: it cannot change the bank")
         return self.store
 
+    def _store_of(self, bank_id: Any) -> BankStore:
+        """The store a part's bank came from (with recipes, one store each)."""
+        for store in self.stores.values():
+            if store.bank_id == bank_id:
+                return store
+        return self._store()
+
     def clear(self, camera: str, frame_id: str, person: Person) -> dict[str, Any]:
         """File a rejected part's frame as a good-part candidate for the next bank version."""
-        store = self._store()
         if self.ring is None:
             raise ActionError(409, "edge-view was started without --recent: it has no frames to clear")
         frame = self.ring.get(camera, frame_id)
         if frame is None:
             raise ActionError(404, f"frame {frame_id!r} of {camera} is no longer among the recent frames")
         verdict = frame.verdict
+        store = self._store_of(verdict.get("bank_id"))
         if verdict.get("verdict") != Verdict.NOK.value:
             raise ActionError(409, f"only NOK parts can be cleared; this one is {verdict.get('verdict')}")
         if verdict.get("bank_id") != store.bank_id:
@@ -111,9 +125,9 @@ class Actions:
             log.info("%s cleared %s %s (score %s) as good", person.name, camera, frame_id, facts["score"])
         return {"ok": True, "candidate": frame.key, "already": not added}
 
-    def activate(self, version: str, person: Person) -> dict[str, Any]:
+    def activate(self, version: str, person: Person, recipe: str | None = None) -> dict[str, Any]:
         """Make `version` active and ask the station to reload; the reply says what the station did."""
-        store = self._store()
+        store = self._store(recipe)
         try:
             store.activate(version, by=person.name)
         except EdgeError as exc:
@@ -122,9 +136,9 @@ class Actions:
         reply = request_reload(self.control, RELOAD_TIMEOUT_S) if self.control else None
         return {"ok": True, "version": version, "reload": reply}
 
-    def start_build(self, person: Person) -> dict[str, Any]:
+    def start_build(self, person: Person, recipe: str | None = None) -> dict[str, Any]:
         """Build the next version from the waiting candidates, staged, in a process of its own."""
-        store = self._store()
+        store = self._store(recipe)
         if not self.can_build:
             raise ActionError(409, "this edge-view cannot build banks (no station install here): run "
                               "edge-calibrate --add-candidates --stage on the station")  # fmt: skip
@@ -143,7 +157,7 @@ class Actions:
             report = Path(folder) / "report.json"
             command = [sys.executable, "-m", "edge.calibration.cli", "--add-candidates", "--stage",
                        "--out", str(store.root), "--json", str(report), "--quiet"]  # fmt: skip
-            build.error = _run_niced(command)
+            build.error = run_niced(command, BUILD_TIMEOUT_S)
             if build.error is None:
                 try:
                     build.report = json.loads(report.read_text())
@@ -154,21 +168,23 @@ class Actions:
             "build by %s: %s", build.by, (build.report or {}).get("version") if build.ok else build.error
         )
 
-    def bank(self) -> dict[str, Any]:
+    def bank(self, recipe: str | None = None) -> dict[str, Any]:
         """The versions with their calibration reports, the cleared rejects waiting, and which bank
         the station's worker (or each worker of a pool) scores with."""
         found: dict[str, Any] = {
             "store": None, "versions": [], "candidates": [], "station": self.station(),
             "can_build": self.can_build, "build": self.build.public() if self.build else None,
+            "recipes": list(self.stores),
         }  # fmt: skip
-        if self.store is None:
+        store = self.stores.get(recipe) if recipe is not None else self.store
+        if store is None:
             return found
-        found["store"] = self.store.bank_id
+        found["store"] = store.bank_id
         try:
-            found["versions"] = self.store.reports()
+            found["versions"] = store.reports()
         except EdgeError as exc:
             found["error"] = str(exc)
-        found["candidates"] = [facts | {"key": png.stem} for png, facts in self.store.candidates()]
+        found["candidates"] = [facts | {"key": png.stem} for png, facts in store.candidates()]
         return found
 
     def station(self) -> dict[str, Any] | None:
@@ -179,22 +195,22 @@ class Actions:
         return {"answering": reply is not None, **(reply or {})}
 
 
-def _run_niced(command: list[str]) -> str | None:
+def run_niced(command: list[str], timeout_s: float) -> str | None:
     """Run `command` at the lowest CPU priority; None when it succeeded, else why not (its last
     line of standard error: edge's commands say what went wrong there, in one line)."""
     try:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     except OSError as exc:
-        return f"edge-calibrate could not start: {exc}"
+        return f"{command[2]} could not start: {exc}"
     with contextlib.suppress(OSError):  # already ended, or not allowed: it runs at normal priority
         os.setpriority(os.PRIO_PROCESS, process.pid, LOWEST_PRIORITY)
     try:
-        _, errors = process.communicate(timeout=BUILD_TIMEOUT_S)
+        _, errors = process.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         process.kill()
         process.communicate()
-        return f"the build took longer than {BUILD_TIMEOUT_S / 3600:.0f} h and was stopped"
+        return f"{command[2]} took longer than {timeout_s:.0f} s and was stopped"
     if process.returncode == 0:
         return None
     lines = [line for line in errors.splitlines() if line.strip()]
-    return lines[-1] if lines else f"edge-calibrate exited with {process.returncode}"
+    return lines[-1] if lines else f"{command[2]} exited with {process.returncode}"

@@ -7,13 +7,14 @@ UPDATES_PER_S times a second."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import cast
+from typing import Any
 
 from aiohttp import web
 
@@ -22,6 +23,7 @@ from edge.errors import EdgeError
 from edge.protocol import is_name
 from edge.view.access import Access, Person
 from edge.view.actions import ActionError, Actions
+from edge.view.recipes import RecipeEditor
 from edge.view.state import LineState
 
 log = logging.getLogger("edge.view")
@@ -32,7 +34,8 @@ LOCK_KEY = web.AppKey("lock", threading.Lock)
 ACTIONS_KEY = web.AppKey("actions", Actions)
 ACCESS_KEY = web.AppKey("access", Access)
 ACTING_KEY = web.AppKey("acting", asyncio.Lock)  # one change to the store at a time
-MAX_REQUEST_BYTES = 16 * 1024
+EDITOR_KEY: web.AppKey[RecipeEditor | None] = web.AppKey("editor")
+MAX_REQUEST_BYTES = 256 * 1024  # a recipe's regions: up to 64 polygons of up to 256 corners
 
 
 def _snapshot(app: web.Application) -> dict:
@@ -102,26 +105,42 @@ async def _whoami(request: web.Request) -> web.Response:
 
 
 async def _bank(request: web.Request) -> web.Response:
-    return web.json_response(await asyncio.to_thread(request.app[ACTIONS_KEY].bank))
+    recipe = request.query.get("recipe") or None
+    return web.json_response(await asyncio.to_thread(request.app[ACTIONS_KEY].bank, recipe))
 
 
-async def _fields(request: web.Request, names: tuple[str, ...]) -> list[str]:
-    """The named string fields of a JSON request body; a clear 400 for anything else."""
+async def _body(request: web.Request) -> dict[str, Any]:
+    """A JSON request body that is an object; a clear 400 for anything else."""
     try:
         body = await request.json()
     except ValueError:
         raise web.HTTPBadRequest(text="the request body is not JSON") from None
     if not isinstance(body, dict):
         raise web.HTTPBadRequest(text="the request body must be a JSON object")
-    values = [body.get(name) for name in names]
-    for name, value in zip(names, values, strict=True):
-        if not isinstance(value, str) or not 0 < len(value) <= 256 or not value.isprintable():
-            raise web.HTTPBadRequest(text=f"{name} must be printable text of 1-256 characters")
-    return cast(list[str], values)
+    return body
 
 
-async def _act(request: web.Request, action: Callable[[], dict]) -> web.Response:
-    async with request.app[ACTING_KEY]:
+def _text(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not 0 < len(value) <= 256 or not value.isprintable():
+        raise web.HTTPBadRequest(text=f"{name} must be printable text of 1-256 characters")
+    return value
+
+
+async def _fields(request: web.Request, names: tuple[str, ...]) -> list[str]:
+    """The named string fields of a JSON request body; a clear 400 for anything else."""
+    body = await _body(request)
+    return [_text(body, name) for name in names]
+
+
+def _recipe(body: dict[str, Any]) -> str | None:
+    """The recipe a request names, if any (a station with recipes: one bank store each)."""
+    return None if body.get("recipe") is None else _text(body, "recipe")
+
+
+async def _act(request: web.Request, action: Callable[[], dict], exclusive: bool = True) -> web.Response:
+    """Run an action off the event loop; `exclusive`: one change to the stores at a time."""
+    async with request.app[ACTING_KEY] if exclusive else contextlib.nullcontext():
         try:
             return web.json_response(await asyncio.to_thread(action))
         except ActionError as error:
@@ -140,13 +159,58 @@ async def _clear(request: web.Request) -> web.Response:
 
 async def _build(request: web.Request) -> web.Response:
     person = _actor(request, "engineer")
-    return await _act(request, lambda: request.app[ACTIONS_KEY].start_build(person))
+    recipe = _recipe(await _body(request))
+    return await _act(request, lambda: request.app[ACTIONS_KEY].start_build(person, recipe))
 
 
 async def _activate(request: web.Request) -> web.Response:
     person = _actor(request, "engineer")
-    (version,) = await _fields(request, ("version",))
-    return await _act(request, lambda: request.app[ACTIONS_KEY].activate(version, person))
+    body = await _body(request)
+    version, recipe = _text(body, "version"), _recipe(body)
+    return await _act(request, lambda: request.app[ACTIONS_KEY].activate(version, person, recipe))
+
+
+def _editor(request: web.Request) -> RecipeEditor:
+    editor = request.app[EDITOR_KEY]
+    if editor is None:
+        raise web.HTTPConflict(text="edge-view was started without --config: it has no recipes to edit")
+    return editor
+
+
+async def _recipes(request: web.Request) -> web.Response:
+    editor = request.app[EDITOR_KEY]
+    if editor is None:
+        return web.json_response({"recipes": [], "mm_per_px": {}, "can_judge": False})
+    return web.json_response(await asyncio.to_thread(editor.recipes))
+
+
+async def _recipe_image(request: web.Request) -> web.FileResponse:
+    name = request.match_info["recipe"]
+    try:
+        path = await asyncio.to_thread(_editor(request).image, name) if is_name(name) else None
+    except ActionError:
+        path = None
+    if path is None:
+        raise web.HTTPNotFound(text="no picture for this recipe: no kept frame judged by it yet")
+    return web.FileResponse(path, headers={"Content-Type": "image/png", "Cache-Control": "no-cache"})
+
+
+async def _regions_request(request: web.Request) -> tuple[Person, RecipeEditor, str, dict[str, Any]]:
+    person = _actor(request, "engineer")
+    editor = _editor(request)
+    body = await _body(request)
+    name = _text(body, "recipe")
+    return person, editor, name, {k: v for k, v in body.items() if k != "recipe"}
+
+
+async def _what_if(request: web.Request) -> web.Response:
+    person, editor, name, proposal = await _regions_request(request)
+    return await _act(request, lambda: editor.what_if(name, proposal, person), exclusive=False)
+
+
+async def _stage_regions(request: web.Request) -> web.Response:
+    person, editor, name, proposal = await _regions_request(request)
+    return await _act(request, lambda: editor.stage(name, proposal, person))
 
 
 async def _events(request: web.Request) -> web.StreamResponse:
@@ -168,12 +232,16 @@ async def _events(request: web.Request) -> web.StreamResponse:
 
 
 def make_app(
-    state: LineState, lock: threading.Lock, actions: Actions | None = None, access: Access | None = None
+    state: LineState,
+    lock: threading.Lock,
+    actions: Actions | None = None,
+    access: Access | None = None,
+    editor: RecipeEditor | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=MAX_REQUEST_BYTES)
     app[STATE_KEY], app[LOCK_KEY] = state, lock
     app[ACTIONS_KEY], app[ACCESS_KEY] = actions or Actions(None, None), access or Access()
-    app[ACTING_KEY] = asyncio.Lock()
+    app[ACTING_KEY], app[EDITOR_KEY] = asyncio.Lock(), editor
     app.add_routes([
         web.get("/", _index),
         web.get("/events", _events),
@@ -183,6 +251,10 @@ def make_app(
         web.post("/api/clear", _clear),
         web.post("/api/activate", _activate),
         web.post("/api/build", _build),
+        web.get("/api/recipes", _recipes),
+        web.post("/api/what-if", _what_if),
+        web.post("/api/regions", _stage_regions),
+        web.get("/recipe-image/{recipe}", _recipe_image),
         web.get("/mask", _mask),  # ?id=<frame id> (any printable text, so not a path segment)
         web.get("/frame/{camera}", _frame),  # ?id=<frame id>
     ])  # fmt: skip
@@ -221,6 +293,7 @@ def serve(
     port: int,
     actions: Actions | None = None,
     access: Access | None = None,
+    editor: RecipeEditor | None = None,
 ) -> None:
     """Run the page until interrupted (SIGINT/SIGTERM end aiohttp's loop)."""
     state, lock = LineState(station), threading.Lock()
@@ -228,7 +301,7 @@ def serve(
     feed = Feed(make_subscriber(), state, lock).start()
     try:
         log.info("edge-view for station %s on http://%s:%d/", station, host, port)
-        app = make_app(state, lock, actions, access)
+        app = make_app(state, lock, actions, access, editor)
         web.run_app(app, host=host, port=port, print=None, handle_signals=True)
     finally:
         feed.close()
