@@ -23,6 +23,9 @@ from edge.files import write_bytes_atomic
 FORMAT = "edge.patchcore"
 FORMAT_VERSION = 1
 TENSORS = ("bank", "level_scales")
+# a version's regions drawn on edge-view ({"frame", "regions", "by", "utc", "based_on"}): they take
+# the place of the station file's for its recipe, and later calibrations carry them on
+DRAWN_REGIONS = "drawn_regions"
 
 
 def checksum(arrays: dict[str, np.ndarray]) -> str:

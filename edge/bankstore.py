@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from safetensors import SafetensorError, safe_open
 
-from edge.bankfile import read_bank_file, write_bank_file
+from edge.bankfile import DRAWN_REGIONS, read_bank_file, write_bank_file
 from edge.errors import ArtifactError, UsageError
 from edge.files import write_bytes_atomic
 
@@ -42,9 +42,6 @@ log = logging.getLogger("edge.bankstore")
 VERSION_PATTERN = re.compile(r"^v(\d{4,})$")
 SUFFIX = ".edge"
 KEY_PATTERN = r"[0-9a-f]{8,64}"  # a candidate's file name (edge.recent.frame_key)
-# a version's regions drawn on edge-view ({"frame", "regions", "by", "utc", "based_on"}): they
-# take the place of the station file's for its recipe, and later calibrations carry them on
-DRAWN_REGIONS = "drawn_regions"
 
 
 @dataclass(frozen=True)

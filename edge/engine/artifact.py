@@ -15,13 +15,16 @@ from typing import Any
 
 import torch
 
-from edge.bankfile import read_bank_file, write_bank_file
+from edge.bankfile import DRAWN_REGIONS, read_bank_file, write_bank_file
 from edge.engine.backbones import build_backbone
 from edge.engine.config import RUNTIME_SETTINGS, EngineConfig, InputGeometry
 from edge.engine.embedding import model_extractor
 from edge.engine.extractors import default_cache_dir
 from edge.engine.model import PatchCore
 from edge.errors import ArtifactError, EdgeError
+
+CARRIED = ("edge_version", "created_utc", "training", "total_patches", "timings", "calibration")
+"""What a model file's metadata holds beside the model itself, kept in `PatchCore.info`."""
 
 
 def save_model(model: PatchCore, path: str | os.PathLike) -> Path:
@@ -76,7 +79,15 @@ def load_model(path: str | os.PathLike, weights: str | None = None, **runtime: A
         )
     info: dict[str, Any] = {
         k: meta[k]
-        for k in ("edge_version", "created_utc", "training", "total_patches", "timings", "calibration")
+        for k in (
+            "edge_version",
+            "created_utc",
+            "training",
+            "total_patches",
+            "timings",
+            "calibration",
+            DRAWN_REGIONS,
+        )
         if k in meta
     }
     extractor = model_extractor(config, backbone, extractor_cache(Path(path)))

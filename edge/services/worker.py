@@ -71,7 +71,7 @@ def recipe_regions(
 ) -> RecipeRegions | None:
     """A recipe's regions with their thresholds: the ones drawn on edge-view where the bank
     version carries them (they take the place of the station file's), else the station file's."""
-    from edge.bankstore import DRAWN_REGIONS
+    from edge.bankfile import DRAWN_REGIONS
     from edge.pipeline.judgement import RecipeRegions
 
     drawn = info.get(DRAWN_REGIONS)

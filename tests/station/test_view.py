@@ -328,3 +328,111 @@ def test_an_operator_clears_a_false_reject_and_an_engineer_activates_the_next_ba
         print(f"edge-view said:\n{output}\nthe station said:\n{station_output}")  # shown on failure
     assert "Traceback" not in output and "Traceback" not in station_output, output + station_output
     assert code == 0
+
+
+def test_an_engineer_draws_regions_sees_what_they_change_and_the_station_judges_by_them(
+    tmp_path, synthetic_category
+):
+    """The recipe editor on a real station (edge-run, frames kept by its worker; edge-view --config):
+    a region drawn with the mouse on the newest kept frame, its rule set, a what-if on the kept
+    parts, staged, activated with its confirmation, and the station's next verdicts judged by it."""
+    chromium = _chromium()
+    good = tmp_path / "good"
+    good.mkdir()
+    for path in synthetic_category.train:
+        shutil.copy(path, good / path.name)
+    store = BankStore(tmp_path / "store")
+    command = ["--from-folder", str(good), "--out", str(store.root), "--coreset", "0.1", "--quiet"]
+    assert calibrate_main(command) == 0
+    config = station_config(tmp_path, store.root, recent=tmp_path / "recent")
+    station = start_station(config)
+    tokens = tmp_path / "tokens"
+    engineer = "ben-" + "2" * 24
+    tokens.write_text(f"ben engineer {engineer}\n")
+    tokens.chmod(0o600)
+    port = _free_port()
+    view = subprocess.Popen(
+        [sys.executable, "-m", "edge.view.cli", f"ipc://{tmp_path}/pub", "--station", KIT_STATION,
+         "--port", str(port), "--config", str(config), "--tokens", str(tokens)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    context = zmq.Context()
+    line = StationLine(context, tmp_path)
+    try:
+        line.wait_for_publisher()
+        wait_for_worker(f"ipc://{tmp_path}/control")
+        parts = [f"p{i:02d}" for i in range(12)]
+        line.trigger_parts(parts)
+        line.collect_until_answered(parts, 60)
+        assert any(line.verdicts[p][0].verdict == Verdict.NOK for p in parts), "no part was kept"
+
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as driver:
+            browser = driver.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1600})
+            page.goto(f"http://127.0.0.1:{port}/")
+            _sign_in(page, engineer, "ben")
+            page.wait_for_selector("#recipe-canvas[data-drawn='image:0']", timeout=10_000)
+            assert "the whole frame is judged" in page.inner_text("#recipe-source")
+            page.fill("#region-name", "centre")
+            page.locator("#recipe-canvas").scroll_into_view_if_needed()
+            box = page.locator("#recipe-canvas").bounding_box()
+            page.mouse.move(box["x"] + 0.25 * box["width"], box["y"] + 0.25 * box["height"])
+            page.mouse.down()
+            page.mouse.move(box["x"] + 0.75 * box["width"], box["y"] + 0.75 * box["height"], steps=6)
+            page.mouse.up()
+            row = "#region-table tr[data-region=centre]"
+            page.fill(f"{row} input[data-field=min_area_px]", "12")
+            page.press(f"{row} input[data-field=min_area_px]", "Enter")
+            assert page.locator("#stage-regions").is_hidden()  # no staging before a what-if
+            page.click("#what-if")
+            page.wait_for_selector("#recipe-status[data-state=judged]", timeout=120_000)
+            said = page.inner_text("#recipe-status")
+            assert "kept parts judged again" in said and "would change" in said, said
+            page.click("#stage-regions")
+            page.click("#stage-regions")  # the confirmation
+            page.wait_for_selector("#recipe-status[data-state=staged]", timeout=10_000)
+            drawn = store.record("v0002")["drawn_regions"]["regions"]
+            assert drawn[0]["name"] == "centre" and drawn[0]["min_area_px"] == 12
+            x, y, w, h = drawn[0]["rect"]  # the drag, in frame pixels (160 px frames)
+            assert abs(x - 40) <= 2 and abs(y - 40) <= 2 and abs(w - 80) <= 2 and abs(h - 80) <= 2
+            assert store.active_version() == "v0001"
+
+            version = "#versions tr[data-version=v0002]"
+            page.wait_for_function(
+                f"document.querySelector(\"{version}\")?.textContent.includes('drawn by ben')", timeout=8000
+            )
+            page.click(f"{version} [data-action=activate]")
+            page.click(f"{version} [data-action=activate]")  # the confirmation
+            page.wait_for_function(
+                "document.getElementById('bank-status').textContent.includes('scores with it')",
+                timeout=120_000,
+            )
+            page.wait_for_function(
+                "document.getElementById('recipe-source').textContent.includes('drawn by ben')",
+                timeout=10_000,
+            )
+            if os.environ.get("EDGE_UPDATE_SCREENSHOTS"):
+                page.locator("#recipe-panel").screenshot(
+                    path=str(SCREENSHOT.with_name("edge-view-regions.png"))
+                )
+            browser.close()
+
+        after = [f"q{i:02d}" for i in range(12)]
+        line.trigger_parts(after)
+        line.collect_until_answered(after, 60)
+        verdicts = [line.verdicts[p][0] for p in after]
+        assert all(v.bank_version == "v0002" for v in verdicts)
+        regions = {d["region"] for v in verdicts for d in v.defects or []}
+        assert regions <= {"centre"}, [(v.verdict, v.region, v.defects) for v in verdicts]
+    finally:
+        view.terminate()
+        output, _ = view.communicate(timeout=10)
+        code, station_output = stop_station(station)
+        line.subscriber.close()
+        context.destroy(linger=0)
+        print(f"edge-view said:\n{output}\nthe station said:\n{station_output}")  # shown on failure
+    assert "1 regions drawn by ben on edge-view" in station_output, station_output
+    assert "Traceback" not in output and "Traceback" not in station_output, output + station_output
+    assert code == 0

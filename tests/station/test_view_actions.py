@@ -17,15 +17,19 @@ from datetime import UTC, datetime
 import cv2
 import numpy as np
 import pytest
+import yaml
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 
-from edge.bankstore import BankStore
+from edge.bankstore import DRAWN_REGIONS, BankStore
+from edge.calibration.cli import main as calibrate_main
+from edge.config import load_config
 from edge.pipeline.recorder import FrameRecorder
 from edge.protocol import Verdict, VerdictMessage, verdict_body
 from edge.recent import RecentFrames, frame_key
 from edge.view.access import Access, Person
 from edge.view.actions import Actions
+from edge.view.recipes import RecipeEditor
 from edge.view.server import make_app
 from edge.view.state import LineState
 
@@ -141,11 +145,11 @@ def bank_store_copy(bank_store, tmp_path) -> BankStore:
 class Server:
     """edge-view's app on a real socket, its requests made from this (sync) test."""
 
-    def __init__(self, actions: Actions, access: Access) -> None:
+    def __init__(self, actions: Actions, access: Access, editor: RecipeEditor | None = None) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        app = make_app(LineState("st1"), threading.Lock(), actions, access)
+        app = make_app(LineState("st1"), threading.Lock(), actions, access, editor)
         self.server = TestServer(app, host="127.0.0.1")
         self._run(self.server.start_server())
 
@@ -282,3 +286,131 @@ def test_tokens_files_are_checked_before_the_page_starts(tmp_path):
 def test_the_view_needs_no_torch():
     check = "import sys, edge.view.cli; assert 'torch' not in sys.modules and 'cv2' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", check], timeout=60).returncode == 0
+
+
+# ---- the recipe editor: regions checked, judged on the kept frames, staged as a version ---------
+SIDE = 160  # the synthetic parts' frames
+CENTRE = {"name": "centre", "rect": [40, 40, 80, 80], "min_area_px": 4}
+
+
+def regions(*drawn: dict, width: int = SIDE, height: int = SIDE) -> dict:
+    return {"recipe": "default", "frame": {"width": width, "height": height}, "regions": list(drawn)}
+
+
+@pytest.fixture
+def editing(bank_store_copy, synthetic_category, tmp_path):
+    """edge-view with --config on a station of one recipe (`bank:` alone), its ring holding real
+    frames the station judged (the synthetic line's test parts)."""
+    ring = RecentFrames(tmp_path / "recent")
+    for index, sample in enumerate(synthetic_category.test[::3]):
+        said = verdict_body(verdict(f"kept-{index}", bank=bank_store_copy.bank_id)) | {"recipe": "default"}
+        ring.put(said, sample.path.read_bytes())
+    station = tmp_path / "station.yaml"
+    ipc = {k: f"ipc://{tmp_path}/{k}" for k in ("frames", "results", "publish", "control")}
+    station.write_text(yaml.safe_dump({
+        "station": "st1", "bank": {"path": str(bank_store_copy.root)}, "endpoints": ipc,
+        "recent_frames": {"path": str(tmp_path / "recent")},
+        "cameras": [{"name": "cam0", "source": {"kind": "synthetic", "size": SIDE}}],
+    }))  # fmt: skip
+    config = load_config(station)
+    editor = RecipeEditor(config, station, ring)
+    access = Access({OPERATOR: Person("anna", "operator"), ENGINEER: Person("ben", "engineer")})
+    actions = Actions(bank_store_copy, ring, stores={"default": bank_store_copy})
+    server = Server(actions, access, editor)
+    yield server, bank_store_copy
+    server.close()
+
+
+@pytest.mark.parametrize("path", ["/api/what-if", "/api/regions"])
+@pytest.mark.parametrize(
+    ("payload", "status", "says"),
+    [
+        (regions({"name": "a", "polygon": [[0, 0], [50, 50], [50, 0], [0, 50]]}), 400, b"crosses itself"),
+        (regions({"name": "a", "rect": [150, 0, 20, 20]}), 400, b"leaves the 160x160 frame at [170, 0]"),
+        (regions(CENTRE, CENTRE), 400, b"must be unique; repeated: ['centre']"),
+        (
+            regions(CENTRE | {"min_area_px": -3}),
+            400,
+            b"min_area_px: Input should be greater than or equal to 0",
+        ),
+        (regions(CENTRE | {"colour": "red"}), 400, b"colour"),
+        (
+            regions({"name": "tag", "mode": "ignore", "rect": [0, 0, 9, 9], "threshold": 2.0}),
+            400,
+            b"has no rule",
+        ),
+        (regions(CENTRE | {"min_area_mm2": 0.5}), 400, b"every camera needs mm_per_px"),
+        (regions(CENTRE, width=0), 400, b"frame.width"),
+        ({"recipe": "default", "regions": [CENTRE]}, 400, b"send the regions as"),
+        (regions(CENTRE) | {"recipe": "bottle"}, 404, b"no recipe 'bottle'; this station's: default"),
+        (regions(CENTRE) | {"recipe": ["default"]}, 400, b"recipe must be printable text"),
+    ],
+)
+def test_drawn_regions_are_refused_by_the_station_files_rules_with_one_line(
+    editing, path, payload, status, says
+):
+    server, store = editing
+    got, body = server.post(path, payload, token=ENGINEER)
+    assert got == status and says in body, body
+    assert b"\n" not in body and store.versions() == ["v0001"]  # one line; nothing staged
+
+
+def test_only_an_engineer_edits_regions_and_only_where_edge_view_has_the_station_file(
+    editing, bank_store_copy
+):
+    server, _ = editing
+    assert server.post("/api/what-if", regions(CENTRE))[0] == 401
+    status, body = server.post("/api/regions", regions(CENTRE), token=OPERATOR)
+    assert status == 403 and b"needs engineer" in body
+    assert server.call("POST", "/api/regions", ENGINEER, b"{not json")[0] == 400
+    bare = Server(Actions(bank_store_copy, None), Access({ENGINEER: Person("ben", "engineer")}))
+    try:
+        status, body = bare.post("/api/what-if", regions(CENTRE), token=ENGINEER)
+        assert status == 409 and b"without --config" in body
+        assert json.loads(bare.call("GET", "/api/recipes")[1])["recipes"] == []
+    finally:
+        bare.close()
+
+
+def test_regions_are_staged_only_after_a_what_if_judged_them_and_travel_with_later_versions(
+    editing, synthetic_category, tmp_path
+):
+    server, store = editing
+    listed = json.loads(server.call("GET", "/api/recipes")[1])["recipes"]
+    assert [(r["name"], r["regions"], r["drawn"]) for r in listed] == [("default", [], None)]
+    assert server.call("GET", "/recipe-image/default")[0] == 200  # the newest kept frame to draw on
+    assert server.call("GET", "/recipe-image/..%2Fetc")[0] == 404
+
+    status, body = server.post("/api/regions", regions(CENTRE), token=ENGINEER)
+    assert status == 409 and b"run the what-if on these regions first" in body
+    status, body = server.post("/api/what-if", regions(CENTRE), token=ENGINEER)
+    assert status == 200, body
+    report = json.loads(body)["report"]
+    kept = len(synthetic_category.test[::3])
+    assert (
+        report["frames"] == kept and sum(report["before"].values()) == sum(report["after"].values()) == kept
+    )
+    changed = [c for c in report["changed"] if c["before"]["verdict"] != c["after"]["verdict"]]
+    assert report["verdicts_changed"] == len(changed)
+    assert all(c["after"]["region"] in (None, "centre") for c in report["changed"])
+
+    other = regions(CENTRE | {"min_area_px": 40})  # not what the what-if judged
+    assert server.post("/api/regions", other, token=ENGINEER)[0] == 409
+    status, body = server.post("/api/regions", regions(CENTRE), token=ENGINEER)
+    assert status == 200 and json.loads(body)["version"] == "v0002", body
+    assert store.active_version() == "v0001"  # staged, not active
+    drawn = store.record("v0002")[DRAWN_REGIONS]
+    assert drawn["by"] == "ben" and drawn["based_on"] == "v0001" and drawn["regions"][0]["name"] == "centre"
+    assert [r["regions"] for r in store.reports()][1]["by"] == "ben"
+
+    assert server.post("/api/activate", {"version": "v0002", "recipe": "default"}, token=ENGINEER)[0] == 200
+    listed = json.loads(server.call("GET", "/api/recipes")[1])["recipes"]
+    assert listed[0]["drawn"]["by"] == "ben" and listed[0]["regions"][0]["rect"] == [40, 40, 80, 80]
+    good = tmp_path / "more-good"
+    good.mkdir()
+    for path in synthetic_category.train:
+        good.joinpath(path.name).write_bytes(path.read_bytes())
+    command = ["--from-folder", str(good), "--out", str(store.root), "--coreset", "0.1", "--quiet"]
+    assert calibrate_main(command) == 0
+    assert store.active_version() == "v0003"  # a new calibration keeps the regions drawn on the page
+    assert store.record("v0003")[DRAWN_REGIONS]["regions"] == drawn["regions"]
