@@ -414,9 +414,8 @@ def test_an_engineer_draws_regions_sees_what_they_change_and_the_station_judges_
                 timeout=10_000,
             )
             if os.environ.get("EDGE_UPDATE_SCREENSHOTS"):
-                page.locator("#recipe-panel").screenshot(
-                    path=str(SCREENSHOT.with_name("edge-view-regions.png"))
-                )
+                shot = SCREENSHOT.with_name("edge-view-regions.jpg")
+                page.locator("#recipe-panel").screenshot(path=str(shot), quality=70)
             browser.close()
 
         after = [f"q{i:02d}" for i in range(12)]
