@@ -553,6 +553,10 @@ class OpcUaBridgeConfig(BridgeConfig):
     select_recipes: Annotated[
         bool, about("offer SelectRecipe: a client may choose a camera's recipe (else the methods only read)")
     ] = False
+    job_camera: Annotated[
+        Name | None,
+        about("offer StartSingleJob: a client triggers this triggered camera's parts (needs --config)"),
+    ] = None
 
 
 MODBUS_OFFSETS = 28  # the registers of a verdict, the alive word and the handshake (edge/bridges/modbus.py)
@@ -689,13 +693,15 @@ class StationConfig(_Strict):
         return self.with_drawn(recipe, active_drawn_regions(recipe.bank.path))
 
     @model_validator(mode="after")
-    def _handshake_names_a_triggered_camera(self) -> StationConfig:
-        modbus = self.bridges.modbus
-        name = modbus.handshake_camera if modbus is not None else None
-        if name is not None and name not in [c.name for c in self.cameras if c.trigger == "triggered"]:
-            raise ValueError(
-                f"bridges.modbus.handshake_camera: {name} is not a triggered camera of this station"
-            )
+    def _bridges_trigger_triggered_cameras(self) -> StationConfig:
+        modbus, opcua = self.bridges.modbus, self.bridges.opcua
+        triggered = [c.name for c in self.cameras if c.trigger == "triggered"]
+        for key, name in (
+            ("modbus.handshake_camera", modbus.handshake_camera if modbus is not None else None),
+            ("opcua.job_camera", opcua.job_camera if opcua is not None else None),
+        ):
+            if name is not None and name not in triggered:
+                raise ValueError(f"bridges.{key}: {name} is not a triggered camera of this station")
         return self
 
     @property

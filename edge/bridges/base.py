@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+import zmq
 from pydantic import ValidationError
 
 from edge.bridges.feed import Positions
@@ -52,9 +53,27 @@ class StationLink:
     control_endpoint: str | None = None  # the worker's control endpoint: its recipes, a camera's selection
     triggers: dict[str, str] = field(default_factory=dict)  # triggered camera → where to send its triggers
     products: dict[int, str] = field(default_factory=dict)  # a recipe's number → its name
+    recipes: tuple[str, ...] = ()  # the station's recipe names (none known: any name is sent on)
 
     def serves(self, camera: str) -> bool:
         return not self.cameras or camera in self.cameras
+
+
+def trigger_socket(link: StationLink, camera: str, key: str) -> zmq.Socket:
+    """A PUSH socket to `camera`'s triggers, for a bridge that triggers parts (setting `key`): it
+    queues nothing for a capture that is not there, so a send to one fails at once (zmq.Again)."""
+    endpoint = link.triggers.get(camera)
+    if endpoint is None:
+        triggered = sorted(link.triggers) or "none"
+        raise ConfigError(
+            f"{key}: {camera} is not a triggered camera of the station file (triggered: {triggered}); "
+            "triggering parts needs --config"
+        )
+    socket: zmq.Socket = zmq.Context.instance().socket(zmq.PUSH)
+    socket.setsockopt(zmq.IMMEDIATE, 1)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.connect(endpoint)
+    return socket
 
 
 def host_port(value: str, default_port: int) -> tuple[str, int]:
@@ -92,6 +111,7 @@ def link_from_config(path: Path, name: str) -> tuple[StationLink, BridgeConfig]:
         control_endpoint=local_endpoint(config.endpoints.control) if config.endpoints.control else None,
         triggers={c.name: local_endpoint(c.trigger_endpoint) for c in config.cameras if c.trigger_endpoint},
         products={r.number: r.name for r in config.recipe_list if r.number is not None},
+        recipes=tuple(r.name for r in config.recipe_list),
     )
     return link, section
 

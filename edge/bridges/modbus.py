@@ -49,11 +49,10 @@ import zmq
 from pymodbus.client import ModbusTcpClient  # the extra edge[plc]; edge-modbus-bridge says so if missing
 from pymodbus.exceptions import ModbusException
 
-from edge.bridges.base import Bridge, StationLink, bridge_main, host_port
+from edge.bridges.base import Bridge, StationLink, bridge_main, host_port, trigger_socket
 from edge.cli_support import run_cli
 from edge.client import Event
 from edge.config import ModbusBridgeConfig
-from edge.errors import ConfigError
 from edge.protocol import REASONS, Verdict, VerdictMessage, encode_trigger
 
 log = logging.getLogger("edge.modbus")
@@ -132,17 +131,8 @@ class ModbusBridge(Bridge):
         self.pending: str | None = None  # the part triggered through the handshake, awaiting its verdict
         self.refused = 0
         if section.handshake_camera is not None:
-            endpoint = link.triggers.get(section.handshake_camera)
-            if endpoint is None:
-                triggered = sorted(link.triggers) or "none"
-                raise ConfigError(
-                    f"bridges.modbus.handshake_camera: {section.handshake_camera} is not a triggered camera "
-                    f"of the station file (triggered: {triggered}); the handshake needs --config"
-                )
-            self.trigger_socket = zmq.Context.instance().socket(zmq.PUSH)
-            self.trigger_socket.setsockopt(zmq.IMMEDIATE, 1)  # no queue for a capture that is not there
-            self.trigger_socket.setsockopt(zmq.LINGER, 0)
-            self.trigger_socket.connect(endpoint)
+            key = "bridges.modbus.handshake_camera"
+            self.trigger_socket = trigger_socket(link, section.handshake_camera, key)
             self.poll_s = HANDSHAKE_POLL_S
         super().__init__(link, section)
 

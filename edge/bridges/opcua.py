@@ -27,6 +27,16 @@ alive". Node ids are strings in namespace `urn:edge:machine-vision` (docs/operat
                                          worker's control endpoint: --control, or --config)
     <station>.SelectRecipe(Camera, Recipe) -> Error   only with `select_recipes`: that recipe judges
                                          the camera's frames that name no product ("" when done)
+    <station>.VisionStateMachine.CurrentState   String, OPC 40100's vision system state:
+                                         Preoperational (the station not heard yet), Ready, Busy (a
+                                         job started here awaits its result), Error (heartbeats
+                                         stopped, or a camera not streaming), Halted (the bridge
+                                         stopping); ErrorReason (String), Since (DateTime) and
+                                         ActiveJob (String: the part id in progress) beside it
+    <station>.StartSingleJob(PartId, Product) -> Error   only with `job_camera`: trigger that camera's
+                                         next part (Product: a recipe's name, "" for the default), as
+                                         the Modbus handshake does; refused unless Ready, with why;
+                                         the result comes as every result does (PartId tells it)
 
 Events are not stored by OPC UA: a client that must see every verdict keeps the Epoch and Seq of the
 last one it handled and, after a reconnect or a jump in Seq, calls GetResultsSince from there, again
@@ -34,8 +44,9 @@ from the last result of each page while "more" is true. The station's publisher 
 for `publisher.replay_s` (an hour by default), across its restarts. While the station is not alive
 the method answers {"error": ...} at once rather than wait. Results the bridge found lost raise a
 ResultsLostEventType event (Severity 900) naming the range. The methods only read, unless the
-section sets `select_recipes`: then SelectRecipe changes which recipe judges a free-running camera's
-frames; nothing else about the bank or the station can be changed over OPC UA.
+section sets `select_recipes` (SelectRecipe changes which recipe judges a free-running camera's
+frames) or `job_camera` (StartSingleJob triggers parts); nothing else about the bank or the station
+can be changed over OPC UA.
 
 Security: Basic256Sha256 with Sign and SignAndEncrypt, a server certificate and key
 (`--make-certificate` writes both), and a folder of trusted client certificates; a client whose
@@ -55,6 +66,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import socket
 import sys
@@ -64,7 +76,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edge.bridges.base import Bridge, StationLink, bridge_main
+import zmq
+
+from edge.bridges.base import Bridge, StationLink, bridge_main, trigger_socket
+from edge.bridges.vision_state import BUSY, PREOPERATIONAL, READY, vision_state
 from edge.cli_support import run_cli
 from edge.client import Event, Loss, control_request, request, select_recipe
 from edge.config import OpcUaBridgeConfig
@@ -72,10 +87,12 @@ from edge.errors import UsageError
 from edge.protocol import (
     NAME_MEANING,
     Heartbeat,
+    ProtocolError,
     Query,
     ReplayReply,
     VerdictMessage,
     encode_query,
+    encode_trigger,
     is_name,
     verdict_body,
 )
@@ -228,6 +245,15 @@ class OpcUaBridge(Bridge):
         self.cameras: dict[str, dict[str, Any]] = {}  # camera → its nodes
         self.recent: dict[str, deque[dict]] = {}
         self.published = 0
+        # the vision state's inputs, kept on the address space's loop: the served cameras' states
+        # from heartbeats, the part a StartSingleJob triggered (until its result), the bridge stopping
+        self.camera_states: dict[str, dict[str, Any]] = {}
+        self.job: str | None = None
+        self.stopping = False
+        self.shown_state: tuple[str, str] | None = None
+        self.jobs: zmq.Socket | None = None
+        if section.job_camera is not None:
+            self.jobs = trigger_socket(link, section.job_camera, "bridges.opcua.job_camera")
         super().__init__(link, section)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="opcua", daemon=True)
@@ -354,6 +380,7 @@ class OpcUaBridge(Bridge):
             [_argument("Result", "String", "JSON of that result, or empty if not recent")],
         )  # fmt: skip
         await self._recipe_methods(station, idx)
+        await self._state_machine(station, idx)
         for camera in self.link.cameras:
             await self._camera(camera)
 
@@ -419,6 +446,77 @@ class OpcUaBridge(Bridge):
                 self._id(f"{station}.SelectRecipe"), f"{idx}:SelectRecipe", select, named,
                 [_argument("Error", "String", "empty when selected, else why not")],
             )  # fmt: skip
+
+    async def _state_machine(self, station: str, idx: int) -> None:
+        """OPC 40100's vision state (edge/bridges/vision_state.py), and with `job_camera` the
+        method that starts a job."""
+        from asyncua.common.methods import uamethod
+
+        ua, base = self.ua, f"{station}.VisionStateMachine"
+        machine = await self.station_node.add_object(self._id(base), f"{idx}:VisionStateMachine")
+        self.state_nodes = {
+            name: await machine.add_variable(self._id(f"{base}.{name}"), f"{idx}:{name}", value, kind)
+            for name, value, kind in (
+                ("CurrentState", PREOPERATIONAL, ua.VariantType.String),
+                ("ErrorReason", "", ua.VariantType.String),
+                ("Since", datetime.now(UTC), ua.VariantType.DateTime),
+                ("ActiveJob", "", ua.VariantType.String),
+            )
+        }
+
+        @uamethod
+        async def start_single_job(parent, part: str, product: str) -> str:
+            return await self._start_job(part, product)
+
+        if self.jobs is not None:
+            await self.station_node.add_method(
+                self._id(f"{station}.StartSingleJob"), f"{idx}:StartSingleJob", start_single_job,
+                [_argument("PartId", "String", "the part to inspect"),
+                 _argument("Product", "String", "its recipe's name; empty: the default recipe")],
+                [_argument("Error", "String", "empty when the part is triggered, else why not")],
+            )  # fmt: skip
+
+    async def _show_state(self) -> None:
+        """Write the vision state when it changed."""
+        shown = self._state()
+        if shown == self.shown_state:
+            return
+        self.shown_state = shown
+        ua = self.ua
+        await self.state_nodes["CurrentState"].write_value(ua.Variant(shown[0], ua.VariantType.String))
+        await self.state_nodes["ErrorReason"].write_value(ua.Variant(shown[1], ua.VariantType.String))
+        await self.state_nodes["Since"].write_value(ua.Variant(datetime.now(UTC), ua.VariantType.DateTime))
+        await self.state_nodes["ActiveJob"].write_value(ua.Variant(self.job or "", ua.VariantType.String))
+        self.log.info("vision state %s%s", shown[0], f": {shown[1]}" if shown[1] else "")
+
+    def _state(self) -> tuple[str, str]:
+        served = {name: state for name, state in self.camera_states.items() if self.link.serves(name)}
+        heard = not math.isinf(self.last_heard)  # before the first heartbeat: Preoperational
+        return vision_state(self.alive if heard else None, served, self.job, self.stopping)
+
+    async def _start_job(self, part: str, product: str) -> str:
+        """Trigger the job camera's next part, if the vision system is Ready; else say why not."""
+        state, why = self._state()
+        if state != READY:
+            waiting = f" (part {self.job} awaits its result)" if state == BUSY else ""
+            return f"the vision system is {state}{waiting}{': ' + why if why else ''}"
+        if product and not is_name(product):
+            return f"Product must be a recipe's name ({NAME_MEANING}) or empty"
+        if product and self.link.recipes and product not in self.link.recipes:
+            return f"unknown recipe {product!r}: this station's recipes are {', '.join(self.link.recipes)}"
+        try:
+            message = encode_trigger(part, product or None)
+        except ProtocolError as exc:
+            return f"PartId refused: {exc}"
+        assert self.jobs is not None
+        try:
+            self.jobs.send_multipart(message, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return f"camera {self.section.job_camera}'s capture takes no triggers (is it running?)"
+        self.job = part
+        self.log.info("job %s%s started by an OPC UA client", part, f" ({product})" if product else "")
+        await self._show_state()
+        return ""
 
     def _recipes(self) -> str:
         if self.link.control_endpoint is None:
@@ -488,6 +586,9 @@ class OpcUaBridge(Bridge):
         await self.events.trigger()
         self.recent[verdict.camera].append(verdict_body(verdict))
         self.published += 1
+        if self.job is not None and verdict.camera == self.section.job_camera and verdict.part_id == self.job:
+            self.job = None  # the job's result is out: Ready again
+            await self._show_state()
 
     def own_samples(self) -> list[tuple]:
         return [
@@ -503,7 +604,11 @@ class OpcUaBridge(Bridge):
         self._call(self._heartbeat(heartbeat))
 
     def on_alive(self, alive: bool) -> None:
-        self._call(self.alive_node.write_value(alive))
+        self._call(self._alive(alive))
+
+    async def _alive(self, alive: bool) -> None:
+        await self.alive_node.write_value(alive)
+        await self._show_state()
 
     def on_loss(self, camera: str, loss: Loss) -> None:
         self._call(self._lost(camera, loss))
@@ -515,14 +620,20 @@ class OpcUaBridge(Bridge):
         super().close()
 
     async def _stop(self) -> None:
+        self.stopping = True
+        await self._show_state()
         await self.alive_node.write_value(False)
         await self.server.stop()
+        if self.jobs is not None:
+            self.jobs.close()
 
     async def _heartbeat(self, heartbeat: Heartbeat) -> None:
         ua = self.ua
         await self.heartbeat_node.write_value(ua.Variant(datetime.now(UTC), ua.VariantType.DateTime))
         for camera, state in heartbeat.cameras.items():
             await self._camera_state(camera, state)
+        self.camera_states = dict(heartbeat.cameras)
+        await self._show_state()
 
     async def _camera_state(self, camera: str, state: dict[str, Any]) -> None:
         """A camera's state from a heartbeat, written when it changed."""

@@ -621,3 +621,134 @@ def test_a_client_lists_recipes_and_selects_one_that_then_judges_the_cameras_fra
     assert "camera and recipe are names" in hostile
     assert relisted["selected"] == {"cam1": "strict"}
     assert "ListRecipes" in names and "SelectRecipe" not in names  # without select_recipes: read only
+
+
+def test_a_client_starts_jobs_in_ready_and_follows_the_vision_state(
+    tmp_path, certificates, fitted_model, synthetic_category
+):
+    """OPC 40100's vision state and StartSingleJob on real parts (capture of a triggered synthetic
+    camera, publisher, worker with two recipes, the bridge in this process): Ready, Busy while a
+    job started here awaits its result, a second job refused while Busy, a part the worker never
+    judged answered TIMEOUT by its deadline (back to Ready), jobs judged by the product they name;
+    an unknown recipe, a hostile part id and a bridge without job_camera refused."""
+    from edge.bridges.base import StationLink
+    from edge.bridges.opcua import OpcUaBridge
+    from edge.client import Subscriber
+    from edge.config import OpcUaBridgeConfig
+    from edge.pipeline.capture import Capture, CaptureSettings
+    from edge.pipeline.inspection import Bank, RecipeBook
+    from edge.pipeline.publisher import Publisher, PublisherSettings
+    from edge.pipeline.sources import SyntheticSource
+    from edge.pipeline.worker import Worker, WorkerSettings
+
+    ipc = {name: f"ipc://{tmp_path}/{name}" for name in ("frames", "results", "pub", "trig")}
+    context = zmq.Context()
+    publisher = Publisher(PublisherSettings("line1", ipc["results"], ipc["pub"], heartbeat_s=0.2), context)
+    capture = Capture(
+        SyntheticSource(160, defect_rate=0.5, seed=3),
+        CaptureSettings("line1", "cam1", ipc["frames"], trigger="triggered", deadline_ms=1500,
+                        results_endpoint=ipc["results"], trigger_endpoint=ipc["trig"]),
+        context,
+    )  # fmt: skip
+    book = RecipeBook([Bank(fitted_model, 1e9, "b", "v1", recipe="whole"),
+                       Bank(fitted_model, 1e9, "b", "v1", recipe="strict")])  # fmt: skip
+    worker = Worker(book, WorkerSettings("line1", ipc["frames"], ipc["results"]), context)
+    port = free_port()
+    section = OpcUaBridgeConfig(
+        endpoint_url=f"opc.tcp://127.0.0.1:{port}/edge/", certificate=str(certificates / "server.der"),
+        private_key=str(certificates / "server.pem"), trust_dir=str(certificates / "trust"),
+        alive_timeout_s=1.0, job_camera="cam1",
+    )  # fmt: skip
+    link = StationLink("line1", ipc["pub"], triggers={"cam1": ipc["trig"]}, recipes=("whole", "strict"))
+    bridge = OpcUaBridge(link, section)
+    stop, stop_worker = threading.Event(), threading.Event()
+    threads = [threading.Thread(target=p.run, args=(stop,)) for p in (publisher, capture, bridge)]
+    for thread in threads:
+        thread.start()
+    subscriber = Subscriber(ipc["pub"], "line1", topics=("verdict",), context=context)
+    verdicts: dict[str, object] = {}
+
+    def verdict_of(part: str, timeout_s: float = 20):
+        deadline = time.monotonic() + timeout_s
+        while part not in verdicts and time.monotonic() < deadline:
+            event = subscriber.receive(0.2)
+            if event is not None and event.verdict is not None:
+                verdicts[event.verdict.part_id] = event.verdict
+        return verdicts.get(part)
+
+    class States:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def datachange_notification(self, node, value, data) -> None:
+            self.seen.append(value)
+
+    async def scenario() -> dict:
+        loop = asyncio.get_running_loop()
+        client = await connect_when_up(port, certificates)
+        idx = await client.get_namespace_index(NAMESPACE)
+        node = client.get_node(ua.NodeId("line1", idx))
+        current = client.get_node(ua.NodeId("line1.VisionStateMachine.CurrentState", idx))
+        states = States()
+        subscription = await client.create_subscription(10, states)
+        await subscription.subscribe_data_change(current)
+        for _ in range(100):
+            if await current.read_value() == "Ready":
+                break
+            await asyncio.sleep(0.1)
+        got: dict = {"ready": await current.read_value()}
+        start = ua.NodeId("line1.StartSingleJob", idx)
+        got["unjudged"] = await node.call_method(start, "OPC-000", "")  # no worker yet: no result soon
+        got["busy_state"] = await current.read_value()
+        got["active"] = await client.get_node(
+            ua.NodeId("line1.VisionStateMachine.ActiveJob", idx)
+        ).read_value()
+        got["second"] = await node.call_method(start, "OPC-00X", "")
+        got["timeout"] = await loop.run_in_executor(None, verdict_of, "OPC-000")
+        working = threading.Thread(target=worker.run, args=(stop_worker,))
+        working.start()
+        got["worker"] = working
+        for _ in range(50):
+            if await current.read_value() == "Ready":
+                break
+            await asyncio.sleep(0.1)
+        got["after_timeout"] = await current.read_value()
+        got["jobs"] = []
+        for n, product in enumerate(("whole", "strict", "", "strict"), 1):
+            for _ in range(100):  # each job once the last one's result is out
+                if await current.read_value() == "Ready":
+                    break
+                await asyncio.sleep(0.05)
+            said = await node.call_method(start, f"OPC-{n:03d}", product)
+            judged = await loop.run_in_executor(None, verdict_of, f"OPC-{n:03d}")
+            got["jobs"].append((said, judged.verdict.value, judged.recipe))
+        got["unknown"] = await node.call_method(start, "OPC-100", "zzz")
+        got["hostile"] = await node.call_method(start, "P\x00" + "x" * 5000, "")
+        await asyncio.sleep(0.5)
+        got["states"] = list(states.seen)
+        await client.disconnect()
+        return got
+
+    try:
+        got = asyncio.run(scenario())
+    finally:
+        stop.set()
+        stop_worker.set()
+        for thread in threads:
+            thread.join(15)
+        if "got" in locals():
+            got["worker"].join(15)
+        subscriber.socket.close()
+        capture.close()
+        context.destroy(linger=0)
+    assert got["ready"] == "Ready"
+    assert got["unjudged"] == "" and got["busy_state"] == "Busy" and got["active"] == "OPC-000"
+    assert got["second"] == "the vision system is Busy (part OPC-000 awaits its result)"
+    assert got["timeout"] is not None and got["timeout"].verdict.value == "TIMEOUT"  # answered, never left
+    assert got["after_timeout"] == "Ready"
+    assert [(said, recipe) for said, _, recipe in got["jobs"]] == [
+        ("", "whole"), ("", "strict"), ("", "whole"), ("", "strict")]  # fmt: skip
+    assert got["unknown"] == "unknown recipe 'zzz': this station's recipes are whole, strict"
+    assert got["hostile"].startswith("PartId refused")
+    assert got["states"][0] in ("Preoperational", "Ready") and "Busy" in got["states"]
+    assert "OPC-100" not in verdicts  # a refused job triggers nothing

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
+from edge.bridges.vision_state import vision_state
 from edge.config import check_station, parse_config
 from edge.errors import ConfigError
 from edge.imageio import read_image
@@ -78,10 +79,20 @@ def test_recipes_are_refused_as_a_whole_when_they_contradict(tmp_path):
     parse_config(yaml.safe_dump(station(tmp_path, [mm], scaled)))  # with a scale it reads
 
 
-def test_the_plc_handshake_needs_a_triggered_camera(tmp_path):
+OPCUA_FILES = {"certificate": "server.der", "private_key": "server.pem", "trust_dir": "trust"}
+
+
+@pytest.mark.parametrize(
+    ("bridges", "says"),
+    [
+        ({"modbus": {"plc": "127.0.0.1:502", "handshake_camera": "cam0"}}, "bridges.modbus.handshake_camera"),
+        ({"opcua": OPCUA_FILES | {"job_camera": "cam0"}}, "bridges.opcua.job_camera"),
+    ],
+)
+def test_a_bridge_that_triggers_parts_needs_a_triggered_camera(tmp_path, bridges, says):
     raw = station(tmp_path, [{"name": "bottle", "number": 1}])
-    raw["bridges"] = {"modbus": {"plc": "127.0.0.1:502", "handshake_camera": "cam0"}}
-    assert "handshake_camera: cam0 is not a triggered camera of this station" in problems(raw)
+    raw["bridges"] = bridges
+    assert f"{says}: cam0 is not a triggered camera of this station" in problems(raw)
     raw["cameras"][0] |= {"trigger": "triggered", "trigger_endpoint": f"ipc://{tmp_path}/trig"}
     parse_config(yaml.safe_dump(raw))
 
@@ -388,3 +399,22 @@ def test_edge_calibrate_chooses_a_threshold_per_region_for_these_regions(tmp_pat
     )
     other = parse_config(yaml.safe_dump(station(tmp_path, [moved]))).recipe()
     assert region_thresholds(other, info, "bank") is None, "regions drawn since: the bank's threshold judges"
+
+
+STREAMING = {"cam0": {"state": "streaming"}}
+AWAY = {"cam0": {"state": "reconnecting", "reason": "link down"}, "cam1": {"state": "gone"}}
+
+
+@pytest.mark.parametrize(
+    ("alive", "cameras", "job", "stopping", "state"),
+    [
+        (None, {}, None, False, ("Preoperational", "")),
+        (True, STREAMING | {"cam1": {"state": "ended"}}, None, False, ("Ready", "")),
+        (True, STREAMING, "P-1", False, ("Busy", "")),
+        (False, STREAMING, "P-1", False, ("Error", "the station's heartbeats stopped")),
+        (True, AWAY, None, False, ("Error", "camera cam0 reconnecting: link down; camera cam1 gone")),
+        (True, STREAMING, "P-1", True, ("Halted", "")),
+    ],
+)
+def test_the_vision_state_says_ready_only_when_a_job_can_run(alive, cameras, job, stopping, state):
+    assert vision_state(alive, cameras, job, stopping) == state
