@@ -32,6 +32,7 @@ TRIGGER_TOPIC = b"trigger"
 READY_TOPIC = b"ready"  # worker → broker (worker pool): credit, progress, bank
 RELOAD_TOPIC = b"reload"  # broker → worker: load the bank store's active version
 REFUSED_TOPIC = b"refused"  # broker → worker: no frames for you, and why
+SELECT_TOPIC = b"select"  # broker → worker: the recipe per camera for frames that name no product
 CAMERA_TOPIC = b"camera"  # capture → publisher: the camera's state
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # station and camera names: topics, file names, metric labels
 NAME_MEANING = "1 to 64 letters, digits, '_' or '-'"
@@ -396,22 +397,33 @@ def decode_ready(parts: Sequence[Any]) -> WorkerReady:
     return ready
 
 
+NAMES = Rule(lambda v: isinstance(v, list) and len(v) <= MAX_CAMERAS and all(is_name(x) for x in v),
+             "a list of names", "list of names")  # fmt: skip
+SELECTED = Rule(
+    lambda v: isinstance(v, dict) and len(v) <= MAX_CAMERAS and all(map(is_name, [*v, *v.values()])),
+    "an object of camera names to recipe names", "object of camera → recipe",
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class BrokerOrder:
-    """Broker → worker: `reload` (load the bank store's active version) or `refused` (no frames for
-    this worker, and why)."""
+    """Broker → worker: `reload` (load the bank store's active version), `refused` (no frames for
+    this worker, and why) or `select` (the pool's recipe per camera for frames naming no product)."""
 
     error: str | None = wire(ERROR_TEXT.or_null(), None)
+    selected: dict[str, str] | None = wire(SELECTED.or_null(), None)
     schema: int = SCHEMA_VERSION
 
 
-BROKER_ORDERS = (RELOAD_TOPIC, REFUSED_TOPIC)
+BROKER_ORDERS = (RELOAD_TOPIC, REFUSED_TOPIC, SELECT_TOPIC)
 
 
-def encode_broker_order(topic_: bytes, error: str | None = None) -> list[bytes]:
-    """`reload` (no error) or `refused` (with `error`), broker → worker."""
+def encode_broker_order(
+    topic_: bytes, error: str | None = None, selected: dict[str, str] | None = None
+) -> list[bytes]:
+    """`reload`, `refused` (with `error`) or `select` (with `selected`), broker → worker."""
     _check(topic_ in BROKER_ORDERS, "topic", f"not a broker order: {topic_!r}")
-    order = BrokerOrder(None if error is None else error[:MAX_ERROR_TEXT])
+    order = BrokerOrder(None if error is None else error[:MAX_ERROR_TEXT], selected)
     body = {k: v for k, v in asdict(order).items() if v is not None}
     _validate(body, BrokerOrder)
     return [topic_, dump_json(body)]
@@ -805,14 +817,6 @@ class ErrorReply:
     ok: bool = wire(NOT_OK, False, required=True)
 
 
-NAMES = Rule(lambda v: isinstance(v, list) and len(v) <= MAX_CAMERAS and all(is_name(x) for x in v),
-             "a list of names", "list of names")  # fmt: skip
-SELECTED = Rule(
-    lambda v: isinstance(v, dict) and len(v) <= MAX_CAMERAS and all(map(is_name, [*v, *v.values()])),
-    "an object of camera names to recipe names", "object of camera → recipe",
-)  # fmt: skip
-
-
 @dataclass(frozen=True)
 class BankReply:
     """A worker's `status`, `reload` and `select`, a pool's `reload`: the bank scoring now (the
@@ -844,11 +848,14 @@ POOL_WORKERS = Rule(lambda v: isinstance(v, list) and all(_conforms(x, PoolWorke
 
 @dataclass(frozen=True)
 class PoolStatusReply:
-    """The broker's `status`: the pool's bank and each worker's."""
+    """The broker's `status` and `select`: the pool's bank, each worker's, and the pool's recipe
+    per camera."""
 
     bank_id: str | None = wire(BANK_TEXT)
     bank_version: str | None = wire(BANK_TEXT)
     workers: list[dict] = wire(POOL_WORKERS)
+    recipes: list[str] | None = wire(NAMES.or_null(), None)
+    selected: dict[str, str] | None = wire(SELECTED.or_null(), None)
     ok: bool = wire(OK_FLAG, True, required=True)
 
 

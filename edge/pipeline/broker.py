@@ -26,14 +26,17 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import zmq
 
+from edge.pipeline.selections import load_selections, save_selections
 from edge.protocol import (
     READY_TOPIC,
     REFUSED_TOPIC,
     RELOAD_TOPIC,
+    SELECT_TOPIC,
     BankReply,
     ErrorReply,
     PoolStatusReply,
@@ -63,6 +66,8 @@ class BrokerSettings:
     worker_timeout_s: float = 2.0  # a worker silent this long is dead (workers report every 0.25 s)
     frames_curve: CurveServer | None = None  # captures on other hosts
     workers_curve: CurveServer | None = None  # workers on other hosts
+    recipes: tuple[str, ...] = ()  # the station's recipes: what `select` may name
+    selections: Path | None = None  # where the pool's recipe selections are kept across restarts
 
 
 @dataclass
@@ -137,6 +142,8 @@ class Broker:
         self.waiting: deque[InFlight] = deque()  # frames to resend, then at most one new frame
         self.bank: tuple[str, str] | None = None  # the pool's (bank_id, version)
         self.reload: _PoolReload | None = None
+        # the pool's recipe per camera for frames that name no product: sent to every worker
+        self.selected = load_selections(settings.selections, list(settings.recipes))
         self.frames = open_socket(
             context,
             zmq.PULL,
@@ -174,6 +181,7 @@ class Broker:
             worker = self.workers[identity] = PoolWorker(identity, ready.worker, now)
             self.counters.workers_joined += 1
             log.info("worker %s joined (bank %s %s)", ready.worker, ready.bank_id, ready.bank_version)
+            self._send(worker, encode_broker_order(SELECT_TOPIC, selected=self.selected))
         worker.last_seen = now
         done = min(ready.answered, worker.sent) - worker.answered
         for _ in range(max(0, done)):
@@ -307,15 +315,31 @@ class Broker:
                                     w.refused))
             for w in self.workers.values()
         ]  # fmt: skip
-        return PoolStatusReply(bank_id, version, workers)
+        return PoolStatusReply(bank_id, version, workers, list(self.settings.recipes), dict(self.selected))
+
+    def _select(self, camera: str, recipe: str) -> list[bytes]:
+        """A camera's recipe for the whole pool: kept, and sent to every worker (new ones get it
+        when they join)."""
+        recipes = self.settings.recipes
+        if recipe not in recipes:
+            known = ", ".join(recipes) or "not known to the broker"
+            why = f"unknown recipe {recipe!r}: this station's recipes are {known}"
+            return encode_reply(ErrorReply(why, "recipe"))
+        self.selected[camera] = recipe
+        save_selections(self.settings.selections, self.selected)
+        for worker in self.workers.values():
+            self._send(worker, encode_broker_order(SELECT_TOPIC, selected=self.selected))
+        log.info("camera %s: recipe %s selected for the pool's frames that name no product", camera, recipe)
+        return encode_reply(self._status())
 
     def _control(self, parts: Sequence[bytes]) -> list[bytes] | None:
-        command = decode_control(parts).command
+        control = decode_control(parts)
+        command = control.command
         if command == "status":
             return encode_reply(self._status())
         if command == "select":
-            why = "a worker pool does not select recipes: name the product in each trigger"
-            return encode_reply(ErrorReply(why, "select"))
+            assert control.camera is not None and control.recipe is not None
+            return self._select(control.camera, control.recipe)
         if not any(not w.refused for w in self.workers.values()):
             return encode_reply(ErrorReply("no worker in the pool to reload", "reload"))
         self.reload = _PoolReload(self.workers)

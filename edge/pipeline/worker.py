@@ -14,22 +14,26 @@ none twice, and each verdict names the bank version that scored it.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import zmq
 
 from edge.errors import EdgeError
 from edge.pipeline.inspection import Bank, RecipeBook, decode_or_error, inspect
 from edge.pipeline.recorder import FrameRecorder
+from edge.pipeline.selections import load_selections, save_selections
 from edge.protocol import (
     BROKER_ORDERS,
     FRAME_TOPIC,
     MAX_PIXEL_BYTES,
     RELOAD_TOPIC,
+    SELECT_TOPIC,
     BankReply,
     ErrorReply,
     ProtocolError,
@@ -160,6 +164,7 @@ class WorkerSettings:
     curve: CurveServer | None = None  # on the frames PULL, when captures connect from other hosts
     pool_name: str | None = None  # set: a pool worker of this name, connected to the broker's ROUTER
     pool_curve: CurveClient | None = None  # to a broker on another host
+    selections: Path | None = None  # where a lone worker keeps its recipe selections (a restart reads them)
 
 
 class PoolLink:
@@ -198,6 +203,8 @@ class PoolLink:
         if topic == RELOAD_TOPIC:
             log.info("the broker asks for a bank reload")
             self.worker.reload_requested.set()
+        elif topic == SELECT_TOPIC:
+            self.worker.ordered_selections.put(dict(order.selected or {}))  # taken between micro-batches
         elif order.error != self.refused:
             self.refused = order.error
             log.error("the broker gives this worker no frames: %s", order.error)
@@ -242,6 +249,8 @@ class Worker:
         recorder: FrameRecorder | None = None,
     ) -> None:
         self.recipes = RecipeBook.of(recipes)
+        self.recipes.selected = load_selections(settings.selections, list(self.recipes.banks))
+        self.ordered_selections: queue.SimpleQueue[dict[str, str]] = queue.SimpleQueue()  # the pool's
         self.recorder = recorder  # keeps recent frames for the operator's page (opt-in)
         self.settings = settings
         self.counters = WorkerCounters()
@@ -335,6 +344,7 @@ class Worker:
                 control.camera,
                 control.recipe,
             )
+            save_selections(self.settings.selections, self.recipes.selected)
             return encode_reply(self._bank_reply())
         if not self._start_reload():
             return encode_reply(ErrorReply("this worker has no bank store to reload from", "reload"))
@@ -373,6 +383,17 @@ class Worker:
             assert self.control is not None
             self.control.send_multipart(reply)
 
+    def _take_selections(self, ordered: dict[str, str]) -> None:
+        """The pool's selections, as its broker sends them (a recipe this worker lacks is logged)."""
+        book = self.recipes
+        unknown = sorted({recipe for recipe in ordered.values() if recipe not in book.banks})
+        if unknown:
+            log.error("the broker selects recipes this worker does not have: %s", ", ".join(unknown))
+        taken = {camera: recipe for camera, recipe in ordered.items() if recipe in book.banks}
+        if taken != book.selected:
+            log.info("recipes selected by the pool: %s", taken or "none (the default judges)")
+        book.selected = taken
+
     # ---- the loop ------------------------------------------------------------------------------
     def step(self) -> int:
         """Receive and answer one micro-batch; returns the number of messages taken."""
@@ -382,6 +403,11 @@ class Worker:
         self._serve_control()
         self._swap_if_loaded()
         batch = self._collect()
+        ordered = None
+        while not self.ordered_selections.empty():  # the broker's latest word, which came before
+            ordered = self.ordered_selections.get()  # any frame of this batch sent after it
+        if ordered is not None:
+            self._take_selections(ordered)
         self.last_batch = len(batch)
         frames = []
         for parts in batch:

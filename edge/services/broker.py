@@ -11,7 +11,7 @@ from edge.errors import ConfigError
 from edge.lifecycle import stop_on_signals
 from edge.metrics import for_broker
 from edge.pipeline.broker import Broker, BrokerSettings
-from edge.services.runtime import curve_server, operate, service_parser, start_service
+from edge.services.runtime import curve_server, operate, selections_path, service_parser, start_service
 
 log = logging.getLogger("edge.broker")
 
@@ -28,6 +28,8 @@ def broker_settings(config: StationConfig) -> BrokerSettings:
         worker_timeout_s=config.broker.worker_timeout_s,
         frames_curve=curve_server(security.frames.worker if security.frames else None, "frames"),
         workers_curve=curve_server(security.workers.broker if security.workers else None, "workers"),
+        recipes=tuple(recipe.name for recipe in config.recipe_list),
+        selections=selections_path(config),
     )
 
 

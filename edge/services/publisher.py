@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -13,11 +12,11 @@ from edge.lifecycle import stop_on_signals
 from edge.metrics import for_publisher
 from edge.pipeline.publisher import Publisher, PublisherSettings
 from edge.services.runtime import (
-    RUN_DIR_VARIABLE,
     curve_server,
     operate,
     service_parser,
     start_service,
+    state_file,
 )
 
 log = logging.getLogger("edge.publisher")
@@ -28,10 +27,9 @@ def journal_path(config: StationConfig) -> Path | None:
     edge-run's run folder; None (with a warning) for a publisher started by hand without either."""
     if config.publisher.journal:
         return Path(config.publisher.journal)
-    for variable in ("STATE_DIRECTORY", RUN_DIR_VARIABLE):
-        folder = os.environ.get(variable)
-        if folder:
-            return Path(folder.split(":")[0]) / f"publisher-{config.station}.journal"
+    path = state_file(f"publisher-{config.station}.journal")
+    if path is not None:
+        return path
     log.warning(
         "no journal (publisher.journal, or STATE_DIRECTORY under systemd): a restart of this "
         "publisher forgets the parts it was waiting for"

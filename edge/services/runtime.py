@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,28 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edge.service")
 RUN_DIR_VARIABLE = "EDGE_RUN_DIR"  # edge-run's folder for state that outlives one of its processes
+
+
+def state_file(name: str) -> Path | None:
+    """`name` in the folder for state that outlives a process: systemd's StateDirectory, else
+    edge-run's run folder; None for a process started by hand without either."""
+    for variable in ("STATE_DIRECTORY", RUN_DIR_VARIABLE):
+        folder = os.environ.get(variable)
+        if folder:
+            return Path(folder.split(":")[0]) / name
+    return None
+
+
+def selections_path(config: StationConfig) -> Path | None:
+    """Where the worker (or the pool's broker) keeps the recipe selections across restarts."""
+    path = state_file(f"selections-{config.station}.json")
+    if path is None and len(config.recipe_list) > 1:
+        log.warning(
+            "no state folder (STATE_DIRECTORY under systemd): a recipe selection ends with this process"
+        )
+    return path
+
+
 EXIT_CODES = (
     "exit codes: 0 stopped cleanly; 2 bad usage; 3 weights missing or foreign; 4 bank file unusable; "
     "6 invalid configuration; 130 interrupted"

@@ -24,6 +24,7 @@ from edge.services.runtime import (
     curve_client,
     curve_server,
     operate,
+    selections_path,
     service_parser,
     start_service,
 )
@@ -126,6 +127,7 @@ def worker_settings(config: StationConfig, slot: int) -> WorkerSettings:
         curve=curve_server(security.frames.worker if security.frames else None, "frames"),
         pool_name=f"{socket.gethostname()}-{slot}" if pooled else None,
         pool_curve=curve_client(security.workers.worker if security.workers else None),
+        selections=None if pooled else selections_path(config),  # a pool's are its broker's
     )
 
 

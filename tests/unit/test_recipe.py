@@ -418,3 +418,18 @@ AWAY = {"cam0": {"state": "reconnecting", "reason": "link down"}, "cam1": {"stat
 )
 def test_the_vision_state_says_ready_only_when_a_job_can_run(alive, cameras, job, stopping, state):
     assert vision_state(alive, cameras, job, stopping) == state
+
+
+def test_kept_selections_that_no_longer_fit_are_dropped_with_a_line(tmp_path, caplog):
+    from edge.pipeline.selections import load_selections, save_selections
+
+    path = tmp_path / "selections.json"
+    save_selections(path, {"cam0": "bottle", "cam1": "gone"})
+    assert load_selections(path, ["bottle", "screw"]) == {"cam0": "bottle"}
+    assert "camera cam1: the kept selection 'gone' is no recipe of this station: dropped" in caplog.text
+    path.write_text('{"cam0": "bott')  # cut short (no longer written so, but a disk can fail)
+    assert load_selections(path, ["bottle"]) == {} and "cannot be read" in caplog.text
+    assert load_selections(tmp_path / "none.json", ["bottle"]) == {}
+    (tmp_path / "blocker").write_text("a file where the folder should be")
+    save_selections(tmp_path / "blocker" / "selections.json", {"cam0": "bottle"})  # logged, not raised
+    assert "could not be kept" in caplog.text
