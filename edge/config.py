@@ -39,6 +39,7 @@ from edge.recipe import (
     MAX_POLYGON_POINTS,
     MAX_RECIPES,
     MAX_REGIONS,
+    SCALE_ASPECT_TOLERANCE,
     Recipe,
     Region,
     Registration,
@@ -247,6 +248,11 @@ class RegionConfig(_Strict):
         Field(min_length=3, max_length=MAX_POLYGON_POINTS),
         about("[[x, y], ...] in frame pixels: at least 3 corners, not crossing itself"),
     ] = None
+    mask: Annotated[
+        str | None,
+        MustExist("file", "is not a file"),
+        about("a PNG of the recipe's frame size whose non-zero pixels are the region"),
+    ] = None
     threshold: Annotated[Positive | None, about("this region's own threshold (default: the bank's)")] = None
     sensitivity: Annotated[
         Positive | None,
@@ -261,8 +267,8 @@ class RegionConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_shape_one_threshold(self) -> RegionConfig:
-        if (self.rect is None) == (self.polygon is None):
-            raise ValueError(f"region {self.name}: give exactly one of rect or polygon")
+        if [self.rect, self.polygon, self.mask].count(None) != 2:
+            raise ValueError(f"region {self.name}: give exactly one of rect, polygon or mask")
         if self.rect is not None and (self.rect[2] == 0 or self.rect[3] == 0):
             raise ValueError(f"region {self.name}: rect width and height must be at least 1")
         if self.threshold is not None and self.sensitivity is not None:
@@ -278,17 +284,16 @@ class RegionConfig(_Strict):
         return self
 
     def corners(self) -> tuple[tuple[int, int], ...]:
-        """The outline's corners in frame pixels (a rectangle's four)."""
+        """The outline's corners in frame pixels (a rectangle's four; none for a mask)."""
         if self.rect is not None:
             return rect_corners(*self.rect)
-        assert self.polygon is not None
-        return tuple((x, y) for x, y in self.polygon)
+        return tuple((x, y) for x, y in self.polygon or ())
 
     def spec(self) -> Region:
         rect = (self.rect[0], self.rect[1], self.rect[2], self.rect[3]) if self.rect is not None else None
         return Region(
             self.name, self.mode, self.corners(), rect, self.threshold, self.sensitivity,
-            self.min_area_px, self.min_area_mm2,
+            self.min_area_px, self.min_area_mm2, self.mask,
         )  # fmt: skip
 
 
@@ -311,6 +316,13 @@ class RegistrationConfig(_Strict):
 class FrameSize(_Strict):
     width: Annotated[int, Field(ge=1, le=65_535)]
     height: Annotated[int, Field(ge=1, le=65_535)]
+    fit: Annotated[
+        Literal["exact", "scale"],
+        about(
+            "exact: a frame of another size is refused (ERROR, reason frame); scale: the regions are "
+            f"scaled to it, if its aspect ratio is within {100 * SCALE_ASPECT_TOLERANCE:.0f} % of this one's"
+        ),
+    ] = "exact"
 
 
 class RecipeConfig(_Strict):
@@ -333,6 +345,10 @@ class RecipeConfig(_Strict):
             raise ValueError(f"recipe {self.name}: region names must be unique; repeated: {repeated}")
         if self.registration is not None and not self.regions:
             raise ValueError(f"recipe {self.name}: registration moves regions: the recipe has none")
+        if self.registration is not None and self.frame is not None and self.frame.fit == "scale":
+            raise ValueError(
+                f"recipe {self.name}: a registered recipe's frames are its reference's size: frame.fit exact"
+            )
         if not self.regions:
             return self
         if self.frame is None:
@@ -367,7 +383,9 @@ class RecipeConfig(_Strict):
         """The recipe as the station's judging reads it."""
         frame_hw = None if self.frame is None else (self.frame.height, self.frame.width)
         registration = None if self.registration is None else self.registration.spec()
-        return Recipe(self.name, frame_hw, tuple(region.spec() for region in self.regions), registration)
+        scales = self.frame is not None and self.frame.fit == "scale"
+        regions = tuple(region.spec() for region in self.regions)
+        return Recipe(self.name, frame_hw, regions, registration, scales)
 
 
 class EndpointsConfig(_Strict):

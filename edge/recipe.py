@@ -21,6 +21,7 @@ DEFAULT_RECIPE = "default"  # the one recipe of a station configured with `bank`
 MAX_RECIPES = 256  # products per station
 MAX_REGIONS = 64  # regions per recipe
 MAX_POLYGON_POINTS = 256
+SCALE_ASPECT_TOLERANCE = 0.1  # `fit: scale`: a frame's aspect ratio may differ this much (relative)
 
 Corner = Sequence[int]
 
@@ -37,6 +38,7 @@ class Region:
     sensitivity: float | None = None
     min_area_px: int = 0
     min_area_mm2: float | None = None
+    mask: str | None = None  # a PNG of the frame size whose non-zero pixels are the region
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class Recipe:
     frame_hw: tuple[int, int] | None = None  # the frame size the regions are drawn for
     regions: tuple[Region, ...] = ()
     registration: Registration | None = None
+    scales: bool = False  # frames of another size (of nearly the same shape) get the regions scaled
 
 
 def recipe_digest(recipe: Recipe) -> str:
@@ -67,12 +70,26 @@ def recipe_digest(recipe: Recipe) -> str:
     moving = recipe.registration
     facts = {
         "frame_hw": recipe.frame_hw,
-        "regions": [(r.name, r.mode, [list(c) for c in r.corners]) for r in recipe.regions],
+        "regions": [_region_facts(region) for region in recipe.regions],
         "registration": None
         if moving is None
         else [moving.reference, moving.max_turn_deg, moving.min_confidence],
     }
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _region_facts(region: Region) -> tuple:
+    """What a region's place is: its name, kind and outline, and a mask file's contents."""
+    import hashlib
+
+    facts: tuple = (region.name, region.mode, [list(c) for c in region.corners])
+    if region.mask is None:
+        return facts  # as before masks existed: calibrated thresholds stay valid
+    try:
+        with open(region.mask, "rb") as file:
+            return (*facts, hashlib.sha256(file.read()).hexdigest())
+    except OSError:
+        return (*facts, None)
 
 
 def rect_corners(x: int, y: int, width: int, height: int) -> tuple[tuple[int, int], ...]:
@@ -141,18 +158,45 @@ def polygon_area(corners: Sequence[Corner]) -> float:
     return abs(twice) / 2
 
 
-def frame_mask(region: Region, frame_hw: tuple[int, int]) -> np.ndarray:
-    """The region's pixels in a frame of `frame_hw`, as a uint8 0/1 mask."""
+def frame_mask(
+    region: Region, frame_hw: tuple[int, int], drawn_hw: tuple[int, int] | None = None
+) -> np.ndarray:
+    """The region's pixels in a frame of `frame_hw`, as a uint8 0/1 mask; drawn for a frame of
+    `drawn_hw` (default: the same size), it is scaled to this one."""
     import cv2
     import numpy as np
 
+    if region.mask is not None:
+        drawn = read_mask(region.mask)
+        if drawn.shape != frame_hw:
+            drawn = cv2.resize(drawn, (frame_hw[1], frame_hw[0]), interpolation=cv2.INTER_NEAREST)
+        return drawn
     mask = np.zeros(frame_hw, np.uint8)
+    sy, sx = (1.0, 1.0) if drawn_hw is None else (frame_hw[0] / drawn_hw[0], frame_hw[1] / drawn_hw[1])
     if region.rect is not None:
         x, y, w, h = region.rect
-        mask[y : y + h, x : x + w] = 1
+        mask[round(y * sy) : round((y + h) * sy), round(x * sx) : round((x + w) * sx)] = 1
     else:
-        cv2.fillPoly(mask, [np.array(region.corners, np.int32)], 1)
+        corners = np.array([(x * sx, y * sy) for x, y in region.corners])
+        cv2.fillPoly(mask, [np.round(corners).astype(np.int32)], 1)
     return mask
+
+
+def read_mask(path: str) -> np.ndarray:
+    """A mask file as a uint8 0/1 array (ValueError when it is not an image)."""
+    import cv2
+    import numpy as np
+
+    image = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise ValueError(f"{path} is not an image")
+    return (image > 0).astype(np.uint8)
+
+
+def aspect_fits(frame_hw: tuple[int, int], drawn_hw: tuple[int, int]) -> bool:
+    """A frame nearly the shape regions were drawn for (`fit: scale`)."""
+    frame, drawn = frame_hw[1] / frame_hw[0], drawn_hw[1] / drawn_hw[0]
+    return abs(frame / drawn - 1) <= SCALE_ASPECT_TOLERANCE
 
 
 def region_problems(recipe: Recipe) -> list[str]:
@@ -165,6 +209,9 @@ def region_problems(recipe: Recipe) -> list[str]:
         return problems
     assert recipe.frame_hw is not None
     frame_hw = recipe.frame_hw
+    masks = _mask_problems(recipe)
+    if masks:
+        return problems + masks
     ignored = np.zeros(frame_hw, np.uint8)
     for region in recipe.regions:
         if region.mode == "ignore":
@@ -175,6 +222,28 @@ def region_problems(recipe: Recipe) -> list[str]:
             problems.append(f"recipe {recipe.name}: region {region.name} is empty without its ignored parts")
     if not inspect and ignored.all():
         problems.append(f"recipe {recipe.name}: the ignore regions cover the whole frame: nothing is judged")
+    return problems
+
+
+def _mask_problems(recipe: Recipe) -> list[str]:
+    """A mask region whose file is no image of the recipe's frame size, or marks no pixel."""
+    problems = []
+    for region in recipe.regions:
+        if region.mask is None:
+            continue
+        where = f"recipe {recipe.name}: region {region.name}: mask {region.mask}"
+        try:
+            mask = read_mask(region.mask)
+        except ValueError:
+            problems.append(f"{where} is not an image")
+            continue
+        assert recipe.frame_hw is not None
+        if mask.shape != recipe.frame_hw:
+            height, width = mask.shape
+            problems.append(f"{where} is {width}x{height}, the regions are drawn for "
+                            f"{recipe.frame_hw[1]}x{recipe.frame_hw[0]}")  # fmt: skip
+        elif not mask.any():
+            problems.append(f"{where} marks no pixel (non-zero pixels are the region)")
     return problems
 
 

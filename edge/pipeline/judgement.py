@@ -21,7 +21,7 @@ from edge.errors import EdgeError
 from edge.imageio import read_image
 from edge.pipeline.registration import Motion, Registrar
 from edge.protocol import MAX_DEFECTS, Defect
-from edge.recipe import Recipe, Region, frame_mask, region_problems
+from edge.recipe import Recipe, Region, aspect_fits, frame_mask, read_mask, region_problems
 
 WHOLE_FRAME = "frame"  # the region a defect lies in when the recipe draws no inspect region
 
@@ -61,6 +61,7 @@ class RecipeRegions:
             raise RegionError("; ".join(problems))
         assert recipe.frame_hw is not None
         self.frame_hw = recipe.frame_hw
+        self.scales = recipe.scales
         self.bank_threshold = bank_threshold
         self.ignore = [r for r in recipe.regions if r.mode == "ignore"]
         inspect = [r for r in recipe.regions if r.mode == "inspect"]
@@ -69,6 +70,7 @@ class RecipeRegions:
             RegionRule(WHOLE_FRAME, bank_threshold, 0, None)
         ]
         self.shapes: list[Region | None] = list(inspect) or [None]
+        self.masks = {r.name: read_mask(r.mask) for r in recipe.regions if r.mask is not None}
         self._placed = cache(self._place)
         self.registration = recipe.registration
         self.registrar = None
@@ -84,11 +86,13 @@ class RecipeRegions:
         return RegionRule(region.name, threshold, region.min_area_px, region.min_area_mm2)
 
     def check_frame(self, frame_hw: tuple[int, int]) -> None:
-        if frame_hw != self.frame_hw:
-            raise RegionError(
-                f"the recipe's regions are drawn for {self.frame_hw[1]}x{self.frame_hw[0]} frames, "
-                f"this frame is {frame_hw[1]}x{frame_hw[0]}"
-            )
+        if frame_hw == self.frame_hw or (self.scales and aspect_fits(frame_hw, self.frame_hw)):
+            return
+        drawn = f"{self.frame_hw[1]}x{self.frame_hw[0]}"
+        raise RegionError(
+            f"the recipe's regions are drawn for {drawn} frames, this frame is {frame_hw[1]}x{frame_hw[0]}"
+            + (f" (fit: scale takes frames of nearly the shape of {drawn})" if self.scales else "")
+        )
 
     def placed(self, placement: Placement) -> PlacedRegions:
         return self._placed(placement)
@@ -100,21 +104,32 @@ class RecipeRegions:
             return self.placed(placement)
         return self._place(placement, self.registrar.register(image))
 
-    def _drawn(self, region: Region, motion: Motion | None) -> np.ndarray:
+    def _drawn(self, region: Region, motion: Motion | None, frame_hw: tuple[int, int]) -> np.ndarray:
+        """The region's pixels in a frame of `frame_hw` (scaled from the drawn size where the
+        recipe scales), moved by `motion` where the recipe registers (always the drawn size)."""
+        if region.mask is not None:  # read once, with the recipe
+            drawn = self.masks[region.name]
+            if motion is not None:
+                height, width = self.frame_hw
+                return cv2.warpAffine(drawn, motion.matrix, (width, height), flags=cv2.INTER_NEAREST)
+            if frame_hw != self.frame_hw:
+                return cv2.resize(drawn, (frame_hw[1], frame_hw[0]), interpolation=cv2.INTER_NEAREST)
+            return drawn
         if motion is None:
-            return frame_mask(region, self.frame_hw)
+            return frame_mask(region, frame_hw, self.frame_hw)
         mask = np.zeros(self.frame_hw, np.uint8)
         cv2.fillPoly(mask, [np.round(motion.apply(region.corners)).astype(np.int32)], 1)
         return mask
 
     def _place(self, placement: Placement, motion: Motion | None = None) -> PlacedRegions:
-        ignored = np.zeros(self.frame_hw, np.uint8)
+        frame_hw = placement.frame_hw
+        ignored = np.zeros(frame_hw, np.uint8)
         for region in self.ignore:
-            ignored |= self._drawn(region, motion)
+            ignored |= self._drawn(region, motion, frame_hw)
         kept = 1 - ignored
         inspect = []
         for rule, shape in zip(self.rules, self.shapes, strict=True):
-            drawn = kept if shape is None else self._drawn(shape, motion) & kept
+            drawn = kept if shape is None else self._drawn(shape, motion, frame_hw) & kept
             inspect.append((rule, mask_to_input(drawn, placement).astype(bool)))
         judged = np.logical_or.reduce([mask for _, mask in inspect])
         return PlacedRegions(judged, tuple(inspect), placement.frame_px_per_input_px, self.bank_threshold)

@@ -99,9 +99,15 @@ class RecipeEditor:
         if not isinstance(proposal, dict) or set(proposal) != {"frame", "regions"}:
             raise ActionError(400, "send the regions as {recipe, frame: {width, height}, regions: [...]}")
         try:
-            return _drawn(self.config.with_drawn(recipe, proposal))
+            drawn = self.config.with_drawn(recipe, proposal)
         except EdgeError as exc:
             raise ActionError(400, f"recipe {name}: {exc}") from None
+        files = {region.mask for region in recipe.regions} | {None}
+        foreign = [region.name for region in drawn.regions if region.mask not in files]
+        if foreign:
+            raise ActionError(400, f"recipe {name}: region {foreign[0]}: a mask comes from the station "
+                              "file; the page draws rectangles and polygons")  # fmt: skip
+        return _drawn(drawn)
 
     def what_if(self, name: str, proposal: Any, person: Person) -> dict[str, Any]:
         """Judge the recipe's newest kept frames by its regions now and by these (edge-what-if)."""

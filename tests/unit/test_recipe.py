@@ -18,7 +18,7 @@ from edge.imageio import read_image
 from edge.pipeline.inspection import Bank, RecipeBook, inspect
 from edge.pipeline.judgement import RecipeRegions
 from edge.protocol import FrameHeader, Verdict
-from edge.recipe import Recipe, Region, Registration, polygon_crosses_itself, rect_corners
+from edge.recipe import Recipe, Region, Registration, frame_mask, polygon_crosses_itself, rect_corners
 
 
 def station(tmp_path, recipes: list[dict], cameras: list[dict] | None = None) -> dict:
@@ -53,7 +53,7 @@ SQUARE = {"name": "a", "rect": [0, 0, 5, 5]}
         ({"name": "a", "polygon": [[0, 0], [50, 50], [50, 0], [0, 50]]}, "region a: the polygon crosses"),
         ({"name": "a", "polygon": [[0, 0], [10, 10], [20, 20]]}, "region a: the polygon crosses itself"),
         ({"name": "a", "rect": [0, 0, 0, 5]}, "region a: rect width and height must be at least 1"),
-        (SQUARE | {"polygon": [[0, 0], [5, 0], [5, 5]]}, "exactly one of rect or polygon"),
+        (SQUARE | {"polygon": [[0, 0], [5, 0], [5, 5]]}, "exactly one of rect, polygon or mask"),
         (SQUARE | {"min_area_px": -3}, "min_area_px: Input should be greater than or equal to 0"),
         (SQUARE | {"threshold": 2.0, "sensitivity": 2.0}, "threshold or sensitivity, not both"),
         (SQUARE | {"mode": "ignore", "min_area_px": 4}, "an ignore region has no rule"),
@@ -77,6 +77,9 @@ def test_recipes_are_refused_as_a_whole_when_they_contradict(tmp_path):
     assert "sets min_area_mm2, so every camera needs mm_per_px" in problems(station(tmp_path, [mm]))
     scaled = [{"name": "cam0", "source": {"kind": "synthetic"}, "mm_per_px": 0.1}]
     parse_config(yaml.safe_dump(station(tmp_path, [mm], scaled)))  # with a scale it reads
+    moving = recipe_with(SQUARE, frame={"width": 160, "height": 160, "fit": "scale"})
+    moving["registration"] = {"reference": str(tmp_path / "ref.png")}
+    assert "a registered recipe's frames are its reference's size" in problems(station(tmp_path, [moving]))
 
 
 OPCUA_FILES = {"certificate": "server.der", "private_key": "server.pem", "trust_dir": "trust"}
@@ -278,6 +281,64 @@ def test_a_frame_of_another_size_or_an_unknown_product_is_an_error_verdict(fitte
         "recipe",
     )
     assert unknown.verdict.error == "unknown recipe 'screw': this station's recipes are bottle"
+
+
+def halved(box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    x, y, w, h = box
+    return x // 2, y // 2, (x + w + 1) // 2 - x // 2, (y + h + 1) // 2 - y // 2
+
+
+def test_with_fit_scale_regions_drawn_for_another_size_follow_the_frame(fitted_model, scene):
+    """Regions drawn on a half-size frame judge the full-size one where the recipe scales (frames
+    whose height varies a little, as KolektorSDD's), and a frame of another shape is still refused."""
+    image, box, threshold = scene
+    side = image.shape[0]
+
+    def scaled(*regions: Region, frame: np.ndarray = image):
+        recipe = Recipe("bottle", (side // 2, side // 2), regions, scales=True)
+        bank = Bank(
+            fitted_model, threshold, "b", "v1", recipe="bottle", regions=RecipeRegions(recipe, threshold)
+        )
+        return inspect([(header(frame), frame)], RecipeBook([bank]))[0].verdict
+
+    seal = scaled(region("seal", halved(grown(box, 4, side))))
+    assert seal.verdict == Verdict.NOK and seal.region == "seal"
+    assert scaled(region("label", halved(grown(box, 24, side)), "ignore")).verdict == Verdict.OK
+    wide = np.concatenate([image, image], axis=1)
+    refused = scaled(region("seal", (0, 0, 40, 40)), frame=wide)
+    assert (refused.verdict, refused.reason) == (Verdict.ERROR, "frame")
+    assert "fit: scale takes frames of nearly the shape of 80x80" in (refused.error or "")
+    drawn = region("seal", (10, 20, 30, 10))
+    assert frame_mask(drawn, (160, 160), (80, 80)).sum() == 60 * 20 == 4 * frame_mask(drawn, (80, 80)).sum()
+
+
+def test_a_mask_png_is_a_region_and_a_bad_one_is_refused_with_its_reason(fitted_model, scene, tmp_path):
+    image, box, threshold = scene
+    side = image.shape[0]
+    x, y, w, h = grown(box, 24, side)
+    painted = np.zeros((side, side), np.uint8)
+    painted[y : y + h, x : x + w] = 255
+    mask = tmp_path / "label.png"
+    cv2.imwrite(str(mask), painted)
+    label = Region("label", "ignore", (), mask=str(mask))
+    assert judged(fitted_model, image, threshold, label).verdict == Verdict.OK
+    seal = judged(fitted_model, image, threshold, Region("seal", "inspect", (), mask=str(mask)))
+    assert seal.verdict == Verdict.NOK and seal.region == "seal"
+
+    cv2.imwrite(str(tmp_path / "small.png"), painted[:80])
+    cv2.imwrite(str(tmp_path / "blank.png"), np.zeros_like(painted))
+    (tmp_path / "text.png").write_text("not a picture")
+    for name, says in (
+        ("small.png", f"small.png is 160x80, the regions are drawn for {side}x{side}"),
+        ("blank.png", "blank.png marks no pixel"),
+        ("text.png", "text.png is not an image"),
+    ):
+        recipe = recipe_with({"name": "tag", "mode": "ignore", "mask": str(tmp_path / name)})
+        config = parse_config(yaml.safe_dump(station(tmp_path, [recipe])))
+        with pytest.raises(ConfigError, match=f"recipe bottle: region tag: mask .*{says}"):
+            check_station(config, bind=True)
+    both = recipe_with({"name": "tag", "rect": [0, 0, 5, 5], "mask": str(mask)})
+    assert "give exactly one of rect, polygon or mask" in problems(station(tmp_path, [both]))
 
 
 def test_each_frame_is_judged_by_its_products_recipe(fitted_model, scene):
