@@ -208,6 +208,7 @@ class BankStore:
                     "frames": len(record.get("frames", [])),
                     "candidates": record.get("candidates") or [],
                     "regions": _drawn_summary(meta.get(DRAWN_REGIONS)),
+                    "region_thresholds": _region_thresholds(record.get("regions")),
                 }
             )
         return rows
@@ -252,6 +253,19 @@ class BankStore:
                 if path.is_file():
                     target.mkdir(parents=True, exist_ok=True)
                     os.replace(path, target / path.name)
+
+
+def _region_thresholds(record: Any) -> dict[str, Any] | None:
+    """Each region's calibrated threshold with its expected false-reject rate and bound, and the
+    part's (edge-calibrate --config --product), as the version's record keeps them."""
+    if not isinstance(record, dict):
+        return None
+    keep = ("threshold", "expected_frr", "frr_upper_95")
+    found = {
+        name: {k: choice.get(k) for k in keep} for name, choice in (record.get("thresholds") or {}).items()
+    }
+    part = record.get("part") or {}
+    return {"regions": found, "part": {k: part.get(k) for k in ("expected_frr", "frr_upper_95")}}
 
 
 def _drawn_summary(drawn: Any) -> dict[str, Any] | None:

@@ -75,6 +75,7 @@ class Actions:
     build: Build | None = None
     building_lock: threading.Lock = field(default_factory=threading.Lock)
     stores: dict[str, BankStore] = field(default_factory=dict)  # recipe → its store (--config)
+    config_path: Path | None = None  # the station file (--config): a build calibrates its recipe's regions
 
     @property
     def can_build(self) -> bool:
@@ -148,15 +149,19 @@ class Actions:
             if self.build is not None and self.build.running:
                 raise ActionError(409, f"a build started by {self.build.by} is still running")
             self.build = Build(person.name, datetime.now(UTC).isoformat(timespec="seconds"))
-        threading.Thread(target=self._run_build, args=(store, self.build), name="build", daemon=True).start()
+        where = ["--out", str(store.root)]
+        if recipe is not None and self.config_path is not None:  # the recipe's regions get thresholds
+            where = ["--config", str(self.config_path), "--product", recipe]
+        build = (where, self.build)
+        threading.Thread(target=self._run_build, args=build, name="build", daemon=True).start()
         log.info("%s started building the next version of %s from its candidates", person.name, store.bank_id)
         return {"ok": True, "build": self.build.public()}
 
-    def _run_build(self, store: BankStore, build: Build) -> None:
+    def _run_build(self, where: list[str], build: Build) -> None:
         with tempfile.TemporaryDirectory(prefix="edge-build-") as folder:
             report = Path(folder) / "report.json"
             command = [sys.executable, "-m", "edge.calibration.cli", "--add-candidates", "--stage",
-                       "--out", str(store.root), "--json", str(report), "--quiet"]  # fmt: skip
+                       *where, "--json", str(report), "--quiet"]  # fmt: skip
             build.error = run_niced(command, BUILD_TIMEOUT_S)
             if build.error is None:
                 try:

@@ -71,7 +71,7 @@ def _main(argv: list[str] | None) -> int:
     stores = {r.name: BankStore(r.bank.path) for r in station.recipe_list} if station else {}
     store = BankStore(args.store) if args.store else next(iter(stores.values()), None)
     control = args.control or (station.endpoints.control if station else None)
-    actions = Actions(store, ring, control, stores=stores)
+    actions = Actions(store, ring, control, stores=stores, config_path=args.config)
     editor = RecipeEditor(station, args.config, ring) if station else None
     serve(subscriber, args.station, args.bind, args.port, actions, access, editor)
     return 0

@@ -439,10 +439,12 @@ def test_edge_calibrate_chooses_a_threshold_per_region_for_these_regions(tmp_pat
     regions = [{"name": "top", "rect": [0, 0, 160, 80]}, {"name": "bottom", "rect": [0, 80, 160, 80]}]
     config = parse_config(yaml.safe_dump(station(tmp_path, [recipe_with(*regions)])))
     recipe = config.recipe()
-    result = calibrate(
-        BankStore(tmp_path / "store"), frames, CalibrationConfig(frames=len(frames)), regions=recipe.spec()
-    )
+    store = BankStore(tmp_path / "store")
+    result = calibrate(store, frames, CalibrationConfig(frames=len(frames)), regions=recipe.spec())
     record = result.record["regions"]
+    listed = store.reports()[-1]["region_thresholds"]  # what --list and edge-view show
+    assert {name: c["threshold"] for name, c in listed["regions"].items()} == {
+        name: c["threshold"] for name, c in record["thresholds"].items()}  # fmt: skip
     assert set(record["thresholds"]) == {"top", "bottom"} and record["part"]["held_out"] == len(frames)
     for choice in record["thresholds"].values():
         assert (
