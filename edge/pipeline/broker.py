@@ -181,7 +181,8 @@ class Broker:
             worker = self.workers[identity] = PoolWorker(identity, ready.worker, now)
             self.counters.workers_joined += 1
             log.info("worker %s joined (bank %s %s)", ready.worker, ready.bank_id, ready.bank_version)
-            self._send(worker, encode_broker_order(SELECT_TOPIC, selected=self.selected))
+            if self.selected:  # a worker starts with none selected
+                self._send(worker, encode_broker_order(SELECT_TOPIC, selected=self.selected))
         worker.last_seen = now
         done = min(ready.answered, worker.sent) - worker.answered
         for _ in range(max(0, done)):
