@@ -5,6 +5,7 @@ docs/images/edge-view.png."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -12,6 +13,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -223,6 +226,55 @@ def _sign_in(page, token: str, name: str) -> None:
     page.wait_for_function(f"document.getElementById('who').textContent.startsWith('{name}')", timeout=5000)
 
 
+@dataclass
+class ViewKit:
+    store: BankStore
+    line: StationLine
+    port: int
+    station_output: str = ""
+
+
+@contextlib.contextmanager
+def station_with_view(tmp_path: Path, synthetic_category, tokens: str, *view_args: str) -> Iterator[ViewKit]:
+    """A real station (edge-run, recent frames kept, a bank calibrated from the synthetic line's
+    good parts) and edge-view on it with these `tokens` and arguments ({recent}, {store},
+    {control} and {config} name the station's); on leaving, both stopped and their logs checked."""
+    good = tmp_path / "good"
+    good.mkdir()
+    for path in synthetic_category.train:
+        shutil.copy(path, good / path.name)
+    store = BankStore(tmp_path / "store")
+    command = ["--from-folder", str(good), "--out", str(store.root), "--coreset", "0.1", "--quiet"]
+    assert calibrate_main(command) == 0
+    recent = tmp_path / "recent"
+    config = station_config(tmp_path, store.root, recent=recent)
+    station = start_station(config)
+    (tmp_path / "tokens").write_text(tokens)
+    (tmp_path / "tokens").chmod(0o600)
+    names = {"recent": recent, "store": store.root, "control": f"ipc://{tmp_path}/control", "config": config}
+    port = _free_port()
+    view = subprocess.Popen(
+        [sys.executable, "-m", "edge.view.cli", f"ipc://{tmp_path}/pub", "--station", KIT_STATION,
+         "--port", str(port), "--tokens", str(tmp_path / "tokens"), *(a.format(**names) for a in view_args)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    context = zmq.Context()
+    kit = ViewKit(store, StationLine(context, tmp_path), port)
+    try:
+        kit.line.wait_for_publisher()
+        wait_for_worker(f"ipc://{tmp_path}/control")
+        yield kit
+    finally:
+        view.terminate()
+        output, _ = view.communicate(timeout=10)
+        code, kit.station_output = stop_station(station)
+        kit.line.subscriber.close()
+        context.destroy(linger=0)
+        print(f"edge-view said:\n{output}\nthe station said:\n{kit.station_output}")  # shown on failure
+    assert "Traceback" not in output and "Traceback" not in kit.station_output, output + kit.station_output
+    assert code == 0
+
+
 def test_an_operator_clears_a_false_reject_and_an_engineer_activates_the_next_bank(
     tmp_path, synthetic_category
 ):
@@ -231,33 +283,11 @@ def test_an_operator_clears_a_false_reject_and_an_engineer_activates_the_next_ba
     --add-candidates started from the page, shown with its threshold and false-reject rate, activated
     by an engineer, and the station scoring with it."""
     chromium = _chromium()
-    good = tmp_path / "good"
-    good.mkdir()
-    for path in synthetic_category.train:
-        shutil.copy(path, good / path.name)
-    store = BankStore(tmp_path / "store")
-    assert (
-        calibrate_main(["--from-folder", str(good), "--out", str(store.root), "--coreset", "0.1", "--quiet"])
-        == 0
-    )
-    recent = tmp_path / "recent"
-    station = start_station(station_config(tmp_path, store.root, recent=recent))
-    tokens = tmp_path / "tokens"
     operator, engineer = "anna-" + "1" * 24, "ben-" + "2" * 24
-    tokens.write_text(f"# who may act\nanna operator {operator}\nben engineer {engineer}  # shift lead\n")
-    tokens.chmod(0o600)
-    port = _free_port()
-    view = subprocess.Popen(
-        [sys.executable, "-m", "edge.view.cli", f"ipc://{tmp_path}/pub", "--station", KIT_STATION,
-         "--port", str(port), "--recent", str(recent), "--store", str(store.root),
-         "--control", f"ipc://{tmp_path}/control", "--tokens", str(tokens)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    context = zmq.Context()
-    line = StationLine(context, tmp_path)
-    try:
-        line.wait_for_publisher()
-        wait_for_worker(f"ipc://{tmp_path}/control")
+    people = f"# who may act\nanna operator {operator}\nben engineer {engineer}  # shift lead\n"
+    with station_with_view(tmp_path, synthetic_category, people, "--recent", "{recent}", "--store",
+                           "{store}", "--control", "{control}") as kit:  # fmt: skip
+        store, line, port = kit.store, kit.line, kit.port
         parts = [f"p{i:02d}" for i in range(16)]
         line.trigger_parts(parts)
         line.collect_until_answered(parts, 60)
@@ -319,15 +349,6 @@ def test_an_operator_clears_a_false_reject_and_an_engineer_activates_the_next_ba
         line.trigger_parts(["after"])
         line.collect_until_answered(["after"], 30)
         assert line.verdicts["after"][0].bank_version == "v0002"  # the station scores with it
-    finally:
-        view.terminate()
-        output, _ = view.communicate(timeout=10)
-        code, station_output = stop_station(station)
-        line.subscriber.close()
-        context.destroy(linger=0)
-        print(f"edge-view said:\n{output}\nthe station said:\n{station_output}")  # shown on failure
-    assert "Traceback" not in output and "Traceback" not in station_output, output + station_output
-    assert code == 0
 
 
 def test_an_engineer_draws_regions_sees_what_they_change_and_the_station_judges_by_them(
@@ -337,30 +358,11 @@ def test_an_engineer_draws_regions_sees_what_they_change_and_the_station_judges_
     a region drawn with the mouse on the newest kept frame, its rule set, a what-if on the kept
     parts, staged, activated with its confirmation, and the station's next verdicts judged by it."""
     chromium = _chromium()
-    good = tmp_path / "good"
-    good.mkdir()
-    for path in synthetic_category.train:
-        shutil.copy(path, good / path.name)
-    store = BankStore(tmp_path / "store")
-    command = ["--from-folder", str(good), "--out", str(store.root), "--coreset", "0.1", "--quiet"]
-    assert calibrate_main(command) == 0
-    config = station_config(tmp_path, store.root, recent=tmp_path / "recent")
-    station = start_station(config)
-    tokens = tmp_path / "tokens"
     engineer = "ben-" + "2" * 24
-    tokens.write_text(f"ben engineer {engineer}\n")
-    tokens.chmod(0o600)
-    port = _free_port()
-    view = subprocess.Popen(
-        [sys.executable, "-m", "edge.view.cli", f"ipc://{tmp_path}/pub", "--station", KIT_STATION,
-         "--port", str(port), "--config", str(config), "--tokens", str(tokens)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    context = zmq.Context()
-    line = StationLine(context, tmp_path)
-    try:
-        line.wait_for_publisher()
-        wait_for_worker(f"ipc://{tmp_path}/control")
+    with station_with_view(
+        tmp_path, synthetic_category, f"ben engineer {engineer}\n", "--config", "{config}"
+    ) as kit:
+        store, line, port = kit.store, kit.line, kit.port
         parts = [f"p{i:02d}" for i in range(12)]
         line.trigger_parts(parts)
         line.collect_until_answered(parts, 60)
@@ -425,13 +427,4 @@ def test_an_engineer_draws_regions_sees_what_they_change_and_the_station_judges_
         assert all(v.bank_version == "v0002" for v in verdicts)
         regions = {d["region"] for v in verdicts for d in v.defects or []}
         assert regions <= {"centre"}, [(v.verdict, v.region, v.defects) for v in verdicts]
-    finally:
-        view.terminate()
-        output, _ = view.communicate(timeout=10)
-        code, station_output = stop_station(station)
-        line.subscriber.close()
-        context.destroy(linger=0)
-        print(f"edge-view said:\n{output}\nthe station said:\n{station_output}")  # shown on failure
-    assert "1 regions drawn by ben on edge-view" in station_output, station_output
-    assert "Traceback" not in output and "Traceback" not in station_output, output + station_output
-    assert code == 0
+    assert "1 regions drawn by ben on edge-view" in kit.station_output, kit.station_output
