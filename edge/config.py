@@ -232,6 +232,11 @@ class BankConfig(_Strict):
 Point = Annotated[list[NonNegativeInt], Field(min_length=2, max_length=2)]
 
 
+def _repeated(values: list[Any]) -> list[Any]:
+    """The values that occur more than once, sorted (for a message naming them)."""
+    return sorted({value for value in values if values.count(value) > 1})
+
+
 class RegionConfig(_Strict):
     """A named part of the frame, drawn in the recipe's frame pixels: `inspect` (judged by its own
     rule) or `ignore` (never judged, its patches not searched), as a rectangle or a polygon."""
@@ -339,8 +344,7 @@ class RecipeConfig(_Strict):
 
     @model_validator(mode="after")
     def _regions_fit(self) -> RecipeConfig:
-        names = [region.name for region in self.regions]
-        repeated = sorted({name for name in names if names.count(name) > 1})
+        repeated = _repeated([region.name for region in self.regions])
         if repeated:
             raise ValueError(f"recipe {self.name}: region names must be unique; repeated: {repeated}")
         if self.registration is not None and not self.regions:
@@ -663,8 +667,7 @@ class StationConfig(_Strict):
 
     @model_validator(mode="after")
     def _unique_cameras(self) -> StationConfig:
-        names = [camera.name for camera in self.cameras]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
+        duplicates = _repeated([camera.name for camera in self.cameras])
         if duplicates:
             raise ValueError(f"camera names must be unique; repeated: {duplicates}")
         return self
@@ -674,8 +677,7 @@ class StationConfig(_Strict):
         if (self.bank is None) == (not self.recipes):
             raise ValueError("give bank (one product) or recipes (one per product), not both, not neither")
         for key in ("name", "number"):
-            values = [getattr(r, key) for r in self.recipes if getattr(r, key) is not None]
-            repeated = sorted({v for v in values if values.count(v) > 1})
+            repeated = _repeated([getattr(r, key) for r in self.recipes if getattr(r, key) is not None])
             if repeated:
                 raise ValueError(f"recipe {key}s must be unique; repeated: {repeated}")
         unscaled = self._unscaled(self.recipes)
@@ -721,6 +723,11 @@ class StationConfig(_Strict):
             if name is not None and name not in triggered:
                 raise ValueError(f"bridges.{key}: {name} is not a triggered camera of this station")
         return self
+
+    @property
+    def mm_per_px(self) -> dict[str, float]:
+        """Each camera's scale, where it has one (defects' areas in mm²)."""
+        return {camera.name: camera.mm_per_px for camera in self.cameras if camera.mm_per_px is not None}
 
     @property
     def recipe_list(self) -> list[RecipeConfig]:

@@ -56,8 +56,7 @@ def what_if(
     now = load_recipe(config, recipe)
     calibrated = region_thresholds(proposed, now.model.info, now.bank_id) if proposed.regions else None
     regions = RecipeRegions(proposed.spec(), now.threshold, calibrated) if proposed.regions else None
-    then = replace(now, regions=regions)
-    scales = {camera.name: camera.mm_per_px for camera in config.cameras if camera.mm_per_px is not None}
+    books = [RecipeBook([bank], config.mm_per_px) for bank in (now, replace(now, regions=regions))]
     before: Counter[str] = Counter()
     after: Counter[str] = Counter()
     changed = []
@@ -65,7 +64,7 @@ def what_if(
         progress.reset(total=len(frames))
     for frame in frames:
         header, image = _frame(config.station, frame)
-        seen = [inspect([(header, image)], RecipeBook([bank], scales))[0].verdict for bank in (now, then)]
+        seen = [inspect([(header, image)], book)[0].verdict for book in books]
         facts = [_facts(verdict) for verdict in seen]
         before[facts[0]["verdict"]] += 1
         after[facts[1]["verdict"]] += 1

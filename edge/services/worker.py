@@ -107,8 +107,7 @@ def region_thresholds(recipe: RecipeConfig, info: dict, path: object) -> dict[st
 def load_station_recipes(config: StationConfig, device: str | None = None) -> RecipeBook:
     """Every recipe of the station, loaded (a changeover between two parts loads nothing)."""
     banks = [load_recipe(config, recipe, device) for recipe in config.recipe_list]
-    scales = {camera.name: camera.mm_per_px for camera in config.cameras if camera.mm_per_px is not None}
-    return RecipeBook(banks, scales)
+    return RecipeBook(banks, config.mm_per_px)
 
 
 def worker_settings(config: StationConfig, slot: int) -> WorkerSettings:
